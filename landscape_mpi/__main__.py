@@ -1,0 +1,3 @@
+from landscape_mpi.cli import main
+
+raise SystemExit(main())

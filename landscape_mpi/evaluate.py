@@ -1,0 +1,44 @@
+"""Loss and accuracy of a model on an evaluation set (METHOD.md section 3)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from landscape_mpi.data import EvalSet
+
+
+def batch_loss_sum(logits: torch.Tensor, labels: torch.Tensor, loss: str) -> torch.Tensor:
+    """Sum over the batch of the per-sample loss.
+
+    ce: cross-entropy of the logits.  mse: mean over classes of (softmax - one_hot)^2, as the paper's
+    reference code computed it (nn.MSELoss on softmax outputs).
+    """
+    if loss == "ce":
+        return F.cross_entropy(logits.float(), labels, reduction="sum")
+    if loss == "mse":
+        probs = torch.softmax(logits.float(), dim=1)
+        onehot = F.one_hot(labels, probs.shape[1]).to(probs.dtype)
+        return ((probs - onehot) ** 2).mean(dim=1).sum()
+    raise ValueError(loss)
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, data: EvalSet, loss: str = "ce", batch_size: int = 1024) -> tuple[float, float]:
+    """(loss, accuracy) over all samples of `data`, model in eval mode.
+
+    The loss is the sample-weighted mean over every sample (batch sums accumulated in float64, divided by
+    the sample count: not a mean of batch means); accuracy is the fraction in [0, 1] of argmax hits.
+    A NaN or inf loss is returned as it is: it is a valid result.
+    """
+    model.eval()
+    total, correct = 0.0, 0
+    n = len(data)
+    for start in range(0, n, batch_size):
+        x = data.inputs[start:start + batch_size]
+        y = data.labels[start:start + batch_size]
+        logits = model(x)
+        total += float(batch_loss_sum(logits, y, loss).double())
+        correct += int((logits.argmax(dim=1) == y).sum())
+    return total / n, correct / n

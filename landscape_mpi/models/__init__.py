@@ -1,0 +1,121 @@
+"""Model zoo, user models by import path, and checkpoint loading.
+
+A model is named either by a zoo name (`ZOO`) or by ``package.module:factory``, where ``factory()``
+returns an ``nn.Module``. Checkpoints are a plain state_dict or a dict holding one under ``state_dict``,
+``model_state_dict``, ``model`` or ``net``; they are always loaded with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import os
+from collections.abc import Callable
+from functools import partial
+
+import torch
+from torch import nn
+
+from landscape_mpi.errors import UserError
+from landscape_mpi.models.cifar import VGG9, CifarResNet, DenseNet
+from landscape_mpi.models.small import DigitsCNN, DigitsMLP
+
+#: name -> (factory, dataset it is built for)
+ZOO: dict[str, tuple[Callable[[], nn.Module], str]] = {
+    "digits_mlp": (DigitsMLP, "digits"),
+    "digits_cnn": (DigitsCNN, "digits"),
+    "resnet20": (partial(CifarResNet, 20), "cifar10"),
+    "resnet56": (partial(CifarResNet, 56), "cifar10"),
+    "resnet110": (partial(CifarResNet, 110), "cifar10"),
+    "resnet20_noshort": (partial(CifarResNet, 20, shortcut=False), "cifar10"),
+    "resnet56_noshort": (partial(CifarResNet, 56, shortcut=False), "cifar10"),
+    "resnet110_noshort": (partial(CifarResNet, 110, shortcut=False), "cifar10"),
+    "wrn56_2": (partial(CifarResNet, 56, width=2), "cifar10"),
+    "wrn56_4": (partial(CifarResNet, 56, width=4), "cifar10"),
+    "wrn56_8": (partial(CifarResNet, 56, width=8), "cifar10"),
+    "wrn56_2_noshort": (partial(CifarResNet, 56, width=2, shortcut=False), "cifar10"),
+    "vgg9": (VGG9, "cifar10"),
+    "densenet121": (DenseNet, "cifar10"),
+}
+
+STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "net")
+
+
+def import_object(spec: str, what: str) -> Callable:
+    """Resolve ``package.module:attribute``; `what` names the option for the error message."""
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise UserError(f"{what} {spec}: expected package.module:factory")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise UserError(f"{what} {spec}: cannot import {module_name} ({exc}); "
+                        f"put its folder on PYTHONPATH or pip-install it") from None
+    try:
+        return getattr(module, attr)
+    except AttributeError:
+        raise UserError(f"{what} {spec}: module {module_name} has no attribute {attr!r}") from None
+
+
+def build_model(name: str) -> nn.Module:
+    """A freshly initialized model, by zoo name or ``package.module:factory``."""
+    if ":" in name:
+        model = import_object(name, "--model")()
+        if not isinstance(model, nn.Module):
+            raise UserError(f"--model {name}: the factory returned {type(model).__name__}, not a torch.nn.Module")
+        return model
+    if name not in ZOO:
+        raise UserError(f"--model {name}: unknown model; choose one of {', '.join(ZOO)} "
+                        f"or give package.module:factory")
+    return ZOO[name][0]()
+
+
+def file_sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_state_dict(path: str, option: str = "--checkpoint") -> dict[str, torch.Tensor]:
+    """The state_dict stored in a checkpoint file (tensors on the CPU)."""
+    if not os.path.isfile(path):
+        raise UserError(f"{option} {path}: no such file; give the path of a saved model (torch.save)")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a damaged or foreign file
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"{option} {path}: not a readable PyTorch checkpoint ({first[:160]}); "
+                        f"re-save it with torch.save(model.state_dict(), path)") from None
+    if isinstance(obj, dict):
+        for key in STATE_DICT_KEYS:
+            if key in obj and isinstance(obj[key], dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise UserError(f"{option} {path}: holds no state_dict; save torch.save(model.state_dict(), path) "
+                        f"or a dict with it under one of {', '.join(STATE_DICT_KEYS)}")
+    # Checkpoints saved from DataParallel / DistributedDataParallel prefix every key with "module.".
+    if all(k.startswith("module.") for k in obj):
+        obj = {k[len("module."):]: v for k, v in obj.items()}
+    return obj
+
+
+def load_checkpoint(model: nn.Module, path: str, option: str = "--checkpoint") -> None:
+    """Load a checkpoint into `model`, naming missing, unexpected and mis-shaped keys if it does not fit."""
+    state = read_state_dict(path, option)
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [f"{k} {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+              for k, v in expected.items() if k in state and state[k].shape != v.shape]
+    if missing or unexpected or shapes:
+        parts = []
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", shapes)):
+            if keys:
+                shown = ", ".join(keys[:5]) + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
+                parts.append(f"{label}: {shown}")
+        raise UserError(f"{option} {path} does not fit the model ({'; '.join(parts)}); "
+                        f"check --model matches the architecture the checkpoint was trained with")
+    model.load_state_dict(state)

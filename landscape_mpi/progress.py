@@ -1,0 +1,61 @@
+"""Progress of a surface run, printed by the master: a bar on a terminal, plain lines in a batch log."""
+
+from __future__ import annotations
+
+import datetime
+import sys
+import time
+
+
+def _eta(seconds: float) -> str:
+    if seconds != seconds or seconds == float("inf"):
+        return "?"
+    return str(datetime.timedelta(seconds=int(seconds)))
+
+
+class Progress:
+    """Counts finished points. On a terminal a tqdm bar (done/total, points/s, ETA); otherwise one line
+    every `every_seconds` seconds, which reads well in a SLURM output file."""
+
+    def __init__(self, total: int, done: int, every_seconds: float = 30.0, stream=None, enabled: bool = True) -> None:
+        self.total, self.done, self.start_done = total, done, done
+        self.every = every_seconds
+        self.stream = stream or sys.stderr
+        self.enabled = enabled
+        self.t0 = self.last = time.monotonic()
+        self.bar = None
+        if enabled and getattr(self.stream, "isatty", lambda: False)():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=done, unit="pt", file=self.stream, dynamic_ncols=True,
+                            desc="surface", smoothing=0.1)
+
+    def update(self, n: int) -> None:
+        self.done += n
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.update(n)
+            return
+        now = time.monotonic()
+        if now - self.last >= self.every:
+            self.last = now
+            print(self.line(), file=self.stream, flush=True)
+
+    def rate(self) -> float:
+        elapsed = time.monotonic() - self.t0
+        return (self.done - self.start_done) / elapsed if elapsed > 0 else 0.0
+
+    def line(self) -> str:
+        rate = self.rate()
+        left = self.total - self.done
+        eta = left / rate if rate > 0 else float("inf")
+        pct = 100.0 * self.done / self.total if self.total else 100.0
+        stamp = datetime.datetime.now().strftime("%H:%M:%S")
+        return f"[{stamp}] surface: {self.done}/{self.total} points ({pct:.1f}%), {rate:.2f} points/s, ETA {_eta(eta)}"
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        elif self.enabled:
+            print(self.line(), file=self.stream, flush=True)

@@ -1,0 +1,1 @@
+"""Figures and exports of landscape-mpi surface files. Reads only the HDF5 file: no torch, no MPI."""
