@@ -15,7 +15,8 @@ import torch
 from landscape_mpi.errors import UserError
 
 CIFAR_FOLDER = "cifar-10-batches-py"
-CIFAR_FILES = ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch"]
+CIFAR_FILES = ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch",
+               "batches.meta"]
 # Per-channel mean and std (of the 0..1 pixel values) used by the paper's reference training code.
 CIFAR_MEAN = (125.3 / 255, 123.0 / 255, 113.9 / 255)
 CIFAR_STD = (63.0 / 255, 62.1 / 255, 66.7 / 255)

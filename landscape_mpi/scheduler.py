@@ -89,12 +89,17 @@ class RankStats:
     device: str = ""
     points: int = 0
     busy_seconds: float = 0.0
+    """Seconds spent evaluating points."""
     wall_seconds: float = 0.0
+    """Seconds from the start of scheduling to this rank's end."""
+    cpu_seconds: float = 0.0
+    """CPU time of the process over the same span (waiting costs none: see `Waiter`)."""
 
     def line(self) -> str:
         rate = self.points / self.busy_seconds if self.busy_seconds > 0 else float("nan")
         return (f"  rank {self.rank:>4}  {self.host[:20]:<20} {self.device:<8} {self.points:>8} points "
-                f"{self.busy_seconds:>9.1f} s busy  {rate:>9.2f} points/s")
+                f"{self.busy_seconds:>9.1f} s busy {self.wall_seconds:>9.1f} s wall {self.cpu_seconds:>8.1f} s cpu "
+                f"{rate:>9.2f} points/s")
 
 
 @dataclass
@@ -215,7 +220,7 @@ class Master:
             self.comm.Abort(1)
 
     def run(self) -> Outcome:
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         own = self.stats[0]
         waiter = Waiter()
         try:
@@ -244,6 +249,7 @@ class Master:
                 raise
             self.fail(f"rank 0 failed:\n{traceback.format_exc()}")
         own.wall_seconds = time.perf_counter() - t0
+        own.cpu_seconds = time.process_time() - cpu0
         status = STATUS_COMPLETE if not self.todo and not self.stopping else STATUS_STOPPED
         for r in range(1, self.size):
             self.comm.send(status, dest=r, tag=TAG_FINAL)
@@ -269,7 +275,7 @@ class Worker:
         from mpi4py import MPI
 
         comm, status = self.comm, MPI.Status()
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         chunks: deque[list[int]] = deque()
         current: deque[int] = deque()
         outstanding, no_more, master_stop = 0, False, False
@@ -325,6 +331,7 @@ class Worker:
             if finished:
                 report(False)
             self.stats.wall_seconds = time.perf_counter() - t0
+            self.stats.cpu_seconds = time.process_time() - cpu0
             comm.send((self.stats, self.stop.requested), dest=0, tag=TAG_DONE)
             return self._await_final()
         except BaseException:

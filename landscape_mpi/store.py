@@ -53,7 +53,10 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def _check_writable(path: str) -> None:
+def check_out_path(path: str) -> None:
+    """Raise a UserError unless `path` can be created or written."""
+    if os.path.isdir(path):
+        raise UserError(f"--out {path} is a folder; give a file name such as {os.path.join(path, 'surface.h5')}")
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise UserError(f"--out {path}: folder {folder} does not exist; create it or choose another --out")
@@ -68,7 +71,7 @@ def create_surface_file(path: str, config: SurfaceConfig, directions: dict[str, 
     An existing file at `path` is replaced only once the new one is complete (the caller has checked
     --overwrite). `directions` maps axis name to the full-space direction (zeros where excluded).
     """
-    _check_writable(path)
+    check_out_path(path)
     for stale in glob.glob(glob.escape(path) + ".tmp-*"):  # left by a run killed while creating
         try:
             os.remove(stale)
@@ -167,6 +170,39 @@ def read_directions(path: str, axes: Sequence[str]) -> list[Direction]:
     return out
 
 
+class RunLock:
+    """An exclusive lock on ``FILE.h5.lock``, held by the run that writes FILE.h5.
+
+    The kernel releases it when the process ends, however it ends, so a killed job never leaves a stale
+    lock. On file systems without flock support the lock is skipped (best effort).
+    """
+
+    def __init__(self, path: str) -> None:
+        import fcntl
+
+        check_out_path(path)
+        self.path = path + ".lock"
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(self.fd, 200, 0).decode(errors="replace").strip()
+            os.close(self.fd)
+            raise UserError(f"--out {path} is being written by another running job ({holder}); wait for it to "
+                            f"end, or choose another --out") from None
+        except OSError:
+            pass  # no flock on this file system
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, f"pid {os.getpid()} on {platform.node()}".encode(), 0)
+
+    def release(self) -> None:
+        try:
+            os.unlink(self.path)
+        except OSError:
+            pass
+        os.close(self.fd)
+
+
 class ResultWriter:
     """Writes finished points into an existing surface file.
 
@@ -180,15 +216,14 @@ class ResultWriter:
         self.path = path
         self.metrics = list(metrics)
         self.io = io
+        # No HDF5 file lock: it would stop readers (landscape-mpi info, plotting, a user's h5py.File(path))
+        # from opening the file while the job runs. Two writers are kept apart by `RunLock` instead.
         try:
             if io == "collective":
                 self.file = h5py.File(path, "r+", driver="mpio", comm=comm)
             else:
-                self.file = h5py.File(path, "r+", locking="best-effort")
+                self.file = h5py.File(path, "r+", locking=False)
         except OSError as exc:
-            if "lock" in str(exc).lower():
-                raise UserError(f"--out {path} is open for writing by another job (HDF5 file lock); "
-                                f"wait for it to end or choose another --out") from None
             raise UserError(f"--out {path}: cannot open for writing ({exc})") from None
         results = self.file["results"]
         self.dsets = {m: results[m] for m in self.metrics}

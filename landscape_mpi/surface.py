@@ -205,6 +205,16 @@ def run_surface(config: SurfaceConfig, options: RunOptions, ctx: RunContext | No
     if options.io == "collective":
         on_every_rank(ctx, lambda: check_collective_io(ctx))
 
+    # Rank 0 holds FILE.h5.lock for the whole run: a second job on the same file is refused.
+    lock = on_every_rank(ctx, lambda: store.RunLock(options.out) if ctx.is_master else None)
+    try:
+        return _run_locked(config, options, ctx)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run_locked(config: SurfaceConfig, options: RunOptions, ctx: RunContext) -> int:
     message = on_every_rank(ctx, lambda: prepare_file(config, options, ctx) if ctx.is_master else None)
     log(ctx, str(message))
 
@@ -222,9 +232,10 @@ def run_surface(config: SurfaceConfig, options: RunOptions, ctx: RunContext | No
 
         comm_io = MPI.COMM_SELF
     writer = None
-    if options.io == "collective" or ctx.is_master:
-        writer = on_every_rank(ctx, lambda: store.ResultWriter(options.out, config.metrics, options.io, comm_io)) \
-            if options.io == "collective" else store.ResultWriter(options.out, config.metrics, "single")
+    if options.io == "collective":  # every rank opens the file: a collective open
+        writer = on_every_rank(ctx, lambda: store.ResultWriter(options.out, config.metrics, "collective", comm_io))
+    elif ctx.is_master:
+        writer = store.ResultWriter(options.out, config.metrics, "single")
     sink = sched.ResultSink(writer.write if writer else None, len(config.metrics), options.flush_seconds)
     evaluate_point = with_test_hooks(evaluator, ctx.rank)
     stats = sched.RankStats(ctx.rank, ctx.host, str(ctx.device))

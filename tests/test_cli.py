@@ -1,0 +1,202 @@
+"""The CLI as a user meets it: every error case (one line naming the fix, its exit code, no data lost),
+resume after an interruption, info, and the embedded demo."""
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import h5py
+import numpy as np
+import pytest
+
+from conftest import ROOT, cli, env, run
+
+EXIT_USER, EXIT_RESUMABLE = 2, 75
+DIGITS = ["--model", "digits_cnn", "--dataset", "digits"]
+
+
+def one_line_error(p, *needles):
+    assert p.returncode == EXIT_USER, p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in p.stderr, p.stderr
+    for n in needles:
+        assert n in lines[0], lines[0]
+    return lines[0]
+
+
+def results(path):
+    with h5py.File(path, "r") as f:
+        return {k: f["results"][k][()] for k in ("train_loss", "train_acc", "test_loss", "test_acc", "done")}
+
+
+def assert_same_results(a, b):
+    ra, rb = results(a), results(b)
+    for k in ra:
+        assert np.array_equal(ra[k], rb[k], equal_nan=True), k
+
+
+@pytest.mark.parametrize("spec,needle", [("1:-1:5", "min must be smaller"), ("a:b:c", "expected numbers"),
+                                         ("-1:1", "expected min:max:num"), ("-1:1:0", "at least 1")])
+def test_bad_grid_spec(tmp_path, digits_ckpt, spec, needle):
+    p = run(cli("surface", *DIGITS, "--checkpoint", digits_ckpt, f"--x={spec}", "--out", str(tmp_path / "s.h5")),
+            check_rc=None)
+    one_line_error(p, needle, "--x")
+    assert not (tmp_path / "s.h5").exists()
+
+
+def test_missing_corrupt_and_mismatched_checkpoints(tmp_path, digits_ckpt):
+    out = str(tmp_path / "s.h5")
+    p = run(cli("surface", *DIGITS, "--checkpoint", str(tmp_path / "nope.pt"), "--out", out), check_rc=None)
+    one_line_error(p, "no such file", "nope.pt")
+    bad = tmp_path / "corrupt.pt"
+    bad.write_bytes(os.urandom(2000))
+    p = run(cli("surface", *DIGITS, "--checkpoint", str(bad), "--out", out), check_rc=None)
+    one_line_error(p, "not a readable PyTorch checkpoint", "corrupt.pt")
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(open(digits_ckpt, "rb").read()[:3000])
+    p = run(cli("surface", *DIGITS, "--checkpoint", str(truncated), "--out", out), check_rc=None)
+    one_line_error(p, "not a readable PyTorch checkpoint")
+    p = run(cli("surface", "--model", "digits_mlp", "--checkpoint", digits_ckpt, "--out", out), check_rc=None)
+    one_line_error(p, "does not fit the model", "missing: fc1.weight", "unexpected: conv1.weight")
+    assert not os.path.exists(out)
+
+
+def test_unknown_model_dataset_and_import_paths(tmp_path, digits_ckpt):
+    out = str(tmp_path / "s.h5")
+    p = run(cli("surface", "--model", "resnet21", "--checkpoint", digits_ckpt, "--out", out), check_rc=None)
+    one_line_error(p, "unknown model", "resnet20")
+    p = run(cli("surface", "--model", "no_such_pkg.mod:f", "--checkpoint", digits_ckpt, "--out", out), check_rc=None)
+    one_line_error(p, "cannot import no_such_pkg.mod")
+    p = run(cli("surface", *DIGITS[:2], "--dataset", "mnist", "--checkpoint", digits_ckpt, "--out", out), check_rc=None)
+    one_line_error(p, "unknown dataset")
+    p = run(cli("surface", *DIGITS, "--checkpoint", digits_ckpt, "--norm", "global", "--out", out), check_rc=None)
+    one_line_error(p, "--norm")
+
+
+def test_missing_cifar_folder_names_layout(tmp_path, digits_ckpt):
+    p = run(cli("surface", "--model", "resnet20", "--dataset", "cifar10", "--data-root", str(tmp_path / "nodata"),
+                "--checkpoint", digits_ckpt, "--out", str(tmp_path / "s.h5")), check_rc=None)
+    assert p.returncode == EXIT_USER
+    p = run(cli("train", "--model", "resnet20", "--dataset", "cifar10", "--data-root", str(tmp_path / "nodata"),
+                "--out-dir", str(tmp_path / "ck")), check_rc=None)
+    one_line_error(p, "CIFAR-10 not found", "cifar-10-batches-py/", "data_batch_1")
+
+
+def test_unwritable_output(tmp_path, digits_ckpt):
+    p = run(cli("surface", *DIGITS, "--checkpoint", digits_ckpt, "--x=-1:1:3", "--out",
+                str(tmp_path / "missing_dir" / "s.h5")), check_rc=None)
+    one_line_error(p, "does not exist", "--out")
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    p = run(cli("surface", *DIGITS, "--checkpoint", digits_ckpt, "--x=-1:1:3", "--out", str(blocker / "s.h5")),
+            check_rc=None)
+    one_line_error(p, "--out")
+
+
+def test_not_a_surface_file_is_never_overwritten(tmp_path, digits_ckpt):
+    out = tmp_path / "notes.h5"
+    out.write_text("my precious notes")
+    p = run(cli("surface", *DIGITS, "--checkpoint", digits_ckpt, "--x=-1:1:3", "--out", str(out)), check_rc=None)
+    one_line_error(p, "not a readable HDF5 surface file")
+    assert out.read_text() == "my precious notes"
+
+
+def test_mismatched_resume_refused_with_diff_then_overwrite(tmp_path, digits_ckpt):
+    out = tmp_path / "s.h5"
+    run(cli("surface", *DIGITS, "--checkpoint", digits_ckpt, "--x=-1:1:5", "--y=-1:1:3", "--out", str(out)))
+    before = out.read_bytes()
+    p = run(cli("surface", *DIGITS, "--checkpoint", digits_ckpt, "--x=-1:1:7", "--y=-1:1:3", "--seed", "4",
+                "--out", str(out)), check_rc=None)
+    line = one_line_error(p, "another configuration", "x: file has '-1:1:5', command asks '-1:1:7'",
+                          "seed: file has 0, command asks 4", "--overwrite")
+    assert out.read_bytes() == before  # nothing computed is lost
+    run(cli("surface", *DIGITS, "--checkpoint", digits_ckpt, "--x=-1:1:7", "--y=-1:1:3", "--out", str(out),
+            "--overwrite"))
+    with h5py.File(out, "r") as f:
+        assert f["results/done"].shape == (7, 3) and f["results/done"][()].all()
+
+
+def test_changed_checkpoint_refused(tmp_path, digits_ckpt):
+    out = tmp_path / "s.h5"
+    run(cli("surface", *DIGITS, "--checkpoint", digits_ckpt, "--x=-1:1:3", "--out", str(out)))
+    other = os.path.join(os.path.dirname(digits_ckpt), "epoch_001.pt")
+    p = run(cli("surface", *DIGITS, "--checkpoint", other, "--x=-1:1:3", "--out", str(out)), check_rc=None)
+    one_line_error(p, "checkpoint: file was computed from another file")
+
+
+def test_complete_file_exits_at_once(tmp_path, digits_ckpt):
+    out = tmp_path / "s.h5"
+    run(cli("surface", *DIGITS, "--checkpoint", digits_ckpt, "--x=-1:1:3", "--out", str(out)))
+    before = out.read_bytes()
+    p = run(cli("surface", *DIGITS, "--checkpoint", digits_ckpt, "--x=-1:1:3", "--out", str(out)))
+    assert "complete: nothing to compute" in p.stderr
+    assert out.read_bytes() == before
+
+
+def test_resume_after_failure_equals_uninterrupted(tmp_path, digits_ckpt):
+    args = [*DIGITS, "--checkpoint", digits_ckpt, "--x=-1:1:6", "--y=-1:0.5:4", "--samples", "200", "--threads", "1"]
+    full, part = tmp_path / "full.h5", tmp_path / "part.h5"
+    run(cli("surface", *args, "--out", str(full)))
+    p = run(cli("surface", *args, "--out", str(part)), check_rc=1, LANDSCAPE_MPI_TEST_FAIL="0:9")
+    assert "test hook" in p.stderr
+    assert results(part)["done"].sum() == 9  # the 9 finished points were written before the error
+    run(cli("surface", *args, "--out", str(part)))
+    assert_same_results(full, part)
+
+
+def test_sigterm_stops_gracefully_and_resumes(tmp_path, digits_ckpt):
+    args = [*DIGITS, "--checkpoint", digits_ckpt, "--x=-1:1:8", "--y=-1:1:5", "--samples", "100", "--threads", "1"]
+    full, part = tmp_path / "full.h5", tmp_path / "part.h5"
+    run(cli("surface", *args, "--out", str(full)))
+    proc = subprocess.Popen(cli("surface", *args, "--out", str(part), "--flush-seconds", "0.1"), cwd=ROOT,
+                            env=env(LANDSCAPE_MPI_TEST_DELAY="0.25"), stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline:  # wait until some points are on disk
+        time.sleep(0.2)
+        if part.exists():
+            try:
+                if results(part)["done"].sum() >= 3:
+                    break
+            except OSError:
+                pass
+    proc.send_signal(signal.SIGTERM)
+    err = proc.communicate(timeout=60)[1]
+    assert proc.returncode == EXIT_RESUMABLE, err
+    assert "Rerun the same command to resume" in err
+    r = results(part)
+    n_done = r["done"].sum()
+    assert 3 <= n_done < 40
+    computed = sum(int(line.split()[4]) for line in err.splitlines() if line.strip().startswith("rank "))
+    assert computed == n_done  # every point computed before the stop is in the file
+    full_r = results(full)
+    mask = r["done"].astype(bool)
+    assert np.array_equal(r["train_loss"][mask], full_r["train_loss"][mask])
+    run(cli("surface", *args, "--out", str(part)))
+    assert_same_results(full, part)
+
+
+def test_info_json_and_text(tmp_path, digits_ckpt):
+    out = tmp_path / "s.h5"
+    run(cli("surface", *DIGITS, "--checkpoint", digits_ckpt, "--x=-1:1:3", "--y=0:1:2", "--out", str(out)))
+    info = json.loads(run(cli("info", str(out), "--json")).stdout)
+    assert info["done"] == info["total"] == 6 and info["complete"] is True
+    assert info["config"]["x"] == "-1:1:3" and info["config"]["norm"] == "filter" and info["config"]["seed"] == 0
+    assert info["metrics"]["train_loss"]["min"] <= info["metrics"]["train_loss"]["max"]
+    text = run(cli("info", str(out))).stdout
+    assert "6/6 points done" in text
+    p = run(cli("info", str(tmp_path / "none.h5")), check_rc=None)
+    one_line_error(p, "no such file")
+
+
+def test_demo_completes(tmp_path):
+    p = run(cli("demo", "--out-dir", str(tmp_path / "demo")), timeout=300)
+    path = tmp_path / "demo" / "surface.h5"
+    info = json.loads(run(cli("info", str(path), "--json")).stdout)
+    assert info["complete"] and info["total"] == 21 * 21
+    assert "landscape-plot" in p.stderr
+    # the trained model is a real minimum: the center is the lowest train loss of the grid
+    with h5py.File(path, "r") as f:
+        loss = f["results/train_loss"][()]
+    assert np.unravel_index(np.argmin(loss), loss.shape) == (10, 10)
