@@ -1,0 +1,64 @@
+"""How many point assignments per second the coordinator serves, with a zero-cost evaluator.
+
+    mpiexec -n 16 python benchmarks/bench_scheduler.py --points 200000 [--chunk-size 1] [--json]
+
+Every rank runs the real `Master` / `Worker` of landscape_mpi.scheduler; evaluating a point costs nothing and
+results go to a sink that drops them, so the figure is the coordinator's own ceiling: assignments/s =
+points / seconds from the first assignment to the last result; the points rank 0 evaluates itself are
+left out of the "handed out to workers" figure. `--sleep R:S` makes rank R sleep S seconds
+per point instead (used by tests to check that waiting ranks do not spin a core).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from mpi4py import MPI
+
+from landscape_mpi import scheduler as sched
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--points", type=int, default=100000)
+    p.add_argument("--chunk-size", type=int, default=0, help="0: automatic (guided)")
+    p.add_argument("--sleep", default="", help="R:S: rank R sleeps S seconds per point")
+    p.add_argument("--json", action="store_true")
+    a = p.parse_args()
+    comm = MPI.COMM_WORLD
+    rank = comm.Get_rank()
+    delay = 0.0
+    if a.sleep and int(a.sleep.split(":")[0]) == rank:
+        delay = float(a.sleep.split(":")[1])
+
+    def evaluate(flat: int) -> tuple[float, ...]:
+        if delay:
+            time.sleep(delay)
+        return (0.0, 1.0)
+
+    stop = sched.StopFlag()
+    comm.barrier()
+    t0 = time.perf_counter()
+    if rank == 0:
+        sink = sched.ResultSink(None, 2)
+        outcome = sched.Master(comm, range(a.points), evaluate, sink, stop, a.chunk_size).run()
+        seconds = time.perf_counter() - t0
+        served = a.points - outcome.stats[0].points  # points the master handed to other ranks
+        report = {"ranks": comm.Get_size(), "points": a.points, "chunk_size": a.chunk_size, "seconds": seconds,
+                  "assignments_per_s": a.points / seconds, "served_to_workers_per_s": served / seconds,
+                  "status": outcome.status, "stats": [vars(s) for s in outcome.stats]}
+        if a.json:
+            print(json.dumps(report))
+        else:
+            print(f"{report['ranks']} ranks, chunk {a.chunk_size or 'auto'}: {a.points} points in {seconds:.2f} s "
+                  f"= {report['assignments_per_s']:,.0f} points/s in all, {report['served_to_workers_per_s']:,.0f}/s "
+                  f"handed out to workers", file=sys.stderr)
+    else:
+        sched.Worker(comm, evaluate, stop).run()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,217 @@
+"""The MPI pipeline under a real mpiexec with 1, 2 and 3 ranks (oversubscribed on 2 cores).
+
+Each run is wrapped in a timeout: a hang fails the test instead of stalling CI.
+"""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import h5py
+import numpy as np
+import pytest
+
+from conftest import ROOT, cli, env, mpi_flavor, mpiexec, run
+
+pytestmark = pytest.mark.timeout(600)
+DIGITS = ["--model", "digits_cnn", "--dataset", "digits", "--threads", "1"]
+METRICS = ("train_loss", "train_acc", "test_loss", "test_acc")
+
+
+def results(path):
+    with h5py.File(path, "r") as f:
+        return {k: f["results"][k][()] for k in (*METRICS, "done", "rank") if k in f["results"]}
+
+
+def assert_same(a, b):
+    ra, rb = results(a), results(b)
+    for k in (*METRICS, "done"):
+        assert np.array_equal(ra[k], rb[k], equal_nan=True), k
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, digits_ckpt):
+    """An uninterrupted single-process run (no MPI at all) of a non-square grid."""
+    out = tmp_path_factory.mktemp("ref") / "ref.h5"
+    args = [*DIGITS, "--checkpoint", digits_ckpt, "--x=-1:1:9", "--y=-0.5:1:6", "--samples", "150"]
+    run(cli("surface", *args, "--out", str(out)))
+    return args, out
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_ranks_give_identical_files(tmp_path, reference, n):
+    args, ref = reference
+    out = tmp_path / f"n{n}.h5"
+    p = run(mpiexec(n) + cli("surface", *args, "--out", str(out)), timeout=300)
+    assert f"on {n} rank(s)" in p.stderr
+    assert_same(ref, out)
+    ranks = results(out)["rank"]
+    assert set(np.unique(ranks)) == set(range(n))  # every rank evaluated points, rank 0 included
+
+
+def test_slow_rank_gets_proportionally_fewer_points(tmp_path, digits_ckpt):
+    out = tmp_path / "slow.h5"
+    run(mpiexec(3) + cli("surface", *DIGITS, "--checkpoint", digits_ckpt, "--x=-1:1:20", "--y=-1:1:15",
+                         "--samples", "20", "--splits", "train", "--out", str(out)),
+        timeout=300, LANDSCAPE_MPI_TEST_DELAY="0.02,2:0.06")
+    counts = np.bincount(results(out)["rank"].ravel(), minlength=3)
+    assert counts.sum() == 300
+    # rank 2 is 3x slower: about a third of rank 1's points
+    assert 2.0 <= counts[1] / counts[2] <= 4.5, counts
+    assert 0.6 <= counts[0] / counts[1] <= 1.6, counts
+
+
+def _launch(cmd, **extra):
+    return subprocess.Popen(cmd, cwd=ROOT, env=env(**extra), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+
+
+def _rank_pids(launcher_pid):
+    """The landscape_mpi rank processes of a launch: descendants of mpiexec (children with Open MPI,
+    grandchildren under MPICH's hydra proxy)."""
+    parent = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    parent[int(d)] = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError):
+                pass
+    found, frontier = [], [launcher_pid]
+    while frontier:
+        children = [p for p, pp in parent.items() if pp in frontier]
+        for p in children:
+            try:
+                with open(f"/proc/{p}/cmdline", "rb") as f:
+                    if b"landscape_mpi" in f.read():
+                        found.append(p)
+            except OSError:
+                pass
+        frontier = children
+    return found
+
+
+def _wait_done(path, at_least, timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        time.sleep(0.2)
+        try:
+            if results(path)["done"].sum() >= at_least:
+                return
+        except (OSError, KeyError):
+            pass
+    raise AssertionError(f"fewer than {at_least} points done after {timeout} s")
+
+
+def test_sigkill_at_random_moments_then_resume(tmp_path, reference):
+    args, ref = reference
+    out = tmp_path / "killed.h5"
+    ref_r = results(ref)
+    rng = random.Random(1234)
+    kills = 0
+    for attempt in range(6):
+        proc = _launch(mpiexec(3) + cli("surface", *args, "--out", str(out), "--flush-seconds", "0.02"),
+                       LANDSCAPE_MPI_TEST_DELAY="0.03")
+        time.sleep(rng.uniform(0.5, 5.0) if attempt else 1.0)  # the first kill may land during start-up
+        if proc.poll() is not None:
+            break
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        kills += 1
+        if out.exists():
+            r = results(out)  # the file opens after every kill ...
+            mask = r["done"].astype(bool)
+            for k in METRICS:  # ... and every point marked done holds the uninterrupted run's value
+                assert np.array_equal(r[k][mask], ref_r[k][mask]), k
+    assert kills >= 3
+    run(mpiexec(2) + cli("surface", *args, "--out", str(out)), timeout=300)  # resume with another rank count
+    assert_same(ref, out)
+
+
+def test_sigterm_to_ranks_stops_resumable_nothing_lost(tmp_path, reference):
+    args, ref = reference
+    out = tmp_path / "term.h5"
+    proc = _launch(mpiexec(3) + cli("surface", *args, "--out", str(out), "--flush-seconds", "0.1"),
+                   LANDSCAPE_MPI_TEST_DELAY="0.3")
+    _wait_done(out, 6)
+    pids = _rank_pids(proc.pid)
+    assert len(pids) == 3, pids
+    for pid in pids:  # as SLURM's scancel signals every task
+        os.kill(pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 75, err
+    assert "Rerun the same command to resume" in err
+    r = results(out)
+    computed = sum(int(line.split()[4]) for line in err.splitlines() if line.strip().startswith("rank "))
+    assert computed == r["done"].sum() < r["done"].size  # every finished point was written
+    run(mpiexec(3) + cli("surface", *args, "--out", str(out)), timeout=300)
+    assert_same(ref, out)
+
+
+def test_sigusr1_to_mpiexec_is_forwarded(tmp_path, reference):
+    if mpi_flavor() != "openmpi":
+        pytest.skip("Open MPI's mpiexec forwards SIGUSR1 to the ranks")
+    args, _ = reference
+    out = tmp_path / "usr1.h5"
+    proc = _launch(mpiexec(3) + cli("surface", *args, "--out", str(out)), LANDSCAPE_MPI_TEST_DELAY="0.3")
+    _wait_done(out, 3)
+    proc.send_signal(signal.SIGUSR1)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 75, err
+    assert "caught SIGUSR1" in err
+
+
+@pytest.mark.parametrize("failing_rank", [2, 0])
+def test_exception_on_one_rank_ends_job_with_message(tmp_path, reference, failing_rank):
+    args, ref = reference
+    out = tmp_path / "fail.h5"
+    proc = _launch(mpiexec(3) + cli("surface", *args, "--out", str(out)),
+                   LANDSCAPE_MPI_TEST_DELAY="0.05", LANDSCAPE_MPI_TEST_FAIL=f"{failing_rank}:4")
+    _wait_done(out, 1)
+    t_first = time.time()
+    try:
+        _, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise AssertionError("the job hung after an exception on one rank")
+    assert proc.returncode not in (0, 75)
+    assert time.time() - t_first < 30
+    assert f"test hook: rank {failing_rank} fails after 4 points" in err
+    r = results(out)
+    mask = r["done"].astype(bool)
+    assert mask.any() and np.array_equal(r["train_loss"][mask], results(ref)["train_loss"][mask])
+
+
+def test_idle_ranks_do_not_spin(tmp_path):
+    """While rank 2 works for 3 s on the last point, rank 0 waits: it must use little CPU doing so."""
+    cmd = mpiexec(3) + [sys.executable, str(ROOT / "benchmarks" / "bench_scheduler.py"), "--points", "3",
+                        "--chunk-size", "1", "--sleep", "2:3", "--json"]
+    report = json.loads(run(cmd, timeout=120).stdout.strip().splitlines()[-1])
+    master = report["stats"][0]
+    assert master["wall_seconds"] >= 2.5
+    assert master["cpu_seconds"] < 0.25 * master["wall_seconds"], master
+
+
+def test_io_collective_equals_single(tmp_path, reference):
+    import h5py as h
+
+    if not h.get_config().mpi:
+        pytest.skip("h5py without parallel HDF5 (h5py.get_config().mpi is False)")
+    args, ref = reference
+    out = tmp_path / "coll.h5"
+    run(mpiexec(3) + cli("surface", *args, "--out", str(out), "--io", "collective"), timeout=300)
+    assert_same(ref, out)
+
+
+def test_io_collective_without_parallel_h5py_is_a_clear_error(tmp_path, reference, monkeypatch):
+    from landscape_mpi.errors import UserError
+    from landscape_mpi.surface import check_collective_io
+    import h5py as h
+
+    monkeypatch.setattr(h, "get_config", lambda: type("C", (), {"mpi": False})())
+    with pytest.raises(UserError, match="parallel HDF5.*--io single"):
+        check_collective_io(None)
