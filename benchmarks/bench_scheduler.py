@@ -5,8 +5,8 @@
 Every rank runs the real `Master` / `Worker` of landscape_mpi.scheduler; evaluating a point costs nothing and
 results go to a sink that drops them, so the figure is the coordinator's own ceiling: assignments/s =
 points / seconds from the first assignment to the last result; the points rank 0 evaluates itself are
-left out of the "handed out to workers" figure. `--sleep R:S` makes rank R sleep S seconds
-per point instead (used by tests to check that waiting ranks do not spin a core).
+left out of the "handed out to workers" figure. `--sleep S` (or `R:S`, rank R only) makes
+evaluation sleep S seconds per point instead (used by tests to check that waiting ranks do not spin a core).
 """
 
 from __future__ import annotations
@@ -25,13 +25,16 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--points", type=int, default=100000)
     p.add_argument("--chunk-size", type=int, default=0, help="0: automatic (guided)")
-    p.add_argument("--sleep", default="", help="R:S: rank R sleeps S seconds per point")
+    p.add_argument("--sleep", default="", help="S: every rank sleeps S seconds per point; R:S: only rank R")
+    p.add_argument("--dedicated", action="store_true", help="rank 0 only coordinates (evaluates no point)")
     p.add_argument("--json", action="store_true")
     a = p.parse_args()
     comm = MPI.COMM_WORLD
     rank = comm.Get_rank()
     delay = 0.0
-    if a.sleep and int(a.sleep.split(":")[0]) == rank:
+    if a.sleep and ":" not in a.sleep:
+        delay = float(a.sleep)
+    elif a.sleep and int(a.sleep.split(":")[0]) == rank:
         delay = float(a.sleep.split(":")[1])
 
     def evaluate(flat: int) -> tuple[float, ...]:
@@ -44,7 +47,8 @@ def main() -> None:
     t0 = time.perf_counter()
     if rank == 0:
         sink = sched.ResultSink(None, 2)
-        outcome = sched.Master(comm, range(a.points), evaluate, sink, stop, a.chunk_size).run()
+        outcome = sched.Master(comm, range(a.points), evaluate, sink, stop, a.chunk_size,
+                               evaluates=not a.dedicated).run()
         seconds = time.perf_counter() - t0
         served = a.points - outcome.stats[0].points  # points the master handed to other ranks
         report = {"ranks": comm.Get_size(), "points": a.points, "chunk_size": a.chunk_size, "seconds": seconds,

@@ -152,7 +152,8 @@ class Master:
 
     def __init__(self, comm, todo: Sequence[int], evaluate: Callable[[int], Sequence[float]], sink: ResultSink,
                  stop: StopFlag, chunk_size: int = 0, on_progress: Callable[[int], None] | None = None,
-                 worker_results_to_sink: bool = True, stats: RankStats | None = None) -> None:
+                 worker_results_to_sink: bool = True, stats: RankStats | None = None,
+                 evaluates: bool = True) -> None:
         self.comm = comm
         self.size = comm.Get_size() if comm is not None else 1
         self.todo = deque(int(i) for i in todo)
@@ -167,6 +168,9 @@ class Master:
         self.stop_reason = ""
         self.computed = 0
         self.workers_running = self.size - 1
+        # evaluates=False: a dedicated coordinator that only serves (used by the benchmark); a single process
+        # always evaluates.
+        self.evaluates = evaluates or self.size == 1
 
     def next_chunk(self) -> list[int]:
         if self.stopping or not self.todo:
@@ -229,7 +233,7 @@ class Master:
                     waiter.reset()
                 if self.stop.requested:
                     self.begin_stop(f"rank 0 caught {self.stop.signal_name}")
-                if not self.stopping and self.todo:
+                if self.evaluates and not self.stopping and self.todo:
                     result = timed(self.evaluate, self.todo.popleft())
                     own.points += 1
                     own.busy_seconds += result[2]
@@ -238,7 +242,7 @@ class Master:
                     self.on_progress(1)
                     self.sink.maybe_flush()
                     continue
-                if self.workers_running == 0:
+                if self.workers_running == 0 and (self.evaluates or not self.todo or self.stopping):
                     break
                 self.sink.maybe_flush()
                 waiter.pause()

@@ -187,12 +187,12 @@ def test_exception_on_one_rank_ends_job_with_message(tmp_path, reference, failin
 
 
 def test_idle_ranks_do_not_spin(tmp_path):
-    """While rank 2 works for 3 s on the last point, rank 0 waits: it must use little CPU doing so."""
-    cmd = mpiexec(3) + [sys.executable, str(ROOT / "benchmarks" / "bench_scheduler.py"), "--points", "3",
-                        "--chunk-size", "1", "--sleep", "2:3", "--json"]
+    """While the workers take 3 s for their points, the coordinator waits: it must use little CPU doing so."""
+    cmd = mpiexec(3) + [sys.executable, str(ROOT / "benchmarks" / "bench_scheduler.py"), "--points", "2",
+                        "--chunk-size", "1", "--sleep", "1.5", "--dedicated", "--json"]
     report = json.loads(run(cmd, timeout=120).stdout.strip().splitlines()[-1])
     master = report["stats"][0]
-    assert master["wall_seconds"] >= 2.5
+    assert master["wall_seconds"] >= 1.4 and master["points"] == 0
     assert master["cpu_seconds"] < 0.25 * master["wall_seconds"], master
 
 
