@@ -19,6 +19,7 @@ BIN = Path(sys.executable).parent
 def env(**extra) -> dict:
     e = dict(os.environ)
     e["PYTHONPATH"] = os.pathsep.join([str(TESTS), str(ROOT), e.get("PYTHONPATH", "")])
+    e["PATH"] = f"{BIN}{os.pathsep}{e.get('PATH', '')}"  # the console scripts landscape-mpi, landscape-plot
     e.setdefault("OMP_NUM_THREADS", "1")
     for k in ("LANDSCAPE_MPI_TEST_DELAY", "LANDSCAPE_MPI_TEST_FAIL"):
         e.pop(k, None)

@@ -1,0 +1,3 @@
+from plotting.cli import main
+
+raise SystemExit(main())

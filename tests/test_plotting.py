@@ -1,0 +1,269 @@
+"""plotting/: figures and exports checked for content (levels, labels, blank cells, values), from
+non-square, partially complete surface files, including one that a running job is still writing."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+
+import h5py
+import numpy as np
+import pytest
+
+from conftest import ROOT, cli, env, run
+from plotting import export, figures
+from plotting.reader import read_surface
+
+X = np.linspace(-1, 1, 7)
+Y = np.linspace(-0.5, 1.5, 5)
+
+
+def f(x, y):
+    return 1.0 + x ** 2 + 2.0 * y ** 2
+
+
+def write_file(path, coords, values, done, extra=None):
+    """A schema-1 surface file written directly with h5py: the contract, not landscape_mpi's code."""
+    with h5py.File(path, "w") as h:
+        h.attrs["schema_version"] = 1
+        axes = list(coords)
+        h.attrs["config"] = json.dumps({"model": "toy", "x": "-1:1:7", "splits": ["train"]})
+        h.attrs["axes"] = json.dumps(axes)
+        for a, c in coords.items():
+            h[f"coords/{a}"] = c
+        for name, v in values.items():
+            h[f"results/{name}"] = np.where(done, v, np.nan)
+        h["results/done"] = done.astype(np.uint8)
+        for k, v in (extra or {}).items():
+            h[k] = v
+    return str(path)
+
+
+@pytest.fixture
+def partial2d(tmp_path):
+    XX, YY = np.meshgrid(X, Y, indexing="ij")
+    loss = f(XX, YY)
+    done = np.ones(loss.shape, bool)
+    done[4:, 3:] = False  # the last points of the grid are not computed yet
+    acc = 1.0 / loss
+    return write_file(tmp_path / "partial.h5", {"x": X, "y": Y}, {"train_loss": loss, "train_acc": acc}, done), loss, done
+
+
+def pixel(fig, ax, x, y):
+    fig.canvas.draw()
+    img = np.asarray(fig.canvas.buffer_rgba())
+    px, py = ax.transData.transform((x, y))
+    return img[int(round(img.shape[0] - py)), int(round(px)), :3]
+
+
+def test_contour_levels_labels_and_progress(partial2d):
+    path, loss, done = partial2d
+    s = read_surface(path)
+    assert s.n_done == done.sum() and not s.complete
+    assert np.isnan(s.values["train_loss"][~done]).all()
+    levels = figures.levels_for([s.metric("train_loss")], n=12)
+    np.testing.assert_allclose(levels, np.linspace(loss[done].min(), loss[done].max(), 12))
+    fig = figures.plot_contour(s, "train_loss", levels)
+    info = fig.landscape_info
+    np.testing.assert_allclose(info["levels"], levels)
+    assert info["labels"] and all(re.fullmatch(r"[0-9.e+-]+", t) for t in info["labels"])
+    assert np.array_equal(info["mask"], ~done)  # missing points are masked, not zeros
+    assert f"{done.sum()} of {done.size} points" in fig.axes[0].get_title()
+    figures.plt.close(fig)
+
+
+def test_log_levels_and_explicit_range(partial2d):
+    levels = figures.levels_for([read_surface(partial2d[0]).metric("train_loss")], vmin=0.1, vmax=100, n=4, log=True)
+    np.testing.assert_allclose(levels, [0.1, 1, 10, 100])
+
+
+def test_heatmap_blank_cells_where_missing(partial2d):
+    path, loss, done = partial2d
+    s = read_surface(path)
+    levels = figures.levels_for([s.metric("train_loss")])
+    fig = figures.plot_heatmap(s, "train_loss", levels)
+    ax = fig.axes[0]
+    assert np.array_equal(fig.landscape_info["mask"], ~done)
+    white = np.array([255, 255, 255])
+    assert np.array_equal(pixel(fig, ax, X[6], Y[4]), white)  # not computed: blank
+    assert not np.array_equal(pixel(fig, ax, X[0], Y[0]), white)  # computed: colored
+    lo_color = pixel(fig, ax, X[3], Y[1])  # the minimum (x=0, y=0) takes the colormap's low end
+    expected = np.array(figures.plt.get_cmap(figures.CMAP)(0.0)[:3]) * 255
+    assert np.abs(lo_color.astype(float) - expected).max() < 12
+    figures.plt.close(fig)
+
+
+def test_contourf_surface3d_are_not_blank(tmp_path, partial2d):
+    s = read_surface(partial2d[0])
+    levels = figures.levels_for([s.metric("train_loss")])
+    for plot in (figures.plot_contourf, figures.plot_surface3d):
+        out = figures.save(plot(s, "train_loss", levels), str(tmp_path / f"{plot.__name__}.png"))
+        img = figures.plt.imread(out)
+        assert img[..., :3].std() > 0.05, plot.__name__
+        assert (img[..., :3] < 0.9).mean() > 0.02  # a real share of colored pixels
+
+
+def test_1d_overlay_with_partial_file(tmp_path):
+    x = np.linspace(-1, 1, 11)
+    a = write_file(tmp_path / "small_batch.h5", {"x": x}, {"train_loss": x ** 2, "train_acc": 1 - x ** 2 / 2,
+                                                           "test_loss": x ** 2 + 0.1, "test_acc": 0.9 - x ** 2 / 2},
+                   np.ones(11, bool))
+    done = np.arange(11) < 6
+    b = write_file(tmp_path / "large_batch.h5", {"x": x}, {"train_loss": 4 * x ** 2, "train_acc": 1 - x ** 2,
+                                                           "test_loss": 4 * x ** 2 + 0.2, "test_acc": 0.9 - x ** 2},
+                   done)
+    fig = figures.plot_1d([read_surface(a), read_surface(b)], log=False)
+    ax, acc_ax = fig.axes
+    assert len(ax.lines) == 4 and len(acc_ax.lines) == 4
+    labels = [l.get_label() for l in ax.lines]
+    assert any("small_batch" in l for l in labels) and any("large_batch" in l for l in labels)
+    assert np.isnan(ax.lines[2].get_ydata()[6:]).all()  # the partial file's missing points: gaps
+    assert "6 of 11 points" in ax.get_title()
+    figures.plt.close(fig)
+
+
+def test_compare_shares_scale_and_levels(tmp_path, partial2d):
+    XX, YY = np.meshgrid(X, Y, indexing="ij")
+    other = write_file(tmp_path / "noshort.h5", {"x": X, "y": Y}, {"train_loss": 3 * f(XX, YY)},
+                       np.ones((7, 5), bool))
+    surfaces = [read_surface(partial2d[0]), read_surface(other)]
+    levels = figures.levels_for([s.metric("train_loss") for s in surfaces], n=10)
+    fig = figures.plot_compare(surfaces, "train_loss", levels)
+    lo, hi = fig.landscape_info["norm"]
+    assert lo == pytest.approx(1.0) and hi == pytest.approx(3 * f(1, 1.5))
+    assert len([a for a in fig.axes if a.get_label() != "<colorbar>"]) == 2
+    figures.plt.close(fig)
+
+
+def test_trajectory_and_eig_ratio(tmp_path):
+    XX, YY = np.meshgrid(X, Y, indexing="ij")
+    path = write_file(tmp_path / "pca.h5", {"x": X, "y": Y},
+                      {"train_loss": f(XX, YY), "eig_min": -0.1 * np.abs(XX), "eig_max": 1 + YY ** 2},
+                      np.ones((7, 5), bool),
+                      {"trajectory/x": np.linspace(-1, 0, 6), "trajectory/y": np.linspace(1, 0, 6),
+                       "trajectory/epochs": np.arange(6)})
+    with h5py.File(path, "a") as h:
+        h["trajectory"].attrs["explained_variance"] = [0.8, 0.15]
+    s = read_surface(path)
+    fig = figures.plot_trajectory(s, "train_loss", figures.levels_for([s.metric("train_loss")]))
+    assert "80.0%" in fig.axes[0].get_xlabel() and "15.0%" in fig.axes[0].get_ylabel()
+    figures.plt.close(fig)
+    np.testing.assert_allclose(s.values["eig_ratio"], np.abs(-0.1 * np.abs(XX) / (1 + YY ** 2)))
+    fig = figures.plot_eig_ratio(s)
+    assert not fig.landscape_info["mask"].any()
+    figures.plt.close(fig)
+    out = run([sys.executable, "-m", "plotting", path, "--out", str(tmp_path / "figs")]).stdout
+    assert "trajectory" in out and "eig_ratio" in out
+
+
+def test_vtp_opens_in_vtk_reader_with_file_values(tmp_path, partial2d):
+    vtk = pytest.importorskip("vtk")
+    from vtk.util.numpy_support import vtk_to_numpy
+
+    path, loss, done = partial2d
+    out = export.write_vtp(read_surface(path), "train_loss", str(tmp_path / "s.vtp"))
+    r = vtk.vtkXMLPolyDataReader()
+    r.SetFileName(out)
+    r.Update()
+    poly = r.GetOutput()
+    assert poly.GetNumberOfPoints() == done.sum()
+    cells = sum(done[i, j] and done[i + 1, j] and done[i, j + 1] and done[i + 1, j + 1]
+                for i in range(6) for j in range(4))
+    assert poly.GetNumberOfPolys() == cells
+    np.testing.assert_allclose(vtk_to_numpy(poly.GetPointData().GetArray("train_loss")), loss[done])
+    pts = vtk_to_numpy(poly.GetPoints().GetData())
+    np.testing.assert_allclose(pts[:, 2], loss[done])  # z = loss
+    # log scale, clipping and smooth upsampling
+    out = export.write_vtp(read_surface(path), "train_loss", str(tmp_path / "l.vtp"), log=True, zmax=0.5, upsample=3)
+    r.SetFileName(out)
+    r.Update()
+    z = vtk_to_numpy(r.GetOutput().GetPoints().GetData())[:, 2]
+    assert z.max() <= 0.5 and z.min() == pytest.approx(0.0, abs=1e-9)
+    assert r.GetOutput().GetNumberOfPoints() > done.sum()
+
+
+def test_vti_3d_grid(tmp_path):
+    vtk = pytest.importorskip("vtk")
+    from vtk.util.numpy_support import vtk_to_numpy
+
+    x, y, z = np.linspace(-1, 1, 4), np.linspace(0, 1, 3), np.linspace(-2, 2, 5)
+    XX, YY, ZZ = np.meshgrid(x, y, z, indexing="ij")
+    v = XX + 10 * YY + 100 * ZZ
+    done = np.ones(v.shape, bool)
+    done[-1, -1, -1] = False
+    path = write_file(tmp_path / "vol.h5", {"x": x, "y": y, "z": z}, {"train_loss": v}, done)
+    out = export.write_vti(read_surface(path), str(tmp_path / "vol.vti"))
+    r = vtk.vtkXMLImageDataReader()
+    r.SetFileName(out)
+    r.Update()
+    img = r.GetOutput()
+    assert img.GetDimensions() == (4, 3, 5) and img.GetNumberOfPoints() == 60
+    np.testing.assert_allclose(img.GetOrigin(), (-1, 0, -2))
+    data = vtk_to_numpy(img.GetPointData().GetArray("train_loss"))
+    for (i, j, k) in [(0, 0, 0), (1, 2, 3), (3, 0, 4)]:
+        pid = img.ComputePointId([i, j, k])
+        assert data[pid] == pytest.approx(v[i, j, k])
+        assert img.GetPoint(pid) == pytest.approx((x[i], y[j], z[k]))
+    assert np.isnan(data[img.ComputePointId([3, 2, 4])])
+
+
+def test_html_holds_data_and_no_remote_resource(tmp_path, partial2d):
+    path, loss, done = partial2d
+    out = export.write_html(read_surface(path), "train_loss", str(tmp_path / "s.html"))
+    html = open(out).read()
+    assert not re.search(r"""<script[^>]+src=["']?(https?:)?//""", html)
+    assert not re.search(r"""<link[^>]+href=["']?(https?:)?//""", html)
+    assert "plotly" in html.lower() and len(html) > 1_000_000  # plotly.js embedded
+    assert repr(float(loss[1, 2])) in html and repr(float(loss[6, 0])) in html
+    assert "null" in html  # missing points
+
+
+def test_cli_on_partial_real_file_and_errors(tmp_path, digits_ckpt):
+    out = tmp_path / "p.h5"
+    run(cli("surface", "--model", "digits_cnn", "--checkpoint", digits_ckpt, "--x=-1:1:7", "--y=-1:1:4",
+            "--samples", "100", "--out", str(out)), check_rc=1, LANDSCAPE_MPI_TEST_FAIL="0:17")
+    figs = tmp_path / "figs"
+    p = run(["landscape-plot", str(out), "--out", str(figs), "--format", "pdf"])
+    made = p.stdout.split()
+    assert len(made) == 6 and all(os.path.getsize(m) > 1000 for m in made)
+    assert {os.path.splitext(m)[1] for m in made} == {".pdf", ".vtp", ".html"}
+    p = run([sys.executable, "-m", "plotting", str(tmp_path / "none.h5")], check_rc=2)
+    assert p.stderr.count("\n") == 1 and "no such file" in p.stderr
+    p = run([sys.executable, "-m", "plotting", str(out), "--kind", "1d"], check_rc=2)
+    assert "2D grid" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_plot_while_job_is_writing(tmp_path, digits_ckpt):
+    out = tmp_path / "live.h5"
+    proc = subprocess.Popen(cli("surface", "--model", "digits_cnn", "--checkpoint", digits_ckpt, "--x=-1:1:9",
+                                "--y=-1:1:6", "--samples", "50", "--out", str(out), "--flush-seconds", "0.1"),
+                            cwd=ROOT, env=env(LANDSCAPE_MPI_TEST_DELAY="0.15"), stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            time.sleep(0.3)
+            if out.exists():
+                try:
+                    if 3 <= read_surface(str(out)).n_done:
+                        break
+                except Exception:
+                    pass
+        p = run([sys.executable, "-m", "plotting", str(out), "--kind", "heatmap", "--kind", "contour",
+                 "--out", str(tmp_path / "figs")])
+        assert len(p.stdout.split()) == 2
+        s = read_surface(str(out))
+        assert 0 < s.n_done < s.n_total  # it really was partial while we drew it
+    finally:
+        proc.wait(timeout=120)
+    assert proc.returncode == 0
+
+
+def test_plotting_needs_neither_torch_nor_mpi():
+    code = ("import sys, plotting.cli, plotting.figures, plotting.export, plotting.reader; "
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'mpi4py', 'landscape_mpi')]; "
+            "sys.exit(1 if bad else 0)")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+    for py in (ROOT / "plotting").glob("*.py"):
+        assert not re.search(r"^\s*(from|import)\s+landscape_mpi", py.read_text(), re.M), py
