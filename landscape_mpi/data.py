@@ -7,6 +7,7 @@ evaluating a grid point is a plain loop over tensor slices: no DataLoader, no pe
 from __future__ import annotations
 
 import os
+import pickle
 from dataclasses import dataclass
 
 import numpy as np
@@ -92,9 +93,14 @@ def _cifar10(split: str, root: str | None) -> tuple[torch.Tensor, torch.Tensor]:
 
     class LocalCIFAR10(CIFAR10):
         # torchvision checks md5 sums of the official archive's files; a local copy is trusted as it is
-        # (and a test can build a small one), so only the layout is checked above.
+        # (a site's pre-processed copy, or a small one built by a test), so only the layout is checked above.
         def _check_integrity(self) -> bool:
             return True
+
+        def _load_meta(self) -> None:
+            with open(os.path.join(self.root, self.base_folder, self.meta["filename"]), "rb") as f:
+                self.classes = pickle.load(f, encoding="latin1")[self.meta["key"]]
+            self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
 
     try:
         ds = LocalCIFAR10(root, train=(split == "train"), download=False)

@@ -1,0 +1,108 @@
+"""The model zoo, checkpoint formats, CIFAR-10 from a local folder (a small one made here), user data,
+and `landscape-mpi train`."""
+
+import os
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import cli, run
+from landscape_mpi.data import CIFAR_MEAN, CIFAR_STD, load_eval_set
+from landscape_mpi.errors import UserError
+from landscape_mpi.models import ZOO, build_model, load_checkpoint, read_state_dict
+
+
+@pytest.mark.parametrize("name", list(ZOO))
+def test_zoo_models_forward(name):
+    model = build_model(name).eval()
+    x = torch.randn(2, 1, 8, 8) if ZOO[name][1] == "digits" else torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert model(x).shape == (2, 10)
+
+
+def test_zoo_architectures():
+    n = {k: sum(p.numel() for p in build_model(k).parameters()) for k in
+         ("resnet20", "resnet20_noshort", "resnet56", "wrn56_2", "resnet110")}
+    assert 0.25e6 < n["resnet20"] < 0.3e6  # He et al.: 0.27M
+    assert n["resnet20_noshort"] < n["resnet20"]  # no projection shortcuts
+    assert 0.8e6 < n["resnet56"] < 0.9e6 and 1.6e6 < n["resnet110"] < 1.8e6
+    assert 3.5 < n["wrn56_2"] / n["resnet56"] < 4.1  # width 2: about 4x the parameters
+    dense = build_model("densenet121")
+    assert sum(1 for m in dense.modules() if isinstance(m, torch.nn.Conv2d)) == 120  # + the classifier: 121
+
+
+def test_checkpoint_formats(tmp_path):
+    model = build_model("digits_mlp")
+    sd = model.state_dict()
+    for i, obj in enumerate([sd, {"state_dict": sd}, {"model_state_dict": sd, "epoch": 3},
+                             {"net": {f"module.{k}": v for k, v in sd.items()}}]):
+        path = tmp_path / f"c{i}.pt"
+        torch.save(obj, path)
+        fresh = build_model("digits_mlp")
+        load_checkpoint(fresh, str(path))
+        assert all(torch.equal(fresh.state_dict()[k], sd[k]) for k in sd)
+    torch.save({"epoch": 3}, tmp_path / "nostate.pt")
+    with pytest.raises(UserError, match="holds no state_dict"):
+        read_state_dict(str(tmp_path / "nostate.pt"))
+
+
+def make_cifar(root, n_train=20, n_test=10):
+    """A tiny CIFAR-10 folder in the official python format (str keys, as Python 2 pickled them)."""
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.RandomState(0)
+    per = n_train // 5
+    for i in range(1, 6):
+        with open(folder / f"data_batch_{i}", "wb") as f:
+            pickle.dump({"data": rng.randint(0, 256, (per, 3072), dtype=np.uint8),
+                         "labels": list(rng.randint(0, 10, per))}, f)
+    with open(folder / "test_batch", "wb") as f:
+        pickle.dump({"data": rng.randint(0, 256, (n_test, 3072), dtype=np.uint8),
+                     "labels": list(rng.randint(0, 10, n_test))}, f)
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": [f"c{i}" for i in range(10)]}, f)
+    return folder
+
+
+def test_cifar_from_local_folder(tmp_path):
+    folder = make_cifar(tmp_path)
+    ev = load_eval_set("cifar10", "train", str(tmp_path), None, 0)
+    assert ev.inputs.shape == (20, 3, 32, 32) and len(ev) == 20
+    with open(folder / "data_batch_1", "rb") as f:
+        first = pickle.load(f)
+    raw = first["data"][0].reshape(3, 32, 32) / 255.0
+    expected = (raw - np.array(CIFAR_MEAN)[:, None, None]) / np.array(CIFAR_STD)[:, None, None]
+    np.testing.assert_allclose(ev.inputs[0].numpy(), expected, rtol=1e-5, atol=1e-6)
+    assert ev.labels[0] == first["labels"][0]
+    sub = load_eval_set("cifar10", "test", str(tmp_path), 4, 0)
+    assert len(sub) == 4 and list(sub.indices) == sorted(sub.indices)
+
+
+def test_train_and_surface_on_cifar_folder(tmp_path):
+    make_cifar(tmp_path)
+    ck = tmp_path / "ck"
+    run(cli("train", "--model", "resnet20", "--dataset", "cifar10", "--data-root", str(tmp_path), "--epochs", "2",
+            "--batch-size", "8", "--optimizer", "adam", "--lr", "0.001", "--schedule", "step", "--out-dir", str(ck)))
+    names = sorted(os.listdir(ck))
+    assert names == ["epoch_000.pt", "epoch_001.pt", "epoch_002.pt", "final.pt"]
+    saved = torch.load(ck / "epoch_002.pt", weights_only=True)
+    assert saved["epoch"] == 2 and "train_loss" in saved and '"optimizer": "adam"' in saved["config"]
+    a = torch.load(ck / "epoch_001.pt", weights_only=True)["state_dict"]
+    assert any(not torch.equal(a[k], saved["state_dict"][k]) for k in a)  # training moved the weights
+    out = tmp_path / "r20.h5"
+    run(cli("surface", "--model", "resnet20", "--dataset", "cifar10", "--data-root", str(tmp_path), "--checkpoint",
+            str(ck / "final.pt"), "--x=-1:1:3", "--samples", "10", "--out", str(out)))
+    import h5py
+
+    with h5py.File(out, "r") as f:
+        assert f["results/done"][()].all() and f["data/train_indices"].shape == (10,) and "test_indices" not in f["data"]
+        np.testing.assert_allclose(f["results/test_loss"][1], saved["test_loss"], rtol=1e-4)
+
+
+def test_user_dataset_errors(tmp_path):
+    with pytest.raises(UserError, match="cannot import"):
+        load_eval_set("no_such_module:make", "train", None, None, 0)
+    with pytest.raises(UserError, match="has no attribute"):
+        load_eval_set("landscape_toys:nothing_here", "train", None, None, 0)
