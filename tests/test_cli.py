@@ -200,3 +200,13 @@ def test_demo_completes(tmp_path):
     with h5py.File(path, "r") as f:
         loss = f["results/train_loss"][()]
     assert np.unravel_index(np.argmin(loss), loss.shape) == (10, 10)
+
+
+def test_cuda_requested_without_gpu(tmp_path, digits_ckpt):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    p = run(cli("surface", *DIGITS, "--checkpoint", digits_ckpt, "--x=-1:1:3", "--device", "cuda",
+                "--out", str(tmp_path / "s.h5")), check_rc=None)
+    one_line_error(p, "--device cuda", "use --device cpu")

@@ -193,3 +193,12 @@ def test_sweep_array_then_dependent_plot_job(slurm, tmp_path, digits_ckpt):
             assert f["results/done"][()].all()
     assert "compare_train_loss.png" in made
     assert os.path.getsize(figs / "compare_train_loss.png") > 10_000
+
+
+def test_srun_without_pmi_plugin_is_refused_with_the_fix(slurm, tmp_path, digits_ckpt):
+    p = subprocess.run(["srun", "-n", "2", "--overcommit", "--mpi=none", sys.executable, "-m", "landscape_mpi",
+                        "surface", *DIGITS, "--checkpoint", digits_ckpt, "--x=-1:1:3", "--out", str(tmp_path / "s.h5")],
+                       capture_output=True, text=True, env=job_env(), cwd=tmp_path, timeout=120)
+    assert p.returncode != 0
+    assert "add --mpi=pmix (Open MPI) or --mpi=pmi2 (MPICH)" in p.stderr
+    assert not (tmp_path / "s.h5").exists()
