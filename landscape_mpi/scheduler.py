@@ -157,6 +157,7 @@ class Master:
         self.comm = comm
         self.size = comm.Get_size() if comm is not None else 1
         self.todo = deque(int(i) for i in todo)
+        self.n_todo = len(self.todo)
         self.evaluate = evaluate
         self.sink = sink
         self.stop = stop
@@ -254,7 +255,8 @@ class Master:
             self.fail(f"rank 0 failed:\n{traceback.format_exc()}")
         own.wall_seconds = time.perf_counter() - t0
         own.cpu_seconds = time.process_time() - cpu0
-        status = STATUS_COMPLETE if not self.todo and not self.stopping else STATUS_STOPPED
+        # Complete only if every point came back (chunks handed to a worker that stopped did not).
+        status = STATUS_COMPLETE if self.computed == self.n_todo else STATUS_STOPPED
         for r in range(1, self.size):
             self.comm.send(status, dest=r, tag=TAG_FINAL)
         stats = [self.stats[r] for r in sorted(self.stats)]

@@ -200,6 +200,9 @@ def test_demo_completes(tmp_path):
     with h5py.File(path, "r") as f:
         loss = f["results/train_loss"][()]
     assert np.unravel_index(np.argmin(loss), loss.shape) == (10, 10)
+    # and the plotting module draws it, as the demo's closing message says
+    made = run(["landscape-plot", str(path), "--out", str(tmp_path / "figs")]).stdout.split()
+    assert len(made) == 6 and all(os.path.getsize(m) > 5000 for m in made)
 
 
 def test_cuda_requested_without_gpu(tmp_path, digits_ckpt):

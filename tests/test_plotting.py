@@ -74,6 +74,20 @@ def test_contour_levels_labels_and_progress(partial2d):
     figures.plt.close(fig)
 
 
+def test_nan_and_inf_results_are_blank_not_zero(tmp_path):
+    XX, YY = np.meshgrid(X, Y, indexing="ij")
+    loss = f(XX, YY)
+    loss[0, 0], loss[1, 1] = np.inf, np.nan  # diverged points: finished results, but nothing to draw
+    s = read_surface(write_file(tmp_path / "div.h5", {"x": X, "y": Y}, {"train_loss": loss}, np.ones((7, 5), bool)))
+    levels = figures.levels_for([s.metric("train_loss")], n=5)
+    assert levels[0] == f(0, 0) and levels[-1] == np.nanmax(loss[np.isfinite(loss)])
+    for plot in (figures.plot_contour, figures.plot_heatmap):
+        fig = plot(s, "train_loss", levels)
+        mask = fig.landscape_info["mask"]
+        assert mask[0, 0] and mask[1, 1] and mask.sum() == 2
+        figures.plt.close(fig)
+
+
 def test_log_levels_and_explicit_range(partial2d):
     levels = figures.levels_for([read_surface(partial2d[0]).metric("train_loss")], vmin=0.1, vmax=100, n=4, log=True)
     np.testing.assert_allclose(levels, [0.1, 1, 10, 100])
