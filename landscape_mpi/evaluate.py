@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -25,12 +27,14 @@ def batch_loss_sum(logits: torch.Tensor, labels: torch.Tensor, loss: str) -> tor
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, data: EvalSet, loss: str = "ce", batch_size: int = 1024) -> tuple[float, float]:
+def evaluate(model: nn.Module, data: EvalSet, loss: str = "ce", batch_size: int = 1024,
+             on_batch: Callable[[], None] | None = None) -> tuple[float, float]:
     """(loss, accuracy) over all samples of `data`, model in eval mode.
 
     The loss is the sample-weighted mean over every sample (batch sums accumulated in float64, divided by
     the sample count: not a mean of batch means); accuracy is the fraction in [0, 1] of argmax hits.
-    A NaN or inf loss is returned as it is: it is a valid result.
+    A NaN or inf loss is returned as it is: it is a valid result. `on_batch` is called after every batch
+    (the MPI master serves requests and flushes results there while it evaluates a long point).
     """
     model.eval()
     total, correct = 0.0, 0
@@ -41,4 +45,6 @@ def evaluate(model: nn.Module, data: EvalSet, loss: str = "ce", batch_size: int 
         logits = model(x)
         total += float(batch_loss_sum(logits, y, loss).double())
         correct += int((logits.argmax(dim=1) == y).sum())
+        if on_batch is not None:
+            on_batch()
     return total / n, correct / n

@@ -1,7 +1,8 @@
 """Master/worker scheduling of grid points across MPI ranks.
 
-Rank 0 is the coordinator *and* evaluates points itself: between two of its own points it serves every
-pending request, so no rank (and no GPU) sits idle as a pure coordinator. Workers keep `PREFETCH` chunk
+Rank 0 is the coordinator *and* evaluates points itself: between two of its own points, and between the
+evaluation batches of a point (`Master.tick`), it serves every pending request and writes due results, so no
+rank (and no GPU) sits idle as a pure coordinator and a long point delays neither. Workers keep `PREFETCH` chunk
 requests in flight, so they always hold the next chunk while computing the current one, and a faster rank
 simply asks more often: dynamic load balancing with no collective per point. Every wait is a poll with a
 short sleep (`Waiter`), never a busy spin, so an idle rank uses no CPU core.
@@ -215,6 +216,12 @@ class Master:
             elif tag == TAG_ERROR:
                 self.fail(f"rank {src} failed:\n{msg}")
         return served
+
+    def tick(self) -> None:
+        """Called between evaluation batches of rank 0's own points: serve workers, write due results."""
+        if self.comm is not None:
+            self.serve()
+        self.sink.maybe_flush()
 
     def fail(self, message: str) -> None:
         """Write what is finished, print the message, end every rank."""

@@ -143,13 +143,14 @@ class PointEvaluator:
             for s in config.splits]
         self.coords = [a.values() for a in config.axes.values()]
         self.shape = config.shape
+        self.on_batch: Callable[[], None] | None = None
 
     def __call__(self, flat: int) -> tuple[float, ...]:
         index = np.unravel_index(flat, self.shape)
         self.setter.set([float(c[i]) for c, i in zip(self.coords, index)])
         values: list[float] = []
         for data in self.data:
-            values.extend(evaluate(self.model, data, self.config.loss, self.config.batch_size))
+            values.extend(evaluate(self.model, data, self.config.loss, self.config.batch_size, self.on_batch))
         return tuple(values)
 
 
@@ -248,6 +249,7 @@ def _run_locked(config: SurfaceConfig, options: RunOptions, ctx: RunContext) -> 
             progress = Progress(total, total - n_todo, options.progress_seconds)
             master = sched.Master(ctx.comm, todo, evaluate_point, sink, stop, options.chunk_size, progress.update,
                                   worker_results_to_sink=(options.io == "single"), stats=stats)
+            evaluator.on_batch = master.tick  # keep serving and flushing while rank 0 evaluates a long point
             outcome = master.run()
             progress.close()
             print_summary(ctx, options, outcome)
