@@ -3,7 +3,9 @@
 #   Open MPI and parallel HDF5 (Debian packages), h5py built against them (so --io collective works),
 #   PyTorch, the package itself with its test extra, and SLURM + munge for the jobs/ tests.
 # Run as root (apt-get), from anywhere:   bash scripts/install.sh
-# LANDSCAPE_SKIP_APT=1 skips the Debian packages; LANDSCAPE_SERIAL_H5PY=1 takes PyPI's h5py (no MPI build).
+# LANDSCAPE_SKIP_APT=1 skips the Debian packages; LANDSCAPE_SERIAL_H5PY=1 takes PyPI's h5py (no MPI build);
+# LANDSCAPE_SKIP_MPICH=1 skips .venv-mpich, a second environment that runs the same packages under MPICH
+# (PyPI's mpich + mpi4py) so that the tests cover both MPI implementations.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -33,6 +35,22 @@ fi
 # torch + torchvision as a matched pair (see README, "Installing"), then the package and its test extra.
 pip install -q "torch>=2.1" "torchvision>=0.16"
 pip install -q --no-build-isolation -e ".[test]"
+
+if [ "${LANDSCAPE_SKIP_MPICH:-0}" != 1 ]; then
+  [ -x .venv-mpich/bin/python ] || "$PY" -m venv .venv-mpich
+  # its own serial h5py: the parallel one in .venv links Open MPI's libmpi, which must not load beside MPICH
+  .venv-mpich/bin/pip install -q mpich mpi4py
+  .venv-mpich/bin/pip install -q --ignore-installed --no-deps h5py
+  # everything else (torch, h5py, landscape_mpi itself) comes from .venv: its site folder, .pth files included
+  main_site=$(python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+  mpich_site=$(.venv-mpich/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+  echo "import site; site.addsitedir('$main_site')" > "$mpich_site/zz_landscape_main_venv.pth"
+  for tool in landscape-mpi:landscape_mpi landscape-plot:plotting; do
+    printf '#!/bin/sh\nexec "$(dirname "$0")/python" -m %s "$@"\n' "${tool#*:}" > ".venv-mpich/bin/${tool%%:*}"
+    chmod +x ".venv-mpich/bin/${tool%%:*}"
+  done
+  .venv-mpich/bin/python -c 'from mpi4py import MPI; import landscape_mpi, torch; print("MPICH environment:", MPI.Get_library_version().splitlines()[0])'
+fi
 python - <<'PY'
 import h5py, mpi4py, torch, torchvision
 print(f"installed: torch {torch.__version__}, torchvision {torchvision.__version__}, "

@@ -53,6 +53,20 @@ def test_ranks_give_identical_files(tmp_path, reference, n):
     assert set(np.unique(ranks)) == set(range(n))  # every rank evaluated points, rank 0 included
 
 
+MPICH = ROOT / ".venv-mpich" / "bin"
+
+
+@pytest.mark.skipif(not (MPICH / "mpiexec").exists(), reason="no .venv-mpich (scripts/install.sh makes it)")
+def test_mpich_gives_identical_file(tmp_path, reference):
+    """The same command under MPICH's hydra mpiexec (as root, oversubscribed, no flags needed)."""
+    args, ref = reference
+    out = tmp_path / "mpich.h5"
+    p = run([str(MPICH / "mpiexec"), "-n", "3", str(MPICH / "python"), "-m", "landscape_mpi", "surface", *args,
+             "--out", str(out)], timeout=300)
+    assert "on 3 rank(s)" in p.stderr
+    assert_same(ref, out)
+
+
 @pytest.mark.parametrize("slow", [2, 0])
 def test_slow_rank_gets_proportionally_fewer_points(tmp_path, digits_ckpt, slow):
     """A rank 3x slower ends with about a third of the points; a slow rank 0 (the coordinator) does not

@@ -41,8 +41,12 @@ def slurm():
     assert slurm_up()
 
 
+MPICH_BIN = ROOT / ".venv-mpich" / "bin"
+
+
 def job_env(launcher="srun --mpi=pmix", **extra):
-    e = env(ENV_SETUP=f"source {BIN / 'activate'}", LAUNCHER=launcher, **extra)
+    venv = MPICH_BIN if launcher.endswith("pmi2") else BIN  # srun --mpi=pmi2 goes with MPICH
+    e = env(ENV_SETUP=f"source {venv / 'activate'}", LAUNCHER=launcher, **extra)
     # Open MPI's mpirun as root and oversubscribed (only for LAUNCHER=mpirun on this test node)
     e.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", OMPI_MCA_rmaps_base_oversubscribe="1")
     return e
@@ -95,8 +99,11 @@ def direct(tmp_path_factory, digits_ckpt):
     return args, out
 
 
-@pytest.mark.parametrize("launcher", ["srun --mpi=pmix", "mpirun"])
+@pytest.mark.parametrize("launcher", ["srun --mpi=pmix", "mpirun", "srun --mpi=pmi2"])
 def test_surface_job_equals_direct_run_then_exits_at_once(slurm, tmp_path, direct, launcher):
+    """Open MPI under srun (PMIx) and under mpirun, MPICH under srun (PMI-2)."""
+    if launcher.endswith("pmi2") and not (MPICH_BIN / "python").exists():
+        pytest.skip("no .venv-mpich (scripts/install.sh makes it)")
     args, ref = direct
     out = tmp_path / "job.h5"
     jobid = sbatch("surface_node.sbatch", [*args, "--out", str(out)], tmp_path, launcher=launcher)
