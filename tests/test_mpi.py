@@ -125,14 +125,17 @@ def _wait_done(path, at_least, timeout=120):
     raise AssertionError(f"fewer than {at_least} points done after {timeout} s")
 
 
-def test_sigkill_at_random_moments_then_resume(tmp_path, reference):
+@pytest.mark.parametrize("io", ["single", "collective"])
+def test_sigkill_at_random_moments_then_resume(tmp_path, reference, io):
+    if io == "collective" and not h5py.get_config().mpi:
+        pytest.skip("h5py without parallel HDF5")
     args, ref = reference
     out = tmp_path / "killed.h5"
     ref_r = results(ref)
     rng = random.Random(1234)
     kills = 0
-    for attempt in range(6):
-        proc = _launch(mpiexec(3) + cli("surface", *args, "--out", str(out), "--flush-seconds", "0.02"),
+    for attempt in range(6 if io == "single" else 4):
+        proc = _launch(mpiexec(3) + cli("surface", *args, "--out", str(out), "--flush-seconds", "0.02", "--io", io),
                        LANDSCAPE_MPI_TEST_DELAY="0.03")
         time.sleep(rng.uniform(0.5, 5.0) if attempt else 1.0)  # the first kill may land during start-up
         if proc.poll() is not None:
@@ -146,7 +149,7 @@ def test_sigkill_at_random_moments_then_resume(tmp_path, reference):
             for k in METRICS:  # ... and every point marked done holds the uninterrupted run's value
                 assert np.array_equal(r[k][mask], ref_r[k][mask]), k
     assert kills >= 3
-    run(mpiexec(2) + cli("surface", *args, "--out", str(out)), timeout=300)  # resume with another rank count
+    run(mpiexec(2) + cli("surface", *args, "--out", str(out), "--io", io), timeout=300)  # another rank count
     assert_same(ref, out)
 
 
