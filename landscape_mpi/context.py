@@ -77,22 +77,33 @@ def make_context(device: str = "auto", threads: int | None = None) -> RunContext
         raise UserError(f"srun started {slurm_tasks} tasks but MPI sees 1 rank each: add --mpi=pmix (Open MPI) "
                         f"or --mpi=pmi2 (MPICH) to srun, or launch with mpirun inside the allocation")
 
+    dev = choose_device(device, local_rank)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    threads = threads or default_threads(local_size)
+    torch.set_num_threads(threads)
+    return RunContext(comm, rank, size, local_rank, local_size, socket.gethostname(), dev, threads)
+
+
+def choose_device(device: str, local_rank: int) -> torch.device:
+    """GPU `local_rank % visible GPUs` for auto/cuda when CUDA is available, else the CPU.
+
+    With one GPU per task (CUDA_VISIBLE_DEVICES set per rank by the scheduler) every rank gets cuda:0, its own.
+    """
     if device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda: no CUDA GPU is visible to this rank "
                         f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}); "
                         f"use --device cpu or request GPUs from the scheduler")
     if device in ("auto", "cuda") and torch.cuda.is_available():
-        dev = torch.device("cuda", local_rank % torch.cuda.device_count())
-        torch.cuda.set_device(dev)
-    else:
-        dev = torch.device("cpu")
+        return torch.device("cuda", local_rank % torch.cuda.device_count())
+    return torch.device("cpu")
 
-    if threads is None:
-        try:
-            cores = len(os.sched_getaffinity(0))
-        except AttributeError:
-            cores = os.cpu_count() or 1
-        # The affinity mask is the node's (or the allocation's) cores unless the launcher bound this rank.
-        threads = max(1, cores // local_size)
-    torch.set_num_threads(threads)
-    return RunContext(comm, rank, size, local_rank, local_size, socket.gethostname(), dev, threads)
+
+def default_threads(local_size: int) -> int:
+    """torch CPU threads per rank: this process's cores shared among the ranks on its node."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count() or 1
+    # The affinity mask is the node's (or the allocation's) cores unless the launcher bound this rank.
+    return max(1, cores // local_size)

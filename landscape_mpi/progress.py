@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import os
 import sys
 import time
 
@@ -27,8 +28,14 @@ class Progress:
         if enabled and getattr(self.stream, "isatty", lambda: False)():
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, initial=done, unit="pt", file=self.stream, dynamic_ncols=True,
-                            desc="surface", smoothing=0.1)
+            try:
+                width = os.get_terminal_size(self.stream.fileno()).columns
+            except (OSError, ValueError, AttributeError):
+                width = 0
+            # a terminal that reports no width (a fresh pty, some batch consoles) would get an empty bar
+            self.bar = tqdm(total=total, initial=done, unit="pt", file=self.stream, desc="surface", smoothing=0.1,
+                            dynamic_ncols=width > 0, ncols=None if width > 0 else 100,
+                            nrows=None if width > 0 else 24)
 
     def update(self, n: int) -> None:
         self.done += n

@@ -213,3 +213,36 @@ def test_cuda_requested_without_gpu(tmp_path, digits_ckpt):
     p = run(cli("surface", *DIGITS, "--checkpoint", digits_ckpt, "--x=-1:1:3", "--device", "cuda",
                 "--out", str(tmp_path / "s.h5")), check_rc=None)
     one_line_error(p, "--device cuda", "use --device cpu")
+
+
+def test_progress_plain_lines_in_a_batch_log(tmp_path, digits_ckpt):
+    p = run(cli("surface", *DIGITS, "--checkpoint", digits_ckpt, "--x=-1:1:6", "--y=-1:1:5", "--samples", "50",
+                "--progress-seconds", "0.3", "--out", str(tmp_path / "s.h5")), LANDSCAPE_MPI_TEST_DELAY="0.1")
+    lines = [l for l in p.stderr.splitlines() if "] surface: " in l]
+    assert len(lines) >= 3, p.stderr
+    assert lines[-1].split("] surface: ")[1].startswith("30/30 points (100.0%)")
+    assert all(" points/s, ETA " in l for l in lines)
+    assert "per-rank summary:" in p.stderr
+
+
+def test_progress_bar_on_a_terminal(tmp_path, digits_ckpt):
+    import pty
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(cli("surface", *DIGITS, "--checkpoint", digits_ckpt, "--x=-1:1:5", "--samples", "50",
+                                "--out", str(tmp_path / "s.h5")), cwd=ROOT, env=env(), stderr=slave,
+                            stdout=subprocess.DEVNULL)
+    os.close(slave)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        out += chunk
+    proc.wait(timeout=120)
+    text = out.decode(errors="replace")
+    assert proc.returncode == 0
+    assert "surface: 100%|" in text and "5/5" in text and "pt/s" in text, text
