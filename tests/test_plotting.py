@@ -269,6 +269,8 @@ def test_plot_while_job_is_writing(tmp_path, digits_ckpt):
         assert len(p.stdout.split()) == 2
         s = read_surface(str(out))
         assert 0 < s.n_done < s.n_total  # it really was partial while we drew it
+        info = json.loads(run(cli("info", str(out), "--json")).stdout)  # info reads it too, mid-run
+        assert not info["complete"] and info["done"] >= s.n_done and info["total"] == 54
     finally:
         proc.wait(timeout=120)
     assert proc.returncode == 0
