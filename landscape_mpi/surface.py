@@ -88,21 +88,23 @@ def build_directions(config: SurfaceConfig, model: torch.nn.Module) -> dict[str,
 
 
 def input_hashes(config: SurfaceConfig) -> dict[str, str]:
-    hashes = {"checkpoint_sha256": file_sha256(config.checkpoint)}
-    for axis in ("x", "y"):
-        if config.target(axis):
-            hashes[f"{axis}_target_sha256"] = file_sha256(config.target(axis))
+    """sha256 of the checkpoint and of the target checkpoints: what a resume must find unchanged."""
+    files = {"checkpoint": ("--checkpoint", config.checkpoint)}
+    files.update({f"{a}_target": (f"--{a}-target", config.target(a)) for a in ("x", "y") if config.target(a)})
+    hashes = {}
+    for name, (option, path) in files.items():
+        if not os.path.isfile(path):
+            raise UserError(f"{option} {path}: no such file; give the path of a saved model (torch.save)")
+        hashes[f"{name}_sha256"] = file_sha256(path)
     return hashes
 
 
-def prepare_file(config: SurfaceConfig, options: RunOptions, ctx: RunContext) -> str:
+def prepare_file(config: SurfaceConfig, options: RunOptions) -> str:
     """Rank 0: create the surface file, or check that the existing one may be resumed. Returns what it did."""
     path = options.out
     if os.path.exists(path) and not options.overwrite:
         summary = store.read_summary(path, with_values=False)
         diff = config_diff(summary.config, config.to_dict())
-        if not os.path.isfile(config.checkpoint):
-            read_state_dict(config.checkpoint)  # raises the missing-file error
         for key, sha in input_hashes(config).items():
             if summary.attrs.get(key) != sha:
                 diff.append(f"{key.replace('_sha256', '')}: file was computed from another file (sha256 differs)")
@@ -216,7 +218,7 @@ def run_surface(config: SurfaceConfig, options: RunOptions, ctx: RunContext | No
 
 
 def _run_locked(config: SurfaceConfig, options: RunOptions, ctx: RunContext) -> int:
-    message = on_every_rank(ctx, lambda: prepare_file(config, options, ctx) if ctx.is_master else None)
+    message = on_every_rank(ctx, lambda: prepare_file(config, options) if ctx.is_master else None)
     log(ctx, str(message))
 
     summary = store.read_summary(options.out, with_values=False) if ctx.is_master else None
