@@ -335,9 +335,6 @@ class Worker:
                     elif time.monotonic() - last_report >= self.report_seconds:
                         report(False)  # a long chunk: do not hold finished points back
                     continue
-                if finished:
-                    report(False)
-                    continue
                 if no_more and outstanding == 0:
                     break
                 waiter.pause()
