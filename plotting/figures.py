@@ -19,7 +19,7 @@ from matplotlib import colors
 from matplotlib import pyplot as plt
 from matplotlib.figure import Figure
 
-from plotting.reader import PlotError, Surface
+from plotting.reader import PlotError, Surface, legend_labels
 
 CMAP = "viridis"
 
@@ -72,17 +72,17 @@ def plot_1d(surfaces: Sequence[Surface], log: bool = False) -> Figure:
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     acc_ax = ax.twinx()
     info = {"lines": []}
-    for k, s in enumerate(surfaces):
+    for k, (s, name) in enumerate(zip(surfaces, legend_labels(list(surfaces)))):
         if s.ndim != 1:
             raise PlotError(f"{s.path} is a {s.ndim}D grid; the 1D figure needs a 1D surface")
         color = f"C{k}"
         x = s.coords["x"]
         for split, width in (("train", 1.8), ("test", 1.0)):
             if f"{split}_loss" in s.values:
-                ax.plot(x, s.values[f"{split}_loss"], color=color, lw=width, label=f"{s.label()} {split} loss")
+                ax.plot(x, s.values[f"{split}_loss"], color=color, lw=width, label=f"{name} {split} loss")
                 acc_ax.plot(x, 100 * s.values[f"{split}_acc"], color=color, lw=width, ls="--",
-                            label=f"{s.label()} {split} accuracy")
-                info["lines"].append(f"{s.label()} {split}")
+                            label=f"{name} {split} accuracy")
+                info["lines"].append(f"{name} {split}")
     if log:
         ax.set_yscale("log")
     ax.set_xlabel("x (direction 1)" if surfaces[0].config.get("x_target") is None else "interpolation coefficient")
@@ -178,14 +178,14 @@ def plot_compare(surfaces: Sequence[Surface], metric: str, levels: np.ndarray, l
     fig, axes = plt.subplots(1, n, figsize=(3.6 * n + 1.0, 3.8), squeeze=False)
     norm = _norm(levels, log)
     cs = None
-    for ax, s in zip(axes[0], surfaces):
+    for ax, s, name in zip(axes[0], surfaces, legend_labels(list(surfaces))):
         X, Y, Z = _grid(s, metric)
         if filled:
             cs = ax.contourf(X, Y, Z, levels=levels, cmap=CMAP, norm=norm, extend="both")
         else:
             cs = ax.contour(X, Y, Z, levels=levels, cmap=CMAP, norm=norm, linewidths=0.8)
         ax.set_aspect("equal", adjustable="box")
-        ax.set_title(s.label() + ("" if s.complete else f"\n({s.progress()})"), fontsize=8)
+        ax.set_title(name + ("" if s.complete else f"\n({s.progress()})"), fontsize=8)
         ax.set_xlabel("x")
     axes[0][0].set_ylabel("y")
     fig.colorbar(cs, ax=list(axes[0]), label=metric, shrink=0.9)

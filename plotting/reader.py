@@ -54,16 +54,31 @@ class Surface:
         return self.values[name]
 
     def label(self) -> str:
-        """A short legend label built from the config: model, and what differs between typical runs."""
-        c = self.config
-        parts = [c.get("model", "?")]
+        """A short label of one file: its model and file name."""
         name = os.path.splitext(os.path.basename(self.path))[0]
-        if name not in parts[0]:
-            parts.append(name)
-        return " ".join(parts)
+        model = str(self.config.get("model", "?"))
+        return name if model in name else f"{model} {name}"
 
     def progress(self) -> str:
         return f"{self.n_done} of {self.n_total} points"
+
+
+def _short(key: str, value) -> str:
+    if key in ("checkpoint", "x_target", "y_target") and isinstance(value, str):
+        value = "/".join(value.replace("\\", "/").split("/")[-2:])  # parent folder and file name
+    return f"{key}={value}"
+
+
+def legend_labels(surfaces: list[Surface]) -> list[str]:
+    """Legend labels built from the configs: the fields in which the files differ (e.g. checkpoint=bs128/final.pt
+    against checkpoint=bs8192/final.pt), or the file names where the configs are the same."""
+    if len(surfaces) == 1:
+        return [surfaces[0].label()]
+    keys = sorted({k for s in surfaces for k in s.config})
+    differing = [k for k in keys if len({repr(s.config.get(k)) for s in surfaces}) > 1]
+    if not differing:
+        return [s.label() for s in surfaces]
+    return [", ".join(_short(k, s.config.get(k)) for k in differing[:3]) for s in surfaces]
 
 
 def read_surface(path: str) -> Surface:

@@ -138,6 +138,24 @@ def test_1d_overlay_with_partial_file(tmp_path):
     figures.plt.close(fig)
 
 
+def test_legend_labels_from_configs(tmp_path):
+    from plotting.reader import legend_labels
+
+    x = np.linspace(-1, 1, 5)
+    paths = []
+    for bs in (128, 8192):
+        p = write_file(tmp_path / f"f{bs}.h5", {"x": x}, {"train_loss": x ** 2, "train_acc": 1 - x ** 2},
+                       np.ones(5, bool))
+        with h5py.File(p, "a") as h:
+            h.attrs["config"] = json.dumps({"model": "vgg9", "checkpoint": f"/runs/bs{bs}/final.pt", "seed": 0})
+        paths.append(p)
+    surfaces = [read_surface(p) for p in paths]
+    assert legend_labels(surfaces) == ["checkpoint=bs128/final.pt", "checkpoint=bs8192/final.pt"]
+    fig = figures.plot_1d(surfaces)
+    assert fig.axes[0].lines[0].get_label() == "checkpoint=bs128/final.pt train loss"
+    figures.plt.close(fig)
+
+
 def test_compare_shares_scale_and_levels(tmp_path, partial2d):
     XX, YY = np.meshgrid(X, Y, indexing="ij")
     other = write_file(tmp_path / "noshort.h5", {"x": X, "y": Y}, {"train_loss": 3 * f(XX, YY)},
