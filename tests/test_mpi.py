@@ -23,8 +23,8 @@ METRICS = ("train_loss", "train_acc", "test_loss", "test_acc")
 
 
 def results(path):
-    with h5py.File(path, "r") as f:
-        return {k: f["results"][k][()] for k in (*METRICS, "done", "rank") if k in f["results"]}
+    with h5py.File(path, "r") as f:  # done first, as the file's contract says: a point marked done has its values
+        return {k: f["results"][k][()] for k in ("done", *METRICS, "rank") if k in f["results"]}
 
 
 def assert_same(a, b):
@@ -113,6 +113,29 @@ def _rank_pids(launcher_pid):
     return found
 
 
+def _kill_job(proc):
+    """SIGKILL the whole job at once: mpiexec and every rank (Open MPI puts ranks in process groups of their
+    own, so killing mpiexec's group alone would leave rank 0 writing for a while)."""
+    pids = [proc.pid, *_rank_pids(proc.pid)]
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait(timeout=30)
+    deadline = time.time() + 30
+    while time.time() < deadline and any(os.path.exists(f"/proc/{p}") and not _zombie(p) for p in pids[1:]):
+        time.sleep(0.05)
+
+
+def _zombie(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
 def _wait_done(path, at_least, timeout=120):
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -140,8 +163,7 @@ def test_sigkill_at_random_moments_then_resume(tmp_path, reference, io):
         time.sleep(rng.uniform(0.5, 5.0) if attempt else 1.0)  # the first kill may land during start-up
         if proc.poll() is not None:
             break
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
+        _kill_job(proc)
         kills += 1
         if out.exists():
             r = results(out)  # the file opens after every kill ...
@@ -197,7 +219,7 @@ def test_exception_on_one_rank_ends_job_with_message(tmp_path, reference, failin
     try:
         _, err = proc.communicate(timeout=60)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+        _kill_job(proc)
         raise AssertionError("the job hung after an exception on one rank")
     assert proc.returncode not in (0, 75)
     assert time.time() - t_first < 30

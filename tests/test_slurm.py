@@ -67,6 +67,7 @@ def wait_job(jobid, states=("COMPLETED",), timeout=400, start_now=True):
     """Wait until the job reaches one of `states`; a requeued job is released at once (SLURM otherwise
     holds it about 2 minutes)."""
     deadline = time.time() + timeout
+    held_since = None
     while time.time() < deadline:
         info = job(jobid)
         state = info.get("JobState", "")
@@ -74,15 +75,21 @@ def wait_job(jobid, states=("COMPLETED",), timeout=400, start_now=True):
             return info
         if state in ("FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY") and state not in states:
             raise AssertionError(f"job {jobid} ended {state}: {info}")
-        if start_now and state == "PENDING" and info.get("Reason") in ("BeginTime", "JobHeldAdmin"):
-            subprocess.run(["scontrol", "update", f"JobId={jobid}", "StartTime=now"], capture_output=True)
+        if start_now and state == "PENDING" and info.get("Reason") == "BeginTime":
+            # Released a few seconds after the requeue: at once, SLURM may start it while the previous run's
+            # credential is still revoked ("Killing non-startable batch job").
+            held_since = held_since or time.time()
+            if time.time() - held_since > 5:
+                subprocess.run(["scontrol", "update", f"JobId={jobid}", "StartTime=now"], capture_output=True)
+        else:
+            held_since = None
         time.sleep(1)
     raise AssertionError(f"job {jobid} not in {states} after {timeout} s: {job(jobid)}")
 
 
 def results(path):
-    with h5py.File(path, "r") as f:
-        return {k: f["results"][k][()] for k in METRICS}
+    with h5py.File(path, "r") as f:  # METRICS ends with done; read it first
+        return {k: f["results"][k][()] for k in ("done", *METRICS[:-1])}
 
 
 def assert_same(a, b):
