@@ -246,3 +246,20 @@ def test_progress_bar_on_a_terminal(tmp_path, digits_ckpt):
     text = out.decode(errors="replace")
     assert proc.returncode == 0
     assert "surface: 100%|" in text and "5/5" in text and "pt/s" in text, text
+
+
+def test_second_job_on_the_same_file_is_refused(tmp_path, digits_ckpt):
+    args = [*DIGITS, "--checkpoint", digits_ckpt, "--x=-1:1:6", "--y=-1:1:5", "--samples", "50"]
+    out = tmp_path / "s.h5"
+    first = subprocess.Popen(cli("surface", *args, "--out", str(out)), cwd=ROOT, stderr=subprocess.PIPE, text=True,
+                             env=env(LANDSCAPE_MPI_TEST_DELAY="0.2"))
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline and not (out.exists() and results(out)["done"].sum() >= 2):
+            time.sleep(0.2)
+        p = run(cli("surface", *args, "--out", str(out)), check_rc=None)
+        one_line_error(p, "is being written by another running job", f"pid {first.pid}")
+    finally:
+        first.wait(timeout=120)
+    assert first.returncode == 0 and results(out)["done"].all()  # the first job was not disturbed
+    assert not os.path.exists(str(out) + ".lock")
