@@ -106,3 +106,14 @@ def test_user_dataset_errors(tmp_path):
         load_eval_set("no_such_module:make", "train", None, None, 0)
     with pytest.raises(UserError, match="has no attribute"):
         load_eval_set("landscape_toys:nothing_here", "train", None, None, 0)
+
+
+def test_benchmark_scripts_run():
+    """Smoke test only (no timing is asserted): the benchmark scripts keep working."""
+    import sys
+
+    from conftest import ROOT
+
+    p = run([sys.executable, str(ROOT / "benchmarks" / "bench_evaluate.py"), "--model", "digits_mlp",
+             "--samples", "100", "--points", "2"])
+    assert "points/s" in p.stdout
