@@ -97,7 +97,10 @@ def main(argv: list[str] | None = None) -> int:
                 raise PlotError(f"{s.path}: no point computed yet; try again once the job has written some")
         for kind in kinds:
             path = draw(surfaces, kind, a, out_dir)
-            print(path)
+            try:
+                print(path, flush=True)
+            except BrokenPipeError:  # `landscape-plot ... | head`: keep drawing, stop printing
+                sys.stdout = open(os.devnull, "w")
         return 0
     except PlotError as exc:
         print(f"landscape-plot: error: {exc}", file=sys.stderr)
