@@ -27,7 +27,7 @@ from landscape_mpi.directions import (Direction, PointSetter, check_running_var,
                                       target_direction)
 from landscape_mpi.errors import EXIT_COMPLETE, EXIT_RESUMABLE, UserError
 from landscape_mpi.evaluate import evaluate
-from landscape_mpi.models import build_model, file_sha256, load_checkpoint, read_state_dict
+from landscape_mpi.models import build_model, checkpoint_sha256, load_checkpoint, read_state_dict
 from landscape_mpi.progress import Progress
 from landscape_mpi import scheduler as sched
 from landscape_mpi import store
@@ -91,12 +91,7 @@ def input_hashes(config: SurfaceConfig) -> dict[str, str]:
     """sha256 of the checkpoint and of the target checkpoints: what a resume must find unchanged."""
     files = {"checkpoint": ("--checkpoint", config.checkpoint)}
     files.update({f"{a}_target": (f"--{a}-target", config.target(a)) for a in ("x", "y") if config.target(a)})
-    hashes = {}
-    for name, (option, path) in files.items():
-        if not os.path.isfile(path):
-            raise UserError(f"{option} {path}: no such file; give the path of a saved model (torch.save)")
-        hashes[f"{name}_sha256"] = file_sha256(path)
-    return hashes
+    return {f"{name}_sha256": checkpoint_sha256(path, option) for name, (option, path) in files.items()}
 
 
 def prepare_file(config: SurfaceConfig, options: RunOptions) -> str:

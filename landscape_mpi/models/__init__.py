@@ -70,7 +70,14 @@ def build_model(name: str) -> nn.Module:
     return ZOO[name][0]()
 
 
-def file_sha256(path: str) -> str:
+def _require_checkpoint_file(path: str, option: str) -> None:
+    if not os.path.isfile(path):
+        raise UserError(f"{option} {path}: no such file; give the path of a saved model (torch.save)")
+
+
+def checkpoint_sha256(path: str, option: str = "--checkpoint") -> str:
+    """sha256 of a checkpoint file (what a resume must find unchanged)."""
+    _require_checkpoint_file(path, option)
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -80,8 +87,7 @@ def file_sha256(path: str) -> str:
 
 def read_state_dict(path: str, option: str = "--checkpoint") -> dict[str, torch.Tensor]:
     """The state_dict stored in a checkpoint file (tensors on the CPU)."""
-    if not os.path.isfile(path):
-        raise UserError(f"{option} {path}: no such file; give the path of a saved model (torch.save)")
+    _require_checkpoint_file(path, option)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a damaged or foreign file
