@@ -6,8 +6,11 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import h5py
+import numpy as np
 import pytest
 import torch
 
@@ -59,6 +62,38 @@ def run(cmd: list[str], timeout: float = 300, check_rc: int | None = 0, **extra_
         raise AssertionError(f"{' '.join(cmd)}\nexit {p.returncode}, expected {check_rc}\n"
                              f"stdout:\n{p.stdout[-3000:]}\nstderr:\n{p.stderr[-5000:]}")
     return p
+
+
+RESULT_KEYS = ("done", "train_loss", "train_acc", "test_loss", "test_acc", "rank")
+
+
+def read_results(path) -> dict:
+    """The result datasets of a surface file, `done` read first (the contract: a point marked done has its
+    values, also while a job is writing)."""
+    with h5py.File(path, "r") as f:
+        return {k: f["results"][k][()] for k in RESULT_KEYS if k in f["results"]}
+
+
+def assert_same_results(a, b) -> None:
+    """Same values (NaN equal to NaN) and done mask; which rank computed a point may differ."""
+    ra, rb = read_results(a), read_results(b)
+    for k in RESULT_KEYS[:-1]:
+        assert (k in ra) == (k in rb), k
+        if k in ra:
+            assert np.array_equal(ra[k], rb[k], equal_nan=True), k
+
+
+def wait_for_points(path, at_least: int, timeout: float = 120) -> None:
+    """Wait until a running job has marked `at_least` points done in `path`."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        time.sleep(0.2)
+        try:
+            if read_results(path)["done"].sum() >= at_least:
+                return
+        except (OSError, KeyError):
+            pass
+    raise AssertionError(f"fewer than {at_least} points done in {path} after {timeout} s")
 
 
 @pytest.fixture(scope="session")

@@ -5,13 +5,12 @@ import json
 import os
 import signal
 import subprocess
-import time
 
 import h5py
 import numpy as np
 import pytest
 
-from conftest import ROOT, cli, env, run
+from conftest import ROOT, assert_same_results, cli, env, read_results, run, wait_for_points
 
 EXIT_USER, EXIT_RESUMABLE = 2, 75
 DIGITS = ["--model", "digits_cnn", "--dataset", "digits"]
@@ -24,17 +23,6 @@ def one_line_error(p, *needles):
     for n in needles:
         assert n in lines[0], lines[0]
     return lines[0]
-
-
-def results(path):
-    with h5py.File(path, "r") as f:  # done first: a point marked done has its values
-        return {k: f["results"][k][()] for k in ("done", "train_loss", "train_acc", "test_loss", "test_acc")}
-
-
-def assert_same_results(a, b):
-    ra, rb = results(a), results(b)
-    for k in ra:
-        assert np.array_equal(ra[k], rb[k], equal_nan=True), k
 
 
 @pytest.mark.parametrize("spec,needle", [("1:-1:5", "min must be smaller"), ("a:b:c", "expected numbers"),
@@ -109,7 +97,7 @@ def test_mismatched_resume_refused_with_diff_then_overwrite(tmp_path, digits_ckp
     before = out.read_bytes()
     p = run(cli("surface", *DIGITS, "--checkpoint", digits_ckpt, "--x=-1:1:7", "--y=-1:1:3", "--seed", "4",
                 "--out", str(out)), check_rc=None)
-    line = one_line_error(p, "another configuration", "x: file has '-1:1:5', command asks '-1:1:7'",
+    one_line_error(p, "another configuration", "x: file has '-1:1:5', command asks '-1:1:7'",
                           "seed: file has 0, command asks 4", "--overwrite")
     assert out.read_bytes() == before  # nothing computed is lost
     run(cli("surface", *DIGITS, "--checkpoint", digits_ckpt, "--x=-1:1:7", "--y=-1:1:3", "--out", str(out),
@@ -141,7 +129,7 @@ def test_resume_after_failure_equals_uninterrupted(tmp_path, digits_ckpt):
     run(cli("surface", *args, "--out", str(full)))
     p = run(cli("surface", *args, "--out", str(part)), check_rc=1, LANDSCAPE_MPI_TEST_FAIL="0:9")
     assert "test hook" in p.stderr
-    assert results(part)["done"].sum() == 9  # the 9 finished points were written before the error
+    assert read_results(part)["done"].sum() == 9  # the 9 finished points were written before the error
     run(cli("surface", *args, "--out", str(part)))
     assert_same_results(full, part)
 
@@ -152,25 +140,17 @@ def test_sigterm_stops_gracefully_and_resumes(tmp_path, digits_ckpt):
     run(cli("surface", *args, "--out", str(full)))
     proc = subprocess.Popen(cli("surface", *args, "--out", str(part), "--flush-seconds", "0.1"), cwd=ROOT,
                             env=env(LANDSCAPE_MPI_TEST_DELAY="0.25"), stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 60
-    while time.time() < deadline:  # wait until some points are on disk
-        time.sleep(0.2)
-        if part.exists():
-            try:
-                if results(part)["done"].sum() >= 3:
-                    break
-            except OSError:
-                pass
+    wait_for_points(part, 3, timeout=60)  # some points on disk
     proc.send_signal(signal.SIGTERM)
     err = proc.communicate(timeout=60)[1]
     assert proc.returncode == EXIT_RESUMABLE, err
     assert "Rerun the same command to resume" in err
-    r = results(part)
+    r = read_results(part)
     n_done = r["done"].sum()
     assert 3 <= n_done < 40
     computed = sum(int(line.split()[4]) for line in err.splitlines() if line.strip().startswith("rank "))
     assert computed == n_done  # every point computed before the stop is in the file
-    full_r = results(full)
+    full_r = read_results(full)
     mask = r["done"].astype(bool)
     assert np.array_equal(r["train_loss"][mask], full_r["train_loss"][mask])
     run(cli("surface", *args, "--out", str(part)))
@@ -254,12 +234,10 @@ def test_second_job_on_the_same_file_is_refused(tmp_path, digits_ckpt):
     first = subprocess.Popen(cli("surface", *args, "--out", str(out)), cwd=ROOT, stderr=subprocess.PIPE, text=True,
                              env=env(LANDSCAPE_MPI_TEST_DELAY="0.2"))
     try:
-        deadline = time.time() + 60
-        while time.time() < deadline and not (out.exists() and results(out)["done"].sum() >= 2):
-            time.sleep(0.2)
+        wait_for_points(out, 2, timeout=60)
         p = run(cli("surface", *args, "--out", str(out)), check_rc=None)
         one_line_error(p, "is being written by another running job", f"pid {first.pid}")
     finally:
         first.wait(timeout=120)
-    assert first.returncode == 0 and results(out)["done"].all()  # the first job was not disturbed
+    assert first.returncode == 0 and read_results(out)["done"].all()  # the first job was not disturbed
     assert not os.path.exists(str(out) + ".lock")

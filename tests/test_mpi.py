@@ -15,22 +15,12 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import ROOT, cli, env, mpi_flavor, mpiexec, run
+from conftest import (ROOT, assert_same_results, cli, env, mpi_flavor, mpiexec, read_results, run,
+                      wait_for_points)
 
 pytestmark = pytest.mark.timeout(600)
 DIGITS = ["--model", "digits_cnn", "--dataset", "digits", "--threads", "1"]
 METRICS = ("train_loss", "train_acc", "test_loss", "test_acc")
-
-
-def results(path):
-    with h5py.File(path, "r") as f:  # done first, as the file's contract says: a point marked done has its values
-        return {k: f["results"][k][()] for k in ("done", *METRICS, "rank") if k in f["results"]}
-
-
-def assert_same(a, b):
-    ra, rb = results(a), results(b)
-    for k in (*METRICS, "done"):
-        assert np.array_equal(ra[k], rb[k], equal_nan=True), k
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +38,8 @@ def test_ranks_give_identical_files(tmp_path, reference, n):
     out = tmp_path / f"n{n}.h5"
     p = run(mpiexec(n) + cli("surface", *args, "--out", str(out)), timeout=300)
     assert f"on {n} rank(s)" in p.stderr
-    assert_same(ref, out)
-    ranks = results(out)["rank"]
+    assert_same_results(ref, out)
+    ranks = read_results(out)["rank"]
     assert set(np.unique(ranks)) == set(range(n))  # every rank evaluated points, rank 0 included
 
 
@@ -64,7 +54,7 @@ def test_mpich_gives_identical_file(tmp_path, reference):
     p = run([str(MPICH / "mpiexec"), "-n", "3", str(MPICH / "python"), "-m", "landscape_mpi", "surface", *args,
              "--out", str(out)], timeout=300)
     assert "on 3 rank(s)" in p.stderr
-    assert_same(ref, out)
+    assert_same_results(ref, out)
 
 
 @pytest.mark.parametrize("slow", [2, 0])
@@ -75,7 +65,7 @@ def test_slow_rank_gets_proportionally_fewer_points(tmp_path, digits_ckpt, slow)
     run(mpiexec(3) + cli("surface", *DIGITS, "--checkpoint", digits_ckpt, "--x=-1:1:20", "--y=-1:1:15",
                          "--samples", "20", "--splits", "train", "--out", str(out)),
         timeout=300, LANDSCAPE_MPI_TEST_DELAY=f"0.02,{slow}:0.06")
-    counts = np.bincount(results(out)["rank"].ravel(), minlength=3)
+    counts = np.bincount(read_results(out)["rank"].ravel(), minlength=3)
     assert counts.sum() == 300
     fast = [r for r in range(3) if r != slow]
     for r in fast:
@@ -136,25 +126,13 @@ def _zombie(pid):
         return True
 
 
-def _wait_done(path, at_least, timeout=120):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        time.sleep(0.2)
-        try:
-            if results(path)["done"].sum() >= at_least:
-                return
-        except (OSError, KeyError):
-            pass
-    raise AssertionError(f"fewer than {at_least} points done after {timeout} s")
-
-
 @pytest.mark.parametrize("io", ["single", "collective"])
 def test_sigkill_at_random_moments_then_resume(tmp_path, reference, io):
     if io == "collective" and not h5py.get_config().mpi:
         pytest.skip("h5py without parallel HDF5")
     args, ref = reference
     out = tmp_path / "killed.h5"
-    ref_r = results(ref)
+    ref_r = read_results(ref)
     rng = random.Random(1234)
     kills = 0
     for attempt in range(6 if io == "single" else 4):
@@ -166,13 +144,13 @@ def test_sigkill_at_random_moments_then_resume(tmp_path, reference, io):
         _kill_job(proc)
         kills += 1
         if out.exists():
-            r = results(out)  # the file opens after every kill ...
+            r = read_results(out)  # the file opens after every kill ...
             mask = r["done"].astype(bool)
             for k in METRICS:  # ... and every point marked done holds the uninterrupted run's value
                 assert np.array_equal(r[k][mask], ref_r[k][mask]), k
     assert kills >= 3
     run(mpiexec(2) + cli("surface", *args, "--out", str(out), "--io", io), timeout=300)  # another rank count
-    assert_same(ref, out)
+    assert_same_results(ref, out)
 
 
 def test_sigterm_to_ranks_stops_resumable_nothing_lost(tmp_path, reference):
@@ -180,7 +158,7 @@ def test_sigterm_to_ranks_stops_resumable_nothing_lost(tmp_path, reference):
     out = tmp_path / "term.h5"
     proc = _launch(mpiexec(3) + cli("surface", *args, "--out", str(out), "--flush-seconds", "0.1"),
                    LANDSCAPE_MPI_TEST_DELAY="0.3")
-    _wait_done(out, 6)
+    wait_for_points(out, 6)
     pids = _rank_pids(proc.pid)
     assert len(pids) == 3, pids
     for pid in pids:  # as SLURM's scancel signals every task
@@ -188,11 +166,11 @@ def test_sigterm_to_ranks_stops_resumable_nothing_lost(tmp_path, reference):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 75, err
     assert "Rerun the same command to resume" in err
-    r = results(out)
+    r = read_results(out)
     computed = sum(int(line.split()[4]) for line in err.splitlines() if line.strip().startswith("rank "))
     assert computed == r["done"].sum() < r["done"].size  # every finished point was written
     run(mpiexec(3) + cli("surface", *args, "--out", str(out)), timeout=300)
-    assert_same(ref, out)
+    assert_same_results(ref, out)
 
 
 def test_sigusr1_to_mpiexec_is_forwarded(tmp_path, reference):
@@ -201,7 +179,7 @@ def test_sigusr1_to_mpiexec_is_forwarded(tmp_path, reference):
     args, _ = reference
     out = tmp_path / "usr1.h5"
     proc = _launch(mpiexec(3) + cli("surface", *args, "--out", str(out)), LANDSCAPE_MPI_TEST_DELAY="0.3")
-    _wait_done(out, 3)
+    wait_for_points(out, 3)
     proc.send_signal(signal.SIGUSR1)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 75, err
@@ -214,7 +192,7 @@ def test_exception_on_one_rank_ends_job_with_message(tmp_path, reference, failin
     out = tmp_path / "fail.h5"
     proc = _launch(mpiexec(3) + cli("surface", *args, "--out", str(out)),
                    LANDSCAPE_MPI_TEST_DELAY="0.05", LANDSCAPE_MPI_TEST_FAIL=f"{failing_rank}:4")
-    _wait_done(out, 1)
+    wait_for_points(out, 1)
     t_first = time.time()
     try:
         _, err = proc.communicate(timeout=60)
@@ -224,9 +202,9 @@ def test_exception_on_one_rank_ends_job_with_message(tmp_path, reference, failin
     assert proc.returncode not in (0, 75)
     assert time.time() - t_first < 30
     assert f"test hook: rank {failing_rank} fails after 4 points" in err
-    r = results(out)
+    r = read_results(out)
     mask = r["done"].astype(bool)
-    assert mask.any() and np.array_equal(r["train_loss"][mask], results(ref)["train_loss"][mask])
+    assert mask.any() and np.array_equal(r["train_loss"][mask], read_results(ref)["train_loss"][mask])
 
 
 def test_idle_ranks_do_not_spin(tmp_path):
@@ -247,7 +225,7 @@ def test_io_collective_equals_single(tmp_path, reference):
     args, ref = reference
     out = tmp_path / "coll.h5"
     run(mpiexec(3) + cli("surface", *args, "--out", str(out), "--io", "collective"), timeout=300)
-    assert_same(ref, out)
+    assert_same_results(ref, out)
 
 
 def test_io_collective_without_parallel_h5py_is_a_clear_error(tmp_path, reference, monkeypatch):

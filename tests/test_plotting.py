@@ -6,13 +6,12 @@ import os
 import re
 import subprocess
 import sys
-import time
 
 import h5py
 import numpy as np
 import pytest
 
-from conftest import ROOT, cli, env, run
+from conftest import ROOT, cli, env, run, wait_for_points
 from plotting import export, figures
 from plotting.reader import read_surface
 
@@ -273,15 +272,7 @@ def test_plot_while_job_is_writing(tmp_path, digits_ckpt):
                                 "--y=-1:1:6", "--samples", "50", "--out", str(out), "--flush-seconds", "0.1"),
                             cwd=ROOT, env=env(LANDSCAPE_MPI_TEST_DELAY="0.15"), stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            time.sleep(0.3)
-            if out.exists():
-                try:
-                    if 3 <= read_surface(str(out)).n_done:
-                        break
-                except Exception:
-                    pass
+        wait_for_points(out, 3, timeout=60)
         p = run([sys.executable, "-m", "plotting", str(out), "--kind", "heatmap", "--kind", "contour",
                  "--out", str(tmp_path / "figs")])
         assert len(p.stdout.split()) == 2

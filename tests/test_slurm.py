@@ -13,15 +13,13 @@ import sys
 import time
 
 import h5py
-import numpy as np
 import pytest
 
-from conftest import BIN, ROOT, cli, env, run
+from conftest import BIN, ROOT, assert_same_results, cli, env, read_results, run, wait_for_points
 
 pytestmark = pytest.mark.timeout(900)
 SHRINK = ["--ntasks-per-node=2", "--cpus-per-task=1", "--overcommit", "--time=00:20:00"]
 DIGITS = ["--model", "digits_cnn", "--dataset", "digits", "--threads", "1", "--samples", "150"]
-METRICS = ("train_loss", "train_acc", "test_loss", "test_acc", "done")
 
 
 def slurm_up() -> bool:
@@ -87,17 +85,6 @@ def wait_job(jobid, states=("COMPLETED",), timeout=400, start_now=True):
     raise AssertionError(f"job {jobid} not in {states} after {timeout} s: {job(jobid)}")
 
 
-def results(path):
-    with h5py.File(path, "r") as f:  # METRICS ends with done; read it first
-        return {k: f["results"][k][()] for k in ("done", *METRICS[:-1])}
-
-
-def assert_same(a, b):
-    ra, rb = results(a), results(b)
-    for k in METRICS:
-        assert np.array_equal(ra[k], rb[k], equal_nan=True), k
-
-
 @pytest.fixture(scope="module")
 def direct(tmp_path_factory, digits_ckpt):
     out = tmp_path_factory.mktemp("direct") / "direct.h5"
@@ -117,7 +104,7 @@ def test_surface_job_equals_direct_run_then_exits_at_once(slurm, tmp_path, direc
     wait_job(jobid)
     log = (tmp_path / f"landscape-{jobid}.out").read_text()
     assert "on 2 rank(s)" in log, log
-    assert_same(ref, out)
+    assert_same_results(ref, out)
     # the same job again on a complete grid: exits at once, computes nothing, changes nothing
     before = out.read_bytes()
     t0 = time.time()
@@ -125,18 +112,6 @@ def test_surface_job_equals_direct_run_then_exits_at_once(slurm, tmp_path, direc
     wait_job(again)
     assert "complete: nothing to compute" in (tmp_path / f"landscape-{again}.out").read_text()
     assert out.read_bytes() == before and time.time() - t0 < 60
-
-
-def _wait_points(path, n, timeout=200):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            if results(path)["done"].sum() >= n:
-                return
-        except (OSError, KeyError):
-            pass
-        time.sleep(0.5)
-    raise AssertionError(f"fewer than {n} points after {timeout} s")
 
 
 def _runs(log):
@@ -152,7 +127,7 @@ def test_preemption_signal_requeues_resumes_and_completes(slurm, tmp_path, direc
     out = tmp_path / "pre.h5"
     jobid = sbatch("surface_preemptible.sbatch", [*args, "--out", str(out)], tmp_path,
                    LANDSCAPE_MPI_TEST_DELAY="0.3")
-    _wait_points(out, 5)
+    wait_for_points(out, 5, timeout=200)
     # what --signal=B:USR1@N does before the time limit (and a preemption warning): USR1 to the batch shell
     subprocess.run(["scancel", "--batch", "--signal=USR1", jobid], check=True)
     info = wait_job(jobid, timeout=500)
@@ -160,11 +135,11 @@ def test_preemption_signal_requeues_resumes_and_completes(slurm, tmp_path, direc
     log = (tmp_path / f"landscape-{jobid}.out").read_text()
     assert "caught SIGUSR1" in log and "requeueing job" in log and "grid complete" in log, log
     starts, computed = _runs(log)
-    total = results(ref)["done"].size
+    total = read_results(ref)["done"].size
     assert len(computed) == 2 and len(starts) == 1, log
     assert starts[0] == computed[0] > 0  # every point computed before the signal was kept ...
     assert computed[1] == total - starts[0]  # ... and none was computed again
-    assert_same(ref, out)
+    assert_same_results(ref, out)
 
 
 def test_time_limit_warning_signal_from_slurm(slurm, tmp_path, direct):
@@ -176,7 +151,7 @@ def test_time_limit_warning_signal_from_slurm(slurm, tmp_path, direct):
     info = wait_job(jobid, timeout=600)
     log = (tmp_path / f"landscape-{jobid}.out").read_text()
     assert int(info["Restarts"]) >= 1 and "caught SIGUSR1" in log, log
-    assert_same(ref, out)
+    assert_same_results(ref, out)
 
 
 def test_user_error_is_not_requeued(slurm, tmp_path, direct):
