@@ -226,6 +226,11 @@ def build_parser() -> Parser:
 
     s = sub.add_parser("models", help="list the model zoo")
     s.set_defaults(func=cmd_models)
+
+    # Subcommands defined in their own modules: each module has add_parser(sub), one line per module here.
+    # [hessian-cli]
+    # [compare-cli]
+    # [experiments-cli]
     return p
 
 
