@@ -1,4 +1,5 @@
-"""Datasets: the embedded digits, CIFAR-10 from a local folder, and user datasets by import path.
+"""Datasets: the embedded digits, MNIST-1D (generated offline), CIFAR-10 from a local folder, and user datasets
+by import path.
 
 Evaluation data is prepared once per process and kept on the device as two tensors (`EvalSet`), so
 evaluating a grid point is a plain loop over tensor slices: no DataLoader, no per-point transforms.
@@ -6,8 +7,11 @@ evaluating a grid point is a plain loop over tensor slices: no DataLoader, no pe
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import pickle
+import random
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,6 +26,9 @@ CIFAR_FILES = ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "
 CIFAR_MEAN = (125.3 / 255, 123.0 / 255, 113.9 / 255)
 CIFAR_STD = (63.0 / 255, 62.1 / 255, 66.7 / 255)
 DIGITS_TRAIN = 1437  # of 1797: an 80/20 split of a fixed permutation
+#: MNIST-1D generation arguments (mnist1d.data.get_dataset_args() defaults: 5,000 signals of 40 samples, 4,000
+#: train / 1,000 test, seed 42); the cache file name is keyed by a hash of these and the package version.
+MNIST1D_CACHE_ENV = "LANDSCAPE_MPI_CACHE"
 
 
 @dataclass
@@ -47,11 +54,13 @@ def load_split(dataset: str, split: str, data_root: str | None = None) -> tuple[
         raise ValueError(split)
     if dataset == "digits":
         return _digits(split)
+    if dataset == "mnist1d":
+        return _mnist1d(split)
     if dataset == "cifar10":
         return _cifar10(split, data_root)
     if ":" in dataset:
         return _user_dataset(dataset, split)
-    raise UserError(f"--dataset {dataset}: unknown dataset; choose digits, cifar10 or package.module:factory")
+    raise UserError(f"--dataset {dataset}: unknown dataset; choose digits, mnist1d, cifar10 or package.module:factory")
 
 
 def load_eval_set(dataset: str, split: str, data_root: str | None, samples: int | None, seed: int) -> EvalSet:
@@ -75,6 +84,56 @@ def _digits(split: str) -> tuple[torch.Tensor, torch.Tensor]:
     x = torch.from_numpy(bunch.images[keep].astype(np.float32) / 16.0).unsqueeze(1)  # N x 1 x 8 x 8, in [0, 1]
     y = torch.from_numpy(bunch.target[keep].astype(np.int64))
     return x, y
+
+
+def mnist1d_cache_dir() -> str:
+    """Where generated MNIST-1D arrays are cached: $LANDSCAPE_MPI_CACHE, else ~/.cache/landscape-mpi."""
+    return os.environ.get(MNIST1D_CACHE_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "landscape-mpi")
+
+
+def mnist1d_arrays() -> dict[str, np.ndarray]:
+    """The MNIST-1D dataset as numpy arrays ``x`` (4000 x 40), ``y``, ``x_test`` (1000 x 40), ``y_test``.
+
+    Generated offline by ``mnist1d.data.make_dataset()`` with the package's default arguments (never its
+    download path), then cached as an .npz keyed by the arguments and the package version (generation takes
+    a few seconds). Raises UserError if the ``mnist1d`` package is not installed.
+    """
+    try:
+        from importlib.metadata import version
+
+        from mnist1d.data import get_dataset_args, make_dataset
+    except ImportError:
+        raise UserError("--dataset mnist1d needs the mnist1d package: pip install mnist1d") from None
+    args = get_dataset_args(as_dict=True)
+    args.pop("url", None)  # where the package would download from: not part of what is generated
+    key = hashlib.sha256(json.dumps({"args": args, "version": version("mnist1d")}, sort_keys=True).encode()).hexdigest()
+    path = os.path.join(mnist1d_cache_dir(), f"mnist1d_{key[:16]}.npz")
+    if os.path.isfile(path):
+        with np.load(path) as f:
+            return {k: f[k] for k in ("x", "y", "x_test", "y_test")}
+    # make_dataset seeds the global `random` and `numpy.random` generators: keep the caller's streams intact.
+    py_state, np_state = random.getstate(), np.random.get_state()
+    try:
+        made = make_dataset(get_dataset_args())
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+    arrays = {"x": made["x"].astype(np.float32), "y": made["y"].astype(np.int64),
+              "x_test": made["x_test"].astype(np.float32), "y_test": made["y_test"].astype(np.int64)}
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.{os.getpid()}.tmp.npz"  # unique per process: ranks may generate at the same time
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a read-only home: generate again next time rather than fail
+    return arrays
+
+
+def _mnist1d(split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    arrays = mnist1d_arrays()
+    x, y = (arrays["x"], arrays["y"]) if split == "train" else (arrays["x_test"], arrays["y_test"])
+    return torch.from_numpy(x).unsqueeze(1), torch.from_numpy(y)  # N x 1 x 40
 
 
 def cifar10_layout_error(root: str | None) -> UserError:

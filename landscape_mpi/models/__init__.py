@@ -18,6 +18,7 @@ from torch import nn
 
 from landscape_mpi.errors import UserError
 from landscape_mpi.models.cifar import VGG9, CifarResNet, DenseNet
+from landscape_mpi.models.resnet_small import SmallResNet, zoo_entries
 from landscape_mpi.models.small import DigitsCNN, DigitsMLP
 
 #: name -> (factory, dataset it is built for)
@@ -37,6 +38,12 @@ ZOO: dict[str, tuple[Callable[[], nn.Module], str]] = {
     "vgg9": (VGG9, "cifar10"),
     "densenet121": (DenseNet, "cifar10"),
 }
+# Small ResNets for small-scale science: resnet1d_* on MNIST-1D signals, resnet2d_* on digits images.
+ZOO.update({name: (partial(SmallResNet, dim, depth, width, shortcut), "mnist1d" if dim == 1 else "digits")
+            for name, (dim, depth, width, shortcut) in zoo_entries().items()})
+
+#: one sample's input shape for each dataset a zoo model is built for
+INPUT_SHAPES: dict[str, tuple[int, ...]] = {"digits": (1, 8, 8), "mnist1d": (1, 40), "cifar10": (3, 32, 32)}
 
 STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "net")
 
