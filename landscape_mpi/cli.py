@@ -229,7 +229,8 @@ def build_parser() -> Parser:
 
     # Subcommands defined in their own modules: each module has add_parser(sub), one line per module here.
     # [hessian-cli]
-    # [compare-cli]
+    from landscape_mpi import compare_cli
+    compare_cli.add_parser(sub)
     # [experiments-cli]
     return p
 
