@@ -1,8 +1,11 @@
-"""Loss and accuracy of a model on an evaluation set (METHOD.md section 3)."""
+"""Loss and accuracy of a model on an evaluation set (METHOD.md section 3): the plain eager reference.
+
+This is the oracle every fast path of `landscape_mpi.engine` is tested against: keep it plain.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -12,7 +15,7 @@ from landscape_mpi.data import EvalSet
 
 
 def batch_loss_sum(logits: torch.Tensor, labels: torch.Tensor, loss: str) -> torch.Tensor:
-    """Sum over the batch of the per-sample loss.
+    """Sum over the batch of the per-sample loss (a 0-dim float32 tensor).
 
     ce: cross-entropy of the logits.  mse: mean over classes of (softmax - one_hot)^2, as the paper's
     reference code computed it (nn.MSELoss on softmax outputs).
@@ -26,6 +29,23 @@ def batch_loss_sum(logits: torch.Tensor, labels: torch.Tensor, loss: str) -> tor
     raise ValueError(loss)
 
 
+def per_sample_loss(logits: torch.Tensor, labels: torch.Tensor, loss: str) -> torch.Tensor:
+    """The per-sample loss of logits shaped (..., B, C) against labels (B,): a float32 tensor (..., B).
+
+    The same formulas as `batch_loss_sum`, without the sum, for several grid points evaluated at once.
+    """
+    lead = logits.shape[:-1]
+    flat = logits.float().reshape(-1, logits.shape[-1])
+    y = labels.expand(lead).reshape(-1)
+    if loss == "ce":
+        return F.cross_entropy(flat, y, reduction="none").view(lead)
+    if loss == "mse":
+        probs = torch.softmax(flat, dim=1)
+        onehot = F.one_hot(y, probs.shape[1]).to(probs.dtype)
+        return ((probs - onehot) ** 2).mean(dim=1).view(lead)
+    raise ValueError(loss)
+
+
 @torch.inference_mode()
 def evaluate(model: nn.Module, data: EvalSet, loss: str = "ce", batch_size: int = 1024,
              on_batch: Callable[[], None] | None = None) -> tuple[float, float]:
@@ -34,7 +54,8 @@ def evaluate(model: nn.Module, data: EvalSet, loss: str = "ce", batch_size: int 
     The loss is the sample-weighted mean over every sample (batch sums accumulated in float64, divided by
     the sample count: not a mean of batch means); accuracy is the fraction in [0, 1] of argmax hits.
     A NaN or inf loss is returned as it is: it is a valid result. `on_batch` is called after every batch
-    (the MPI master serves requests and flushes results there while it evaluates a long point).
+    (the MPI master serves requests and flushes results there while it evaluates a long point); whatever
+    it raises propagates.
     """
     model.eval()
     total, correct = 0.0, 0
@@ -48,3 +69,12 @@ def evaluate(model: nn.Module, data: EvalSet, loss: str = "ce", batch_size: int 
         if on_batch is not None:
             on_batch()
     return total / n, correct / n
+
+
+def eager_point_values(model: nn.Module, data: Sequence[EvalSet], loss: str = "ce", batch_size: int = 1024,
+                       on_batch: Callable[[], None] | None = None) -> list[float]:
+    """[loss, accuracy] of every split in order, flattened: the plain per-point evaluation of `model` as it is."""
+    values: list[float] = []
+    for split in data:
+        values.extend(evaluate(model, split, loss, batch_size, on_batch))
+    return values

@@ -1,0 +1,207 @@
+"""The evaluation engine: loss and accuracy at grid points, behind one interface, chosen in one place.
+
+``make_engine(...)`` returns an `Engine`; ``engine.evaluate(coords)`` maps coordinates (K, n_axes) to
+``[loss, acc]`` per split. Implementations (``kind``):
+
+- ``eager``: the oracle (`engine.eager`): weights set in place, plain NCHW forward, BatchNorm as its own
+  pass, today's `evaluate.evaluate` per split. Also the only engine that recalibrates BatchNorm.
+- ``folded``: BatchNorm folded into the preceding conv/linear (`engine.fold`), losses and hits summed on the
+  device (one host sync per split per point).
+- ``channels_last``: ``folded`` with NHWC activations (oneDNN on CPU: 1.2x; see docs/readme-parts/speed.md).
+- ``compiled``: ``folded`` (channels-last where it applies) under torch.compile; falls back uncompiled with
+  a log note when inductor cannot compile. Never chosen by ``auto`` (compile time exceeds the gain on CPU).
+- ``batched``: K grid points per forward (torch.func.vmap over the folded model's stacked tensors).
+- ``auto``: ``batched`` for small models (under SMALL_MODEL_FLOPS per sample), else ``channels_last`` for
+  4D-input models, else ``folded``; ``eager`` with bn="recalibrate" or when the model cannot be traced.
+
+Whatever a fast path cannot handle falls back (to a partial fold, to per-point, to eager) with a note through
+`log`, never to a wrong value.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+
+from landscape_mpi.data import EvalSet
+from landscape_mpi.directions import Direction
+from landscape_mpi.engine.common import PRECISIONS, Engine, data_to_device, set_precision
+from landscape_mpi.engine.eager import EagerEngine, batchnorms, recalibrate_bn
+from landscape_mpi.engine.fast import BatchedEngine, FoldedEngine, FoldedTensors, count_flops, probe_batched
+from landscape_mpi.engine.fold import FoldError, plan_fold
+from landscape_mpi.errors import UserError
+
+__all__ = ["Engine", "make_engine", "KINDS", "PRECISIONS", "BN_MODES", "default_batch_size", "choose_group_size",
+           "tune_cpu_allocator", "recalibrate_bn"]
+
+KINDS = ("auto", "eager", "folded", "channels_last", "compiled", "batched")
+BN_MODES = ("eval", "recalibrate")
+LOSSES = ("ce", "mse")
+
+#: Forward FLOPs per sample under which one point per forward leaves the machine idle (call overhead
+#: dominates) and ``auto`` stacks K points per forward. digits_cnn: 0.3 MFLOP (3.6x faster batched),
+#: resnet20: 82 MFLOP (no gain); measured by benchmarks/bench_engine.py.
+SMALL_MODEL_FLOPS = 5e6
+#: Most points per forward: beyond it the gain measured on digits_cnn is flat.
+MAX_GROUP = 16
+#: Bytes of activations one batched forward may take (CPU RAM or free GPU memory share).
+GROUP_MEMORY_CPU = 1 << 30
+
+
+def default_batch_size(device: torch.device) -> int:
+    """Samples per forward when the user gives none: 128 on CPU, 1024 on CUDA.
+
+    CPU: ResNet-20 with 2 threads, channels-last, is flat from 64 to 256 (0.46-0.50 s per 1,000 images)
+    and slower at 1024 (cache misses; and with glibc's default malloc, page faults on every >32 MiB
+    activation buffer: 1.0 s, 0.9 s of it in the kernel). CUDA: large batches keep the GPU busy; value-neutral
+    (not measured here: no GPU on the development machine).
+    """
+    return 1024 if device.type == "cuda" else 128
+
+
+def tune_cpu_allocator() -> bool:
+    """Keep freed activation buffers in the process instead of returning them to the kernel (glibc malloc).
+
+    PyTorch's CPU allocator is plain malloc; glibc serves blocks over its mmap threshold (dynamic, at most
+    32 MiB) with a fresh mmap, so every large activation buffer costs page faults on first touch: ResNet-20
+    at batch 1024 spent 0.9 s of 1.6 s per point in the kernel. Raising the mmap and trim thresholds makes
+    malloc reuse the heap (sys time 0). Process-wide: call it once at the entry point, on CPU ranks. The same
+    effect from the environment: ``MALLOC_MMAP_THRESHOLD_=1073741824 MALLOC_TRIM_THRESHOLD_=1073741824``.
+    Returns False where this is not glibc.
+    """
+    name = ctypes.util.find_library("c")
+    if not name:
+        return False
+    try:
+        libc = ctypes.CDLL(name)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
+    return bool(mallopt(m_mmap_threshold, 1 << 30)) and bool(mallopt(m_trim_threshold, 1 << 30))
+
+
+def choose_group_size(per_sample_bytes: float, param_bytes: int, batch_size: int, device: torch.device) -> int:
+    """K points per forward that fit the memory: activations of K * batch_size samples plus K parameter sets
+    within GROUP_MEMORY_CPU on CPU, a quarter of the free memory on CUDA; between 1 and MAX_GROUP."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        budget = free // 4
+    else:
+        budget = GROUP_MEMORY_CPU
+    per_point = per_sample_bytes * batch_size + param_bytes
+    return int(max(1, min(MAX_GROUP, budget // max(per_point, 1))))
+
+
+def _activation_bytes_per_sample(module: torch.fx.GraphModule, batch: int) -> float:
+    """Bytes of every node output per sample, from ShapeProp's metadata (an upper bound of what is live)."""
+    total = 0
+    for node in module.graph.nodes:
+        meta = node.meta.get("tensor_meta")
+        if meta is not None and hasattr(meta, "shape"):
+            total += math.prod(meta.shape) * torch.empty((), dtype=meta.dtype).element_size()
+    return total / batch
+
+
+def make_engine(model: nn.Module, directions: list[Direction], data: list[EvalSet], *, loss: str,
+                device: torch.device, precision: str = "fp32", batch_size: int | None = None,
+                bn: str = "eval", bn_data: EvalSet | None = None, kind: str = "auto",
+                log: Callable[[str], None] = print) -> Engine:
+    """The engine that evaluates `model` (at theta*, on the CPU) moved along `directions` on `data`.
+
+    `directions`: one dict per axis, state_dict key -> CPU tensor (a subset of the keys). `data`: the
+    evaluation splits (CPU), results in this order. `loss`: "ce" | "mse". `precision`: "fp32" (TF32 off)
+    | "tf32" | "bf16" (autocast); sets torch's backend flags. `batch_size`: samples per forward (None: per
+    device, `default_batch_size`); any value gives the same results up to rounding. `bn`: "eval" (the
+    running statistics at each point) | "recalibrate" (re-estimated at each point from `bn_data`).
+    `kind`: one of KINDS. Choices and fallbacks are reported through `log`.
+
+    Raises UserError for an unknown loss, precision, bn mode or kind, a non-positive batch size, and
+    bn="recalibrate" without `bn_data` (2+ samples) or on a model without BatchNorm.
+    """
+    if loss not in LOSSES:
+        raise UserError(f"--loss {loss}: choose one of {', '.join(LOSSES)}")
+    if precision not in PRECISIONS:
+        raise UserError(f"--precision {precision}: choose one of {', '.join(PRECISIONS)}")
+    if kind not in KINDS:
+        raise UserError(f"--engine {kind}: choose one of {', '.join(KINDS)}")
+    if bn not in BN_MODES:
+        raise UserError(f"--bn {bn}: choose one of {', '.join(BN_MODES)}")
+    if batch_size is not None and batch_size < 1:
+        raise UserError(f"--batch-size {batch_size}: must be positive")
+    if bn == "recalibrate":
+        if bn_data is None or len(bn_data) < 2:
+            raise UserError("--bn recalibrate needs training samples to estimate BatchNorm statistics: "
+                            "give --bn-samples N with N >= 2")
+        if not batchnorms(model):
+            raise UserError("--bn recalibrate: the model has no BatchNorm layer with running statistics; "
+                            "drop --bn recalibrate")
+    set_precision(precision, device)
+    bs = batch_size or default_batch_size(device)
+    n_axes = len(directions)
+
+    def eager(note: str = "") -> Engine:
+        if note:
+            log(f"engine: {note}; using the eager engine")
+        e = EagerEngine(model, directions, data, loss=loss, device=device, precision=precision, batch_size=bs,
+                        bn=bn, bn_data=bn_data)
+        log(e.describe())
+        return e
+
+    if kind == "eager":
+        return eager()
+    if bn == "recalibrate":
+        return eager(f"--bn recalibrate needs train-mode BatchNorm at every point ({kind} evaluates eval mode only)"
+                     if kind != "auto" else "")
+    if len(data) == 0 or len(data[0]) == 0:
+        return eager("no evaluation data to trace the model with")
+    example = data[0].inputs[:2]
+    try:
+        plan = plan_fold(model, example)
+    except FoldError as exc:
+        return eager(str(exc))
+    for note in plan.notes:
+        log(f"engine: {note} (it stays a separate eval-mode pass)")
+    flops = count_flops(plan.module, example)
+    conv_input = example.dim() == 4 and any(isinstance(m, nn.Conv2d) for m in plan.module.modules())
+    # channels-last: measured 1.2x on CPU (oneDNN) for ResNet-20; on CUDA it pays with tensor cores
+    # (tf32/bf16), not for plain fp32 cuDNN kernels (not measured here: no GPU).
+    cl_default = conv_input and (device.type == "cpu" or precision != "fp32")
+    if kind == "auto":
+        kind = "batched" if (0 < flops < SMALL_MODEL_FLOPS) else ("channels_last" if cl_default else "folded")
+    channels_last = conv_input and (kind == "channels_last" or (kind == "compiled" and cl_default))
+    if kind == "channels_last" and not conv_input:
+        log("engine: channels-last applies to 4D inputs of Conv2d models only; using folded")
+    memory_format = torch.channels_last if channels_last else None
+
+    gm = plan.module.to(device)
+    if memory_format is not None:
+        gm = gm.to(memory_format=memory_format)
+    state = {k: v.detach() for k, v in model.state_dict().items()}
+    tensors = FoldedTensors(plan, state, directions, device)
+    if tensors.unused:
+        log(f"engine: {', '.join(tensors.unused[:5])} not used by the forward: moving them changes nothing")
+    device_data = data_to_device(data, device, memory_format)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed shapes at every point: the search is paid once
+
+    if kind == "batched":
+        param_bytes = sum(t.numel() * t.element_size() for t in tensors.family.bases.values())
+        k = choose_group_size(_activation_bytes_per_sample(plan.module, example.shape[0]), param_bytes, bs, device)
+        engine = BatchedEngine(tensors, device_data, n_axes, loss=loss, device=device, precision=precision,
+                               batch_size=bs, k=k)
+        why = probe_batched(engine, gm, device_data[0].inputs[:4], n_axes)
+        if not why:
+            log(engine.describe() + f", {flops / 1e6:.2f} MFLOP per sample")
+            return engine
+        log(f"engine: {why}; evaluating one point per forward")
+        kind = "folded"
+    engine = FoldedEngine(tensors, device_data, n_axes, loss=loss, device=device, precision=precision,
+                          batch_size=bs, channels_last=channels_last, compile=(kind == "compiled"), log=log)
+    log(engine.describe() + f", {flops / 1e6:.2f} MFLOP per sample")
+    return engine
