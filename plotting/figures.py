@@ -1,5 +1,5 @@
 """Matplotlib figures of surface files: 1D curves, 2D contours, filled contours, heat maps, 3D surfaces,
-side-by-side comparisons, training paths and |lambda_min/lambda_max| maps.
+side-by-side comparisons, training paths (and their distance off the PCA plane) and |lambda_min/lambda_max| maps.
 
 Every function returns a `matplotlib.figure.Figure` and records what it drew in ``fig.landscape_info``
 (levels, color range, masked cells) so that tests and users can check the content, not just the pixels.
@@ -26,9 +26,22 @@ CMAP = "viridis"
 
 def _title(surface: Surface, what: str) -> str:
     title = f"{surface.label()}: {what}"
-    if not surface.complete:
+    if surface.interpolated:
+        title += f"\nINTERPOLATED from {surface.progress()} (dots: computed points)"
+    elif not surface.complete:
         title += f"  ({surface.progress()})"
     return title
+
+
+def _mark_computed(ax, surface: Surface, metric: str) -> np.ndarray | None:
+    """With --fill-missing: dots at the computed points, so the interpolated rest is visibly not data.
+    Returns the mask of interpolated points (None when nothing was interpolated)."""
+    filled = surface.interpolated.get(metric)
+    if filled is None:
+        return None
+    X, Y = np.meshgrid(surface.coords["x"], surface.coords["y"], indexing="ij")
+    ax.plot(X[~filled], Y[~filled], ".", color="k", ms=2.0, alpha=0.7, label="computed points")
+    return filled
 
 
 def levels_for(arrays: Sequence[np.ndarray], vmin: float | None = None, vmax: float | None = None,
@@ -79,9 +92,14 @@ def plot_1d(surfaces: Sequence[Surface], log: bool = False) -> Figure:
         x = s.coords["x"]
         for split, width in (("train", 1.8), ("test", 1.0)):
             if f"{split}_loss" in s.values:
-                ax.plot(x, s.values[f"{split}_loss"], color=color, lw=width, label=f"{name} {split} loss")
-                acc_ax.plot(x, 100 * s.values[f"{split}_acc"], color=color, lw=width, ls="--",
-                            label=f"{name} {split} accuracy")
+                loss = s.values[f"{split}_loss"]
+                ax.plot(x, loss, color=color, lw=width, label=f"{name} {split} loss")
+                if f"{split}_acc" in s.values:
+                    acc_ax.plot(x, 100 * s.values[f"{split}_acc"], color=color, lw=width, ls="--",
+                                label=f"{name} {split} accuracy")
+                filled = s.interpolated.get(f"{split}_loss")
+                if filled is not None:  # --fill-missing: the computed points as dots on the line
+                    ax.plot(x[~filled], loss[~filled], ".", color="k", ms=3)
                 info["lines"].append(f"{name} {split}")
     if log:
         ax.set_yscale("log")
@@ -96,6 +114,8 @@ def plot_1d(surfaces: Sequence[Surface], log: bool = False) -> Figure:
     title = surfaces[0].label() if len(surfaces) == 1 else "loss and accuracy"
     if partial:
         title += "  (" + ", ".join(s.progress() for s in partial) + ")"
+        if any(s.interpolated for s in partial):
+            title += "\nINTERPOLATED between the computed points (dots)"
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
     fig.landscape_info = info
@@ -110,12 +130,13 @@ def plot_contour(surface: Surface, metric: str, levels: np.ndarray, log: bool = 
     cs = ax.contour(X, Y, Z, levels=levels, cmap=CMAP, norm=_norm(levels, log), linewidths=0.9)
     labels = ax.clabel(cs, cs.levels[::2], inline=True, fontsize=6, fmt="%.3g")
     ax.plot([0], [0], "k+", ms=8)
+    filled = _mark_computed(ax, surface, metric)
     _axis_labels(ax, surface)
     ax.set_aspect("equal", adjustable="box")
     ax.set_title(_title(surface, f"{metric} contours"), fontsize=9)
     fig.tight_layout()
     fig.landscape_info = {"levels": np.asarray(cs.levels), "labels": [t.get_text() for t in labels],
-                          "mask": np.ma.getmaskarray(Z)}
+                          "mask": np.ma.getmaskarray(Z), "interpolated": filled}
     return fig
 
 
@@ -125,11 +146,12 @@ def plot_contourf(surface: Surface, metric: str, levels: np.ndarray, log: bool =
     fig, ax = plt.subplots(figsize=(5.6, 4.6))
     cs = ax.contourf(X, Y, Z, levels=levels, cmap=CMAP, norm=_norm(levels, log), extend="both")
     fig.colorbar(cs, ax=ax, label=metric)
+    filled = _mark_computed(ax, surface, metric)
     _axis_labels(ax, surface)
     ax.set_aspect("equal", adjustable="box")
     ax.set_title(_title(surface, f"{metric}"), fontsize=9)
     fig.tight_layout()
-    fig.landscape_info = {"levels": np.asarray(cs.levels), "mask": np.ma.getmaskarray(Z)}
+    fig.landscape_info = {"levels": np.asarray(cs.levels), "mask": np.ma.getmaskarray(Z), "interpolated": filled}
     return fig
 
 
@@ -140,12 +162,13 @@ def plot_heatmap(surface: Surface, metric: str, levels: np.ndarray, log: bool = 
     cmap = plt.get_cmap(CMAP).with_extremes(bad=(0, 0, 0, 0))
     mesh = ax.pcolormesh(X, Y, Z, shading="nearest", cmap=cmap, norm=_norm(levels, log))
     fig.colorbar(mesh, ax=ax, label=metric)
+    filled = _mark_computed(ax, surface, metric)
     _axis_labels(ax, surface)
     ax.set_aspect("equal", adjustable="box")
     ax.set_title(_title(surface, f"{metric}"), fontsize=9)
     fig.tight_layout()
     fig.landscape_info = {"mask": np.ma.getmaskarray(mesh.get_array()).reshape(Z.shape),
-                          "clim": mesh.get_clim()}
+                          "clim": mesh.get_clim(), "interpolated": filled}
     return fig
 
 
@@ -165,8 +188,11 @@ def plot_surface3d(surface: Surface, metric: str, levels: np.ndarray, log: bool 
     ax.set_ylabel("y")
     ax.set_zlabel(f"log10 {metric}" if log else metric)
     ax.set_zlim(lo, hi)
+    filled = surface.interpolated.get(metric)
+    if filled is not None:  # the computed points as dots on the surface
+        ax.scatter(X[~filled], Y[~filled], z[~filled], color="k", s=2, depthshade=False)
     ax.set_title(_title(surface, metric), fontsize=9)
-    fig.landscape_info = {"zlim": (lo, hi), "mask": ~np.isfinite(z)}
+    fig.landscape_info = {"zlim": (lo, hi), "mask": ~np.isfinite(z), "interpolated": filled}
     return fig
 
 
@@ -184,8 +210,11 @@ def plot_compare(surfaces: Sequence[Surface], metric: str, levels: np.ndarray, l
             cs = ax.contourf(X, Y, Z, levels=levels, cmap=CMAP, norm=norm, extend="both")
         else:
             cs = ax.contour(X, Y, Z, levels=levels, cmap=CMAP, norm=norm, linewidths=0.8)
+        _mark_computed(ax, s, metric)
         ax.set_aspect("equal", adjustable="box")
-        ax.set_title(name + ("" if s.complete else f"\n({s.progress()})"), fontsize=8)
+        note = "" if s.complete else (f"\nINTERPOLATED from {s.progress()} (dots)" if s.interpolated
+                                      else f"\n({s.progress()})")
+        ax.set_title(name + note, fontsize=8)
         ax.set_xlabel("x")
     axes[0][0].set_ylabel("y")
     fig.colorbar(cs, ax=list(axes[0]), label=metric, shrink=0.9)
@@ -193,25 +222,59 @@ def plot_compare(surfaces: Sequence[Surface], metric: str, levels: np.ndarray, l
     return fig
 
 
-def plot_trajectory(surface: Surface, metric: str, levels: np.ndarray, log: bool = False) -> Figure:
-    """The projected training path on the contour of the PCA plane, with epoch markers; the axes carry
-    the explained variance of each component (a low total warns that the path leaves the plane)."""
+def _trajectory(surface: Surface) -> dict:
     t = surface.trajectory
     if not t or "x" not in t or "y" not in t:
         raise PlotError(f"{surface.path} holds no /trajectory (x, y): compute a PCA-direction surface first")
+    return t
+
+
+def _explained(t: dict) -> np.ndarray:
+    return np.asarray(t.get("explained_variance", [np.nan, np.nan]), dtype=float).ravel()[:2]
+
+
+def plot_trajectory(surface: Surface, metric: str, levels: np.ndarray, log: bool = False) -> Figure:
+    """The projected training path on the contour of the PCA plane, with epoch markers; the axes carry
+    the explained variance of each component (a low total warns that the path leaves the plane)."""
+    t = _trajectory(surface)
     fig = plot_contour(surface, metric, levels, log)
     ax = fig.axes[0]
-    ax.plot(t["x"], t["y"], "-o", color="crimson", ms=3, lw=1.2, label="training path")
+    ev = _explained(t)
+    ax.plot(t["x"], t["y"], "-o", color="crimson", ms=3, lw=1.2,
+            label=f"training path (plane: {100 * np.nansum(ev):.1f}% of variance)")
     epochs = t.get("epochs", np.arange(len(t["x"])))
     step = max(1, len(epochs) // 10)
     for i in range(0, len(epochs), step):
         ax.annotate(str(int(epochs[i])), (t["x"][i], t["y"][i]), fontsize=6, xytext=(3, 3),
                     textcoords="offset points")
-    ev = np.asarray(t.get("explained_variance", [np.nan, np.nan]), dtype=float)
     ax.set_xlabel(f"PC1: {100 * ev[0]:.1f}% of variance")
     ax.set_ylabel(f"PC2: {100 * ev[1]:.1f}% of variance")
     ax.legend(fontsize=7)
     fig.landscape_info["explained_variance"] = ev
+    return fig
+
+
+def plot_trajectory_residual(surface: Surface) -> Figure:
+    """Each checkpoint's distance off the PCA plane (``/trajectory/residual``) against its epoch, beside its
+    distance from theta* within the plane: where the residual is comparable, the drawn path misleads."""
+    t = _trajectory(surface)
+    if "residual" not in t:
+        raise PlotError(f"{surface.path} holds no /trajectory/residual; recompute the PCA surface with a "
+                        f"landscape-mpi that records it")
+    residual = np.asarray(t["residual"], dtype=float)
+    epochs = np.asarray(t.get("epochs", np.arange(len(residual))))
+    in_plane = np.hypot(np.asarray(t["x"], dtype=float), np.asarray(t["y"], dtype=float))
+    ev = _explained(t)
+    fig, ax = plt.subplots(figsize=(6.0, 4.0))
+    ax.plot(epochs, residual, "-o", color="crimson", ms=3, label="off the plane (residual norm)")
+    ax.plot(epochs, in_plane, "--s", color="C0", ms=3, label="in the plane (projected distance)")
+    ax.set_xlabel("epoch" if "epochs" in t else "checkpoint")
+    ax.set_ylabel(r"distance from $\theta^*$ (weight-space 2-norm)")
+    ax.legend(fontsize=7)
+    ax.set_title(f"{surface.label()}: trajectory off the PCA plane "
+                 f"(PC1 {100 * ev[0]:.1f}%, PC2 {100 * ev[1]:.1f}% of variance)", fontsize=9)
+    fig.tight_layout()
+    fig.landscape_info = {"epochs": epochs, "residual": residual, "in_plane": in_plane, "explained_variance": ev}
     return fig
 
 

@@ -286,9 +286,146 @@ def test_plot_while_job_is_writing(tmp_path, digits_ckpt):
 
 
 def test_plotting_needs_neither_torch_nor_mpi():
-    code = ("import sys, plotting.cli, plotting.figures, plotting.export, plotting.reader; "
+    code = ("import sys, plotting.cli, plotting.figures, plotting.export, plotting.reader, plotting.fill; "
             "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'mpi4py', 'landscape_mpi')]; "
             "sys.exit(1 if bad else 0)")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
     for py in (ROOT / "plotting").glob("*.py"):
         assert not re.search(r"^\s*(from|import)\s+landscape_mpi", py.read_text(), re.M), py
+
+
+# ------------------------------------------------------------------ schema, selective reading, fill, residual
+def test_schema_version_pinned_to_contract():
+    from landscape_mpi import contract
+    from plotting import reader
+
+    assert reader.SCHEMA_VERSION == contract.SCHEMA_VERSION
+
+
+def test_reader_reads_done_first_then_only_the_requested_metric(tmp_path, partial2d, monkeypatch):
+    from plotting import reader
+
+    read = []
+    original = h5py.Dataset.__getitem__
+
+    def spy(self, key):
+        read.append(self.name)
+        return original(self, key)
+
+    monkeypatch.setattr(h5py.Dataset, "__getitem__", spy)
+    s = reader.read_surface(partial2d[0], metrics=["train_loss"])
+    results = [n for n in read if n.startswith("/results/")]
+    assert results == ["/results/done", "/results/train_loss"]  # never train_acc, rank or seconds
+    assert set(s.values) == {"train_loss"} and set(s.available) == {"train_loss", "train_acc"}
+    read.clear()
+    reader.read_metrics(s, ["train_acc"])
+    assert [n for n in read if n.startswith("/results/")] == ["/results/train_acc"]
+    with pytest.raises(reader.PlotError, match="no metric 'test_loss'; choose one of train_acc, train_loss"):
+        reader.read_metrics(s, ["test_loss"])
+
+
+def coarse_file(tmp_path, fn, stride=2):
+    """A partial file as a coarse-to-fine job leaves it: a strided sub-grid with the corners finished."""
+    x = np.linspace(-1, 1, 9)
+    y = np.linspace(0, 2, 7)
+    XX, YY = np.meshgrid(x, y, indexing="ij")
+    done = np.zeros((9, 7), bool)
+    done[::stride, ::stride] = True
+    done[-1, -1] = done[0, -1] = done[-1, 0] = True
+    return write_file(tmp_path / "coarse.h5", {"x": x, "y": y}, {"train_loss": fn(XX, YY)}, done), XX, YY, done
+
+
+def test_fill_missing_is_exact_for_a_plane_and_marked(tmp_path):
+    from plotting.fill import fill_missing
+
+    def plane(x, y):
+        return 2.0 + 0.5 * x - 0.25 * y
+
+    path, XX, YY, done = coarse_file(tmp_path, plane)
+    s = read_surface(path)
+    filled = fill_missing(s, ["train_loss"])
+    # linear interpolation of a plane inside the hull of the finished points is the plane itself
+    np.testing.assert_allclose(filled.values["train_loss"], plane(XX, YY), atol=1e-12)
+    assert np.isnan(s.values["train_loss"][~done]).all()  # the original is untouched
+    levels = figures.levels_for([filled.metric("train_loss")])
+    for plot in (figures.plot_contour, figures.plot_heatmap, figures.plot_contourf):
+        fig = plot(filled, "train_loss", levels)
+        ax = fig.axes[0]
+        assert "INTERPOLATED" in ax.get_title() and f"{done.sum()} of {done.size} points" in ax.get_title()
+        assert np.array_equal(fig.landscape_info["interpolated"], ~done)
+        assert not fig.landscape_info["mask"].any()  # no gaps left
+        dots = [l for l in ax.lines if l.get_label() == "computed points"]
+        assert len(dots) == 1 and len(dots[0].get_xdata()) == done.sum()
+        figures.plt.close(fig)
+    fig = figures.plot_contour(s, "train_loss", levels)  # without the option: gaps, no mark
+    assert "INTERPOLATED" not in fig.axes[0].get_title() and fig.landscape_info["mask"].sum() == (~done).sum()
+    figures.plt.close(fig)
+
+
+def test_fill_missing_nearest_outside_the_hull_and_nan_kept(tmp_path):
+    from plotting.fill import fill_missing
+
+    x = np.linspace(0, 1, 5)
+    y = np.linspace(0, 1, 5)
+    XX, YY = np.meshgrid(x, y, indexing="ij")
+    loss = 1.0 + XX + 10 * YY
+    done = np.zeros((5, 5), bool)
+    done[:3, :3] = True  # the lower-left block only: the rest lies outside its hull
+    loss[1, 1] = np.nan  # a finished, diverged point
+    s = read_surface(write_file(tmp_path / "block.h5", {"x": x, "y": y}, {"train_loss": loss}, done))
+    v = fill_missing(s, ["train_loss"]).values["train_loss"]
+    assert np.isnan(v[1, 1])  # a finished NaN is a result: not interpolated over
+    # (4, 4) is nearest to the finished corner (2, 2); (4, 0) to (2, 0); (0, 4) to (0, 2)
+    assert v[4, 4] == loss[2, 2] and v[4, 0] == loss[2, 0] and v[0, 4] == loss[0, 2]
+    assert v[2, 2] == loss[2, 2]
+
+
+def test_fill_missing_1d_and_cli(tmp_path):
+    from plotting import cli as plot_cli
+    from plotting.fill import fill_missing
+
+    a = np.linspace(-1, 1, 11)
+    done = np.zeros(11, bool)
+    done[::5] = True  # -1, 0, 1
+    path = write_file(tmp_path / "line.h5", {"x": a}, {"train_loss": a ** 2, "train_acc": 1 - a ** 2 / 2}, done)
+    v = fill_missing(read_surface(path), ["train_loss"]).values["train_loss"]
+    np.testing.assert_allclose(v, np.abs(a))  # linear between (−1, 1), (0, 0), (1, 1)
+    out = tmp_path / "figs"
+    assert plot_cli.main([path, "--fill-missing", "--out", str(out)]) == 0
+    assert (out / "line_1d.png").stat().st_size > 1000
+    path2d, *_ = coarse_file(tmp_path, lambda x, y: x ** 2 + y)
+    assert plot_cli.main([path2d, "--fill-missing", "--kind", "contour", "--kind", "vtp", "--out", str(out)]) == 0
+    vol = write_file(tmp_path / "vol.h5", {"x": a[:3], "y": a[:3], "z": a[:3]}, {"train_loss": np.ones((3, 3, 3))},
+                     np.eye(3, dtype=bool)[:, :, None] & np.ones((3, 3, 3), bool))
+    p = run([sys.executable, "-m", "plotting", vol, "--fill-missing"], check_rc=2)
+    assert p.stderr.count("\n") == 1 and "--fill-missing draws 1D and 2D" in p.stderr
+
+
+def test_trajectory_residual_kind(tmp_path):
+    XX, YY = np.meshgrid(X, Y, indexing="ij")
+    residual = np.array([0.5, 0.3, 0.2, 0.05, 0.0])
+    tx, ty = np.array([-1.0, -0.6, -0.3, -0.1, 0.0]), np.array([1.0, 0.8, 0.4, 0.1, 0.0])
+    path = write_file(tmp_path / "pca.h5", {"x": X, "y": Y}, {"train_loss": f(XX, YY)}, np.ones((7, 5), bool),
+                      {"trajectory/x": tx, "trajectory/y": ty, "trajectory/epochs": np.array([0, 2, 4, 6, 8]),
+                       "trajectory/residual": residual})
+    with h5py.File(path, "a") as h:
+        h["trajectory"].attrs["explained_variance"] = [0.7, 0.2]
+    s = read_surface(path)
+    fig = figures.plot_trajectory_residual(s)
+    info = fig.landscape_info
+    np.testing.assert_array_equal(info["residual"], residual)
+    np.testing.assert_array_equal(info["epochs"], [0, 2, 4, 6, 8])
+    np.testing.assert_allclose(info["in_plane"], np.sqrt(tx ** 2 + ty ** 2))
+    ax = fig.axes[0]
+    np.testing.assert_array_equal(ax.lines[0].get_ydata(), residual)
+    assert ax.get_xlabel() == "epoch" and "70.0%" in ax.get_title() and "20.0%" in ax.get_title()
+    figures.plt.close(fig)
+    fig = figures.plot_trajectory(s, "train_loss", figures.levels_for([s.metric("train_loss")]))
+    assert "90.0% of variance" in fig.axes[0].get_legend().get_texts()[0].get_text()
+    figures.plt.close(fig)
+    out = run([sys.executable, "-m", "plotting", path, "--out", str(tmp_path / "figs")]).stdout.split()
+    assert any(p.endswith("pca_trajectory_residual.png") for p in out)
+    no_res = write_file(tmp_path / "old.h5", {"x": X, "y": Y}, {"train_loss": f(XX, YY)}, np.ones((7, 5), bool),
+                        {"trajectory/x": tx, "trajectory/y": ty})
+    p = run([sys.executable, "-m", "plotting", no_res, "--kind", "trajectory_residual"], check_rc=2)
+    assert p.stderr.count("\n") == 1 and "no /trajectory/residual" in p.stderr
