@@ -52,7 +52,7 @@ class Progress:
 
 def as_coords(coords: np.ndarray | Sequence[Sequence[float]], n_axes: int) -> np.ndarray:
     """Validate the (K, n_axes) float64 coordinate array an engine receives."""
-    c = np.asarray(coords, dtype=np.float64)
+    c = np.array(coords, dtype=np.float64, order="C")  # a copy: the caller's array may be a strided view
     if c.ndim == 1:
         c = c[None, :]
     if c.ndim != 2 or c.shape[1] != n_axes:

@@ -32,6 +32,7 @@ class FoldedTensors:
     def __init__(self, plan: FoldPlan, state: dict[str, torch.Tensor], directions: Sequence[Direction],
                  device: torch.device) -> None:
         self.module = plan.module
+        self.pairs = plan.pairs
         self.targets = dict(self.module.state_dict(keep_vars=True))
         moving = {k for k in state if any(k in d and bool(d[k].any()) for d in directions)}
         self.unused = sorted(k for k in moving if k not in self.targets and not any(
