@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -61,34 +63,68 @@ def make_context(device: str = "auto", threads: int | None = None) -> RunContext
 
     The GPU is chosen by the node-local rank (not the global rank), modulo the GPUs this process sees, so
     CUDA_VISIBLE_DEVICES and one-GPU-per-task allocations (where each rank sees exactly one) both work.
-    CPU ranks split the node's cores between them unless `threads` is given.
+    Threads: `threads` if given, else `default_threads` (OMP_NUM_THREADS, SLURM_CPUS_PER_TASK, the CPU set).
+
+    Collective under MPI (a node split and one allgather), and agree-or-fail: if choosing the device fails on
+    any rank (`--device cuda` on a node whose GPU is missing), every rank raises the same error naming that
+    rank and its host, so no rank is left waiting in a later collective. With `--device auto`, rank 0 prints
+    a warning when some ranks found no GPU while others use one (the CPU ranks would be the slow ones).
+
+    Raises:
+        UserError: a launch mistake (srun without a PMI plugin, no GPU for --device cuda, on any rank).
+        RuntimeError: an internal failure on some rank (a GPU that cannot be selected), naming that rank.
     """
     comm = _mpi_comm() if launched_under_mpi() else None
     rank, size, local_rank, local_size = 0, 1, 0, 1
+    cpus = _affinity()
+    node_cpus: list[frozenset[int]] = [cpus]
     if comm is not None:
         from mpi4py import MPI
 
         rank, size = comm.Get_rank(), comm.Get_size()
         node = comm.Split_type(MPI.COMM_TYPE_SHARED, key=rank)
         local_rank, local_size = node.Get_rank(), node.Get_size()
+        node_cpus = node.allgather(cpus)  # which ranks of this node share a CPU set
         node.Free()
     slurm_tasks = int(os.environ.get("SLURM_STEP_NUM_TASKS", "1") or 1)
     if size == 1 and slurm_tasks > 1:
         raise UserError(f"srun started {slurm_tasks} tasks but MPI sees 1 rank each: add --mpi=pmix (Open MPI) "
                         f"or --mpi=pmi2 (MPICH) to srun, or launch with mpirun inside the allocation")
 
-    dev = choose_device(device, local_rank)
-    if dev.type == "cuda":
-        torch.cuda.set_device(dev)
-    threads = threads or default_threads(local_size)
+    host = socket.gethostname()
+    dev, error = torch.device("cpu"), None
+    try:
+        dev = choose_device(device, local_rank)
+        if dev.type == "cuda":
+            torch.cuda.set_device(dev)
+    except UserError as exc:
+        error = ("user", str(exc))
+    except Exception as exc:  # noqa: BLE001  (a broken GPU on one rank must reach every rank)
+        error = ("internal", f"{type(exc).__name__}: {exc}")
+    ranks = [(dev.type, host, error)]
+    if comm is not None:
+        ranks = comm.allgather((dev.type, host, error))
+    failed = [(r, h, e) for r, (_, h, e) in enumerate(ranks) if e is not None]
+    if failed:
+        r, h, (kind, message) = failed[0]
+        where = f"rank {r} ({h}): " if size > 1 else ""
+        raise (UserError if kind == "user" else RuntimeError)(where + message)
+    warning = device_warning(device, [(kind, h) for kind, h, _ in ranks])
+    if warning and rank == 0:
+        print(f"landscape-mpi: warning: {warning}", file=sys.stderr, flush=True)
+
+    threads = threads or default_threads(cpus, node_cpus)
     torch.set_num_threads(threads)
-    return RunContext(comm, rank, size, local_rank, local_size, socket.gethostname(), dev, threads)
+    return RunContext(comm, rank, size, local_rank, local_size, host, dev, threads)
 
 
 def choose_device(device: str, local_rank: int) -> torch.device:
     """GPU `local_rank % visible GPUs` for auto/cuda when CUDA is available, else the CPU.
 
     With one GPU per task (CUDA_VISIBLE_DEVICES set per rank by the scheduler) every rank gets cuda:0, its own.
+
+    Raises:
+        UserError: `device` is "cuda" and this process sees no CUDA GPU.
     """
     if device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda: no CUDA GPU is visible to this rank "
@@ -99,11 +135,52 @@ def choose_device(device: str, local_rank: int) -> torch.device:
     return torch.device("cpu")
 
 
-def default_threads(local_size: int) -> int:
-    """torch CPU threads per rank: this process's cores shared among the ranks on its node."""
+def device_warning(option: str, ranks: Sequence[tuple[str, str]]) -> str | None:
+    """The warning for `--device auto` when some ranks landed on the CPU while others have a GPU, else None.
+
+    `ranks[r]` is (device type, host) of rank r. A CPU rank among GPU ranks is usually a node whose GPUs are
+    not visible (CUDA_VISIBLE_DEVICES, a missing --gpus-per-task, a broken driver) and is many times slower.
+    """
+    if option != "auto":
+        return None
+    cpu = [r for r, (kind, _) in enumerate(ranks) if kind == "cpu"]
+    if not cpu or len(cpu) == len(ranks):
+        return None
+    hosts = sorted({ranks[r][1] for r in cpu})
+    shown = ", ".join(map(str, cpu[:8])) + (f" and {len(cpu) - 8} more" if len(cpu) > 8 else "")
+    return (f"--device auto: rank(s) {shown} on {', '.join(hosts[:4])} found no GPU and run on the CPU while "
+            f"{len(ranks) - len(cpu)} rank(s) use GPUs; they will be the slow ones. Check the GPUs those "
+            f"nodes expose (CUDA_VISIBLE_DEVICES, --gpus-per-task), or pass --device cuda to stop instead")
+
+
+def _affinity() -> frozenset[int]:
+    """The CPUs this process may run on (its affinity mask; every CPU where the OS has no masks)."""
     try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cores = os.cpu_count() or 1
-    # The affinity mask is the node's (or the allocation's) cores unless the launcher bound this rank.
-    return max(1, cores // local_size)
+        return frozenset(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return frozenset(range(os.cpu_count() or 1))
+
+
+def default_threads(cpus: frozenset[int] | None = None, node_cpus: Sequence[frozenset[int]] | None = None,
+                    environ: Mapping[str, str] | None = None) -> int:
+    """torch CPU threads for this rank, in order of precedence:
+
+    1. OMP_NUM_THREADS, when set: the user (or the site) chose;
+    2. SLURM_CPUS_PER_TASK, when set: the cores SLURM allocated to this task (at most the CPUs it may use);
+    3. this rank's CPU set (`cpus`, its affinity mask) as it is, when it is its own: a launcher or SLURM bound
+       the rank (`--bind-to core`, `--cpu-bind`), so the set is already this rank's share;
+    4. the same set divided among the ranks of this node that share it (`node_cpus`: every node-local rank's
+       set): unbound ranks all see the node's (or the allocation's) cores, and split them.
+
+    Comparing the sets of the node's ranks, rather than the set with the node's core count, keeps a container
+    or a cgroup (where an unbound rank's set is smaller than the machine) from counting as a binding.
+    """
+    env = os.environ if environ is None else environ
+    cpus = _affinity() if cpus is None else cpus
+    node_cpus = [cpus] if node_cpus is None else node_cpus
+    for name, cap in (("OMP_NUM_THREADS", None), ("SLURM_CPUS_PER_TASK", len(cpus))):
+        value = env.get(name, "").strip().split(",")[0]
+        if value.isdigit() and int(value) > 0:
+            return min(int(value), cap) if cap else int(value)
+    sharing = sum(1 for other in node_cpus if other == cpus)
+    return max(1, len(cpus) // max(1, sharing))

@@ -1,12 +1,20 @@
-"""Shared helpers: run the CLI as a user would (subprocess), under mpiexec when asked, and small checkpoints."""
+"""Shared helpers: run the CLI as a user would (subprocess), under mpiexec when asked, and small checkpoints;
+wait for events (a line on stderr, a file, points in the surface file) instead of time windows; a local SLURM
+cluster of the session's own; and the rule that a skipped test fails the run.
+"""
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import socket
 import subprocess
 import sys
+import tempfile
+import threading
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import h5py
@@ -17,6 +25,25 @@ import torch
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
 BIN = Path(sys.executable).parent
+#: The fault-injection and synchronization variables of landscape_mpi/testhooks.py (listed here so that the
+#: test helpers do not depend on the package importing).
+TEST_HOOKS = ("LANDSCAPE_MPI_TEST_FAIL_AT", "LANDSCAPE_MPI_TEST_GATE", "LANDSCAPE_MPI_TEST_FAIL",
+              "LANDSCAPE_MPI_TEST_DELAY")
+#: Set to 1 to let skipped tests pass (a developer machine without SLURM or MPICH); CI never sets it.
+ALLOW_SKIP = "LANDSCAPE_MPI_ALLOW_SKIP"
+
+
+# ------------------------------------------------------------------------------ skipped tests fail the run
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A skipped test is a failed test: CI must not pass because SLURM, MPICH or parallel HDF5 went missing."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped and not hasattr(report, "wasxfail") and os.environ.get(ALLOW_SKIP) != "1":
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = (f"skipped, and a skipped test fails the suite: {reason}\n"
+                           f"(install what is missing: bash scripts/install.sh; or set {ALLOW_SKIP}=1 to allow skips)")
 
 
 def env(**extra) -> dict:
@@ -24,9 +51,13 @@ def env(**extra) -> dict:
     e["PYTHONPATH"] = os.pathsep.join([str(TESTS), str(ROOT), e.get("PYTHONPATH", "")])
     e["PATH"] = f"{BIN}{os.pathsep}{e.get('PATH', '')}"  # the console scripts landscape-mpi, landscape-plot
     e.setdefault("OMP_NUM_THREADS", "1")
-    for k in ("LANDSCAPE_MPI_TEST_DELAY", "LANDSCAPE_MPI_TEST_FAIL"):
+    for k in TEST_HOOKS:  # hooks reach a run only when a test passes them
         e.pop(k, None)
-    e.update({k: str(v) for k, v in extra.items()})
+    for k, v in extra.items():  # a value None removes the variable
+        if v is None:
+            e.pop(k, None)
+        else:
+            e[k] = str(v)
     return e
 
 
@@ -83,17 +114,231 @@ def assert_same_results(a, b) -> None:
             assert np.array_equal(ra[k], rb[k], equal_nan=True), k
 
 
-def wait_for_points(path, at_least: int, timeout: float = 120) -> None:
+def wait_until(condition: Callable[[], object], timeout: float, what: str, poll: float = 0.05):
+    """Poll `condition` until it returns something true (returned); AssertionError naming `what` after `timeout`
+    seconds. The timeout only bounds a hang: tests wait for the event, never for a time."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(poll)
+
+
+def wait_for_points(path, at_least: int, timeout: float = 300) -> None:
     """Wait until a running job has marked `at_least` points done in `path`."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        time.sleep(0.2)
+
+    def enough():
         try:
-            if read_results(path)["done"].sum() >= at_least:
-                return
+            return read_results(path)["done"].sum() >= at_least
         except (OSError, KeyError):
+            return False
+
+    wait_until(enough, timeout, f"{at_least} points done in {path}", poll=0.2)
+
+
+def wait_for_files(paths: Iterable, timeout: float = 300) -> None:
+    """Wait until every path exists (e.g. the `GATE.reached.<rank>` files of testhooks)."""
+    paths = [Path(p) for p in paths]
+    wait_until(lambda: all(p.exists() for p in paths), timeout,
+               f"{[p.name for p in paths if not p.exists()]} to exist")
+
+
+def wait_for_text(path, pattern: str, timeout: float = 300) -> re.Match:
+    """Wait until the file (a SLURM job log) holds a match of the regular expression `pattern`."""
+
+    def found():
+        try:
+            return re.search(pattern, Path(path).read_text(errors="replace"))
+        except OSError:
+            return None
+
+    return wait_until(found, timeout, f"/{pattern}/ in {path}", poll=0.1)
+
+
+class Job:
+    """A launched command (mpiexec ..., srun ...) whose stderr is read as it comes, line by line, each line with
+    the time it arrived: tests wait for a line (an event) and measure from it."""
+
+    def __init__(self, cmd: list[str], **extra_env) -> None:
+        self.cmd = cmd
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env(**extra_env), stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True, start_new_session=True)
+        self.lines: list[tuple[float, str]] = []
+        self.stdout = ""
+        self._changed = threading.Condition()
+        self._readers = [threading.Thread(target=self._read_err, daemon=True),
+                         threading.Thread(target=self._read_out, daemon=True)]
+        for t in self._readers:
+            t.start()
+
+    def _read_err(self) -> None:
+        for line in self.proc.stderr:
+            with self._changed:
+                self.lines.append((time.monotonic(), line.rstrip("\n")))
+                self._changed.notify_all()
+
+    def _read_out(self) -> None:
+        self.stdout = self.proc.stdout.read()
+
+    @property
+    def stderr(self) -> str:
+        return "\n".join(line for _, line in self.lines)
+
+    def wait_for_line(self, pattern: str, timeout: float = 300) -> tuple[float, re.Match]:
+        """(arrival time, match) of the first stderr line matching `pattern`; fails if the job ends without one."""
+        rx = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        seen = 0
+        with self._changed:
+            while True:
+                for t, line in self.lines[seen:]:
+                    m = rx.search(line)
+                    if m:
+                        return t, m
+                seen = len(self.lines)
+                if self.proc.poll() is not None and not any(t.is_alive() for t in self._readers[:1]):
+                    raise AssertionError(f"the job ended (exit {self.proc.returncode}) without a line "
+                                         f"/{pattern}/ on stderr:\n{self.stderr[-5000:]}")
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"no line /{pattern}/ on stderr after {timeout} s:\n{self.stderr[-5000:]}")
+                self._changed.wait(0.2)
+
+    def wait(self, timeout: float = 300) -> int:
+        """Wait for the end (the whole job is killed if it does not end: a hang fails, it does not stall)."""
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            kill_job(self.proc)
+            raise AssertionError(f"{' '.join(map(str, self.cmd))}\nstill running after {timeout} s (killed):\n"
+                                 f"{self.stderr[-5000:]}") from None
+        for t in self._readers:
+            t.join(timeout=30)
+        return self.proc.returncode
+
+
+def _parents() -> dict[int, int]:
+    parent = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    parent[int(d)] = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError):
+                pass
+    return parent
+
+
+def rank_pids(launcher_pid: int) -> list[int]:
+    """The landscape_mpi rank processes of a launch: descendants of mpiexec (children with Open MPI,
+    grandchildren under MPICH's hydra proxy)."""
+    parent = _parents()
+    found, frontier = [], [launcher_pid]
+    while frontier:
+        children = [p for p, pp in parent.items() if pp in frontier]
+        for p in children:
+            try:
+                with open(f"/proc/{p}/cmdline", "rb") as f:
+                    if b"landscape_mpi" in f.read():
+                        found.append(p)
+            except OSError:
+                pass
+        frontier = children
+    return found
+
+
+def processes_with(needle: str) -> list[int]:
+    """Live (not zombie) processes whose command line contains `needle` (a test's unique --out path): what is
+    left of a job after its launcher ended."""
+    found = []
+    for d in os.listdir("/proc"):
+        if d.isdigit() and int(d) != os.getpid():
+            try:
+                with open(f"/proc/{d}/cmdline", "rb") as f:
+                    if needle.encode() in f.read() and not _zombie(int(d)):
+                        found.append(int(d))
+            except OSError:
+                pass
+    return found
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def kill_job(proc: subprocess.Popen) -> None:
+    """SIGKILL the whole job at once: mpiexec and every rank (Open MPI puts ranks in process groups of their
+    own, so killing mpiexec's group alone would leave rank 0 writing for a while); returns once all are gone."""
+    import signal
+
+    pids = [proc.pid, *rank_pids(proc.pid)]
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
             pass
-    raise AssertionError(f"fewer than {at_least} points done in {path} after {timeout} s")
+    proc.wait(timeout=60)
+    wait_until(lambda: not any(os.path.exists(f"/proc/{p}") and not _zombie(p) for p in pids[1:]), 60,
+               f"the ranks {pids[1:]} to end after SIGKILL")
+
+
+# ------------------------------------------------------------------------------------------------ SLURM
+LOCAL_SLURM = ROOT / "scripts" / "local-slurm.sh"
+
+
+def _free_port_pair() -> int:
+    """A port P with P and P+1 free (slurmctld and slurmd of the session's own cluster)."""
+    for _ in range(100):
+        with socket.socket() as s:
+            s.bind(("", 0))
+            port = s.getsockname()[1]
+        if port >= 65535:
+            continue
+        with socket.socket() as s2:
+            try:
+                s2.bind(("", port + 1))
+            except OSError:
+                continue
+        return port
+    raise AssertionError("no two consecutive free ports for a local SLURM")
+
+
+@pytest.fixture(scope="session")
+def slurm():
+    """A single-node SLURM cluster of this test session's own (scripts/local-slurm.sh in a temporary state
+    folder, on free ports), so that sessions running side by side do not share, stop or reconfigure each
+    other's cluster. SLURM_CONF points sbatch, srun, squeue and scontrol at it, in this process and in every
+    command the tests start; the daemons are stopped, and the folder removed, at the end of the session."""
+    if shutil.which("sbatch") is None or shutil.which("slurmctld") is None:
+        pytest.skip("SLURM is not installed (apt-get install slurm-wlm munge; scripts/install.sh does)")
+    if os.geteuid() != 0:
+        pytest.skip("starting a local SLURM needs root")
+    # Not pytest's tmp_path: munged (user munge) must reach its key, and pytest's folders are private to root.
+    state = tempfile.mkdtemp(prefix="landscape-slurm-", dir="/tmp")
+    conf = os.path.join(state, "etc", "slurm.conf")
+    daemon_env = {**os.environ, "LOCAL_SLURM_STATE": state, "LOCAL_SLURM_PORT": str(_free_port_pair())}
+    previous = os.environ.get("SLURM_CONF")
+    try:
+        p = subprocess.run(["bash", str(LOCAL_SLURM), "start"], env=daemon_env, capture_output=True, text=True,
+                           timeout=300)
+        if p.returncode != 0:
+            raise AssertionError(f"scripts/local-slurm.sh start failed:\n{p.stdout}\n{p.stderr}")
+        os.environ["SLURM_CONF"] = conf
+        yield conf
+    finally:
+        if previous is None:
+            os.environ.pop("SLURM_CONF", None)
+        else:
+            os.environ["SLURM_CONF"] = previous
+        # stop cancels what is left in the queue, then stops munged, slurmctld and slurmd
+        subprocess.run(["bash", str(LOCAL_SLURM), "stop"], env=daemon_env, capture_output=True, timeout=300)
+        shutil.rmtree(state, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -1,13 +1,14 @@
-"""jobs/ against a real single-node SLURM on localhost (scripts/local-slurm.sh, started here if needed).
+"""jobs/ against a real single-node SLURM on localhost (the session's own, started by conftest's `slurm`
+fixture with scripts/local-slurm.sh and stopped at the end).
 
 The job scripts run unchanged; sbatch options on the command line only shrink them to this 2-core node
 (2 tasks, 1 CPU each, --overcommit); the node advertises 2 GPUs without devices, so --gpus-per-task works
-and the ranks fall back to the CPU.
+and the ranks fall back to the CPU. Moments that matter (a signal while points are being computed) are made
+with testhooks' gates that the test releases once the event it waits for happened, never with time windows.
 """
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -15,44 +16,31 @@ import time
 import h5py
 import pytest
 
-from conftest import BIN, ROOT, assert_same_results, cli, env, read_results, run, wait_for_points
+from conftest import BIN, ROOT, assert_same_results, cli, env, read_results, run, wait_for_files, wait_for_text
 
 pytestmark = pytest.mark.timeout(900)
 SHRINK = ["--ntasks-per-node=2", "--cpus-per-task=1", "--overcommit", "--time=00:20:00"]
 DIGITS = ["--model", "digits_cnn", "--dataset", "digits", "--threads", "1", "--samples", "150"]
-
-
-def slurm_up() -> bool:
-    p = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True)
-    return p.returncode == 0 and re.search(r"idle|mixed|allocated", p.stdout) is not None
-
-
-@pytest.fixture(scope="module")
-def slurm():
-    if shutil.which("sbatch") is None:
-        pytest.skip("SLURM is not installed (apt-get install slurm-wlm munge; scripts/install.sh does)")
-    if not slurm_up():
-        if os.geteuid() != 0:
-            pytest.skip("SLURM is not running and starting it needs root")
-        subprocess.run(["bash", str(ROOT / "scripts" / "local-slurm.sh"), "start"], check=True, timeout=120,
-                       capture_output=True)
-    assert slurm_up()
+#: The line a rank prints when it catches a stop signal (landscape_mpi/lifecycle.py).
+CAUGHT = r"rank \d+ caught {}"
 
 
 MPICH_BIN = ROOT / ".venv-mpich" / "bin"
 
 
-def job_env(launcher="srun --mpi=pmix", **extra):
-    venv = MPICH_BIN if launcher.endswith("pmi2") else BIN  # srun --mpi=pmi2 goes with MPICH
+def job_env(launcher=None, **extra):
+    """The submission environment: ENV_SETUP activates the test's virtualenv (.venv-mpich for srun --mpi=pmi2);
+    LAUNCHER only when a test chooses one (else the script's own default, as a user gets it)."""
+    venv = MPICH_BIN if launcher and "pmi2" in launcher else BIN
     e = env(ENV_SETUP=f"source {venv / 'activate'}", LAUNCHER=launcher, **extra)
     # Open MPI's mpirun as root and oversubscribed (only for LAUNCHER=mpirun on this test node)
     e.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", OMPI_MCA_rmaps_base_oversubscribe="1")
     return e
 
 
-def sbatch(script, args, workdir, sbatch_opts=(), **extra):
+def sbatch(script, args, workdir, sbatch_opts=(), launcher=None, **extra):
     p = subprocess.run(["sbatch", "--parsable", *SHRINK, *sbatch_opts, str(ROOT / "jobs" / script), *args],
-                       capture_output=True, text=True, cwd=workdir, env=job_env(**extra), check=True)
+                       capture_output=True, text=True, cwd=workdir, env=job_env(launcher, **extra), check=True)
     return p.stdout.strip().split(";")[0]
 
 
@@ -61,27 +49,37 @@ def job(jobid) -> dict:
     return dict(re.findall(r"(\w+)=(\S*)", out))
 
 
-def wait_job(jobid, states=("COMPLETED",), timeout=400, start_now=True):
-    """Wait until the job reaches one of `states`; a requeued job is released at once (SLURM otherwise
-    holds it about 2 minutes)."""
-    deadline = time.time() + timeout
-    held_since = None
-    while time.time() < deadline:
+def node_idle() -> bool:
+    """The node runs nothing and has finished cleaning up after the last job (no COMPLETING)."""
+    out = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True).stdout.strip()
+    return out == "idle"
+
+
+def wait_job(jobid, states=("COMPLETED",), timeout=600, start_now=True):
+    """Wait until the job reaches one of `states`. A requeued job (SLURM holds it about 2 minutes) is released
+    as soon as the node has finished cleaning up after its previous run: SLURM refuses to start a job whose
+    previous run's credential was revoked in the same second or later ("Job credential revoked", the job then
+    ends FAILED), and the revocation happens while the node completes the old run."""
+    deadline = time.monotonic() + timeout
+    idle_second = None
+    while time.monotonic() < deadline:
         info = job(jobid)
         state = info.get("JobState", "")
         if state in states:
             return info
-        if state in ("FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY") and state not in states:
+        if state in ("FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE"):
             raise AssertionError(f"job {jobid} ended {state}: {info}")
         if start_now and state == "PENDING" and info.get("Reason") == "BeginTime":
-            # Released a few seconds after the requeue: at once, SLURM may start it while the previous run's
-            # credential is still revoked ("Killing non-startable batch job").
-            held_since = held_since or time.time()
-            if time.time() - held_since > 5:
+            if idle_second is None and node_idle():
+                idle_second = int(time.time())
+            # SLURM's times have one-second resolution: release in a later second than the one the node was
+            # seen idle in, so the new credential is strictly younger than the revocation.
+            if idle_second is not None and time.time() >= idle_second + 2:
                 subprocess.run(["scontrol", "update", f"JobId={jobid}", "StartTime=now"], capture_output=True)
+                idle_second = None
         else:
-            held_since = None
-        time.sleep(1)
+            idle_second = None
+        time.sleep(0.5)
     raise AssertionError(f"job {jobid} not in {states} after {timeout} s: {job(jobid)}")
 
 
@@ -93,10 +91,10 @@ def direct(tmp_path_factory, digits_ckpt):
     return args, out
 
 
-@pytest.mark.parametrize("launcher", ["srun --mpi=pmix", "mpirun", "srun --mpi=pmi2"])
+@pytest.mark.parametrize("launcher", [None, "mpirun", "srun --mpi=pmi2 --kill-on-bad-exit=1"])
 def test_surface_job_equals_direct_run_then_exits_at_once(slurm, tmp_path, direct, launcher):
-    """Open MPI under srun (PMIx) and under mpirun, MPICH under srun (PMI-2)."""
-    if launcher.endswith("pmi2") and not (MPICH_BIN / "python").exists():
+    """Open MPI under srun (PMIx: the scripts' default launcher) and under mpirun, MPICH under srun (PMI-2)."""
+    if launcher and "pmi2" in launcher and not (MPICH_BIN / "python").exists():
         pytest.skip("no .venv-mpich (scripts/install.sh makes it)")
     args, ref = direct
     out = tmp_path / "job.h5"
@@ -105,13 +103,13 @@ def test_surface_job_equals_direct_run_then_exits_at_once(slurm, tmp_path, direc
     log = (tmp_path / f"landscape-{jobid}.out").read_text()
     assert "on 2 rank(s)" in log, log
     assert_same_results(ref, out)
-    # the same job again on a complete grid: exits at once, computes nothing, changes nothing
+    # the same job again on a complete grid: computes nothing, changes nothing
     before = out.read_bytes()
-    t0 = time.time()
     again = sbatch("surface_node.sbatch", [*args, "--out", str(out)], tmp_path, launcher=launcher)
     wait_job(again)
-    assert "complete: nothing to compute" in (tmp_path / f"landscape-{again}.out").read_text()
-    assert out.read_bytes() == before and time.time() - t0 < 60
+    again_log = (tmp_path / f"landscape-{again}.out").read_text()
+    assert "complete: nothing to compute" in again_log and "per-rank summary" not in again_log, again_log
+    assert out.read_bytes() == before
 
 
 def _runs(log):
@@ -124,33 +122,47 @@ def _runs(log):
 
 def test_preemption_signal_requeues_resumes_and_completes(slurm, tmp_path, direct):
     args, ref = direct
-    out = tmp_path / "pre.h5"
+    out, gate = tmp_path / "pre.h5", tmp_path / "gate"
+    # every rank holds after its first point until the test releases the gate: the grid cannot be finished
+    # before the signal, however slow or fast the machine
     jobid = sbatch("surface_preemptible.sbatch", [*args, "--out", str(out)], tmp_path,
-                   LANDSCAPE_MPI_TEST_DELAY="0.3")
-    wait_for_points(out, 5, timeout=200)
+                   LANDSCAPE_MPI_TEST_GATE=f"mid_run:{gate}")
+    log = tmp_path / f"landscape-{jobid}.out"
+    wait_for_files([f"{gate}.reached.0"])
     # what --signal=B:USR1@N does before the time limit (and a preemption warning): USR1 to the batch shell
     subprocess.run(["scancel", "--batch", "--signal=USR1", jobid], check=True)
-    info = wait_job(jobid, timeout=500)
+    wait_for_text(log, CAUGHT.format("SIGUSR1"))  # the script forwarded it and a rank has it
+    gate.touch()
+    info = wait_job(jobid)
     assert int(info["Restarts"]) == 1
-    log = (tmp_path / f"landscape-{jobid}.out").read_text()
-    assert "caught SIGUSR1" in log and "requeueing job" in log and "grid complete" in log, log
-    starts, computed = _runs(log)
+    text = log.read_text()
+    assert "requeueing job" in text and "grid complete" in text, text
+    starts, computed = _runs(text)
     total = read_results(ref)["done"].size
-    assert len(computed) == 2 and len(starts) == 1, log
+    assert len(computed) == 2 and len(starts) == 1, text
     assert starts[0] == computed[0] > 0  # every point computed before the signal was kept ...
     assert computed[1] == total - starts[0]  # ... and none was computed again
     assert_same_results(ref, out)
 
 
 def test_time_limit_warning_signal_from_slurm(slurm, tmp_path, direct):
-    """A real time limit: --time=1 with --signal=B:USR1@35: SLURM itself signals, the job requeues."""
+    """A real time limit: SLURM itself sends the warning signal, the job requeues and completes.
+
+    `--signal=B:USR1@30` with `--time=2`: SLURM checks time limits periodically and may signal up to a minute
+    *earlier* than asked (sbatch(1)), so anywhere from the start of the job (set-up included: the batch script
+    traps first and the ranks catch stop signals from their first line) to 30 s before the limit. The ranks
+    hold after their first point until the signal has reached one of them, so the first run cannot finish
+    before it; a run that gets the signal during set-up requeues too."""
     args, ref = direct
-    out = tmp_path / "tl.h5"
+    out, gate = tmp_path / "tl.h5", tmp_path / "gate"
     jobid = sbatch("surface_preemptible.sbatch", [*args, "--out", str(out)], tmp_path,
-                   sbatch_opts=["--time=1", "--signal=B:USR1@35"], LANDSCAPE_MPI_TEST_DELAY="2.5")
-    info = wait_job(jobid, timeout=600)
-    log = (tmp_path / f"landscape-{jobid}.out").read_text()
-    assert int(info["Restarts"]) >= 1 and "caught SIGUSR1" in log, log
+                   sbatch_opts=["--time=2", "--signal=B:USR1@30"], LANDSCAPE_MPI_TEST_GATE=f"mid_run:{gate}")
+    log = tmp_path / f"landscape-{jobid}.out"
+    wait_for_text(log, CAUGHT.format("SIGUSR1"), timeout=300)
+    gate.touch()
+    info = wait_job(jobid, timeout=800)
+    text = log.read_text()
+    assert int(info["Restarts"]) >= 1 and "requeueing job" in text and "grid complete" in text, text
     assert_same_results(ref, out)
 
 
@@ -158,8 +170,12 @@ def test_user_error_is_not_requeued(slurm, tmp_path, direct):
     jobid = sbatch("surface_preemptible.sbatch", ["--model", "nope", "--checkpoint", "x.pt", "--out",
                                                   str(tmp_path / "e.h5")], tmp_path)
     info = wait_job(jobid, states=("FAILED",))
-    assert int(info["Restarts"]) == 0
+    assert int(info["Restarts"]) == 0 and info["ExitCode"].startswith("2:"), info
     assert "user error: not requeueing" in (tmp_path / f"landscape-{jobid}.out").read_text()
+
+
+def _time(info, field) -> float:
+    return time.mktime(time.strptime(info[field], "%Y-%m-%dT%H:%M:%S"))
 
 
 def test_sweep_array_then_dependent_plot_job(slurm, tmp_path, digits_ckpt):
@@ -172,7 +188,12 @@ def test_sweep_array_then_dependent_plot_job(slurm, tmp_path, digits_ckpt):
                             "ARRAY_SBATCH_OPTS": " ".join(SHRINK)})
     ids = dict(re.findall(r"(ARRAY_JOB|PLOT_JOB)=(\d+)", p.stdout))
     plot = wait_job(ids["PLOT_JOB"], timeout=600)
-    assert f"afterok:{ids['ARRAY_JOB']}" in plot.get("Dependency", "") or plot["JobState"] == "COMPLETED"
+    # The order, from SLURM's own records: every array task ended (COMPLETED) before the plotting job started.
+    out = subprocess.run(["scontrol", "show", "job", "-o", ids["ARRAY_JOB"]], capture_output=True, text=True).stdout
+    tasks = [dict(re.findall(r"(\w+)=(\S*)", line)) for line in out.splitlines() if line.strip()]
+    assert sorted(t["ArrayTaskId"] for t in tasks) == ["0", "1"], tasks
+    assert all(t["JobState"] == "COMPLETED" for t in tasks), tasks
+    assert _time(plot, "StartTime") >= max(_time(t, "EndTime") for t in tasks), (plot, tasks)
     figs = tmp_path / "sweep" / "figures"
     made = sorted(x.name for x in figs.iterdir())
     stem = os.path.basename(ckdir)
@@ -185,8 +206,9 @@ def test_sweep_array_then_dependent_plot_job(slurm, tmp_path, digits_ckpt):
 
 
 def test_srun_without_pmi_plugin_is_refused_with_the_fix(slurm, tmp_path, digits_ckpt):
-    p = subprocess.run(["srun", "-n", "2", "--overcommit", "--mpi=none", sys.executable, "-m", "landscape_mpi",
-                        "surface", *DIGITS, "--checkpoint", digits_ckpt, "--x=-1:1:3", "--out", str(tmp_path / "s.h5")],
+    p = subprocess.run(["srun", "-n", "2", "--overcommit", "--mpi=none", "--kill-on-bad-exit=1", sys.executable,
+                        "-m", "landscape_mpi", "surface", *DIGITS, "--checkpoint", digits_ckpt, "--x=-1:1:3",
+                        "--out", str(tmp_path / "s.h5")],
                        capture_output=True, text=True, env=job_env(), cwd=tmp_path, timeout=120)
     assert p.returncode != 0
     assert "add --mpi=pmix (Open MPI) or --mpi=pmi2 (MPICH)" in p.stderr
