@@ -1,0 +1,6 @@
+"""The paper's findings as runnable experiments (`definitions`), their runner (`runner`) and the report
+generated from their HDF5 files (`report`)."""
+
+from landscape_mpi.experiments.definitions import NAMES, SCALES, Experiment, experiment, experiments
+
+__all__ = ["NAMES", "SCALES", "Experiment", "experiment", "experiments"]

@@ -1,0 +1,215 @@
+"""The paper's findings (METHOD.md section 5) as experiments: which models to train and which surfaces to compute.
+
+An experiment is data, not code: training runs (`TrainRun`, shared between experiments by name, so the
+depth-56 no-shortcut net of the skip experiment is also the width experiment's x1 net) and surface steps
+(`SurfaceStep`: arguments of ``landscape-mpi surface``). Three scales:
+
+- ``tiny``: one depth, 5x5 grids, one epoch: every experiment together runs in CI in under 3 minutes.
+- ``small``: MNIST-1D and 1D ResNets of depth 8/20/56 on 2 CPU cores (the report in docs/findings.md).
+- ``paper``: CIFAR-10 from ``--data-root`` with the paper's zoo (ResNet-20/56/110, VGG-9), for SLURM arrays.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from landscape_mpi.errors import UserError
+
+SCALES = ("tiny", "small", "paper")
+NAMES = ("skip", "batch", "width", "trajectory")
+
+
+@dataclass(frozen=True)
+class TrainRun:
+    """One training, saved under ``OUT/runs/<name>/``; `config` is `TrainConfig` minus ``out_dir``."""
+
+    name: str
+    config: dict[str, Any]
+    label: str
+    """What the run is, for tables (e.g. "depth 20, no shortcut")."""
+
+
+@dataclass(frozen=True)
+class SurfaceStep:
+    """One ``landscape-mpi surface`` call, writing ``OUT/<experiment>/<name>.h5`` from a run's checkpoint."""
+
+    name: str
+    run: str
+    args: tuple[str, ...]
+    """Surface options beyond --model, --checkpoint, --dataset, --data-root, --device and --out. ``{R}`` is
+    replaced by the range that covers the trajectory found in the `range_from` step's file."""
+    needs: tuple[str, ...] = ()
+    """Surface options this step needs; without them in this installation the step is skipped and reported."""
+    range_from: str | None = None
+    """A PCA step first computed on one point: its /trajectory coordinates give this step's grid range."""
+    role: dict[str, Any] = field(default_factory=dict)
+    """What the report needs to know about the file (e.g. {"kind": "loss2d", "norm": "filter"})."""
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str
+    claim: str
+    """The paper's claim, as METHOD.md section 5 states it."""
+    scale: str
+    runs: tuple[TrainRun, ...]
+    surfaces: tuple[SurfaceStep, ...]
+
+    def run(self, name: str) -> TrainRun:
+        return next(r for r in self.runs if r.name == name)
+
+    def manifest(self) -> dict[str, Any]:
+        """The experiment as JSON-able data (written next to its files; the report reads it)."""
+        return {"name": self.name, "claim": self.claim, "scale": self.scale,
+                "runs": [{"name": r.name, "config": r.config, "label": r.label} for r in self.runs],
+                "surfaces": [{"name": s.name, "run": s.run, "args": list(s.args), "needs": list(s.needs),
+                              "range_from": s.range_from, "role": s.role} for s in self.surfaces]}
+
+
+@dataclass(frozen=True)
+class Scale:
+    """The knobs that differ between the scales."""
+
+    dataset: str
+    dim_prefix: str
+    """Zoo name prefix of the ResNets: resnet1d (MNIST-1D) or the CIFAR zoo."""
+    depths: tuple[int, ...]
+    epochs: int
+    grid2d: str
+    grid1d: str
+    grid1d_none: str
+    """1D range without normalization: a raw Gaussian direction is far longer than the weights."""
+    eig_grid: str
+    samples: int | None
+    """Evaluation subset per split for surfaces (None: all)."""
+    eig_samples: int | None
+    small_batch: int
+    large_batch: int
+    lr: float
+    wide: int
+    train_samples: int | None = None
+    """Train on a deterministic subset of this many samples (None: the whole training split)."""
+
+
+SCALE_SETTINGS: dict[str, Scale] = {
+    "tiny": Scale("mnist1d", "resnet1d", (8,), 1, "-1:1:5", "-1:1:5", "-0.1:0.1:5", "-1:1:3", 200, 64, 32, 2048,
+                  0.05, 4, 1000),
+    "small": Scale("mnist1d", "resnet1d", (8, 20, 56), 20, "-1:1:21", "-1:1:41", "-0.1:0.1:41", "-1:1:7", 1000, 256,
+                   32, 512, 0.05, 4),
+    "paper": Scale("cifar10", "cifar", (20, 56, 110), 300, "-1:1:51", "-1:1:51", "-0.1:0.1:51", "-1:1:21", None,
+                   5000, 128, 8192, 0.1, 4),
+}
+
+
+def _model(s: Scale, depth: int, shortcut: bool, width: int = 1) -> str:
+    if s.dim_prefix == "cifar":  # the paper's zoo names
+        base = f"resnet{depth}" if width == 1 else f"wrn{depth}_{width}"
+        return base + ("" if shortcut else "_noshort")
+    return f"{s.dim_prefix}_{depth}{'' if shortcut else '_noshort'}_w{width}"
+
+
+def _resnet_run(s: Scale, depth: int, shortcut: bool, width: int = 1) -> TrainRun:
+    model = _model(s, depth, shortcut, width)
+    cfg = {"model": model, "dataset": s.dataset, "samples": s.train_samples, "epochs": s.epochs,
+           "batch_size": 128 if s.dataset == "cifar10" else 64, "lr": s.lr, "weight_decay": 5e-4, "schedule": "cosine", "seed": 0}
+    label = f"depth {depth}, {'shortcuts' if shortcut else 'no shortcuts'}, width x{width}"
+    return TrainRun(f"{model}_e{s.epochs}", cfg, label)
+
+
+def _common(s: Scale, samples: int | None) -> tuple[str, ...]:
+    return ("--seed", "0") + (("--samples", str(samples)) if samples else ())
+
+
+def skip(scale: str) -> Experiment:
+    s = SCALE_SETTINGS[scale]
+    runs, surfaces = [], []
+    for depth in s.depths:
+        for shortcut in (True, False):
+            r = _resnet_run(s, depth, shortcut)
+            runs.append(r)
+            role = {"depth": depth, "shortcut": shortcut}
+            surfaces.append(SurfaceStep(f"d{depth}_{'short' if shortcut else 'noshort'}", r.name,
+                                        (f"--x={s.grid2d}", f"--y={s.grid2d}") + _common(s, s.samples),
+                                        role={"kind": "loss2d", **role}))
+            surfaces.append(SurfaceStep(f"d{depth}_{'short' if shortcut else 'noshort'}_eig", r.name,
+                                        (f"--x={s.eig_grid}", f"--y={s.eig_grid}", "--metrics", "loss,eig",
+                                         "--splits", "train") + _common(s, s.eig_samples),
+                                        needs=("--metrics",), role={"kind": "eig2d", **role}))
+    return Experiment("skip", "Without skip connections, deeper ResNets turn from near-convex to chaotic landscapes; "
+                      "with skip connections they stay smooth. |lambda_min/lambda_max| is small in convex-looking "
+                      "regions and large in chaotic ones.", scale, tuple(runs), tuple(surfaces))
+
+
+def width(scale: str) -> Experiment:
+    s = SCALE_SETTINGS[scale]
+    depth = max(s.depths)
+    runs = [_resnet_run(s, depth, False, 1), _resnet_run(s, depth, False, s.wide)]
+    surfaces = [SurfaceStep(f"d{depth}_noshort_w{w}", r.name, (f"--x={s.grid2d}", f"--y={s.grid2d}") + _common(s, s.samples),
+                            role={"kind": "loss2d", "depth": depth, "width": w})
+                for r, w in zip(runs, (1, s.wide))]
+    return Experiment("width", "Wider networks have smoother landscapes (here: width x1 vs x"
+                      f"{s.wide} at the deepest no-shortcut depth).", scale, tuple(runs), tuple(surfaces))
+
+
+def batch(scale: str) -> Experiment:
+    s = SCALE_SETTINGS[scale]
+    model = "vgg9" if s.dataset == "cifar10" else _model(s, 20 if 20 in s.depths else s.depths[0], True)
+    runs, surfaces = [], []
+    for wd in (0.0, 5e-4):
+        for bs in (s.small_batch, s.large_batch):
+            cfg = {"model": model, "dataset": s.dataset, "samples": s.train_samples, "epochs": s.epochs, "batch_size": bs, "lr": s.lr,
+                   "weight_decay": wd, "schedule": "cosine", "seed": 0}
+            name = f"{model}_bs{bs}_wd{wd:g}_e{s.epochs}"
+            runs.append(TrainRun(name, cfg, f"batch {bs}, weight decay {wd:g}"))
+            for norm, grid in (("filter", s.grid1d), ("none", s.grid1d_none)):
+                surfaces.append(SurfaceStep(f"bs{bs}_wd{wd:g}_{norm}", name,
+                                            (f"--x={grid}", "--norm", norm) + _common(s, s.samples),
+                                            role={"kind": "loss1d", "batch": bs, "wd": wd, "norm": norm,
+                                                  "large": bs == s.large_batch}))
+    return Experiment("batch", "Filter-normalized plots make sharpness comparable: small-batch minima look wider than "
+                      "large-batch minima and sharpness tracks test error; without filter normalization the "
+                      "comparison can flip under weight decay.", scale, tuple(runs), tuple(surfaces))
+
+
+def trajectory(scale: str) -> Experiment:
+    s = SCALE_SETTINGS[scale]
+    model = "vgg9" if s.dataset == "cifar10" else _model(s, 20 if 20 in s.depths else s.depths[0], True)
+    runs, surfaces = [], []
+    # One epoch has too few epoch checkpoints for a PCA: the tiny scale saves every few steps instead.
+    pattern = "iter_*.pt" if scale == "tiny" else "epoch_*.pt"
+    for wd in (0.0, 5e-4):
+        cfg = {"model": model, "dataset": s.dataset, "samples": s.train_samples, "epochs": s.epochs,
+               "batch_size": s.small_batch if scale != "paper" else 128,
+               "lr": s.lr, "weight_decay": wd, "schedule": "cosine", "seed": 1,
+               "save_every_iters": 6 if scale == "tiny" else 0}
+        name = f"{model}_traj_wd{wd:g}_e{s.epochs}"
+        runs.append(TrainRun(name, cfg, f"SGD, weight decay {wd:g}"))
+        pca = ("--directions", "pca", "--trajectory", "{RUN}/" + pattern)
+        probe = f"wd{wd:g}_probe"
+        surfaces.append(SurfaceStep(probe, name, ("--x=0:0:1", "--y=0:0:1") + pca + _common(s, s.eig_samples),
+                                    needs=("--directions", "--trajectory"), role={"kind": "probe"}))
+        n = s.grid2d.rsplit(":", 1)[1]
+        surfaces.append(SurfaceStep(f"wd{wd:g}_pca", name, (f"--x=-{{R}}:{{R}}:{n}", f"--y=-{{R}}:{{R}}:{n}") + pca
+                                    + _common(s, s.samples), needs=("--directions", "--trajectory"),
+                                    range_from=probe, role={"kind": "pca2d", "wd": wd}))
+    return Experiment("trajectory", "Optimization trajectories lie in a very low-dimensional space: the first two PCA "
+                      "components explain most of the variance.", scale, tuple(runs), tuple(surfaces))
+
+
+BUILDERS = {"skip": skip, "batch": batch, "width": width, "trajectory": trajectory}
+
+
+def experiment(name: str, scale: str) -> Experiment:
+    """The experiment `name` at `scale`. Raises UserError for an unknown name or scale."""
+    if scale not in SCALES:
+        raise UserError(f"--scale {scale}: choose one of {', '.join(SCALES)}")
+    if name not in BUILDERS:
+        raise UserError(f"experiment {name}: unknown; choose one of {', '.join(NAMES)} or all")
+    return BUILDERS[name](scale)
+
+
+def experiments(names: str, scale: str) -> list[Experiment]:
+    """`names`: one experiment name, a comma-separated list, or ``all``."""
+    wanted = list(NAMES) if names == "all" else [n.strip() for n in names.split(",") if n.strip()]
+    return [experiment(n, scale) for n in wanted]

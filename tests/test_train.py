@@ -1,0 +1,143 @@
+"""Training for the analyses: exact resume, iteration saves, vectorized augmentation, MNIST-1D, small ResNets."""
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import landscape_mpi.train as train_mod
+from landscape_mpi.data import load_split
+from landscape_mpi.errors import UserError
+from landscape_mpi.models import INPUT_SHAPES, ZOO, build_model
+from landscape_mpi.models.resnet_small import zoo_entries
+from landscape_mpi.train import TrainConfig, _augment, train
+
+CPU = torch.device("cpu")
+# 200 MNIST-1D samples, batch 32: 7 steps per epoch; iteration saves every 4 steps fall inside epochs.
+BASE = dict(model="resnet1d_8_w1", dataset="mnist1d", samples=200, epochs=3, batch_size=32, lr=0.05,
+            schedule="step", save_every_iters=4, seed=3)
+
+
+def state(path):
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def assert_same_training(a, b):
+    sa, sb = state(a), state(b)
+    for k in sa["state_dict"]:
+        assert torch.equal(sa["state_dict"][k], sb["state_dict"][k]), k
+    ma = sa["resume"]["optimizer"]["state"]
+    mb = sb["resume"]["optimizer"]["state"]
+    assert ma.keys() == mb.keys() and all(torch.equal(ma[i]["momentum_buffer"], mb[i]["momentum_buffer"]) for i in ma)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """An uninterrupted 3-epoch training with iteration saves."""
+    out = tmp_path_factory.mktemp("ref")
+    train(TrainConfig(out_dir=str(out), **BASE), CPU, quiet=True)
+    return out
+
+
+def test_files_and_weights_only(reference):
+    names = sorted(os.listdir(reference))
+    assert names[:4] == ["epoch_000.pt", "epoch_001.pt", "epoch_002.pt", "epoch_003.pt"] and names[4] == "final.pt"
+    assert [n for n in names if n.startswith("iter_")] == [f"iter_{i:07d}.pt" for i in (4, 8, 12, 16, 20)]
+    it = state(reference / "iter_0000008.pt")  # step 8 = second step of epoch 2
+    assert it["iteration"] == 8 and it["epoch"] == 1 and it["resume"]["next_batch"] == 1
+    assert state(reference / "epoch_002.pt")["epoch"] == 2 and "test_acc" in state(reference / "epoch_002.pt")
+
+
+@pytest.mark.parametrize("keep", ["epoch_001.pt", "iter_0000012.pt", "iter_0000020.pt", "epoch_003.pt"])
+def test_resume_equals_uninterrupted(reference, tmp_path, keep):
+    """A training killed after `keep` (later files lost) resumes to exactly the uninterrupted weights."""
+    steps = {"epoch_001.pt": 7, "iter_0000012.pt": 12, "iter_0000020.pt": 20, "epoch_003.pt": 21}[keep]
+    for name in os.listdir(reference):
+        if name == "final.pt":
+            continue
+        n = int(name.split("_")[1].split(".")[0]) * (7 if name.startswith("epoch") else 1)
+        if n <= steps:
+            shutil.copy(reference / name, tmp_path / name)
+    train(TrainConfig(out_dir=str(tmp_path), **BASE), CPU, quiet=True)
+    assert_same_training(reference / "final.pt", tmp_path / "final.pt")
+    assert_same_training(reference / "epoch_003.pt", tmp_path / "epoch_003.pt")
+
+
+def test_rerun_of_finished_training_loads_nothing(reference, monkeypatch):
+    def refuse(*a, **k):
+        raise AssertionError("a finished training must not load data")
+
+    monkeypatch.setattr(train_mod, "load_eval_set", refuse)
+    monkeypatch.setattr(train_mod, "build_model", refuse)
+    before = {n: os.path.getmtime(reference / n) for n in os.listdir(reference)}
+    assert train(TrainConfig(out_dir=str(reference), **BASE), CPU, quiet=True) == str(reference / "final.pt")
+    assert before == {n: os.path.getmtime(reference / n) for n in os.listdir(reference)}
+
+
+def test_resume_with_other_settings_is_refused(reference, tmp_path):
+    shutil.copy(reference / "epoch_001.pt", tmp_path / "epoch_001.pt")
+    with pytest.raises(UserError, match=r"lr: 0.05 there, 0.1 now"):
+        train(TrainConfig(out_dir=str(tmp_path), **{**BASE, "lr": 0.1}), CPU, quiet=True)
+    with pytest.raises(UserError, match="other settings"):  # a finished one too
+        train(TrainConfig(out_dir=str(reference), **{**BASE, "epochs": 4}), CPU, quiet=True)
+
+
+def test_old_checkpoint_without_resume_state_is_refused(tmp_path):
+    torch.save({"state_dict": build_model("resnet1d_8_w1").state_dict(), "epoch": 1}, tmp_path / "epoch_001.pt")
+    with pytest.raises(UserError, match="no training config"):
+        train(TrainConfig(out_dir=str(tmp_path), **BASE), CPU, quiet=True)
+
+
+def test_bad_save_every_iters():
+    with pytest.raises(UserError, match="--save-every-iters"):
+        TrainConfig(model="digits_cnn", out_dir="x", save_every_iters=-1)
+
+
+def test_augment_matches_per_sample_crop_and_flip():
+    """The vectorized crop/flip equals a plain per-image loop with the same random draws."""
+    x = torch.randn(37, 3, 32, 32)
+    out = _augment(x, torch.Generator().manual_seed(5))
+    g = torch.Generator().manual_seed(5)
+    dx = torch.randint(0, 9, (37,), generator=g)
+    dy = torch.randint(0, 9, (37,), generator=g)
+    flip = torch.rand(37, generator=g) < 0.5
+    padded = F.pad(x, (4, 4, 4, 4))
+    for i in range(37):
+        crop = padded[i, :, dy[i]:dy[i] + 32, dx[i]:dx[i] + 32]
+        assert torch.equal(out[i], crop.flip(-1) if flip[i] else crop), i
+    assert flip.any() and (~flip).any()
+
+
+def test_mnist1d_is_the_package_dataset(tmp_path, monkeypatch):
+    """Generated offline, equal to mnist1d.data.make_dataset(); cached; global RNG streams untouched."""
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    monkeypatch.setenv("LANDSCAPE_MPI_CACHE", str(tmp_path))
+    np.random.seed(123)
+    x, y = load_split("mnist1d", "train")
+    assert np.random.randint(1 << 30) == np.random.RandomState(123).randint(1 << 30)
+    assert len(os.listdir(tmp_path)) == 1  # the cache file
+    xt, yt = load_split("mnist1d", "test")  # from the cache
+    ref = make_dataset(get_dataset_args())
+    assert x.shape == (4000, 1, 40) and xt.shape == (1000, 1, 40)
+    np.testing.assert_array_equal(x[:, 0].numpy(), ref["x"].astype(np.float32))
+    np.testing.assert_array_equal(yt.numpy(), ref["y_test"])
+    np.testing.assert_array_equal(y.numpy(), ref["y"])
+
+
+def test_small_resnets_in_zoo():
+    names = [n for n in ZOO if n.startswith(("resnet1d_", "resnet2d_"))]
+    assert len(names) == 36 and "resnet1d_20_noshort_w4" in names
+    for name in names:
+        dim, depth, width, shortcut = zoo_entries()[name]
+        model = build_model(name).eval()
+        with torch.no_grad():
+            assert model(torch.randn(2, *INPUT_SHAPES[ZOO[name][1]])).shape == (2, 10)
+        convs = [m for m in model.modules() if isinstance(m, (torch.nn.Conv1d, torch.nn.Conv2d))]
+        main_path = [c for c in convs if c.kernel_size[0] == 3]
+        assert len(main_path) + 1 == depth  # 6n+1 convolutions and the classifier
+        assert (len(convs) > len(main_path)) == shortcut  # projection shortcuts only with shortcuts
+        assert main_path[-1].out_channels == 32 * width
