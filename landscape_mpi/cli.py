@@ -231,7 +231,8 @@ def build_parser() -> Parser:
     # [hessian-cli]
     from landscape_mpi import compare_cli
     compare_cli.add_parser(sub)
-    # [experiments-cli]
+    from landscape_mpi import experiments_cli
+    experiments_cli.add_parser(sub)
     return p
 
 
