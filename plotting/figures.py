@@ -40,7 +40,7 @@ def _mark_computed(ax, surface: Surface, metric: str) -> np.ndarray | None:
     if filled is None:
         return None
     X, Y = np.meshgrid(surface.coords["x"], surface.coords["y"], indexing="ij")
-    ax.plot(X[~filled], Y[~filled], ".", color="k", ms=2.0, alpha=0.7, label="computed points")
+    ax.plot(X[~filled], Y[~filled], ".", color="k", ms=3.0, alpha=0.8, label="computed points")
     return filled
 
 
