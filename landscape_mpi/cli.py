@@ -10,24 +10,19 @@ import argparse
 import json
 import os
 import sys
-import traceback
 
 import numpy as np
 
 from landscape_mpi import __version__
-from landscape_mpi.config import (DEVICES, DIR_SPACES, IGNORES, IO_MODES, LOSSES, NORMS, Axis, RunOptions,
-                                  SurfaceConfig)
-from landscape_mpi.errors import EXIT_COMPLETE, EXIT_FAILURE, EXIT_USER_ERROR, UserError
+from landscape_mpi.config import (BN_MODES, DEVICES, DIR_FORMATS, DIR_SPACES, DIRECTION_KINDS, IGNORES, IO_MODES,
+                                  LOSSES, NORMS, ORDERS, PRECISIONS, Axis, RunOptions, SurfaceConfig)
+from landscape_mpi.errors import EXIT_COMPLETE, UserError
+from landscape_mpi.lifecycle import agree, run_main
 
 
 class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, not argparse's usage block
         raise UserError(f"{message} (see: {self.prog} --help)")
-
-
-def _rank() -> int:
-    mpi = sys.modules.get("mpi4py.MPI")
-    return mpi.COMM_WORLD.Get_rank() if mpi is not None and mpi.Is_initialized() else 0
 
 
 # --------------------------------------------------------------------------------------- surface
@@ -42,7 +37,14 @@ def add_surface_args(p: argparse.ArgumentParser, demo: bool = False) -> None:
     g.add_argument("--samples", type=int, help="evaluate on a deterministic subset of N samples per split")
     g.add_argument("--splits", default="train,test", help="train, test or train,test (default)")
     g.add_argument("--loss", default="ce", choices=LOSSES, help="ce: cross-entropy (default); mse: softmax vs one-hot")
-    g.add_argument("--batch-size", type=int, default=1024, help="evaluation batch size (default 1024)")
+    g.add_argument("--precision", default="fp32", choices=PRECISIONS,
+                   help="fp32 (default; TF32 off), tf32 (TensorFloat-32 on GPUs) or bf16 (autocast)")
+    g.add_argument("--bn", default="eval", choices=BN_MODES,
+                   help="eval: BatchNorm running statistics (default); recalibrate: re-estimated at every point")
+    g.add_argument("--bn-samples", type=int, help="training samples that re-estimate BatchNorm (--bn recalibrate)")
+    g.add_argument("--metrics", default="loss",
+                   help="loss (loss and accuracy, default) or loss,eig (also the Hessian's max/min eigenvalue)")
+    g.add_argument("--eig-tol", type=float, default=1e-3, help="relative tolerance of eig (default 1e-3)")
     g = p.add_argument_group("grid and directions")
     if not demo:
         g.add_argument("--x", default="-1:1:51", help="x axis min:max:num (default -1:1:51; write --x=-1:1:51)")
@@ -51,47 +53,77 @@ def add_surface_args(p: argparse.ArgumentParser, demo: bool = False) -> None:
         g.add_argument("--x-target", help="checkpoint theta_2: x direction is theta_2 - theta* (interpolation)")
         g.add_argument("--y-target", help="checkpoint theta_3: y direction is theta_3 - theta*")
         g.add_argument("--same-dir", action="store_true", help="use dy = dx")
+        g.add_argument("--directions", default="random", choices=DIRECTION_KINDS,
+                       help="random (default), pca (--trajectory), hessian (--hessian-file), file (--dir-file)")
+        g.add_argument("--trajectory", help="glob of a training run's checkpoints, e.g. 'run/epoch_*.pt' (pca)")
+        g.add_argument("--hessian-file", help="a file of landscape-mpi hessian: its top two eigenvectors (hessian)")
+        g.add_argument("--dir-file", help="an HDF5 file holding directions (file)")
+        g.add_argument("--dir-format", default="native", choices=DIR_FORMATS,
+                       help="native: /directions/<axis>/<key> (a surface file); reference: the paper's code's file")
     g.add_argument("--norm", default="filter", choices=NORMS, help="normalization of random directions (default filter)")
     g.add_argument("--ignore", default="biasbn", choices=IGNORES,
                    help="biasbn: no perturbation of biases and BatchNorm (default); none: d = w there")
-    g.add_argument("--dir-space", default="weights", choices=DIR_SPACES,
-                   help="weights: parameters (default); states: state_dict incl. BatchNorm running stats")
+    g.add_argument("--dir-space", choices=DIR_SPACES,
+                   help="weights: parameters (default); states: state_dict incl. BatchNorm running stats "
+                        "(default with --x-target: interpolating running statistics gives correct losses)")
     g.add_argument("--seed", type=int, default=0, help="seed of the random directions and the --samples subset")
     g = p.add_argument_group("run")
     g.add_argument("--out", required=not demo, help="the surface file (.h5); an existing one is resumed")
-    g.add_argument("--overwrite", action="store_true", help="start over, discarding the results in --out")
+    g.add_argument("--overwrite", action="store_true",
+                   help="start over; the old file stays until the new surface is complete (built in FILE.h5.new)")
     g.add_argument("--device", default="auto", choices=DEVICES, help="auto (default): this rank's GPU if any, else CPU")
     g.add_argument("--io", default="single", choices=IO_MODES,
                    help="single: one rank writes (default); collective: every rank writes through parallel HDF5")
-    g.add_argument("--threads", type=int, help="torch CPU threads per rank (default: cores / ranks on the node)")
+    g.add_argument("--threads", type=int,
+                   help="torch CPU threads per rank (default: the rank's CPU set, or cores / ranks on the node)")
+    g.add_argument("--batch-size", type=int, help="evaluation batch size (default: chosen for the device); "
+                                                  "changes no value, may differ on resume")
+    g.add_argument("--engine", default="auto", help="evaluation engine: auto (default) or one forced by name")
+    g.add_argument("--order", default="coarse", choices=ORDERS,
+                   help="coarse: center, corners, then finer sub-grids (default); rows: flat index order")
     g.add_argument("--chunk-size", type=int, default=0, help="points per assignment (default 0: automatic)")
     g.add_argument("--flush-seconds", type=float, default=1.0, help="write results at least this often (default 1)")
     g.add_argument("--progress-seconds", type=float, default=30.0,
                    help="in a batch log, one progress line this often (default 30)")
 
 
+def parse_metrics(spec: str) -> bool:
+    """``--metrics loss`` or ``loss,eig``: returns whether eig is asked for."""
+    parts = [p.strip() for p in spec.split(",") if p.strip()]
+    if not parts or any(p not in ("loss", "acc", "eig") for p in parts):
+        raise UserError(f"--metrics {spec}: choose loss or loss,eig")
+    return "eig" in parts
+
+
 def surface_config(a: argparse.Namespace) -> SurfaceConfig:
+    # A target direction implies the states space unless --dir-space says otherwise (METHOD.md section 1:
+    # with BatchNorm, interpolating the running statistics too is what gives the target's loss at a = 1).
+    dir_space = a.dir_space or ("states" if (a.x_target or a.y_target) else "weights")
     return SurfaceConfig(
         model=a.model, checkpoint=a.checkpoint, dataset=a.dataset, data_root=a.data_root, samples=a.samples,
-        splits=tuple(s.strip() for s in a.splits.split(",") if s.strip()), loss=a.loss, batch_size=a.batch_size,
+        splits=tuple(s.strip() for s in a.splits.split(",") if s.strip()), loss=a.loss,
         x=Axis.parse(a.x, "x"), y=Axis.parse(a.y, "y") if a.y else None, z=Axis.parse(a.z, "z") if a.z else None,
-        norm=a.norm, ignore=a.ignore, dir_space=a.dir_space, x_target=a.x_target, y_target=a.y_target,
-        same_dir=a.same_dir, seed=a.seed)
+        norm=a.norm, ignore=a.ignore, dir_space=dir_space, x_target=a.x_target, y_target=a.y_target,
+        same_dir=a.same_dir, seed=a.seed, directions=a.directions, trajectory=a.trajectory,
+        hessian_file=a.hessian_file, dir_file=a.dir_file, dir_format=a.dir_format, precision=a.precision,
+        bn=a.bn, bn_samples=a.bn_samples, eig=parse_metrics(a.metrics), eig_tol=a.eig_tol)
 
 
 def run_options(a: argparse.Namespace) -> RunOptions:
     return RunOptions(out=a.out, overwrite=a.overwrite, device=a.device, io=a.io, threads=a.threads,
-                      chunk_size=a.chunk_size, flush_seconds=a.flush_seconds, progress_seconds=a.progress_seconds)
+                      batch_size=a.batch_size, engine=a.engine, order=a.order, chunk_size=a.chunk_size,
+                      flush_seconds=a.flush_seconds, progress_seconds=a.progress_seconds)
 
 
 def cmd_surface(a: argparse.Namespace) -> int:
-    from landscape_mpi.surface import run_surface
+    from landscape_mpi.run import run_surface
 
     return run_surface(surface_config(a), run_options(a))
 
 
 # ------------------------------------------------------------------------------------------ info
 def cmd_info(a: argparse.Namespace) -> int:
+    # No torch and no MPI on this path: store and sharpness import neither (a login node answers at once).
     from landscape_mpi.store import read_summary
 
     s = read_summary(a.file)
@@ -109,6 +141,12 @@ def cmd_info(a: argparse.Namespace) -> int:
             "metrics": ranges, "points_per_rank": {str(int(r)): int(c) for r, c in zip(ranks, counts)},
             "checkpoint": s.attrs.get("checkpoint"), "checkpoint_sha256": s.attrs.get("checkpoint_sha256"),
             "created": s.attrs.get("created"), "versions": json.loads(s.attrs.get("versions", "{}"))}
+    try:
+        from landscape_mpi.sharpness import sharpness_for_info
+
+        info["sharpness"] = sharpness_for_info(a.file)
+    except UserError as exc:
+        info["sharpness"] = {"unavailable": str(exc)}
     if a.json:
         print(json.dumps(info, indent=2))
         return EXIT_COMPLETE
@@ -148,22 +186,27 @@ def cmd_train(a: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------------ demo
 def cmd_demo(a: argparse.Namespace) -> int:
     from landscape_mpi.context import make_context
-    from landscape_mpi.surface import run_surface
+    from landscape_mpi.run import run_surface
     from landscape_mpi.train import TrainConfig, train
 
     ctx = make_context(a.device, a.threads)
     out_dir = a.out_dir
     checkpoint = os.path.join(out_dir, "digits_cnn", "final.pt")
-    if ctx.is_master and not os.path.isfile(checkpoint):
-        print(f"landscape-mpi demo: training digits_cnn on the digits dataset -> {os.path.dirname(checkpoint)}/",
-              file=sys.stderr, flush=True)
-        train(TrainConfig(model="digits_cnn", out_dir=os.path.dirname(checkpoint), epochs=a.epochs, batch_size=64,
-                          lr=0.05, weight_decay=5e-4, schedule="cosine", seed=0))
-    if ctx.comm is not None:
-        ctx.comm.barrier()
+
+    def train_once() -> None:
+        # Rank 0 trains while the others wait inside this agree-or-fail step: if training fails (an unwritable
+        # --out-dir, say), every rank ends with its message instead of waiting in a barrier.
+        if ctx.is_master and not os.path.isfile(checkpoint):
+            print(f"landscape-mpi demo: training digits_cnn on the digits dataset -> {os.path.dirname(checkpoint)}/",
+                  file=sys.stderr, flush=True)
+            train(TrainConfig(model="digits_cnn", out_dir=os.path.dirname(checkpoint), epochs=a.epochs,
+                              batch_size=64, lr=0.05, weight_decay=5e-4, schedule="cosine", seed=0))
+
+    agree(ctx.comm, train_once, ctx.rank)
     a.model, a.checkpoint, a.dataset, a.data_root = "digits_cnn", checkpoint, "digits", None
     a.x = a.y = f"-1:1:{a.points}"
-    a.z = a.x_target = a.y_target = None
+    a.z = a.x_target = a.y_target = a.trajectory = a.hessian_file = a.dir_file = None
+    a.directions, a.dir_format = "random", "native"
     a.same_dir = False
     a.out = a.out or os.path.join(out_dir, "surface.h5")
     code = run_surface(surface_config(a), run_options(a), ctx)
@@ -228,7 +271,8 @@ def build_parser() -> Parser:
     s.set_defaults(func=cmd_models)
 
     # Subcommands defined in their own modules: each module has add_parser(sub), one line per module here.
-    # [hessian-cli]
+    from landscape_mpi import hessian_cli
+    hessian_cli.add_parser(sub)
     from landscape_mpi import compare_cli
     compare_cli.add_parser(sub)
     from landscape_mpi import experiments_cli
@@ -237,21 +281,14 @@ def build_parser() -> Parser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
+    """Stop signals are caught from here on; a user error is one line and exit 2; on a job of several ranks,
+    anything that escapes on one rank ends every rank (see lifecycle.run_main)."""
+
+    def body() -> int:
         args = build_parser().parse_args(argv)
         return args.func(args)
-    except UserError as exc:
-        if _rank() == 0:
-            print(f"landscape-mpi: error: {exc}", file=sys.stderr, flush=True)
-        return EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        print("landscape-mpi: interrupted", file=sys.stderr)
-        return 130
-    except Exception as exc:
-        if _rank() == 0:
-            traceback.print_exc()
-            print(f"landscape-mpi: internal error: {exc}", file=sys.stderr, flush=True)
-        return EXIT_FAILURE
+
+    return run_main(body)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,11 @@ LOSSES = ("ce", "mse")
 SPLITS = ("train", "test")
 DEVICES = ("auto", "cuda", "cpu")
 IO_MODES = ("single", "collective")
+PRECISIONS = ("fp32", "tf32", "bf16")
+BN_MODES = ("eval", "recalibrate")
+DIRECTION_KINDS = ("random", "pca", "hessian", "file")
+DIR_FORMATS = ("native", "reference")
+ORDERS = ("coarse", "rows")
 
 
 @dataclass(frozen=True)
@@ -61,7 +66,8 @@ class Axis:
             raise UserError(f"--{name}: {exc}") from None
 
     def spec(self) -> str:
-        return f"{self.start:g}:{self.stop:g}:{self.num}"
+        """``min:max:num`` with the shortest text that gives back the same floats (repr), e.g. ``-1.0:1.0:51``."""
+        return f"{self.start!r}:{self.stop!r}:{self.num}"
 
     def values(self) -> np.ndarray:
         """The coordinates, float64."""
@@ -92,14 +98,25 @@ class SurfaceConfig:
     """Which sets to evaluate: train, test or both."""
     loss: str = "ce"
     """``ce``: cross-entropy on logits; ``mse``: mean squared error of softmax against one-hot."""
-    batch_size: int = 1024
-    """Evaluation batch size (does not change the values: the loss is a sample-weighted mean)."""
     norm: str = "filter"
     """Normalization of random directions: filter (the paper's), layer, weight or none."""
     ignore: str = "biasbn"
     """``biasbn``: zero direction on tensors of dim <= 1; ``none``: the reference code's d = w there."""
     dir_space: str = "weights"
-    """``weights``: trainable parameters; ``states``: the whole state_dict (BatchNorm running stats too)."""
+    """``weights``: trainable parameters; ``states``: the whole state_dict (BatchNorm running stats too).
+    The command line resolves its default: ``states`` with a target direction (METHOD.md section 1: the
+    space whose interpolation gives correct losses with BatchNorm), ``weights`` otherwise."""
+    directions: str = "random"
+    """Where dx, dy come from when no target is given: ``random`` (filter-normalized Gaussians), ``pca``
+    (of a training trajectory), ``hessian`` (top eigenvectors of a Hessian file), ``file`` (a direction file)."""
+    trajectory: str | None = None
+    """With ``directions='pca'``: glob of the saved checkpoints of the training run (final = --checkpoint)."""
+    hessian_file: str | None = None
+    """With ``directions='hessian'``: a file written by ``landscape-mpi hessian``."""
+    dir_file: str | None = None
+    """With ``directions='file'``: an HDF5 direction file."""
+    dir_format: str = "native"
+    """``native`` (``/directions/<axis>/<key>``, e.g. another surface file) or ``reference`` (the paper's code)."""
     x_target: str | None = None
     """Checkpoint theta_2: the x direction is theta_2 - theta* (not normalized)."""
     y_target: str | None = None
@@ -108,6 +125,17 @@ class SurfaceConfig:
     """Use dy = dx."""
     seed: int = 0
     """Seed of the random directions and of the --samples subset."""
+    precision: str = "fp32"
+    """``fp32`` (TF32 off), ``tf32`` (TensorFloat-32 matmul/convolutions on GPUs) or ``bf16`` (autocast)."""
+    bn: str = "eval"
+    """``eval``: BatchNorm uses the (possibly interpolated) running statistics; ``recalibrate``: re-estimated at
+    every point from ``bn_samples`` training samples before evaluating."""
+    bn_samples: int | None = None
+    """Training samples used by ``bn='recalibrate'`` (the first N of the training split)."""
+    eig: bool = False
+    """Also compute the Hessian's largest and smallest eigenvalues at every point (``--metrics loss,eig``)."""
+    eig_tol: float = 1e-3
+    """Relative tolerance of the eigenvalues of ``eig`` (ARPACK)."""
 
     def __post_init__(self) -> None:
         if self.z is not None and self.y is None:
@@ -124,8 +152,24 @@ class SurfaceConfig:
             raise UserError(f"--splits {','.join(self.splits)}: choose train, test or train,test")
         if self.samples is not None and self.samples < 1:
             raise UserError(f"--samples {self.samples}: must be a positive number of samples")
-        if self.batch_size < 1:
-            raise UserError(f"--batch-size {self.batch_size}: must be positive")
+        if self.precision not in PRECISIONS:
+            raise UserError(f"--precision {self.precision}: choose one of {', '.join(PRECISIONS)}")
+        if self.bn not in BN_MODES:
+            raise UserError(f"--bn {self.bn}: choose one of {', '.join(BN_MODES)}")
+        if self.bn == "recalibrate" and (self.bn_samples is None or self.bn_samples < 1):
+            raise UserError("--bn recalibrate needs --bn-samples N (training samples that re-estimate the statistics)")
+        if self.directions not in DIRECTION_KINDS:
+            raise UserError(f"--directions {self.directions}: choose one of {', '.join(DIRECTION_KINDS)}")
+        needs = {"pca": ("trajectory", "--trajectory 'DIR/epoch_*.pt'"),
+                 "hessian": ("hessian_file", "--hessian-file H.h5"), "file": ("dir_file", "--dir-file F.h5")}
+        if self.directions in needs and getattr(self, needs[self.directions][0]) is None:
+            raise UserError(f"--directions {self.directions} needs {needs[self.directions][1]}")
+        if self.directions != "random" and self.x_target is not None:
+            raise UserError(f"--directions {self.directions} and --x-target contradict each other: keep one")
+        if self.dir_format not in DIR_FORMATS:
+            raise UserError(f"--dir-format {self.dir_format}: choose one of {', '.join(DIR_FORMATS)}")
+        if not (0 < self.eig_tol < 1):
+            raise UserError(f"--eig-tol {self.eig_tol}: must be between 0 and 1, e.g. 1e-3")
         if self.y_target is not None and self.y is None:
             raise UserError("--y-target needs a y axis: add --y=min:max:num")
         if self.same_dir and self.y is None:
@@ -145,8 +189,9 @@ class SurfaceConfig:
 
     @property
     def metrics(self) -> list[str]:
-        """Result dataset names, e.g. train_loss, train_acc, test_loss, test_acc."""
-        return [f"{s}_{m}" for s in self.splits for m in ("loss", "acc")]
+        """Result dataset names, e.g. train_loss, train_acc, test_loss, test_acc (and eig_max, eig_min)."""
+        names = [f"{s}_{m}" for s in self.splits for m in ("loss", "acc")]
+        return names + (["eig_max", "eig_min"] if self.eig else [])
 
     def target(self, axis: str) -> str | None:
         return {"x": self.x_target, "y": self.y_target}.get(axis)
@@ -174,17 +219,31 @@ class SurfaceConfig:
 
 
 #: Fields that name where inputs live rather than what they are. A resume compares the files' sha256
-#: instead, so that a moved checkpoint or data folder does not block a resume.
-LOCATION_FIELDS = ("checkpoint", "x_target", "y_target", "data_root")
+#: instead (and whether the option is given at all), so that a moved checkpoint or data folder does not
+#: block a resume.
+LOCATION_FIELDS = ("checkpoint", "x_target", "y_target", "data_root", "trajectory", "hessian_file", "dir_file")
+#: Compared through the file's exact /coords instead of their text.
+AXIS_FIELDS = AXIS_NAMES
 
 
 def config_diff(stored: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
-    """Fields whose values differ, as ``field: stored -> requested`` lines (location fields skipped)."""
+    """Fields whose values differ, as ``field: file has A, command asks B`` lines.
+
+    `stored` may come from a file written by an older version with fewer fields: it is completed with the
+    defaults those fields had (`SurfaceConfig.from_dict`), so such a file still resumes. Fields an older
+    version stored but that no longer determine values (``batch_size``) are ignored. Location fields are
+    compared only as given / not given (their content is compared by sha256); axes by their coordinates.
+    """
+    stored = SurfaceConfig.from_dict(stored).to_dict()
     lines = []
     for key in sorted(set(stored) | set(wanted)):
-        if key in LOCATION_FIELDS:
+        if key in AXIS_FIELDS:
             continue
         a, b = stored.get(key), wanted.get(key)
+        if key in LOCATION_FIELDS:
+            if (a is None) != (b is None):
+                lines.append(f"{key}: file has {a!r}, command asks {b!r}")
+            continue
         if a != b:
             lines.append(f"{key}: file has {a!r}, command asks {b!r}")
     return lines
@@ -203,7 +262,15 @@ class RunOptions:
     io: str = "single"
     """single: one rank writes; collective: every rank writes its points through parallel HDF5."""
     threads: int | None = None
-    """torch CPU threads per rank (None: the node's cores divided among its ranks)."""
+    """torch CPU threads per rank (None: the rank's CPU set, or the node's cores divided among its ranks)."""
+    batch_size: int | None = None
+    """Evaluation batch size (None: chosen for the device). Changes no value beyond float rounding: the loss
+    is a sample-weighted mean."""
+    engine: str = "auto"
+    """Evaluation engine: auto, or one engine forced by name (benchmarks, tests)."""
+    order: str = "coarse"
+    """Order in which points are handed out: ``coarse`` (center and corners first, then finer sub-grids) or
+    ``rows`` (flat index order)."""
     chunk_size: int = 0
     """Points per work assignment (0: automatic, shrinking towards the end of the grid)."""
     flush_seconds: float = 1.0
@@ -218,6 +285,10 @@ class RunOptions:
             raise UserError(f"--io {self.io}: choose one of {', '.join(IO_MODES)}")
         if self.threads is not None and self.threads < 1:
             raise UserError(f"--threads {self.threads}: must be at least 1")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise UserError(f"--batch-size {self.batch_size}: must be positive")
+        if self.order not in ORDERS:
+            raise UserError(f"--order {self.order}: choose one of {', '.join(ORDERS)}")
         if self.chunk_size < 0:
             raise UserError(f"--chunk-size {self.chunk_size}: must be 0 (automatic) or positive")
         if self.flush_seconds <= 0 or self.progress_seconds <= 0:

@@ -8,6 +8,7 @@ The weights at grid point (a, b, c) are ``theta* + a*dx + b*dy + c*dz``, recompu
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 
 import torch
@@ -19,11 +20,24 @@ Direction = dict[str, torch.Tensor]
 
 
 def space_keys(model: nn.Module, dir_space: str) -> list[str]:
-    """The state_dict keys that make up the vector space, in the model's own order."""
+    """The state_dict keys that make up the vector space, in the model's own order.
+
+    Tied tensors (one storage under several names, e.g. shared embedding and output weights) count once,
+    under their first name, as `named_parameters()` does: one storage gets one direction.
+    """
     if dir_space == "weights":
         return [name for name, _ in model.named_parameters()]
     if dir_space == "states":
-        return [k for k, v in model.state_dict().items() if v.is_floating_point()]
+        keys, seen = [], set()
+        for k, v in model.state_dict(keep_vars=True).items():
+            if not v.is_floating_point():
+                continue
+            storage = (v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape), tuple(v.stride()))
+            if v.numel() and storage in seen:
+                continue
+            seen.add(storage)
+            keys.append(k)
+        return keys
     raise ValueError(dir_space)
 
 
@@ -124,3 +138,92 @@ class PointSetter:
 
     def reset(self) -> None:
         self.set([0.0] * 3)
+
+
+def build_directions(config, model: nn.Module, checkpoint_path: str | None = None
+                     ) -> tuple[dict[str, Direction], dict | None, dict[str, str]]:
+    """The directions of a surface, per axis name, over the full space (zeros where excluded), on the CPU.
+
+    `config` is a `SurfaceConfig`; `model` holds theta*. Returns (directions, trajectory, attrs): `trajectory`
+    is the PCA path to store (``directions='pca'``), `attrs` what to record about where the directions came from.
+    Raises UserError for inputs that do not fit the model.
+    """
+    import itertools
+
+    import numpy as np
+
+    from landscape_mpi.models import read_state_dict
+
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    keys = space_keys(model, config.dir_space)
+    generator = torch.Generator().manual_seed(config.seed)
+    out: dict[str, Direction] = {}
+    trajectory, attrs = None, {}
+    given: list[Direction] | None = None
+    if config.directions == "pca":
+        from landscape_mpi.trajectory import pca_from_files
+
+        pca = pca_from_files(state, config.trajectory, keys, config.ignore, final_path=checkpoint_path)
+        given = [pca.dx, pca.dy]
+        trajectory = {"x": np.asarray(pca.coords[:, 0], dtype=np.float64),
+                      "y": np.asarray(pca.coords[:, 1], dtype=np.float64),
+                      "residual": np.asarray(pca.residual, dtype=np.float64),
+                      "epochs": (np.asarray(pca.epochs, dtype=np.int64) if pca.epochs is not None
+                                 else np.arange(len(pca.residual), dtype=np.int64)),
+                      "explained_variance": list(map(float, pca.explained_variance)),
+                      "explained_total": float(pca.explained_total), "method": pca.method, "tol": float(pca.tol),
+                      "iterations": int(pca.iterations), "centered": bool(pca.centered),
+                      "sources": json.dumps(pca.sources or [])}
+        attrs["pca_explained_variance"] = json.dumps(list(map(float, pca.explained_variance)))
+    elif config.directions == "hessian":
+        from landscape_mpi.hessian import hessian_directions
+
+        dx, dy, info = hessian_directions(config.hessian_file, model)
+        given = [dx, dy]
+        attrs.update({f"hessian_{k}": (v if isinstance(v, str) else json.dumps(v)) for k, v in info.items()})
+    elif config.directions == "file":
+        given = _directions_from_file(config, model, keys)
+    if given is not None:
+        needed = len(config.axes)
+        if len(given) < needed:
+            raise UserError(f"--directions {config.directions} gives {len(given)} direction(s), the grid has "
+                            f"{needed} axes; drop --z (or --y)")
+        for i, axis in enumerate(config.axes):
+            d = given[i]
+            out[axis] = {k: (d[k].to(state[k].dtype) if k in d else torch.zeros_like(state[k])) for k in keys}
+    else:
+        for axis in config.axes:
+            target = config.target(axis)
+            if axis == "y" and config.same_dir:
+                out[axis] = out["x"]
+            elif target is not None:
+                out[axis] = target_direction(state, read_state_dict(target, f"--{axis}-target"), keys,
+                                             f"--{axis}-target {target}")
+            else:
+                out[axis] = random_direction(state, keys, generator, config.norm, config.ignore)
+    corners = list(itertools.product(*[(a.start, a.stop) for a in config.axes.values()]))
+    check_running_var(state, list(out.values()), corners)
+    return out, trajectory, attrs
+
+
+def _directions_from_file(config, model: nn.Module, keys: list[str]) -> list[Direction]:
+    if config.dir_format == "reference":
+        from landscape_mpi.reference_dirs import read_reference_directions
+
+        return read_reference_directions(config.dir_file, model, config.dir_space)
+    import h5py
+
+    try:
+        with h5py.File(config.dir_file, "r", locking=False) as f:
+            group = f["directions"]
+            dirs = [{k: torch.from_numpy(group[a][k][()]) for k in group[a]} for a in ("x", "y", "z") if a in group]
+    except (OSError, KeyError) as exc:
+        raise UserError(f"--dir-file {config.dir_file}: not a readable direction file with /directions/x "
+                        f"({exc}); give a surface file or use --dir-format reference") from None
+    state = model.state_dict()
+    for d in dirs:
+        bad = [k for k in keys if k not in d or tuple(d[k].shape) != tuple(state[k].shape)]
+        if bad:
+            raise UserError(f"--dir-file {config.dir_file} does not fit the model (at {', '.join(bad[:3])}); "
+                            f"give directions of this --model and --dir-space")
+    return dirs

@@ -49,6 +49,17 @@ class Progress:
             self.last = now
             print(self.line(), file=self.stream, flush=True)
 
+    def partial(self, fraction: float) -> None:
+        """Called between evaluation batches of rank 0's point in progress: in a batch log, a progress line is
+        due every `every_seconds` even while one long point runs (its fraction done is shown)."""
+        if not self.enabled or self.bar is not None:
+            return
+        now = time.monotonic()
+        if now - self.last >= self.every:
+            self.last = now
+            print(f"{self.line()}; rank 0's point in progress {100.0 * fraction:.0f}% done",
+                  file=self.stream, flush=True)
+
     def rate(self) -> float:
         elapsed = time.monotonic() - self.t0
         return (self.done - self.start_done) / elapsed if elapsed > 0 else 0.0

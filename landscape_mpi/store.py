@@ -12,11 +12,15 @@ Layout (schema_version 1; README.md documents it as a table):
     root attributes                       schema_version, config (JSON), checkpoint, checkpoint_sha256, ...
 
 Crash safety. Every dataset is created, full size and contiguous, when the file is created (written to a
-temporary name and renamed into place), and never changes shape afterwards. A run then only overwrites
-raw data bytes in place and never touches the file's metadata, so a process killed at any moment leaves a
-file that opens. The values of a batch of points are written and flushed before their `done` flags, so a
-point marked done always has its values. Readers open the file without HDF5 file locking, which is safe
-for the same reason, and see every point flushed so far.
+temporary name, fsync'ed, renamed into place, and the folder fsync'ed), and never changes shape afterwards.
+A run then only overwrites raw data bytes in place and never touches the file's metadata, so a process
+killed at any moment leaves a file that opens. The write protocol of a batch of points is: values, flush,
+fsync; then done flags, flush, fsync. So a point marked done has its values on disk even after a node crash
+or a power loss (H5Fflush alone hands pages to the kernel, which may write the page of the done flags
+first). Readers open the file without HDF5 file locking, which is safe for the same reason, and see every
+point flushed so far.
+
+This module imports neither torch nor mpi4py: `info` and the plotting package stay fast on a login node.
 """
 
 from __future__ import annotations
@@ -31,17 +35,19 @@ from dataclasses import dataclass
 
 import h5py
 import numpy as np
-import torch
 
-from landscape_mpi import __version__
+from landscape_mpi import __version__, contract
 from landscape_mpi.config import SurfaceConfig
-from landscape_mpi.directions import Direction
 from landscape_mpi.errors import UserError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = contract.SCHEMA_VERSION
+#: A direction as stored: state_dict key -> array (torch tensors are accepted when writing).
+StoredDirection = dict[str, np.ndarray]
 
 
 def package_versions() -> dict[str, str]:
+    import torch
+
     versions = {"landscape_mpi": __version__, "python": platform.python_version(), "torch": torch.__version__,
                 "numpy": np.__version__, "h5py": h5py.version.version, "hdf5": h5py.version.hdf5_version}
     try:
@@ -64,12 +70,38 @@ def check_out_path(path: str) -> None:
         raise UserError(f"--out {path}: folder {folder} is not writable; choose another --out")
 
 
-def create_surface_file(path: str, config: SurfaceConfig, directions: dict[str, Direction],
-                        attrs: dict[str, str], data_indices: dict[str, np.ndarray | None]) -> None:
-    """Create the complete file atomically: written under a temporary name, then renamed onto `path`.
+def fsync_folder(path: str) -> None:
+    """fsync the folder holding `path`, so that a rename into it survives a crash (best effort: some file
+    systems refuse to open folders for sync)."""
+    try:
+        fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
-    An existing file at `path` is replaced only once the new one is complete (the caller has checked
-    --overwrite). `directions` maps axis name to the full-space direction (zeros where excluded).
+
+def fsync_file(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def create_surface_file(path: str, config: SurfaceConfig, directions: dict,
+                        attrs: dict[str, str], data_indices: dict[str, np.ndarray | None],
+                        trajectory: dict | None = None) -> None:
+    """Create the complete file atomically: written under a temporary name, fsync'ed, renamed onto `path`,
+    and the folder fsync'ed.
+
+    `directions` maps axis name to the full-space direction (state_dict key -> tensor or array; zeros where
+    excluded). `trajectory` (optional): x, y, epochs, residual arrays and an ``explained_variance`` list and
+    further attributes, stored under /trajectory.
     """
     check_out_path(path)
     for stale in glob.glob(glob.escape(path) + ".tmp-*"):  # left by a run killed while creating
@@ -80,8 +112,11 @@ def create_surface_file(path: str, config: SurfaceConfig, directions: dict[str, 
     tmp = f"{path}.tmp-{os.getpid()}"
     shape = config.shape
     try:
-        with h5py.File(tmp, "w", libver="earliest") as f:
+        # HDF5's own file locking is best effort: file systems without flock (some NFS, Lustre with
+        # localflock) would refuse it; two writers are kept apart by `RunLock` instead.
+        with h5py.File(tmp, "w", libver="earliest", locking="best-effort") as f:
             f.attrs["schema_version"] = SCHEMA_VERSION
+            f.attrs[contract.FILE_KIND_ATTR] = contract.KIND_SURFACE
             f.attrs["config"] = config.to_json()
             f.attrs["grid_indexing"] = "ij"
             f.attrs["axes"] = json.dumps(list(config.axes))
@@ -100,21 +135,35 @@ def create_surface_file(path: str, config: SurfaceConfig, directions: dict[str, 
             results.create_dataset("rank", data=np.full(shape, -1, dtype=np.int32))
             results.create_dataset("seconds", data=np.full(shape, np.nan))
             results.create_dataset("done", data=np.zeros(shape, dtype=np.uint8))
+            if config.eig:
+                results.create_dataset("eig_iters", data=np.full(shape, -1, dtype=np.int32))
             group = f.create_group("directions")
             for axis, direction in directions.items():
                 g = group.create_group(axis)
                 for key, tensor in direction.items():
-                    g.create_dataset(key, data=tensor.detach().cpu().numpy())
+                    array = tensor.detach().cpu().numpy() if hasattr(tensor, "detach") else np.asarray(tensor)
+                    g.create_dataset(key, data=array)
+            if trajectory is not None:
+                t = f.create_group(contract.TRAJECTORY)
+                for key, value in trajectory.items():
+                    if isinstance(value, np.ndarray):
+                        t.create_dataset(key, data=value)
+                    else:
+                        t.attrs[key] = value
             if any(v is not None for v in data_indices.values()):
                 data = f.create_group("data")
                 for split, idx in data_indices.items():
                     if idx is not None:
                         data.create_dataset(f"{split}_indices", data=np.asarray(idx, dtype=np.int64))
+        fsync_file(tmp)
         os.replace(tmp, path)
+        fsync_folder(path)
     except OSError as exc:
         if os.path.exists(tmp):
             os.remove(tmp)
-        raise UserError(f"--out {path}: cannot write the surface file ({exc}); choose another --out") from None
+        hint = ("the file system refuses HDF5 file locking: export HDF5_USE_FILE_LOCKING=FALSE"
+                if "lock" in str(exc).lower() else "choose another --out on a writable file system")
+        raise UserError(f"--out {path}: cannot write the surface file ({exc}); {hint}") from None
 
 
 def open_read(path: str) -> h5py.File:
@@ -128,11 +177,17 @@ def open_read(path: str) -> h5py.File:
     if "schema_version" not in f.attrs or "config" not in f.attrs:
         f.close()
         raise UserError(f"{path}: an HDF5 file but not a landscape-mpi surface file (no schema_version/config)")
-    if int(f.attrs["schema_version"]) != SCHEMA_VERSION:
+    if int(f.attrs["schema_version"]) not in contract.READABLE_SCHEMA_VERSIONS:
         version = int(f.attrs["schema_version"])
         f.close()
         raise UserError(f"{path}: schema_version {version}, this landscape-mpi reads {SCHEMA_VERSION}; "
                         f"use the landscape-mpi version that wrote it")
+    kind = f.attrs.get(contract.FILE_KIND_ATTR, contract.KIND_SURFACE)
+    if isinstance(kind, bytes):
+        kind = kind.decode()
+    if kind != contract.KIND_SURFACE:
+        f.close()
+        raise UserError(f"{path}: a {kind} file, not a surface file")
     return f
 
 
@@ -145,10 +200,13 @@ class SurfaceSummary:
     shape: tuple[int, ...]
     done: np.ndarray
     metrics: dict[str, np.ndarray]
-    ranks: np.ndarray
+    ranks: np.ndarray | None
+    coords: dict[str, np.ndarray]
+    data_indices: dict[str, np.ndarray]
 
 
-def read_summary(path: str, with_values: bool = True) -> SurfaceSummary:
+def read_summary(path: str, with_values: bool = True, with_ranks: bool = True) -> SurfaceSummary:
+    """Attributes, done mask and coordinates; values and ranks only if asked (they are the big datasets)."""
     with open_read(path) as f:
         attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
         done = f["results/done"][()]  # read before the values: any point marked done has its values
@@ -156,18 +214,51 @@ def read_summary(path: str, with_values: bool = True) -> SurfaceSummary:
         if with_values:
             for m in json.loads(attrs["metrics"]):
                 metrics[m] = f["results"][m][()]
-        ranks = f["results/rank"][()]
-    return SurfaceSummary(attrs, json.loads(attrs["config"]), tuple(done.shape), done.astype(bool), metrics, ranks)
+        ranks = f["results/rank"][()] if with_ranks else None
+        coords = {k: f["coords"][k][()] for k in f["coords"]}
+        indices = {}
+        if "data" in f:
+            indices = {k[:-len("_indices")]: f["data"][k][()] for k in f["data"] if k.endswith("_indices")}
+    return SurfaceSummary(attrs, json.loads(attrs["config"]), tuple(done.shape), done.astype(bool), metrics, ranks,
+                          coords, indices)
 
 
-def read_directions(path: str, axes: Sequence[str]) -> list[Direction]:
-    """The stored directions (CPU tensors), one per axis: the source of truth for every rank and resume."""
+def read_directions(path: str, axes: Sequence[str]) -> list[StoredDirection]:
+    """The stored directions (numpy arrays), one per axis: the source of truth for every rank and resume."""
     out = []
     with open_read(path) as f:
         for axis in axes:
             g = f["directions"][axis]
-            out.append({k: torch.from_numpy(g[k][()]) for k in g})
+            out.append({k: g[k][()] for k in g})
     return out
+
+
+def read_coords(path: str) -> list[np.ndarray]:
+    """The file's grid coordinates, one array per axis in x, y, z order: new points are evaluated there."""
+    with open_read(path) as f:
+        axes = json.loads(f.attrs["axes"])
+        return [f["coords"][a][()] for a in axes]
+
+
+def write_run_ranks(path: str, hosts: Sequence[str], devices: Sequence[str]) -> None:
+    """Record which host and device each MPI rank of the current run has (/ranks/host, /ranks/device).
+
+    Called by the single writer before any point of the run is written; /results/rank then tells which device
+    computed each point. A later run (a resume on other nodes) replaces the table and keeps the older ones
+    as /ranks/run_<k>_host, /ranks/run_<k>_device.
+    """
+    with h5py.File(path, "r+", locking=False) as f:
+        g = f.require_group(contract.RANKS)
+        if "host" in g:
+            k = 0
+            while f"run_{k}_host" in g:
+                k += 1
+            g.move("host", f"run_{k}_host")
+            g.move("device", f"run_{k}_device")
+        g.create_dataset("host", data=np.array(list(hosts), dtype=h5py.string_dtype()))
+        g.create_dataset("device", data=np.array(list(devices), dtype=h5py.string_dtype()))
+        f.flush()
+    fsync_file(path)
 
 
 class RunLock:
@@ -203,60 +294,104 @@ class RunLock:
         os.close(self.fd)
 
 
-class ResultWriter:
-    """Writes finished points into an existing surface file.
+def result_columns(config: SurfaceConfig) -> list[str]:
+    """The per-point columns a run writes, in the order of the evaluator's values."""
+    return config.metrics + (["eig_iters"] if config.eig else [])
 
-    io='single': one process, sec2 driver, flushing the values before the done flags.
-    io='collective': every rank opens the file with the MPI-IO driver (a collective open and close)
-    and writes its own points independently; HDF5 writes raw bytes of the pre-allocated datasets
-    straight through MPI-IO, values before done flags.
+
+class ResultWriter:
+    """Writes finished points into an existing surface file, durably: values, flush, fsync, then done flags,
+    flush, fsync (see the module docstring for why).
+
+    io='single': one process, sec2 driver. io='collective': every rank opens the file with the MPI-IO driver
+    (a collective open and close) and writes in collective write phases (`write` must then be called by every
+    rank the same number of times, a rank with nothing to write included); H5Fflush under MPI-IO is
+    MPI_File_sync, collective too.
     """
 
-    def __init__(self, path: str, metrics: Sequence[str], io: str = "single", comm=None) -> None:
+    def __init__(self, path: str, columns: Sequence[str], io: str = "single", comm=None) -> None:
         self.path = path
-        self.metrics = list(metrics)
+        self.columns = list(columns)
         self.io = io
+        self.comm = comm
+        self.writes = 0
         # No HDF5 file lock: it would stop readers (landscape-mpi info, plotting, a user's h5py.File(path))
         # from opening the file while the job runs. Two writers are kept apart by `RunLock` instead.
         try:
             if io == "collective":
-                self.file = h5py.File(path, "r+", driver="mpio", comm=comm)
+                self.file = h5py.File(path, "r+", driver="mpio", comm=comm, **mpio_hints())
             else:
                 self.file = h5py.File(path, "r+", locking=False)
         except OSError as exc:
             raise UserError(f"--out {path}: cannot open for writing ({exc})") from None
+        self._fd = self.file.id.get_vfd_handle() if io == "single" else None
         results = self.file["results"]
-        self.dsets = {m: results[m] for m in self.metrics}
+        self.dsets = {m: results[m] for m in self.columns}
         self.rank_dset = results["rank"]
         self.seconds_dset = results["seconds"]
         self.done_dset = results["done"]
         self.shape = self.done_dset.shape
 
-    @staticmethod
-    def _write_points(dset: h5py.Dataset, coords: np.ndarray, values: np.ndarray) -> None:
-        # One HDF5 call per dataset for a whole batch of scattered points (an element selection).
+    def _write_points(self, dset: h5py.Dataset, coords: np.ndarray, values: np.ndarray) -> None:
+        # One HDF5 call per dataset for a whole batch of scattered points (an element selection). Under
+        # --io collective an empty batch still takes part in the collective call with an empty selection
+        # (h5py's high-level API skips empty selections, and the other ranks would wait forever).
         fspace = dset.id.get_space()
-        fspace.select_elements(coords)
-        mspace = h5py.h5s.create_simple((len(values),))
-        dset.id.write(mspace, fspace, np.ascontiguousarray(values, dtype=dset.dtype))
+        if len(values):
+            fspace.select_elements(coords)
+            mspace = h5py.h5s.create_simple((len(values),))
+        else:
+            fspace.select_none()
+            mspace = h5py.h5s.create_simple((1,))
+            mspace.select_none()
+            values = np.zeros(1)
+        if self.io == "collective":
+            dxpl = h5py.h5p.create(h5py.h5p.DATASET_XFER)
+            dxpl.set_dxpl_mpio(h5py.h5fd.MPIO_COLLECTIVE)
+            dset.id.write(mspace, fspace, np.ascontiguousarray(values, dtype=dset.dtype), dxpl=dxpl)
+        else:
+            dset.id.write(mspace, fspace, np.ascontiguousarray(values, dtype=dset.dtype))
 
     def write(self, flat: np.ndarray, values: np.ndarray, ranks: np.ndarray, seconds: np.ndarray) -> None:
-        """Write a batch: `values[p, m]` is metric m at flat grid index `flat[p]`."""
-        if len(flat) == 0:
+        """Write a batch: `values[p, c]` is column c at flat grid index `flat[p]`. Durable when it returns."""
+        if len(flat) == 0 and self.io != "collective":
             return
-        coords = np.stack(np.unravel_index(np.asarray(flat), self.shape), axis=1).astype(np.uint64)
-        for m, name in enumerate(self.metrics):
-            self._write_points(self.dsets[name], coords, values[:, m])
-        self._write_points(self.rank_dset, coords, ranks)
-        self._write_points(self.seconds_dset, coords, seconds)
-        self._flush()
+        self.writes += 1
+        coords = np.stack(np.unravel_index(np.asarray(flat, dtype=np.int64), self.shape), axis=1).astype(np.uint64)
+        values = np.asarray(values, dtype=np.float64).reshape(len(flat), len(self.columns))
+        for c, name in enumerate(self.columns):
+            self._write_points(self.dsets[name], coords, values[:, c])
+        self._write_points(self.rank_dset, coords, np.asarray(ranks))
+        self._write_points(self.seconds_dset, coords, np.asarray(seconds))
+        self.sync()  # the values are on disk before any of their done flags can be
         self._write_points(self.done_dset, coords, np.ones(len(flat), dtype=np.uint8))
-        self._flush()
+        self.sync()
 
-    def _flush(self) -> None:
-        # H5Fflush is collective under MPI-IO; there each write already went to the file via MPI-IO.
-        if self.io == "single":
-            self.file.flush()
+    def sync(self) -> None:
+        """Flush HDF5's buffers and make them durable: H5Fflush then fsync (single); under MPI-IO, H5Fflush
+        is a collective MPI_File_sync, which is both."""
+        self.file.flush()
+        if self._fd is not None:
+            os.fsync(self._fd)
 
     def close(self) -> None:
         self.file.close()
+
+
+def mpio_hints() -> dict:
+    """MPI-IO hints for the collective writer, documented in README.md ("Writing the file").
+
+    Collective buffering on (a few aggregator ranks gather the scattered points and write large blocks), data
+    sieving for writes off (ROMIO would otherwise read-modify-write whole blocks, under fcntl locks that are
+    not coherent on every parallel file system: a neighbour's value could be undone).
+    """
+    try:
+        from mpi4py import MPI
+    except ImportError:
+        return {}
+    info = MPI.Info.Create()
+    for key, value in (("romio_cb_write", "enable"), ("romio_ds_write", "disable"),
+                       ("romio_no_indep_rw", "false"), ("collective_buffering", "true")):
+        info.Set(key, value)
+    # h5py passes these keywords on to H5Pset_fapl_mpio(comm, info)
+    return {"info": info}

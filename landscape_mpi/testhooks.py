@@ -14,7 +14,11 @@ Variables (documented in README.md, "Testing"):
 ``LANDSCAPE_MPI_TEST_FAIL="R:N"``
     rank R raises after evaluating N points.
 ``LANDSCAPE_MPI_TEST_DELAY="S"`` or ``"S,R:S2"``
-    every evaluation batch sleeps S seconds (S2 on rank R): a slow rank, or long points.
+    every point sleeps S seconds (S2 on rank R) before it is evaluated: a slow rank.
+``LANDSCAPE_MPI_TEST_BATCH_DELAY="S"`` or ``"S,R:S2"``
+    every evaluation batch sleeps S seconds: long points made of many batches.
+With FAIL or DELAY set, a rank evaluates one point per call (no groups of points), so that "after N points"
+and "S seconds per point" are exact.
 
 Stages, in the order a surface run reaches them: ``context`` (ranks and device discovered), ``lock``,
 ``preflight`` (model, data, one forward), ``file`` (rank 0 creates or checks the file), ``engine`` (directions
@@ -32,7 +36,8 @@ FAIL_AT = "LANDSCAPE_MPI_TEST_FAIL_AT"
 GATE = "LANDSCAPE_MPI_TEST_GATE"
 FAIL_POINTS = "LANDSCAPE_MPI_TEST_FAIL"
 DELAY = "LANDSCAPE_MPI_TEST_DELAY"
-ALL = (FAIL_AT, GATE, FAIL_POINTS, DELAY)
+BATCH_DELAY = "LANDSCAPE_MPI_TEST_BATCH_DELAY"
+ALL = (FAIL_AT, GATE, FAIL_POINTS, DELAY, BATCH_DELAY)
 
 STAGES = ("context", "lock", "preflight", "file", "engine", "writer_open", "first_point", "mid_run", "close")
 
@@ -62,9 +67,9 @@ def reached(stage: str, rank: int) -> None:
                 time.sleep(0.01)
 
 
-def batch_delay(rank: int) -> float:
-    """Seconds every evaluation batch of this rank sleeps (LANDSCAPE_MPI_TEST_DELAY)."""
-    spec = os.environ.get(DELAY, "")
+def delay_for(variable: str, rank: int) -> float:
+    """Seconds this rank sleeps per point (DELAY) or per batch (BATCH_DELAY)."""
+    spec = os.environ.get(variable, "")
     delay = 0.0
     for part in filter(None, spec.split(",")):
         if ":" in part:
@@ -88,8 +93,11 @@ class BatchHooks:
 
     def __init__(self, rank: int) -> None:
         self.rank = rank
-        self.delay = batch_delay(rank)
+        self.delay = delay_for(DELAY, rank)
+        self.batch_delay = delay_for(BATCH_DELAY, rank)
         self.fail_after = fail_after_points(rank)
+        #: one point per evaluator call while per-point hooks are set
+        self.single_points = bool(os.environ.get(DELAY) or os.environ.get(FAIL_POINTS))
         self.batches = 0
         self.points = 0
         self.enabled = active()
@@ -98,20 +106,23 @@ class BatchHooks:
         if not self.enabled:
             return
         self.batches += 1
-        if self.delay:
-            time.sleep(self.delay)
+        if self.batch_delay:
+            time.sleep(self.batch_delay)
         reached(f"batch:{self.batches}", self.rank)
 
-    def before_point(self) -> None:
+    def before_points(self, n: int) -> None:
         if not self.enabled:
             return
         if self.fail_after is not None and self.points >= self.fail_after:
             raise InjectedFault(f"test hook: rank {self.rank} fails after {self.fail_after} points")
         reached("first_point" if self.points == 0 else "point", self.rank)
+        if self.delay:
+            time.sleep(self.delay * n)
 
-    def after_point(self) -> None:
+    def after_points(self, n: int) -> None:
         if not self.enabled:
             return
-        self.points += 1
-        if self.points == 1:
+        first = self.points == 0
+        self.points += n
+        if first:
             reached("mid_run", self.rank)

@@ -97,7 +97,7 @@ def test_mismatched_resume_refused_with_diff_then_overwrite(tmp_path, digits_ckp
     before = out.read_bytes()
     p = run(cli("surface", *DIGITS, "--checkpoint", digits_ckpt, "--x=-1:1:7", "--y=-1:1:3", "--seed", "4",
                 "--out", str(out)), check_rc=None)
-    one_line_error(p, "another configuration", "x: file has '-1:1:5', command asks '-1:1:7'",
+    one_line_error(p, "another configuration", "x: file has -1.0:1.0:5, command asks -1.0:1.0:7",
                           "seed: file has 0, command asks 4", "--overwrite")
     assert out.read_bytes() == before  # nothing computed is lost
     run(cli("surface", *DIGITS, "--checkpoint", digits_ckpt, "--x=-1:1:7", "--y=-1:1:3", "--out", str(out),
@@ -162,7 +162,7 @@ def test_info_json_and_text(tmp_path, digits_ckpt):
     run(cli("surface", *DIGITS, "--checkpoint", digits_ckpt, "--x=-1:1:3", "--y=0:1:2", "--out", str(out)))
     info = json.loads(run(cli("info", str(out), "--json")).stdout)
     assert info["done"] == info["total"] == 6 and info["complete"] is True
-    assert info["config"]["x"] == "-1:1:3" and info["config"]["norm"] == "filter" and info["config"]["seed"] == 0
+    assert info["config"]["x"] == "-1.0:1.0:3" and info["config"]["norm"] == "filter" and info["config"]["seed"] == 0
     assert info["metrics"]["train_loss"]["min"] <= info["metrics"]["train_loss"]["max"]
     text = run(cli("info", str(out))).stdout
     assert "6/6 points done" in text
