@@ -429,3 +429,24 @@ def test_trajectory_residual_kind(tmp_path):
                         {"trajectory/x": tx, "trajectory/y": ty})
     p = run([sys.executable, "-m", "plotting", no_res, "--kind", "trajectory_residual"], check_rc=2)
     assert p.stderr.count("\n") == 1 and "no /trajectory/residual" in p.stderr
+
+
+def test_hessian_files_are_handed_to_plotting_hessian(tmp_path, partial2d, monkeypatch):
+    from plotting import cli as plot_cli
+    from plotting import hessian
+
+    calls = []
+
+    def fake(path, out_dir, fmt, dpi):
+        calls.append((path, out_dir, fmt, dpi))
+        return [os.path.join(out_dir, "h_density.png")]
+
+    monkeypatch.setattr(hessian, "draw_hessian", fake)
+    h = str(tmp_path / "H.h5")
+    with h5py.File(h, "w") as f:
+        f.attrs["schema_version"] = 1
+        f.attrs["file_kind"] = "hessian"
+    out = tmp_path / "figs"
+    assert plot_cli.main([h, partial2d[0], "--kind", "contour", "--out", str(out), "--format", "svg", "--dpi", "50"]) == 0
+    assert calls == [(h, str(out), "svg", 50)]
+    assert (out / "partial_train_loss_contour.svg").exists()  # the surface beside it is drawn as usual
