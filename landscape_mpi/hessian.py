@@ -19,7 +19,6 @@ its shard's product, and the sums are allreduced. ARPACK's iteration therefore n
 from __future__ import annotations
 
 import math
-import sys
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -209,30 +208,32 @@ class HessianOperator:
         return float(self._reduce(np.array([total]))[0])
 
 
-def _abort_on_error(comm, what: str) -> None:
+def _abort_on_error(what: str) -> None:
     # A rank that fails inside a collective would leave the others waiting forever: end the whole job.
-    traceback.print_exc()
-    print(f"landscape-mpi: rank {comm.Get_rank()} failed while {what}; aborting every rank", file=sys.stderr,
-          flush=True)
-    comm.Abort(1)
+    from landscape_mpi.lifecycle import abort
+
+    abort(f"failed while {what}:\n{traceback.format_exc()}")
 
 
 def drive(op: HessianOperator, task: Callable[[Matvec], object]) -> object:
     """Run ``task(matvec)`` on rank 0 while the other ranks serve its products; collective on every rank.
 
     Returns the task's result on rank 0 and None elsewhere. A UserError raised by the task is raised on every
-    rank (the same one line); any other failure inside the products aborts the job rather than leave ranks waiting.
+    rank as the same `lifecycle.AgreedError` (one line, exit 2 on each rank); any other failure aborts the job
+    (MPI_Abort) rather than leave ranks waiting.
     """
+    from landscape_mpi.lifecycle import AgreedError
+
     if op.comm is None:
         return task(op.product)
     if op.rank != 0:
         try:
             op.serve()
         except Exception:
-            _abort_on_error(op.comm, "computing Hessian-vector products")
+            _abort_on_error("computing Hessian-vector products")
         status = op.comm.bcast(None, root=0)
         if status is not None:
-            raise UserError(status)
+            raise AgreedError(status)
         return None
     result, status = None, None
     try:
@@ -240,11 +241,11 @@ def drive(op: HessianOperator, task: Callable[[Matvec], object]) -> object:
     except UserError as exc:
         status = str(exc)
     except Exception:
-        _abort_on_error(op.comm, "driving the Hessian computation")
+        _abort_on_error("driving the Hessian computation")
     op.stop_serving()
     op.comm.bcast(status, root=0)
     if status is not None:
-        raise UserError(status)
+        raise AgreedError(status)
     return result
 
 

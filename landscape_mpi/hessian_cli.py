@@ -19,7 +19,6 @@ import os
 import re
 import sys
 import time
-import traceback
 from dataclasses import dataclass
 
 import numpy as np
@@ -155,7 +154,10 @@ def run_hessian(cfg: HessianConfig, ctx) -> int:
     from landscape_mpi.data import EvalSet, load_eval_set
     from landscape_mpi.models import build_model, checkpoint_sha256, load_checkpoint
     from landscape_mpi.store import check_out_path, package_versions
-    from landscape_mpi.surface import on_every_rank
+    from landscape_mpi.lifecycle import agree
+
+    def on_every_rank(step):  # agree-or-fail: a failure on one rank ends every rank with the same message
+        return agree(ctx.comm, step, ctx.rank)
 
     def log(message: str) -> None:
         if ctx.is_master:
@@ -170,7 +172,7 @@ def run_hessian(cfg: HessianConfig, ctx) -> int:
                 raise UserError(f"--out {cfg.out} exists; add --overwrite to replace it or choose another --out")
         return paths
 
-    paths = on_every_rank(ctx, check_inputs)
+    paths = on_every_rank(check_inputs)
     dtype = torch.float64 if cfg.precision == "float64" else torch.float32
 
     # 2. model and data on every rank
@@ -183,7 +185,7 @@ def run_hessian(cfg: HessianConfig, ctx) -> int:
         data = [EvalSet(d.name, d.inputs.to(ctx.device, dtype), d.labels.to(ctx.device), d.indices) for d in data]
         return model, space, data
 
-    model, space, data = on_every_rank(ctx, load)
+    model, space, data = on_every_rank(load)
     n_samples = sum(len(d) for d in data)
     log(f"{len(paths)} checkpoint(s), {space.n} parameters, {n_samples} samples ({','.join(cfg.splits)}), "
         f"{ctx.size} rank(s), {cfg.precision} on {ctx.device}")
@@ -196,7 +198,7 @@ def run_hessian(cfg: HessianConfig, ctx) -> int:
             load_checkpoint(model, path)  # names missing / mis-shaped keys if the checkpoint does not fit
             return (checkpoint_sha256(path), *checkpoint_epoch(path, index))
 
-        sha, epoch, epoch_source = on_every_rank(ctx, load_row)
+        sha, epoch, epoch_source = on_every_rank(load_row)
         model.to(device=ctx.device, dtype=dtype)
         op = hs.HessianOperator(model, data, cfg.loss, cfg.batch_size, ctx.comm)
         loss = op.mean_loss()
@@ -246,7 +248,7 @@ def run_hessian(cfg: HessianConfig, ctx) -> int:
             hessian_store.write_hessian_file(cfg.out, rows, cfg.to_dict(), attrs,
                                              package_versions())
 
-    on_every_rank(ctx, write)
+    on_every_rank(write)
     log(f"complete: {cfg.out}")
     return EXIT_COMPLETE
 
@@ -306,15 +308,5 @@ def cmd_hessian(a: argparse.Namespace) -> int:
     from landscape_mpi.context import make_context
 
     cfg = config_from_args(a)
-    ctx = make_context(a.device, a.threads)
-    try:
-        return run_hessian(cfg, ctx)
-    except UserError:
-        raise
-    except Exception:
-        if ctx.comm is not None and ctx.size > 1:
-            # Another rank may be waiting in a collective: end the whole job rather than leave it hanging.
-            traceback.print_exc()
-            print(f"landscape-mpi hessian: rank {ctx.rank} failed; aborting every rank", file=sys.stderr, flush=True)
-            ctx.comm.Abort(1)
-        raise
+    # An exception escaping here on one rank of several ends the whole job (lifecycle.run_main, via cli.main).
+    return run_hessian(cfg, make_context(a.device, a.threads))

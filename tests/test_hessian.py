@@ -1,0 +1,361 @@
+"""Hessian analyses against independent computations.
+
+The oracle is the exact Hessian of the mean loss, built by `torch.autograd.functional.hessian` over the flat
+parameter vector (torch.func.functional_call, the whole data set in one batch, float64) and diagonalized by
+`numpy.linalg.eigvalsh`. The code under test uses batched double backprop, ARPACK, Rademacher probes and Lanczos.
+Models are tiny user models by import path (tests/hessian_toys.py, 244 parameters, smooth tanh).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call
+
+import hessian_toys as toys
+from conftest import ROOT, cli, env, mpiexec, run
+from landscape_mpi import hessian as hs
+from landscape_mpi.cli import main
+from landscape_mpi.data import EvalSet
+from landscape_mpi.directions import PointSetter, random_direction
+from landscape_mpi.errors import UserError
+from landscape_mpi.evaluate import evaluate
+from landscape_mpi.hessian_store import read_hessian_file
+
+TOY = ["--model", "hessian_toys:make_model", "--dataset", "hessian_toys:make_data"]
+# Small but complete settings; float64 so that 1 vs 3 ranks and the exact Hessian compare tightly.
+SETTINGS = ["--precision", "float64", "--batch-size", "50", "--top-k", "4", "--tol", "1e-9", "--trace-probes", "100",
+            "--slq-runs", "8", "--slq-steps", "40", "--adaptive-samples", "8", "--adaptive-rho", "0.05"]
+
+
+# ------------------------------------------------------------------------------------------- oracles
+def toy_set(factory=toys.make_data, split="train", dtype=torch.float64) -> EvalSet:
+    x, y = factory(split).tensors
+    return EvalSet(split, x.to(dtype), y)
+
+
+def exact_hessian(model: torch.nn.Module, data: EvalSet, loss: str = "ce") -> np.ndarray:
+    """Hessian of the mean loss over all samples w.r.t. the trainable parameters, float64, one batch, eval mode."""
+    model = model.double().eval()
+    named = [(k, p) for k, p in model.named_parameters() if p.requires_grad]
+    flat0 = torch.cat([p.detach().reshape(-1) for _, p in named])
+    x = data.inputs.double()
+
+    def mean_loss(flat: torch.Tensor) -> torch.Tensor:
+        params, i = {}, 0
+        for k, p in named:
+            params[k] = flat[i:i + p.numel()].reshape(p.shape)
+            i += p.numel()
+        logits = functional_call(model, params, (x,))
+        if loss == "ce":
+            return F.cross_entropy(logits, data.labels)
+        return ((torch.softmax(logits, 1) - F.one_hot(data.labels, logits.shape[1]).double()) ** 2).mean()
+
+    return torch.autograd.functional.hessian(mean_loss, flat0, vectorize=True).numpy()
+
+
+@functools.lru_cache(maxsize=None)
+def exact_at(path: str) -> np.ndarray:
+    """The exact Hessian of the toy model at a checkpoint, on the train split (cached: tests share it)."""
+    return exact_hessian(model_at(path), toy_set())
+
+
+def model_at(path: str, factory=toys.make_model) -> torch.nn.Module:
+    model = factory()
+    obj = torch.load(path, weights_only=True)
+    model.load_state_dict(obj["state_dict"] if "state_dict" in obj else obj)
+    return model.eval()
+
+
+def close(a, b, rel: float) -> bool:
+    return bool(np.all(np.abs(np.asarray(a) - np.asarray(b)) <= rel * np.abs(np.asarray(b))))
+
+
+# ------------------------------------------------------------------------------------------ fixtures
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread for the in-process computations: these products are tiny, and on a shared 2-core
+    machine two threads per product mostly wait for each other."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def ckpt_dir(tmp_path_factory):
+    """Two checkpoints of the toy model, part-trained (a saddle-like point: eigenvalues of both signs).
+
+    epoch_005.pt is a plain state_dict (epoch from the file name); epoch_100.pt a dict whose "epoch" (40)
+    must win over its file name.
+    """
+    out = tmp_path_factory.mktemp("hessian_ckpts")
+    x, y = toys.make_data("train").tensors
+    torch.manual_seed(0)
+    model = toys.make_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for step in range(1, 41):
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+        if step == 5:
+            torch.save(model.state_dict(), out / "epoch_005.pt")
+    torch.save({"state_dict": model.state_dict(), "epoch": 40}, out / "epoch_100.pt")
+    return out
+
+
+@pytest.fixture(scope="module")
+def hfile(ckpt_dir, tmp_path_factory) -> str:
+    """The hessian command, one process, on both checkpoints (a glob)."""
+    out = str(tmp_path_factory.mktemp("hessian_out") / "H.h5")
+    run(cli("hessian", *TOY, "--checkpoint", str(ckpt_dir / "epoch_*.pt"), "--out", out, *SETTINGS), timeout=240)
+    return out
+
+
+# ---------------------------------------------------------------------------------------- products
+@pytest.mark.parametrize("loss", ["ce", "mse"])
+def test_hvp_equals_exact_hessian_times_vector(ckpt_dir, loss):
+    model = model_at(str(ckpt_dir / "epoch_100.pt")).double()
+    data = toy_set()
+    H = exact_hessian(model, data, loss)
+    op = hs.HessianOperator(model, data, loss, batch_size=37)  # 160 samples in 5 uneven batches
+    v = np.random.default_rng(1).standard_normal(op.n)
+    assert np.allclose(op.product(v), H @ v, rtol=1e-10, atol=1e-12 * np.abs(H @ v).max())
+    # float32 model (the default precision): same product to float32 accuracy
+    op32 = hs.HessianOperator(model_at(str(ckpt_dir / "epoch_100.pt")), toy_set(dtype=torch.float32), loss, 37)
+    assert np.abs(op32.product(v) - H @ v).max() <= 1e-5 * np.abs(H @ v).max()
+
+
+def test_param_space_round_trip():
+    model = toys.make_model()
+    space = hs.ParamSpace.of(model)
+    assert space.n == 244 and space.names[0] == "0.weight"
+    vec = np.arange(space.n, dtype=np.float64)
+    parts = space.split(vec)
+    assert [tuple(a.shape) for a in parts.values()] == [tuple(p.shape) for p in model.parameters()]
+    assert np.array_equal(space.flatten([torch.from_numpy(a) for a in parts.values()]), vec)
+
+
+# ------------------------------------------------------------------------ the command against the oracle
+def test_hessian_file_matches_exact_hessian(hfile, ckpt_dir):
+    h = read_hessian_file(hfile)
+    paths = list(h["checkpoints/path"])
+    assert [p.split("/")[-1] for p in paths] == ["epoch_005.pt", "epoch_100.pt"]
+    assert list(h["checkpoints/epoch"]) == [5.0, 40.0]  # file name, then the checkpoint's own "epoch"
+    for r, path in enumerate(paths):
+        assert h["checkpoints/sha256"][r] == hashlib.sha256(open(path, "rb").read()).hexdigest()
+        model = model_at(path)
+        ev = np.linalg.eigvalsh(exact_at(path))
+        n = ev.size
+        # the case that needs the 'SA' solve: lambda_max > 0 > lambda_min
+        assert ev[-1] > 0 > ev[0], ev[[0, -1]]
+        assert close(h["eigen/values"][r], ev[::-1][:4], 1e-4), (h["eigen/values"][r], ev[::-1][:4])
+        assert close(h["eigen/lambda_min"][r], ev[0], 1e-4)
+        # Hutchinson: the exact trace within 3 standard errors
+        est, se = h["trace/estimate"][r], h["trace/stderr"][r]
+        assert se > 0 and abs(est - ev.sum()) <= 3 * se, (est, se, ev.sum())
+        # SLQ: a probability density whose mean is tr(H)/n within its own standard error (x3)
+        grid, phi = h["density/grid"][r], h["density/values"][r]
+        assert abs(np.trapezoid(phi, grid) - 1.0) < 1e-3
+        mean = np.trapezoid(grid * phi, grid)
+        runs = h["density/run_means"][r]
+        se_runs = runs.std(ddof=1) / np.sqrt(runs.size)
+        assert abs(mean - ev.sum() / n) <= 3 * se_runs, (mean, ev.sum() / n, se_runs)
+        assert h["density/nodes"][r].min() >= ev[0] - 1e-8 and h["density/nodes"][r].max() <= ev[-1] + 1e-8
+        # the loss at the checkpoint
+        assert np.isclose(h["checkpoints/loss"][r], evaluate(model.double(), toy_set())[0], rtol=1e-6)
+        # costs recorded
+        for key in ("eigen/products_top", "eigen/products_min", "trace/products", "density/products"):
+            assert h[key][r] > 0
+    # eigenvectors: unit norm, H v = lambda v
+    with h5py.File(hfile, "r") as f:
+        names = f.attrs["parameter_names"].split("\n")
+        for j in range(2):
+            g = f["eigenvectors/row_001"][str(j)]
+            v = np.concatenate([g[k][()].ravel() for k in names])
+            lam = h["eigen/values"][1, j]
+            H = exact_at(paths[1])
+            assert abs(np.linalg.norm(v) - 1) < 1e-8
+            assert np.linalg.norm(H @ v - lam * v) <= 1e-4 * abs(lam)
+    a, c = h["attrs"], h["config"]
+    assert a["file_kind"] == "hessian" and a["bn_mode"] == "eval" and a["n_params"] == 244
+    assert c["tol"] == 1e-9 and c["trace_probes"] == 100 and c["slq_runs"] == 8 and c["slq_steps"] == 40
+    assert c["slq_sigma"] == 0.01 and c["adaptive_rho"] == 0.05 and c["seed"] == 0
+
+
+def test_adaptive_sharpness_matches_direct_perturbations(hfile, ckpt_dir):
+    """The stored values are the loss increases of the documented perturbations, recomputed here by hand:
+    per output row i of each weight matrix, rho * ||w_i|| * g_i / ||g_i||, g from the seeded generator."""
+    h = read_hessian_file(hfile)
+    model = model_at(str(ckpt_dir / "epoch_100.pt")).double()
+    data = toy_set()
+    base = evaluate(model, data)[0]
+    theta = {k: p.detach().clone() for k, p in model.named_parameters()}
+    gen = torch.Generator().manual_seed(0)
+    rho = 0.05
+    expected = []
+    for _ in range(8):
+        with torch.no_grad():
+            for k, p in model.named_parameters():
+                p.copy_(theta[k])
+                if p.dim() >= 2:
+                    g = torch.randn(p.shape, generator=gen, dtype=torch.float32).double()
+                    scale = rho * theta[k].norm(dim=1) / g.norm(dim=1)
+                    p.add_(g * scale[:, None])
+        expected.append(evaluate(model, data)[0] - base)
+    values = h["adaptive/values"][1]
+    assert np.allclose(values, expected, rtol=1e-4, atol=1e-7), (values, expected)
+    assert np.isclose(h["adaptive/sharpness"][1], np.mean(expected), rtol=1e-4, atol=1e-7)
+    assert h["adaptive/sharpness"][1] > 0  # a perturbation of 5 % per filter raises the loss on average
+
+
+def test_three_ranks_equal_one_process(hfile, ckpt_dir, tmp_path):
+    out = str(tmp_path / "H3.h5")
+    run(mpiexec(3) + cli("hessian", *TOY, "--checkpoint", str(ckpt_dir / "epoch_*.pt"), "--out", out, *SETTINGS),
+        timeout=300)
+    one, three = read_hessian_file(hfile), read_hessian_file(out)
+    assert three["attrs"]["ranks"] == 3 and one["attrs"]["ranks"] == 1
+    for key in ("eigen/values", "eigen/lambda_min", "trace/estimate", "adaptive/sharpness"):
+        assert close(three[key], one[key], 1e-6), key
+
+
+# ----------------------------------------------------------------------------------- the library calls
+def test_both_eigenvalues_negative_at_a_maximum():
+    """At W = 0 the concave toy's loss has a strict local maximum: lambda_max < 0 too."""
+    model = toys.make_concave_model().double()
+    data = toy_set(toys.make_zero_label_data)
+    ev = np.linalg.eigvalsh(exact_hessian(model, data))
+    assert ev[-1] < 0, ev[-1]
+    lmax, lmin, products = hs.eig_extremes(model, data, "ce", tol=1e-10, maxiter=1000)
+    assert close(lmax, ev[-1], 1e-6) and close(lmin, ev[0], 1e-6) and products > 0
+    op = hs.HessianOperator(model, data, "ce")
+    top = hs.extreme_eigenpairs(op.product, op.n, 3, "LA", 1e-10, 1000)
+    assert close(top.values, ev[::-1][:3], 1e-6)
+
+
+def test_eig_extremes_at_grid_points(ckpt_dir):
+    """eig_extremes at theta* + a dx + b dy (weights set in place, as the surface sets them), float32 model,
+    against the exact Hessian of the same weights."""
+    model = model_at(str(ckpt_dir / "epoch_100.pt"))
+    state = {k: p.detach() for k, p in model.named_parameters()}
+    gen = torch.Generator().manual_seed(3)
+    dx = random_direction(state, list(state), gen, "filter", "biasbn")
+    dy = random_direction(state, list(state), gen, "filter", "biasbn")
+    setter = PointSetter(model, [dx, dy])
+    data32 = toy_set(dtype=torch.float32)
+    for a, b in ((0.0, 0.0), (0.4, -0.3), (-0.7, 0.5)):
+        setter.set([a, b])
+        lmax, lmin, products = hs.eig_extremes(model, [data32], "ce", tol=1e-6, maxiter=1000)
+        reference = model_at(str(ckpt_dir / "epoch_100.pt"))
+        reference.load_state_dict(model.state_dict())
+        ev = np.linalg.eigvalsh(exact_hessian(reference, toy_set()))
+        assert close(lmax, ev[-1], 1e-4) and close(lmin, ev[0], 1e-4), ((a, b), lmax, lmin, ev[[-1, 0]])
+        assert products > 2
+
+
+def test_second_difference_of_surface_equals_dHd(ckpt_dir):
+    """A fine 1D surface theta* + t d, evaluated by landscape_mpi.evaluate, has second derivative d^T H d at 0."""
+    model = model_at(str(ckpt_dir / "epoch_100.pt")).double()
+    data = toy_set()
+    state = {k: p.detach() for k, p in model.named_parameters()}
+    d = random_direction(state, list(state), torch.Generator().manual_seed(5), "filter", "biasbn")
+    setter = PointSetter(model, [d])
+    ts = np.linspace(-0.2, 0.2, 41)  # step 0.01
+    losses = []
+    for t in ts:
+        setter.set([float(t)])
+        losses.append(evaluate(model, data)[0])
+    setter.set([0.0])
+    f = np.array(losses)
+    c, k = 20, 5  # the center and the stencil step h = 0.05 on the fine grid
+    h = ts[c + k] - ts[c]
+    # five-point central second difference: error O(h^4)
+    second = (-f[c + 2 * k] + 16 * f[c + k] - 30 * f[c] + 16 * f[c - k] - f[c - 2 * k]) / (12 * h * h)
+    op = hs.HessianOperator(model, data, "ce")
+    dv = op.space.flatten([d[name] for name in op.space.names])
+    dHd = float(dv @ op.product(dv))
+    assert abs(dHd) > 1e-2
+    assert close(second, dHd, 1e-3), (second, dHd)
+
+
+def test_hessian_directions(hfile):
+    model = toys.make_model()
+    dx, dy, attrs = hs.hessian_directions(hfile, model, row=1)
+    names = [k for k, _ in model.named_parameters()]
+    assert list(dx) == names and list(dy) == names
+    vx = torch.cat([dx[k].reshape(-1) for k in names]).double().numpy()
+    vy = torch.cat([dy[k].reshape(-1) for k in names]).double().numpy()
+    assert abs(np.linalg.norm(vx) - 1) < 1e-6 and abs(np.linalg.norm(vy) - 1) < 1e-6 and abs(vx @ vy) < 1e-5
+    H = exact_at(attrs["checkpoint"])
+    ev = np.linalg.eigvalsh(H)
+    assert close(attrs["eigenvalues"], ev[::-1][:2], 1e-4)
+    assert np.linalg.norm(H @ vx - ev[-1] * vx) < 1e-4 * ev[-1]
+    assert "unit L2 norm" in attrs["convention"]
+
+
+# ------------------------------------------------------------------------------------------- bad input
+def one_line_error(argv: list[str], capsys) -> str:
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert "\n" not in err and err.startswith("landscape-mpi: error:"), err
+    return err
+
+
+def test_glob_matching_nothing(tmp_path, capsys):
+    err = one_line_error(["hessian", *TOY, "--checkpoint", str(tmp_path / "epoch_*.pt"),
+                          "--out", str(tmp_path / "H.h5")], capsys)
+    assert "matches no file" in err
+
+
+def test_model_without_trainable_parameters(ckpt_dir, tmp_path, capsys):
+    err = one_line_error(["hessian", "--model", "hessian_toys:make_frozen_model", "--dataset", "hessian_toys:make_data",
+                          "--checkpoint", str(ckpt_dir / "epoch_005.pt"), "--out", str(tmp_path / "H.h5")], capsys)
+    assert "no trainable parameters" in err
+
+
+def test_existing_out_and_top_k_too_large(ckpt_dir, hfile, tmp_path, capsys):
+    err = one_line_error(["hessian", *TOY, "--checkpoint", str(ckpt_dir / "epoch_005.pt"), "--out", hfile], capsys)
+    assert "--overwrite" in err
+    err = one_line_error(["hessian", *TOY, "--checkpoint", str(ckpt_dir / "epoch_005.pt"), "--top-k", "244",
+                          "--out", str(tmp_path / "H.h5")], capsys)
+    assert "--top-k 244" in err
+
+
+def test_hessian_file_of_another_model(ckpt_dir, hfile, tmp_path, capsys):
+    with pytest.raises(UserError) as exc:
+        hs.hessian_directions(hfile, toys.make_other_model())
+    assert "another model" in str(exc.value) and "\n" not in str(exc.value)
+    # and through the surface command that uses it
+    other = tmp_path / "other.pt"
+    torch.save(toys.make_other_model().state_dict(), other)
+    err = one_line_error(["surface", "--model", "hessian_toys:make_other_model", "--dataset", "hessian_toys:make_data",
+                          "--checkpoint", str(other), "--directions", "hessian", "--hessian-file", hfile,
+                          "--x=-1:1:3", "--y=-1:1:3", "--out", str(tmp_path / "s.h5")], capsys)
+    assert "another model" in err
+
+
+# ---------------------------------------------------------------------------------------------- plots
+def test_plots_of_a_hessian_file(hfile, tmp_path):
+    from plotting.hessian import density_figure, draw_hessian, read_hessian, sharpness_figure
+
+    written = draw_hessian(hfile, str(tmp_path), "png", 60)
+    assert sorted(p.rsplit("_", 1)[-1] for p in written) == ["density.png", "sharpness.png"]
+    h = read_hessian(hfile)
+    fig = sharpness_figure(h)
+    assert fig.landscape_info["epochs"] == [5.0, 40.0] and fig.landscape_info["panels"] == ["eigen", "trace", "adaptive"]
+    assert fig.landscape_info["lambda_max"] == list(h["eigenvalues"][:, 0])
+    fig = density_figure(h)
+    assert fig.gca().get_yscale() == "log"
+    # plotting reads the file alone: neither torch nor landscape_mpi is imported
+    code = ("import sys, plotting.hessian as p; p.draw_hessian(sys.argv[1], sys.argv[2], 'png', 50); "
+            "assert 'torch' not in sys.modules and 'landscape_mpi' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code, hfile, str(tmp_path / "sub")], check=True, env=env(), cwd=ROOT)
