@@ -1,0 +1,29 @@
+#!/bin/bash
+# Submit the paper-scale findings: one job array per experiment (one task per training run), then the report
+# job once every array has succeeded.
+#
+#   DATA_ROOT=~/data OUT_DIR=findings-paper bash jobs/submit_experiments.sh [skip batch width trajectory]
+#
+# DATA_ROOT holds cifar-10-batches-py/; OUT_DIR receives runs/, one folder per experiment and findings.md.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+: "${DATA_ROOT:?set DATA_ROOT to the folder holding cifar-10-batches-py/}"
+OUT_DIR=${OUT_DIR:-findings-paper}
+names=("$@")
+[ ${#names[@]} -gt 0 ] || names=(skip batch width trajectory)
+ids=()
+for name in "${names[@]}"; do
+    n=$(landscape-mpi experiments list --scale paper --count "$name")
+    # width's x1 net is the skip experiment's deepest no-shortcut net (one training folder): train it once.
+    after=()
+    [ "$name" = width ] && [ -n "${skip_id:-}" ] && after=(--dependency="afterok:$skip_id")
+    id=$(sbatch --parsable "${after[@]}" --array=0-$((n - 1)) --job-name="landscape-$name" "$here/experiment_array.sbatch" \
+        "$name" --data-root "$DATA_ROOT" --out-dir "$OUT_DIR")
+    echo "experiment $name: array job $id ($n tasks)"
+    [ "$name" = skip ] && skip_id=$id
+    ids+=("$id")
+done
+dep=$(IFS=:; echo "${ids[*]}")
+id=$(sbatch --parsable --dependency="afterok:$dep" "$here/experiment_report.sbatch" --out-dir "$OUT_DIR" \
+    --out "$OUT_DIR/findings.md")
+echo "report: job $id (after $dep) -> $OUT_DIR/findings.md"
