@@ -4,6 +4,7 @@ non-square, partially complete surface files, including one that a running job i
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 
@@ -270,19 +271,28 @@ def test_plot_while_job_is_writing(tmp_path, digits_ckpt):
     out = tmp_path / "live.h5"
     proc = subprocess.Popen(cli("surface", "--model", "digits_cnn", "--checkpoint", digits_ckpt, "--x=-1:1:9",
                                 "--y=-1:1:6", "--samples", "50", "--out", str(out), "--flush-seconds", "0.1"),
-                            cwd=ROOT, env=env(LANDSCAPE_MPI_TEST_DELAY="0.15"), stderr=subprocess.PIPE, text=True)
+                            cwd=ROOT, env=env(LANDSCAPE_MPI_TEST_DELAY="0.05"), stderr=subprocess.PIPE, text=True)
     try:
-        wait_for_points(out, 3, timeout=60)
-        p = run([sys.executable, "-m", "plotting", str(out), "--kind", "heatmap", "--kind", "contour",
-                 "--out", str(tmp_path / "figs")])
-        assert len(p.stdout.split()) == 2
-        s = read_surface(str(out))
-        assert 0 < s.n_done < s.n_total  # it really was partial while we drew it
-        info = json.loads(run(cli("info", str(out), "--json")).stdout)  # info reads it too, mid-run
-        assert not info["complete"] and info["done"] >= s.n_done and info["total"] == 54
+        wait_for_points(out, 3, timeout=120)
+        # Freeze the job (it holds the file open, possibly mid-write): the file stays partial for as long as the
+        # checks take, however slow the machine, with no time window to hit.
+        os.kill(proc.pid, signal.SIGSTOP)
+        try:
+            p = run([sys.executable, "-m", "plotting", str(out), "--kind", "heatmap", "--kind", "contour",
+                     "--out", str(tmp_path / "figs")])
+            assert len(p.stdout.split()) == 2
+            p = run([sys.executable, "-m", "plotting", str(out), "--kind", "contour", "--fill-missing",
+                     "--out", str(tmp_path / "filled")])
+            assert len(p.stdout.split()) == 1
+            s = read_surface(str(out))
+            assert 0 < s.n_done < s.n_total  # it really was partial while we drew it
+            info = json.loads(run(cli("info", str(out), "--json")).stdout)  # info reads it too, mid-run
+            assert not info["complete"] and info["done"] == s.n_done and info["total"] == 54
+        finally:
+            os.kill(proc.pid, signal.SIGCONT)
     finally:
-        proc.wait(timeout=120)
-    assert proc.returncode == 0
+        proc.wait(timeout=300)
+    assert proc.returncode == 0, proc.stderr.read()
 
 
 def test_plotting_needs_neither_torch_nor_mpi():
@@ -380,7 +390,7 @@ def test_fill_missing_nearest_outside_the_hull_and_nan_kept(tmp_path):
     assert v[2, 2] == loss[2, 2]
 
 
-def test_fill_missing_1d_and_cli(tmp_path):
+def test_fill_missing_1d_and_cli(tmp_path, capsys):
     from plotting import cli as plot_cli
     from plotting.fill import fill_missing
 
@@ -397,11 +407,13 @@ def test_fill_missing_1d_and_cli(tmp_path):
     assert plot_cli.main([path2d, "--fill-missing", "--kind", "contour", "--kind", "vtp", "--out", str(out)]) == 0
     vol = write_file(tmp_path / "vol.h5", {"x": a[:3], "y": a[:3], "z": a[:3]}, {"train_loss": np.ones((3, 3, 3))},
                      np.eye(3, dtype=bool)[:, :, None] & np.ones((3, 3, 3), bool))
-    p = run([sys.executable, "-m", "plotting", vol, "--fill-missing"], check_rc=2)
-    assert p.stderr.count("\n") == 1 and "--fill-missing draws 1D and 2D" in p.stderr
+    capsys.readouterr()
+    assert plot_cli.main([vol, "--fill-missing", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--fill-missing draws 1D and 2D" in err
 
 
-def test_trajectory_residual_kind(tmp_path):
+def test_trajectory_residual_kind(tmp_path, capsys):
     XX, YY = np.meshgrid(X, Y, indexing="ij")
     residual = np.array([0.5, 0.3, 0.2, 0.05, 0.0])
     tx, ty = np.array([-1.0, -0.6, -0.3, -0.1, 0.0]), np.array([1.0, 0.8, 0.4, 0.1, 0.0])
@@ -423,12 +435,19 @@ def test_trajectory_residual_kind(tmp_path):
     fig = figures.plot_trajectory(s, "train_loss", figures.levels_for([s.metric("train_loss")]))
     assert "90.0% of variance" in fig.axes[0].get_legend().get_texts()[0].get_text()
     figures.plt.close(fig)
-    out = run([sys.executable, "-m", "plotting", path, "--out", str(tmp_path / "figs")]).stdout.split()
-    assert any(p.endswith("pca_trajectory_residual.png") for p in out)
+    from plotting import cli as plot_cli
+
+    assert "trajectory_residual" in plot_cli.default_kinds([s])
+    figs = tmp_path / "figs"
+    assert plot_cli.main([path, "--kind", "trajectory_residual", "--out", str(figs)]) == 0
+    assert (figs / "pca_trajectory_residual.png").stat().st_size > 1000
     no_res = write_file(tmp_path / "old.h5", {"x": X, "y": Y}, {"train_loss": f(XX, YY)}, np.ones((7, 5), bool),
                         {"trajectory/x": tx, "trajectory/y": ty})
-    p = run([sys.executable, "-m", "plotting", no_res, "--kind", "trajectory_residual"], check_rc=2)
-    assert p.stderr.count("\n") == 1 and "no /trajectory/residual" in p.stderr
+    assert "trajectory_residual" not in plot_cli.default_kinds([read_surface(no_res)])
+    capsys.readouterr()
+    assert plot_cli.main([no_res, "--kind", "trajectory_residual", "--out", str(figs)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no /trajectory/residual" in err
 
 
 def test_hessian_files_are_handed_to_plotting_hessian(tmp_path, partial2d, monkeypatch):
