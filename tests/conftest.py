@@ -28,7 +28,10 @@ BIN = Path(sys.executable).parent
 #: The fault-injection and synchronization variables of landscape_mpi/testhooks.py (listed here so that the
 #: test helpers do not depend on the package importing).
 TEST_HOOKS = ("LANDSCAPE_MPI_TEST_FAIL_AT", "LANDSCAPE_MPI_TEST_GATE", "LANDSCAPE_MPI_TEST_FAIL",
-              "LANDSCAPE_MPI_TEST_DELAY")
+              "LANDSCAPE_MPI_TEST_DELAY", "LANDSCAPE_MPI_TEST_BATCH_DELAY")
+#: With a gate: one point per evaluator call (any DELAY does that) and no sleep, so a rank held after its first
+#: point has computed exactly one point, however many points the engine would group.
+ONE_POINT_AT_A_TIME = {"LANDSCAPE_MPI_TEST_DELAY": "0"}
 #: Set to 1 to let skipped tests pass (a developer machine without SLURM or MPICH); CI never sets it.
 ALLOW_SKIP = "LANDSCAPE_MPI_ALLOW_SKIP"
 

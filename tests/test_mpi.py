@@ -18,7 +18,7 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import (ROOT, Job, assert_same_results, cli, env, kill_job, mpi_flavor, mpiexec, rank_pids,
+from conftest import (ONE_POINT_AT_A_TIME, ROOT, Job, assert_same_results, cli, env, kill_job, mpi_flavor, mpiexec, rank_pids,
                       read_results, run, wait_for_files)
 
 pytestmark = pytest.mark.timeout(600)
@@ -120,7 +120,7 @@ def test_sigterm_to_ranks_stops_resumable_nothing_lost(tmp_path, reference):
     # rank 0 (the coordinator, which always evaluates) holds after its first point: no more work is handed out
     # until the test releases it, so the grid is unfinished when the signals arrive, on any machine
     job = Job(mpiexec(3) + cli("surface", *args, "--out", str(out), "--flush-seconds", "0.1"),
-              LANDSCAPE_MPI_TEST_GATE=f"mid_run:{gate}")
+              LANDSCAPE_MPI_TEST_GATE=f"mid_run:{gate}", **ONE_POINT_AT_A_TIME)
     wait_for_files([f"{gate}.reached.0"])
     pids = rank_pids(job.proc.pid)
     assert len(pids) == 3, pids
@@ -149,7 +149,8 @@ def test_sigusr1_to_mpiexec_is_forwarded(tmp_path, reference):
         pytest.skip("Open MPI's mpiexec forwards SIGUSR1 to the ranks")
     args, _ = reference
     out, gate = tmp_path / "usr1.h5", tmp_path / "gate"
-    job = Job(mpiexec(3) + cli("surface", *args, "--out", str(out)), LANDSCAPE_MPI_TEST_GATE=f"mid_run:{gate}")
+    job = Job(mpiexec(3) + cli("surface", *args, "--out", str(out)), LANDSCAPE_MPI_TEST_GATE=f"mid_run:{gate}",
+              **ONE_POINT_AT_A_TIME)
     wait_for_files([f"{gate}.reached.0"])
     job.proc.send_signal(signal.SIGUSR1)
     job.wait_for_line(CAUGHT.format(0, "SIGUSR1"))
