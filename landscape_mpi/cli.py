@@ -31,7 +31,8 @@ def add_surface_args(p: argparse.ArgumentParser, demo: bool = False) -> None:
     if not demo:
         g.add_argument("--model", required=True, help="zoo name (landscape-mpi models) or package.module:factory")
         g.add_argument("--checkpoint", required=True, help="trained model: a state_dict or a dict holding one")
-        g.add_argument("--dataset", default="digits", help="digits (embedded), cifar10, or package.module:factory "
+        g.add_argument("--dataset", default="digits", help="digits (embedded), mnist1d (generated offline), cifar10, or "
+                                                           "package.module:factory "
                                                            "where factory(split) returns a torch Dataset")
         g.add_argument("--data-root", help="folder holding cifar-10-batches-py/ (never downloaded)")
     g.add_argument("--samples", type=int, help="evaluate on a deterministic subset of N samples per split")
@@ -165,6 +166,14 @@ def cmd_info(a: argparse.Namespace) -> int:
             print(f"  {name:<11}no finite values yet{extra}")
         else:
             print(f"  {name:<11}{r['min']:.6g} .. {r['max']:.6g}{extra}")
+    sharp = info.get("sharpness") or {}
+    if "unavailable" not in sharp:
+        from landscape_mpi.sharpness import format_sharpness
+
+        for metric, numbers in sharp.items():
+            print(f"  sharpness of {metric}:")
+            for line in format_sharpness(numbers):
+                print(f"    {line}")
     return EXIT_COMPLETE
 
 
@@ -176,7 +185,8 @@ def cmd_train(a: argparse.Namespace) -> int:
 
     cfg = TrainConfig(model=a.model, out_dir=a.out_dir, dataset=a.dataset, data_root=a.data_root, samples=a.samples,
                       epochs=a.epochs, batch_size=a.batch_size, optimizer=a.optimizer, lr=a.lr, momentum=a.momentum,
-                      weight_decay=a.weight_decay, schedule=a.schedule, augment=not a.no_augment, seed=a.seed)
+                      weight_decay=a.weight_decay, schedule=a.schedule, augment=not a.no_augment, seed=a.seed,
+                      save_every_iters=a.save_every_iters)
     device = None if a.device == "auto" else torch.device(a.device)
     final = train(cfg, device)
     print(f"saved checkpoints epoch_000.pt .. epoch_{cfg.epochs:03d}.pt and {final}", file=sys.stderr)
@@ -245,7 +255,7 @@ def build_parser() -> Parser:
     s = sub.add_parser("train", help="train a zoo model, saving a checkpoint every epoch")
     s.add_argument("--model", required=True)
     s.add_argument("--out-dir", required=True, help="folder for epoch_NNN.pt and final.pt")
-    s.add_argument("--dataset", default="digits")
+    s.add_argument("--dataset", default="digits", help="digits (default), mnist1d, cifar10 or package.module:factory")
     s.add_argument("--data-root")
     s.add_argument("--samples", type=int, help="train on a deterministic subset of N samples")
     s.add_argument("--epochs", type=int, default=10)
@@ -256,6 +266,8 @@ def build_parser() -> Parser:
     s.add_argument("--weight-decay", type=float, default=5e-4)
     s.add_argument("--schedule", default="cosine", choices=("none", "step", "cosine"))
     s.add_argument("--no-augment", action="store_true", help="no random crop/flip (CIFAR-10)")
+    s.add_argument("--save-every-iters", type=int, default=0,
+                   help="also save iter_NNNNNNN.pt every N optimizer steps (trajectories at a finer grain)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device", default="auto", choices=DEVICES)
     s.set_defaults(func=cmd_train)

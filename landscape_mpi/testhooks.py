@@ -59,8 +59,11 @@ def reached(stage: str, rank: int) -> None:
             raise InjectedFault(f"test hook: rank {rank} fails at stage {stage}")
     gate = os.environ.get(GATE, "")
     if gate:
-        s, _, path = gate.partition(":")
-        if s == stage:
+        head, _, path = gate.partition(":")
+        if head == "batch":  # batch:K:PATH
+            k, _, path = path.partition(":")
+            head = f"batch:{k}"
+        if head == stage:
             with open(f"{path}.reached.{rank}", "w") as f:
                 f.write(str(os.getpid()))
             while not os.path.exists(path):

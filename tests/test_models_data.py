@@ -11,13 +11,13 @@ import torch
 from conftest import cli, run
 from landscape_mpi.data import CIFAR_MEAN, CIFAR_STD, load_eval_set
 from landscape_mpi.errors import UserError
-from landscape_mpi.models import ZOO, build_model, load_checkpoint, read_state_dict
+from landscape_mpi.models import INPUT_SHAPES, ZOO, build_model, load_checkpoint, read_state_dict
 
 
 @pytest.mark.parametrize("name", list(ZOO))
 def test_zoo_models_forward(name):
     model = build_model(name).eval()
-    x = torch.randn(2, 1, 8, 8) if ZOO[name][1] == "digits" else torch.randn(2, 3, 32, 32)
+    x = torch.randn(2, *INPUT_SHAPES[ZOO[name][1]])
     with torch.no_grad():
         assert model(x).shape == (2, 10)
 
