@@ -191,7 +191,8 @@ def read_eigenvectors(path: str, row: int, count: int) -> tuple[list[dict[str, n
     with open_hessian(path) as f:
         rows = int(f.attrs["rows"])
         if not 0 <= row < rows:
-            raise UserError(f"--hessian-row {row}: {path} has rows 0..{rows - 1} (one per checkpoint)")
+            raise UserError(f"--hessian-file {path} has rows 0..{rows - 1} (one per checkpoint), not row {row}; "
+                            f"choose one of those")
         group = f[EIGENVECTORS][f"row_{row:03d}"]
         if len(group) < count:
             raise UserError(f"--hessian-file {path} stores {len(group)} eigenvector(s) per row, {count} needed; "

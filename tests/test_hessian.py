@@ -355,7 +355,10 @@ def test_plots_of_a_hessian_file(hfile, tmp_path):
     assert fig.landscape_info["lambda_max"] == list(h["eigenvalues"][:, 0])
     fig = density_figure(h)
     assert fig.gca().get_yscale() == "log"
-    # plotting reads the file alone: neither torch nor landscape_mpi is imported
-    code = ("import sys, plotting.hessian as p; p.draw_hessian(sys.argv[1], sys.argv[2], 'png', 50); "
-            "assert 'torch' not in sys.modules and 'landscape_mpi' not in sys.modules")
-    subprocess.run([sys.executable, "-c", code, hfile, str(tmp_path / "sub")], check=True, env=env(), cwd=ROOT)
+    # through landscape-plot, which hands Hessian files to plotting.hessian; neither torch nor landscape_mpi imported
+    code = ("import sys; from plotting.cli import main; assert main(sys.argv[1:]) == 0; "
+            "assert 'torch' not in sys.modules and 'landscape_mpi' not in sys.modules, 'plotting imported torch'")
+    p = subprocess.run([sys.executable, "-c", code, hfile, "--out", str(tmp_path / "sub"), "--dpi", "50"],
+                       env=env(), cwd=ROOT, capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert (tmp_path / "sub" / "H_density.png").exists() and (tmp_path / "sub" / "H_sharpness.png").exists()
