@@ -71,8 +71,10 @@ def make_context(device: str = "auto", threads: int | None = None) -> RunContext
     a warning when some ranks found no GPU while others use one (the CPU ranks would be the slow ones).
 
     Raises:
-        UserError: a launch mistake (srun without a PMI plugin, no GPU for --device cuda, on any rank).
-        RuntimeError: an internal failure on some rank (a GPU that cannot be selected), naming that rank.
+        UserError: a launch mistake (srun without a PMI plugin; no GPU for --device cuda in a single process).
+        lifecycle.AgreedError: under MPI, raised on every rank when choosing the device failed on some rank,
+            naming that rank and its host (`internal` for a GPU that cannot be selected, else a user error).
+        RuntimeError: in a single process, a GPU that cannot be selected.
     """
     comm = _mpi_comm() if launched_under_mpi() else None
     rank, size, local_rank, local_size = 0, 1, 0, 1
@@ -107,8 +109,11 @@ def make_context(device: str = "auto", threads: int | None = None) -> RunContext
     failed = [(r, h, e) for r, (_, h, e) in enumerate(ranks) if e is not None]
     if failed:
         r, h, (kind, message) = failed[0]
-        where = f"rank {r} ({h}): " if size > 1 else ""
-        raise (UserError if kind == "user" else RuntimeError)(where + message)
+        if size == 1:
+            raise (UserError if kind == "user" else RuntimeError)(message)
+        from landscape_mpi.lifecycle import AgreedError  # every rank raises it: rank 0 prints it once
+
+        raise AgreedError(f"rank {r} ({h}): {message}", internal=(kind == "internal"))
     warning = device_warning(device, [(kind, h) for kind, h, _ in ranks])
     if warning and rank == 0:
         print(f"landscape-mpi: warning: {warning}", file=sys.stderr, flush=True)

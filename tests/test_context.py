@@ -52,6 +52,19 @@ def test_device_auto_warns_when_some_ranks_have_no_gpu():
     assert context.device_warning("cpu", ranks[:1] + [("cpu", "a")]) is None  # the CPU was asked for
 
 
+def test_device_cuda_without_gpu_under_mpi_is_one_line_on_every_rank(tmp_path, digits_ckpt):
+    """Every rank agrees on the failure (no rank left waiting in a collective): exit 2, one line naming the
+    failing rank and its host, no file. CUDA_VISIBLE_DEVICES="" hides any GPU, so this holds on GPU machines."""
+    p = run(mpiexec(3) + cli("surface", "--model", "digits_cnn", "--checkpoint", digits_ckpt, "--x=-1:1:3",
+                             "--device", "cuda", "--out", str(tmp_path / "s.h5")),
+            timeout=300, check_rc=None, CUDA_VISIBLE_DEVICES="")
+    assert p.returncode == 2, p.stderr
+    errors = [line for line in p.stderr.splitlines() if line.startswith("landscape-mpi")]
+    assert len(errors) == 1 and "Traceback" not in p.stderr, p.stderr
+    assert re.search(r"error: rank 0 \(.+\): --device cuda: no CUDA GPU .* use --device cpu", errors[0]), errors
+    assert not (tmp_path / "s.h5").exists()
+
+
 def test_threads_decision_literal_cases():
     """The documented precedence, on literal cases (expected values written out, not recomputed)."""
     node = frozenset(range(8))

@@ -18,8 +18,8 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import (ONE_POINT_AT_A_TIME, ROOT, Job, assert_same_results, cli, env, kill_job, mpi_flavor, mpiexec, rank_pids,
-                      read_results, run, wait_for_files)
+from conftest import (ONE_POINT_AT_A_TIME, ROOT, Job, assert_same_results, cli, env, kill_job, mpi_flavor,
+                      mpiexec, rank_pids, read_results, run, wait_for_files)
 
 pytestmark = pytest.mark.timeout(600)
 DIGITS = ["--model", "digits_cnn", "--dataset", "digits", "--threads", "1"]

@@ -16,7 +16,8 @@ import time
 import h5py
 import pytest
 
-from conftest import BIN, ONE_POINT_AT_A_TIME, ROOT, assert_same_results, cli, env, read_results, run, wait_for_files, wait_for_text
+from conftest import (BIN, ONE_POINT_AT_A_TIME, ROOT, assert_same_results, cli, env, read_results, run,
+                      wait_for_files, wait_for_text)
 
 pytestmark = pytest.mark.timeout(900)
 SHRINK = ["--ntasks-per-node=2", "--cpus-per-task=1", "--overcommit", "--time=00:20:00"]
@@ -156,7 +157,8 @@ def test_time_limit_warning_signal_from_slurm(slurm, tmp_path, direct):
     args, ref = direct
     out, gate = tmp_path / "tl.h5", tmp_path / "gate"
     jobid = sbatch("surface_preemptible.sbatch", [*args, "--out", str(out)], tmp_path,
-                   sbatch_opts=["--time=2", "--signal=B:USR1@30"], LANDSCAPE_MPI_TEST_GATE=f"mid_run:{gate}", **ONE_POINT_AT_A_TIME)
+                   sbatch_opts=["--time=2", "--signal=B:USR1@30"], LANDSCAPE_MPI_TEST_GATE=f"mid_run:{gate}",
+                   **ONE_POINT_AT_A_TIME)
     log = tmp_path / f"landscape-{jobid}.out"
     wait_for_text(log, CAUGHT.format("SIGUSR1"), timeout=300)
     gate.touch()
