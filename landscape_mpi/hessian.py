@@ -276,12 +276,19 @@ def extreme_eigenpairs(matvec: Matvec, n: int, k: int, which: str, tol: float, m
 
     'SA' is asked directly (not through a shift by lambda_max), so it is right whatever the signs. `tol` is
     ARPACK's relative accuracy of each Ritz value; `maxiter` its limit on restarts (Arnoldi iterations). The start
-    vector is seeded, so the iteration is reproducible. Raises UserError if ARPACK does not converge.
+    vector is seeded, so the iteration is reproducible. For k >= n (tiny models) the operator is built densely
+    and all n eigenpairs are returned. Raises UserError if ARPACK does not converge.
     """
     from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
 
-    if not 1 <= k < n:
-        raise UserError(f"--top-k {k}: must be at least 1 and less than the number of parameters ({n})")
+    if k < 1:
+        raise ValueError(k)
+    if k >= n:
+        # ARPACK needs k < n; so tiny an operator is cheaper to build densely (n products) and diagonalize.
+        dense = np.stack([matvec(e) for e in np.eye(n)], axis=1)
+        values, vectors = np.linalg.eigh(0.5 * (dense + dense.T))
+        order = np.argsort(values)[::-1] if which == "LA" else np.argsort(values)
+        return Eigen(values[order], _fix_sign(vectors[:, order]), n)
     count = [0]
 
     def mv(v: np.ndarray) -> np.ndarray:

@@ -343,6 +343,44 @@ def test_hessian_file_of_another_model(ckpt_dir, hfile, tmp_path, capsys):
     assert "another model" in err
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--top-k", "2", "--store-vectors", "3"], "--store-vectors 3"),
+    (["--trace-probes", "-1"], "--trace-probes -1"),
+    (["--samples", "0"], "--samples 0"),
+    (["--precision", "float16"], "--precision"),
+    (["--splits", "val"], "--splits val"),
+])
+def test_bad_settings(ckpt_dir, tmp_path, capsys, args, message):
+    err = one_line_error(["hessian", *TOY, "--checkpoint", str(ckpt_dir / "epoch_005.pt"), "--out",
+                          str(tmp_path / "H.h5"), *args], capsys)
+    assert message in err
+
+
+def test_hessian_file_unusable_for_directions(ckpt_dir, hfile, tmp_path, capsys):
+    surface_like = tmp_path / "surface.h5"
+    with h5py.File(surface_like, "w") as f:
+        f.attrs["schema_version"] = 1
+    one_vector = str(tmp_path / "H1.h5")
+    assert main(["hessian", *TOY, "--checkpoint", str(ckpt_dir / "epoch_005.pt"), "--out", one_vector, "--top-k", "1",
+                 "--store-vectors", "1", "--trace-probes", "0", "--slq-runs", "0", "--adaptive-samples", "0"]) == 0
+    model = toys.make_model()
+    for path, row, message in ((str(surface_like), 0, "not a Hessian file"), (hfile, 2, "rows 0..1"),
+                               (one_vector, 0, "stores 1 eigenvector"), (str(tmp_path / "none.h5"), 0, "no such file")):
+        with pytest.raises(UserError) as exc:
+            hs.hessian_directions(path, model, row)
+        assert message in str(exc.value) and "\n" not in str(exc.value), str(exc.value)
+
+
+def test_no_convergence_ends_every_rank_with_one_line(ckpt_dir, tmp_path):
+    """ARPACK fails on rank 0 while the other ranks serve products: every rank must end (exit 2), not hang."""
+    p = run(mpiexec(3) + cli("hessian", *TOY, "--checkpoint", str(ckpt_dir / "epoch_005.pt"), "--out",
+                             str(tmp_path / "H.h5"), "--maxiter", "1", "--tol", "0", "--trace-probes", "0",
+                             "--slq-runs", "0", "--adaptive-samples", "0"), timeout=120, check_rc=2)
+    errors = [line for line in p.stderr.splitlines() if line.startswith("landscape-mpi: error:")]
+    assert len(errors) == 1 and "did not converge" in errors[0] and "Traceback" not in p.stderr, p.stderr
+    assert not (tmp_path / "H.h5").exists()
+
+
 # ---------------------------------------------------------------------------------------------- plots
 def test_plots_of_a_hessian_file(hfile, tmp_path):
     from plotting.hessian import density_figure, draw_hessian, read_hessian, sharpness_figure
