@@ -43,12 +43,12 @@ KINDS = ("auto", "eager", "folded", "channels_last", "compiled", "batched")
 BN_MODES = ("eval", "recalibrate")
 LOSSES = ("ce", "mse")
 
-#: Forward FLOPs per sample under which one point per forward leaves the machine idle (call overhead
-#: dominates) and ``auto`` stacks K points per forward. digits_cnn: 0.3 MFLOP (3.6x faster batched),
-#: resnet20: 82 MFLOP (no gain); measured by benchmarks/bench_engine.py.
+#: Forward FLOPs per sample under which one point per forward is dominated by per-call overhead and
+#: ``auto`` stacks K points per forward. digits_cnn: 0.16 MFLOP per sample; resnet20: 82 MFLOP, where K > 1
+#: gains nothing. See docs/readme-parts/speed.md for the measured points/s (benchmarks/bench_engine.py).
 SMALL_MODEL_FLOPS = 5e6
-#: Most points per forward: beyond it the gain measured on digits_cnn is flat.
-MAX_GROUP = 16
+#: Most points per forward (digits_cnn on 2 CPU threads: K=32 was the fastest measured; K=64 no better).
+MAX_GROUP = 32
 #: Bytes of activations one batched forward may take (CPU RAM or free GPU memory share).
 GROUP_MEMORY_CPU = 1 << 30
 
