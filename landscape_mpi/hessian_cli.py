@@ -21,7 +21,6 @@ import sys
 import time
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from landscape_mpi.config import DEVICES, LOSSES, SPLITS
