@@ -146,6 +146,7 @@ def test_preemption_signal_requeues_resumes_and_completes(slurm, tmp_path, direc
     assert_same_results(ref, out)
 
 
+@pytest.mark.timeout(1500)
 def test_time_limit_warning_signal_from_slurm(slurm, tmp_path, direct):
     """A real time limit: SLURM itself sends the warning signal, the job requeues and completes.
 
