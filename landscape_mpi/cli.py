@@ -79,7 +79,9 @@ def add_surface_args(p: argparse.ArgumentParser, demo: bool = False) -> None:
                    help="torch CPU threads per rank (default: the rank's CPU set, or cores / ranks on the node)")
     g.add_argument("--batch-size", type=int, help="evaluation batch size (default: chosen for the device); "
                                                   "changes no value, may differ on resume")
-    g.add_argument("--engine", default="auto", help="evaluation engine: auto (default) or one forced by name")
+    g.add_argument("--engine", default="auto",
+                   choices=("auto", "eager", "folded", "channels_last", "compiled", "batched"),
+                   help="evaluation engine: auto (default) or one forced by name (benchmarks, tests); same values")
     g.add_argument("--order", default="coarse", choices=ORDERS,
                    help="coarse: center, corners, then finer sub-grids (default); rows: flat index order")
     g.add_argument("--chunk-size", type=int, default=0, help="points per assignment (default 0: automatic)")

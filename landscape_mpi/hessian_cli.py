@@ -21,8 +21,6 @@ import sys
 import time
 from dataclasses import dataclass
 
-import torch
-
 from landscape_mpi.config import DEVICES, LOSSES, SPLITS
 from landscape_mpi.errors import EXIT_COMPLETE, UserError
 
@@ -129,6 +127,8 @@ def resolve_checkpoints(spec: str) -> list[str]:
 def checkpoint_epoch(path: str, index: int) -> tuple[float, str]:
     """(epoch, where it came from): the checkpoint dict's "epoch", else the last number in the file name, else
     the index of the checkpoint in the list."""
+    import torch  # here, not at the top: `landscape-mpi info` builds this parser and must not import torch
+
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:  # read_state_dict reports an unreadable file with a proper message
@@ -148,6 +148,8 @@ def checkpoint_epoch(path: str, index: int) -> tuple[float, str]:
 # ------------------------------------------------------------------------------------- the run
 def run_hessian(cfg: HessianConfig, ctx) -> int:
     """Compute every row and write the file (rank 0). Collective over ctx.comm; returns the exit code."""
+    import torch
+
     from landscape_mpi import hessian as hs
     from landscape_mpi import hessian_store
     from landscape_mpi.data import EvalSet, load_eval_set

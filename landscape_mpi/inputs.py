@@ -65,17 +65,32 @@ def check_fit(model: nn.Module, data: EvalSet, config: SurfaceConfig) -> None:
                         f"choose a model with one output per class")
 
 
-def load_inputs(config: SurfaceConfig) -> Inputs:
-    """Build the model at theta*, load the data of every split and check that they fit (pre-flight)."""
+def read_inputs(config: SurfaceConfig) -> tuple[dict[str, torch.Tensor], list[EvalSet], EvalSet | None]:
+    """What comes from the file system: theta*'s state_dict (checked against the model), the evaluation
+    splits and the BatchNorm recalibration samples. Done by one rank per node (`sharing`)."""
     model = build_model(config.model)
     load_checkpoint(model, config.checkpoint)
-    model.eval()
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     data = [load_eval_set(config.dataset, s, config.data_root, config.samples, config.seed) for s in config.splits]
-    for d in data:
-        check_fit(model, d, config)
     bn_data = None
     if config.bn == "recalibrate":
         train = load_eval_set(config.dataset, "train", config.data_root, None, config.seed)
         n = min(config.bn_samples or len(train), len(train))
         bn_data = EvalSet("bn", train.inputs[:n].contiguous(), train.labels[:n].contiguous(), np.arange(n))
+    return state, data, bn_data
+
+
+def load_inputs(config: SurfaceConfig, node=None) -> Inputs:
+    """Build the model at theta*, load the data of every split and check that they fit (pre-flight).
+
+    `node`: the node's communicator; its first rank reads the files, the others receive what it read.
+    """
+    from landscape_mpi.sharing import read_once_per_node
+
+    state, data, bn_data = read_once_per_node(node, lambda: read_inputs(config))
+    model = build_model(config.model)
+    model.load_state_dict(state)
+    model.eval()
+    for d in data:
+        check_fit(model, d, config)
     return Inputs(model, data, bn_data, {d.name: data_fingerprint(d) for d in data})

@@ -32,6 +32,7 @@ from landscape_mpi.inputs import Inputs, load_inputs
 from landscape_mpi.lifecycle import STOP, agree
 from landscape_mpi.prepare import Prepared, finish_overwrite, prepare_file
 from landscape_mpi.progress import Progress
+from landscape_mpi.sharing import node_comm, read_once_per_node
 
 #: ARPACK restarts allowed for each eigenvalue of a curvature map point.
 EIG_MAXITER = 1000
@@ -49,6 +50,10 @@ def run_surface(config: SurfaceConfig, options: RunOptions, ctx: RunContext | No
     #    GPU) raises, and the CLI's guard aborts the whole job with that rank's message.
     ctx = ctx or make_context(options.device, options.threads)
     testhooks.reached("context", ctx.rank)
+    if ctx.device.type == "cpu":
+        from landscape_mpi.engine import tune_cpu_allocator
+
+        tune_cpu_allocator()  # malloc keeps activation buffers: no page faults per batch (README, "Speed")
     comm = ctx.comm
     if options.io == "collective":
         agree(comm, check_collective_io, ctx.rank)
@@ -68,11 +73,12 @@ def run_surface(config: SurfaceConfig, options: RunOptions, ctx: RunContext | No
 
 def _run_locked(config: SurfaceConfig, options: RunOptions, ctx: RunContext) -> int:
     comm = ctx.comm
+    node = node_comm(comm)  # one rank per node reads the inputs; the node's other ranks receive them
 
     # 3. pre-flight: nothing is written before every rank has its model and data and they fit.
     def preflight() -> Inputs:
         testhooks.reached("preflight", ctx.rank)
-        return load_inputs(config)
+        return load_inputs(config, node)
 
     inputs = agree(comm, preflight, ctx.rank)
 
@@ -95,10 +101,11 @@ def _run_locked(config: SurfaceConfig, options: RunOptions, ctx: RunContext) -> 
 
     def engine_step() -> GridEvaluator:
         testhooks.reached("engine", ctx.rank)
-        return GridEvaluator(config, options, inputs, prepared.path, ctx, hooks)
+        return GridEvaluator(config, options, inputs, prepared.path, ctx, hooks, node)
 
-    evaluator = agree(comm, engine_step, ctx.rank)
-    log(ctx, evaluator.describe())
+    evaluator = agree(comm, engine_step, ctx.rank)  # make_engine logs the engine it chose
+    if config.eig:
+        log(ctx, "eig_max and eig_min at every point (ARPACK on Hessian-vector products, one point per call)")
 
     # 6. the writer: rank 0 alone, or every rank (a collective open) under --io collective.
     collective = options.io == "collective"
@@ -152,6 +159,9 @@ def _run_locked(config: SurfaceConfig, options: RunOptions, ctx: RunContext) -> 
         #    the same way on every rank; an exception above aborts the job instead).
         testhooks.reached("close", ctx.rank)
         if writer is not None:
+            if collective and comm is not None:  # every rank took part in every phase: show it
+                phases = comm.gather(writer.writes, root=0)
+                log(ctx, f"collective write phases per rank: {phases}")
             writer.close()
     if status == sched.STATUS_COMPLETE:
         agree(comm, lambda: finish_overwrite(options, prepared.path) if ctx.is_master else None, ctx.rank)
@@ -167,18 +177,18 @@ class GridEvaluator:
     coordinates, and with --metrics ...,eig the Hessian's extreme eigenvalues and their iteration count."""
 
     def __init__(self, config: SurfaceConfig, options: RunOptions, inputs: Inputs, path: str, ctx: RunContext,
-                 hooks: testhooks.BatchHooks) -> None:
+                 hooks: testhooks.BatchHooks, node=None) -> None:
         from landscape_mpi.engine import make_engine
 
         axes = list(config.axes)
-        stored = store.read_directions(path, axes)
+        stored, self.coords = read_once_per_node(node, lambda: (store.read_directions(path, axes),
+                                                                store.read_coords(path)))
         keys = set(space_keys(inputs.model, config.dir_space))
         for axis, d in zip(axes, stored):
             if set(d) != keys:
                 raise UserError(f"{path}: stored {axis} direction does not match the model's tensors; "
                                 f"recompute with --overwrite")
         directions = [{k: torch.from_numpy(np.asarray(v)) for k, v in d.items()} for d in stored]
-        self.coords = store.read_coords(path)
         self.shape = tuple(len(c) for c in self.coords)
         self.hooks = hooks
         self.on_batch: Callable[[float], None] | None = None
@@ -193,10 +203,6 @@ class GridEvaluator:
         self.eig = None
         if config.eig:
             self.eig = CurvatureAtPoint(config, inputs, directions, ctx.device, options.batch_size)
-
-    def describe(self) -> str:
-        text = self.engine.describe() if hasattr(self.engine, "describe") else type(self.engine).__name__
-        return text + (", eig_max/eig_min at every point" if self.eig is not None else "")
 
     def _batch(self, fraction: float) -> None:
         self.hooks.on_batch()

@@ -102,8 +102,10 @@ def point_order(shape: tuple[int, ...], done: np.ndarray, order: str = "coarse")
     level = level.ravel()
     center = np.ravel_multi_index(tuple(n // 2 for n in shape), shape)
     level[center] = -1  # the center (theta* on a symmetric grid) first of all
-    flat = np.flatnonzero(todo_mask)
-    return flat[np.argsort(level[flat], kind="stable")].astype(np.int64)
+    if todo_mask.all():  # a new grid: the sort's own result is the order (one int64 array)
+        return np.argsort(level, kind="stable").astype(np.int64, copy=False)
+    within = np.argsort(level[todo_mask], kind="stable")
+    return np.flatnonzero(todo_mask)[within].astype(np.int64, copy=False)
 
 
 class Todo:
@@ -181,6 +183,7 @@ class RankStats:
     def line(self) -> str:
         rate = self.points / self.busy_seconds if self.busy_seconds > 0 else float("nan")
         extra = f" {self.write_phases} write phases" if self.write_phases else ""
+        extra += f" {self.abandoned} abandoned" if self.abandoned else ""
         return (f"  rank {self.rank:>4}  {self.host[:20]:<20} {self.device:<8} {self.points:>8} points "
                 f"{self.busy_seconds:>9.1f} s busy {self.wall_seconds:>9.1f} s wall {self.cpu_seconds:>8.1f} s cpu "
                 f"{rate:>9.2f} points/s{extra}")

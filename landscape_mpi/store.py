@@ -30,6 +30,7 @@ import glob
 import json
 import os
 import platform
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -225,6 +226,7 @@ def read_summary(path: str, with_values: bool = True, with_ranks: bool = True) -
 
 def read_directions(path: str, axes: Sequence[str]) -> list[StoredDirection]:
     """The stored directions (numpy arrays), one per axis: the source of truth for every rank and resume."""
+    sys.audit("landscape_mpi.read", path, "directions")  # lets tests count who reads what
     out = []
     with open_read(path) as f:
         for axis in axes:
@@ -235,6 +237,7 @@ def read_directions(path: str, axes: Sequence[str]) -> list[StoredDirection]:
 
 def read_coords(path: str) -> list[np.ndarray]:
     """The file's grid coordinates, one array per axis in x, y, z order: new points are evaluated there."""
+    sys.audit("landscape_mpi.read", path, "coords")
     with open_read(path) as f:
         axes = json.loads(f.attrs["axes"])
         return [f["coords"][a][()] for a in axes]
