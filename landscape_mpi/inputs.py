@@ -93,4 +93,7 @@ def load_inputs(config: SurfaceConfig, node=None) -> Inputs:
     model.eval()
     for d in data:
         check_fit(model, d, config)
+    if config.eig and not any(p.requires_grad for p in model.parameters()):
+        raise UserError(f"--metrics eig: --model {config.model} has no trainable parameter, so no Hessian; "
+                        f"drop eig from --metrics")
     return Inputs(model, data, bn_data, {d.name: data_fingerprint(d) for d in data})
