@@ -15,6 +15,7 @@ The rules, which together mean that no rank is ever left waiting for one that fa
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import traceback
@@ -48,8 +49,16 @@ class StopFlag:
     def _handle(self, signum, frame) -> None:
         if self.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
+        name = signal.Signals(signum).name
+        if not self.requested or self.signal_name != name:
+            # os.write, not print: the handler may interrupt a print of the main code (no re-entrant I/O)
+            message = f"landscape-mpi: rank {world_rank()} caught {name}; stopping at the next batch boundary\n"
+            try:
+                os.write(2, message.encode())
+            except OSError:
+                pass
         self.requested = True
-        self.signal_name = signal.Signals(signum).name
+        self.signal_name = name
 
     def install(self) -> "StopFlag":
         if not self._previous:
