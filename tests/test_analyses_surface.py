@@ -180,3 +180,27 @@ def test_bn_recalibration_recovers_the_data_statistics(tmp_path, digits_ckpt):
     with h5py.File(out, "r") as f:
         assert f["results/train_loss"][1] == pytest.approx(expected, rel=1e-5)
         assert json.loads(f.attrs["config"])["bn"] == "recalibrate"
+
+
+def test_surface_along_the_top_hessian_eigenvectors(tmp_path, toy_ckpt):
+    """--directions hessian: dx, dy are the file's top two eigenvectors (unit norm); along dx the curvature of
+    the 1D profile at the center is lambda_1 (second difference of the stored losses, not our formula)."""
+    hfile = tmp_path / "H.h5"
+    run(cli("hessian", *TOY, "--checkpoint", toy_ckpt, "--splits", "train", "--top-k", "2", "--trace-probes", "0",
+            "--slq-runs", "0", "--adaptive-samples", "0", "--tol", "1e-8", "--out", str(hfile)), timeout=300)
+    out = tmp_path / "along.h5"
+    h = 1e-2
+    run(cli("surface", *TOY, "--checkpoint", toy_ckpt, "--directions", "hessian", "--hessian-file", str(hfile),
+            f"--x={-h}:{h}:3", f"--y={-h}:{h}:3", "--splits", "train", "--out", str(out)))
+    with h5py.File(hfile, "r") as f:
+        lam = f["eigen/values"][0]
+        v0 = {k: ds[()] for k, ds in f["eigenvectors/row_000/0"].items()}
+    with h5py.File(out, "r") as f:
+        dx = {k: f["directions/x"][k][()] for k in f["directions/x"]}
+        loss = f["results/train_loss"][()]
+        assert "hessian_eigenvalues" in f.attrs
+    norm = np.sqrt(sum(float((v ** 2).sum()) for v in dx.values()))
+    assert norm == pytest.approx(1.0, rel=1e-5)
+    assert all(np.allclose(dx[k], v0[k], atol=1e-6) for k in v0)
+    second = (loss[0, 1] - 2 * loss[1, 1] + loss[2, 1]) / h ** 2
+    assert second == pytest.approx(lam[0], rel=2e-2)

@@ -258,3 +258,15 @@ def test_write_protocol_order_values_fsync_done_fsync(tmp_path, monkeypatch):
     values = [f"write /results/{m}" for m in config.metrics] + ["write /results/rank", "write /results/seconds"]
     assert calls == values + ["flush", "fsync", "write /results/done", "flush", "fsync"]
     assert read_results(path)["done"].tolist() == [0, 1, 0, 1]
+
+
+def test_precision_is_recorded_and_part_of_the_identity(tmp_path, toy_ckpts):
+    out = tmp_path / "p.h5"
+    base = ["--model", "landscape_toys:make_model", "--dataset", "landscape_toys:make_data",
+            "--checkpoint", toy_ckpts[0], "--x=-1:1:3", "--out", str(out)]
+    run(cli("surface", *base, "--precision", "bf16"), LANDSCAPE_MPI_TEST_FAIL="0:1", check_rc=1)
+    with h5py.File(out, "r") as f:
+        assert json.loads(f.attrs["config"])["precision"] == "bf16"
+        assert list(f["ranks/device"].asstr()[()]) == ["cpu"]
+    p = run(cli("surface", *base), check_rc=None)
+    one_line_error(p, "precision: file has 'bf16', command asks 'fp32'")
