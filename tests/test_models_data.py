@@ -117,3 +117,13 @@ def test_benchmark_scripts_run():
     p = run([sys.executable, str(ROOT / "benchmarks" / "bench_evaluate.py"), "--model", "digits_mlp",
              "--samples", "100", "--points", "2"])
     assert "points/s" in p.stdout
+
+
+def test_digits_read_without_sklearn_equal_load_digits():
+    from sklearn.datasets import load_digits
+
+    from landscape_mpi.data import digits_arrays
+
+    images, target = digits_arrays()
+    bunch = load_digits()
+    assert np.array_equal(images, bunch.images) and np.array_equal(target, bunch.target)
