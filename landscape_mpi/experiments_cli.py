@@ -1,6 +1,6 @@
 """`landscape-mpi experiments run | report | list`: the paper's findings, reproduced and reported.
 
-    landscape-mpi experiments run NAME|all [--tiny | --scale tiny|small|paper] [--out-dir DIR] [--device D]
+    landscape-mpi experiments run NAME|all [--tiny | --scale tiny|quick|small|paper] [--out-dir DIR] [--device D]
                                   [--launcher "mpiexec -n 8"] [--task I] [--data-root DIR]
     landscape-mpi experiments report [--out-dir DIR] [--out docs/findings.md] [--figures docs/findings]
     landscape-mpi experiments list [--scale S]
@@ -15,6 +15,9 @@ import sys
 from landscape_mpi.errors import EXIT_COMPLETE, EXIT_FAILURE
 
 DEFAULT_OUT_DIR = "experiments-out"
+#: the scales of landscape_mpi.experiments.definitions.SCALES, repeated here so that building the parser does not
+#: import the experiments package (torch, h5py) for every landscape-mpi command
+SCALES = ("tiny", "quick", "small", "paper")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -24,8 +27,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
     r = esub.add_parser("run", help="train and compute the surfaces of one experiment or all (resumable)")
     r.add_argument("name", help="skip, batch, width, trajectory, a comma-separated list, or all")
-    r.add_argument("--scale", default="small", choices=("tiny", "small", "paper"),
-                   help="tiny: CI-sized; small: MNIST-1D on a few CPU cores (default); paper: CIFAR-10 (--data-root)")
+    r.add_argument("--scale", default="small", choices=SCALES,
+                   help="tiny: CI-sized; quick: the small set reduced to about an hour on 2 cores; small: MNIST-1D "
+                        "on a few CPU cores (default); paper: CIFAR-10 (--data-root)")
     r.add_argument("--tiny", action="store_true", help="the same as --scale tiny")
     r.add_argument("--out-dir", default=DEFAULT_OUT_DIR, help=f"where runs and surface files go (default {DEFAULT_OUT_DIR})")
     r.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
@@ -42,7 +46,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.set_defaults(func=cmd_report)
 
     ls = esub.add_parser("list", help="list the experiments, their training runs (array tasks) and surfaces")
-    ls.add_argument("--scale", default="small", choices=("tiny", "small", "paper"))
+    ls.add_argument("--scale", default="small", choices=SCALES)
     ls.add_argument("--count", help="print only the number of training runs (array tasks) of this experiment")
     ls.set_defaults(func=cmd_list)
 

@@ -1,8 +1,8 @@
-"""The findings experiments: measures against independent computations, a tiny experiment end to end through the
-CLI (resumable, a rerun costs nothing), and a report generated from the files alone."""
+"""The findings experiments: measures against independent computations, the tiny configuration of every experiment
+end to end through the CLI (every step computed for real, resumable, a rerun costs nothing), and a report generated
+from the files alone."""
 
 import os
-import shutil
 
 import h5py
 import numpy as np
@@ -61,10 +61,14 @@ def test_definitions():
         grids = [a for s in exp.surfaces for a in s.args if a.startswith(("--x=", "--y="))]
         assert all(g.endswith(":5") or g.endswith(":3") or g.endswith(":1") for g in grids), grids
     assert {r.config["model"] for r in experiment("skip", "tiny").runs} == {"resnet1d_8_w1", "resnet1d_8_noshort_w1"}
-    for scale in ("small", "paper"):
+    for scale in ("quick", "small", "paper"):
         for exp in experiments("all", scale):
             assert {r.config["model"] for r in exp.runs} <= set(ZOO)
     assert len({r.config["model"] for r in experiment("skip", "small").runs}) == 6  # 3 depths x shortcut or not
+    assert len({r.config["model"] for r in experiment("skip", "quick").runs}) == 6
+    # the width experiment's narrow net is the skip experiment's net of that depth: one training, shared by name
+    for scale in ("tiny", "quick", "small"):
+        assert experiment("width", scale).runs[0] in experiment("skip", scale).runs
     with pytest.raises(UserError, match="unknown"):
         experiment("nope", "tiny")
 
@@ -80,69 +84,131 @@ def test_user_errors_exit_2(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ end to end
+EXPECTED = {
+    "skip": ["d8_short", "d8_noshort", "d8_short_eig", "d8_noshort_eig"],
+    "batch": [f"bs{b}_wd{wd}_{n}" for b in (32, 2048) for wd in ("0", "0.0005") for n in ("filter", "none")],
+    "width": ["d8_noshort_w1", "d8_noshort_w4"],
+    "trajectory": ["wd0_probe", "wd0_pca", "wd0.0005_probe", "wd0.0005_pca"],
+}
+
+
 @pytest.fixture(scope="module")
-def width_run(tmp_path_factory):
-    """The tiny width experiment (two 1-epoch trainings, two 5x5 surfaces), run through the CLI."""
+def tiny_run(tmp_path_factory):
+    """`experiments run all --tiny` once, through the CLI: 9 one-epoch trainings, every surface step of every
+    experiment (5x5 loss grids, 3x3 eigenvalue maps, 1D lines, PCA planes)."""
     out = tmp_path_factory.mktemp("exp")
-    run(cli("experiments", "run", "width", *TINY, "--out-dir", str(out), "--device", "cpu"), timeout=600)
-    return out
+    p = run(cli("experiments", "run", "all", *TINY, "--out-dir", str(out), "--device", "cpu"), timeout=600)
+    return out, p.stderr
 
 
-def test_run_writes_complete_surfaces(width_run):
-    for name in ("d8_noshort_w1", "d8_noshort_w4"):
-        with h5py.File(width_run / "width" / f"{name}.h5", "r") as f:
-            assert f["results/done"][()].all() and f["results/train_loss"].shape == (5, 5)
-    assert (width_run / "runs" / "resnet1d_8_noshort_w4_e1" / "final.pt").is_file()
+def test_every_step_of_every_experiment_is_computed(tiny_run):
+    out, log = tiny_run
+    for name, steps in EXPECTED.items():
+        assert sorted(p.stem for p in (out / name).glob("*.h5")) == sorted(steps), name
+        assert not list((out / name).glob("*.skipped"))
+        for step in steps:
+            with h5py.File(out / name / f"{step}.h5", "r") as f:
+                assert f["results/done"][()].all(), (name, step)
+                assert np.isfinite(f["results/train_loss"][()]).all(), (name, step)
+    for step in ("d8_short", "d8_noshort"):
+        with h5py.File(out / "skip" / f"{step}.h5", "r") as f:
+            assert f["results/train_loss"].shape == (5, 5)
+    assert "complete in" in log and log.count("experiment ") > 20
 
 
-def test_rerun_of_finished_experiment_costs_nothing(width_run):
-    files = sorted(p for p in width_run.rglob("*") if p.is_file())
+def test_eig_maps_hold_both_eigenvalues(tiny_run):
+    out, _ = tiny_run
+    for step in ("d8_short_eig", "d8_noshort_eig"):
+        with h5py.File(out / "skip" / f"{step}.h5", "r") as f:
+            hi, lo, iters = f["results/eig_max"][()], f["results/eig_min"][()], f["results/eig_iters"][()]
+        assert hi.shape == (3, 3) and np.isfinite(hi).all() and np.isfinite(lo).all()
+        assert (lo <= hi).all() and (hi > 0).all() and (iters > 0).all()
+
+
+def test_pca_grid_covers_the_trajectory(tiny_run):
+    """The runner probes the PCA plane on one point, then sizes the grid to the path (weight units)."""
+    out, _ = tiny_run
+    for wd in ("0", "0.0005"):
+        with h5py.File(out / "trajectory" / f"wd{wd}_pca.h5", "r") as f:
+            tx, ty = f["trajectory/x"][()], f["trajectory/y"][()]
+            x, y = f["coords/x"][()], f["coords/y"][()]
+            ev = list(f["trajectory"].attrs["explained_variance"])
+        extent = max(np.abs(tx).max(), np.abs(ty).max())
+        assert len(tx) >= 3 and len(ev) == 2 and 0 < ev[1] <= ev[0] and sum(ev) <= 1 + 1e-9
+        # the grid reaches past the path (1.25x, rounded up to two significant digits), but not absurdly far
+        assert extent <= x.max() == y.max() <= 1.4 * extent and x.min() == -x.max()
+
+
+def test_rerun_of_finished_experiments_costs_nothing(tiny_run):
+    out, _ = tiny_run
+    files = sorted(p for p in out.rglob("*") if p.is_file())
     before = {p: os.path.getmtime(p) for p in files if p.name != "manifest.json"}
-    p = run(cli("experiments", "run", "width", *TINY, "--out-dir", str(width_run)))
+    p = run(cli("experiments", "run", "all", *TINY, "--out-dir", str(out)))
     assert "training" not in p.stderr and "landscape-mpi surface" not in p.stderr, p.stderr
     assert before == {q: os.path.getmtime(q) for q in before}
 
 
-def test_report_is_deterministic_and_follows_the_files(width_run, tmp_path):
-    out = tmp_path / "docs" / "findings.md"
-    args = cli("experiments", "report", "--out-dir", str(width_run), "--out", str(out))
+def test_missing_surface_option_is_an_error_not_a_skip(tiny_run, tmp_path):
+    """A step whose options `surface` does not accept fails the run (exit 2 from the surface parser) and leaves
+    no file behind: nothing is silently skipped."""
+    import landscape_mpi.experiments.runner as runner
+
+    out, _ = tiny_run
+    exp = experiment("width", "tiny")
+    bad = type(exp)(exp.name, exp.claim, exp.scale, exp.runs,
+                    tuple(type(s)(s.name, s.run, s.args + ("--no-such-option",), s.range_from, s.role)
+                          for s in exp.surfaces))
+    os.symlink(out / "runs", tmp_path / "runs")  # finished trainings: nothing to train
+    with pytest.raises(runner.StepFailed) as info:
+        runner.run_experiment(bad, str(tmp_path), device="cpu", log=lambda m: None)
+    assert info.value.code == 2
+    assert not list((tmp_path / "width").glob("*.h5")) and not list((tmp_path / "width").glob("*.skipped"))
+
+
+def test_report_has_every_section_figure_and_number(tiny_run, tmp_path):
+    out, _ = tiny_run
+    md = tmp_path / "docs" / "findings.md"
+    run(cli("experiments", "report", "--out-dir", str(out), "--out", str(md)))
+    text = md.read_text()
+    for title in ("## Skip connections and depth", "## Small vs large batch", "## Width", "## Training trajectories"):
+        assert title in text
+    for fig in ("skip_surfaces", "skip_eig_ratio", "batch_1d", "width_surfaces", "trajectory_paths"):
+        assert f"(findings/{fig}.png)" in text and (tmp_path / "docs" / "findings" / f"{fig}.png").is_file(), fig
+    assert "Not computed" not in text and "missing" not in text
+    assert text.count("- **") == 2 * 7  # 7 verdicts, in the summary and in their sections
+    # numbers recomputed here from the files by hand (independent of measures.py)
+    with h5py.File(out / "skip" / "d8_noshort_eig.h5", "r") as f:
+        ratio = np.mean(np.abs(f["results/eig_min"][()] / f["results/eig_max"][()]))
+    assert "| 8 | no |" in text and f" {ratio:.4g} |" in text
+    for wd in ("0", "0.0005"):
+        with h5py.File(out / "trajectory" / f"wd{wd}_pca.h5", "r") as f:
+            e1, e2 = (float(v) for v in f["trajectory"].attrs["explained_variance"])
+            res = float(np.max(f["trajectory/residual"][()]))
+        assert f"| {wd} | {e1:.4g} | {e2:.4g} | {e1 + e2:.4g} |" in text and f" {res:.4g} |" in text
+
+
+def test_report_is_deterministic_and_follows_the_files(tiny_run, tmp_path):
+    out, _ = tiny_run
+    md = tmp_path / "docs" / "findings.md"
+    args = cli("experiments", "report", "--out-dir", str(out), "--out", str(md))
     run(args)
-    first = out.read_text()
+    first = md.read_text()
     assert "![narrow vs wide no-shortcut ResNet](findings/width_surfaces.png)" in first
-    assert (tmp_path / "docs" / "findings" / "width_surfaces.png").is_file()
     assert "**Wider networks are smoother: " in first
     run(args)
-    assert out.read_text() == first  # same files, same report
+    assert md.read_text() == first  # same files, same report
     # the roughness in the table is the one of the file's values (independent: recomputed here by hand)
-    with h5py.File(width_run / "width" / "d8_noshort_w4.h5", "r") as f:
+    path = out / "width" / "d8_noshort_w4.h5"
+    with h5py.File(path, "r") as f:
         v = f["results/train_loss"][()]
     d2 = np.concatenate([np.abs(v[:-2] - 2 * v[1:-1] + v[2:]).ravel(), np.abs(v[:, :-2] - 2 * v[:, 1:-1] + v[:, 2:]).ravel()])
     assert f"| x4 | 8 | {v[2, 2]:.4g} |" in first and f" {d2.mean() / (v.max() - v.min()):.4g} |" in first
     # change one value in a file: the report changes with it
-    with h5py.File(width_run / "width" / "d8_noshort_w4.h5", "r+") as f:
+    with h5py.File(path, "r+") as f:
         f["results/train_loss"][2, 2] = 0.123456
     try:
         run(args)
-        assert out.read_text() != first and "| x4 | 8 | 0.1235 |" in out.read_text()
+        assert md.read_text() != first and "| x4 | 8 | 0.1235 |" in md.read_text()
     finally:
-        with h5py.File(width_run / "width" / "d8_noshort_w4.h5", "r+") as f:
+        with h5py.File(path, "r+") as f:
             f["results/train_loss"][2, 2] = v[2, 2]
-
-
-def test_steps_needing_missing_options_are_skipped_and_reported(width_run, tmp_path, monkeypatch):
-    """A step whose surface options this installation lacks is recorded as skipped, and the report says so."""
-    import landscape_mpi.experiments.runner as runner
-
-    shutil.copytree(width_run / "runs", tmp_path / "runs")  # finished trainings: nothing to train
-    monkeypatch.setattr(runner, "surface_options", lambda: set())
-    exp = experiment("width", "tiny")
-    exp = type(exp)(exp.name, exp.claim, exp.scale, exp.runs,
-                    tuple(type(s)(s.name, s.run, s.args, ("--no-such-option",), None, s.role) for s in exp.surfaces))
-    runner.run_experiment(exp, str(tmp_path), device="cpu", log=lambda m: None)
-    assert (tmp_path / "width" / "d8_noshort_w1.skipped").is_file()
-    assert not (tmp_path / "width" / "d8_noshort_w1.h5").exists()
-    from landscape_mpi.experiments.report import render
-
-    text = render(str(tmp_path), str(tmp_path / "fig"), "fig")
-    assert "`d8_noshort_w1` not computed: landscape-mpi surface in this installation has no --no-such-option." in text
-    assert "**Wider networks are smoother: inconclusive at this scale.** a surface is missing." in text

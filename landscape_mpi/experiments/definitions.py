@@ -2,10 +2,12 @@
 
 An experiment is data, not code: training runs (`TrainRun`, shared between experiments by name, so the
 depth-56 no-shortcut net of the skip experiment is also the width experiment's x1 net) and surface steps
-(`SurfaceStep`: arguments of ``landscape-mpi surface``). Three scales:
+(`SurfaceStep`: arguments of ``landscape-mpi surface``). Four scales:
 
 - ``tiny``: one depth, 5x5 grids, one epoch: every experiment together runs in CI in under 3 minutes.
-- ``small``: MNIST-1D and 1D ResNets of depth 8/20/56 on 2 CPU cores (the report in docs/findings.md).
+- ``quick``: the small set reduced to fit about an hour on 2 shared CPU cores (2,000 training samples, 10 epochs,
+  11x11 grids, 5x5 eigenvalue maps, width and batch at depth 20/8): the report in docs/findings.md.
+- ``small``: MNIST-1D and 1D ResNets of depth 8/20/56 on 2 CPU cores, 20 epochs on all 4,000 samples, 21x21 grids.
 - ``paper``: CIFAR-10 from ``--data-root`` with the paper's zoo (ResNet-20/56/110, VGG-9), for SLURM arrays.
 """
 
@@ -16,7 +18,7 @@ from typing import Any
 
 from landscape_mpi.errors import UserError
 
-SCALES = ("tiny", "small", "paper")
+SCALES = ("tiny", "quick", "small", "paper")
 NAMES = ("skip", "batch", "width", "trajectory")
 
 
@@ -39,8 +41,6 @@ class SurfaceStep:
     args: tuple[str, ...]
     """Surface options beyond --model, --checkpoint, --dataset, --data-root, --device and --out. ``{R}`` is
     replaced by the range that covers the trajectory found in the `range_from` step's file."""
-    needs: tuple[str, ...] = ()
-    """Surface options this step needs; without them in this installation the step is skipped and reported."""
     range_from: str | None = None
     """A PCA step first computed on one point: its /trajectory coordinates give this step's grid range."""
     role: dict[str, Any] = field(default_factory=dict)
@@ -63,7 +63,7 @@ class Experiment:
         """The experiment as JSON-able data (written next to its files; the report reads it)."""
         return {"name": self.name, "claim": self.claim, "scale": self.scale,
                 "runs": [{"name": r.name, "config": r.config, "label": r.label} for r in self.runs],
-                "surfaces": [{"name": s.name, "run": s.run, "args": list(s.args), "needs": list(s.needs),
+                "surfaces": [{"name": s.name, "run": s.run, "args": list(s.args),
                               "range_from": s.range_from, "role": s.role} for s in self.surfaces]}
 
 
@@ -90,11 +90,19 @@ class Scale:
     wide: int
     train_samples: int | None = None
     """Train on a deterministic subset of this many samples (None: the whole training split)."""
+    width_depth: int | None = None
+    """Depth of the width experiment's no-shortcut nets (None: the deepest of `depths`)."""
+    batch_depth: int | None = None
+    """Depth of the batch and trajectory experiments' net (None: 20 if among `depths`, else the first)."""
 
 
 SCALE_SETTINGS: dict[str, Scale] = {
     "tiny": Scale("mnist1d", "resnet1d", (8,), 1, "-1:1:5", "-1:1:5", "-0.1:0.1:5", "-1:1:3", 200, 64, 32, 2048,
                   0.05, 4, 1000),
+    # Measured on 2 shared cores: the width x4 net at depth 56 costs about 8 s per grid point at 500 samples
+    # (a 121-point surface: 16 minutes), hence width at depth 20 here.
+    "quick": Scale("mnist1d", "resnet1d", (8, 20, 56), 10, "-1:1:11", "-1:1:21", "-0.1:0.1:21", "-1:1:5", 500, 128,
+                   32, 256, 0.05, 4, 2000, width_depth=20, batch_depth=8),
     "small": Scale("mnist1d", "resnet1d", (8, 20, 56), 20, "-1:1:21", "-1:1:41", "-0.1:0.1:41", "-1:1:7", 1000, 256,
                    32, 512, 0.05, 4),
     "paper": Scale("cifar10", "cifar", (20, 56, 110), 300, "-1:1:51", "-1:1:51", "-0.1:0.1:51", "-1:1:21", None,
@@ -117,6 +125,16 @@ def _resnet_run(s: Scale, depth: int, shortcut: bool, width: int = 1) -> TrainRu
     return TrainRun(f"{model}_e{s.epochs}", cfg, label)
 
 
+#: ARPACK's relative tolerance for eigenvalue maps: a colour map needs two digits, not the default three.
+EIG_TOL = "1e-2"
+
+
+def _batch_model(s: Scale) -> str:
+    if s.dataset == "cifar10":
+        return "vgg9"
+    return _model(s, s.batch_depth or (20 if 20 in s.depths else s.depths[0]), True)
+
+
 def _common(s: Scale, samples: int | None) -> tuple[str, ...]:
     return ("--seed", "0") + (("--samples", str(samples)) if samples else ())
 
@@ -134,8 +152,8 @@ def skip(scale: str) -> Experiment:
                                         role={"kind": "loss2d", **role}))
             surfaces.append(SurfaceStep(f"d{depth}_{'short' if shortcut else 'noshort'}_eig", r.name,
                                         (f"--x={s.eig_grid}", f"--y={s.eig_grid}", "--metrics", "loss,eig",
-                                         "--splits", "train") + _common(s, s.eig_samples),
-                                        needs=("--metrics",), role={"kind": "eig2d", **role}))
+                                         "--eig-tol", EIG_TOL, "--splits", "train") + _common(s, s.eig_samples),
+                                        role={"kind": "eig2d", **role}))
     return Experiment("skip", "Without skip connections, deeper ResNets turn from near-convex to chaotic landscapes; "
                       "with skip connections they stay smooth. |lambda_min/lambda_max| is small in convex-looking "
                       "regions and large in chaotic ones.", scale, tuple(runs), tuple(surfaces))
@@ -143,18 +161,18 @@ def skip(scale: str) -> Experiment:
 
 def width(scale: str) -> Experiment:
     s = SCALE_SETTINGS[scale]
-    depth = max(s.depths)
+    depth = s.width_depth or max(s.depths)
     runs = [_resnet_run(s, depth, False, 1), _resnet_run(s, depth, False, s.wide)]
     surfaces = [SurfaceStep(f"d{depth}_noshort_w{w}", r.name, (f"--x={s.grid2d}", f"--y={s.grid2d}") + _common(s, s.samples),
                             role={"kind": "loss2d", "depth": depth, "width": w})
                 for r, w in zip(runs, (1, s.wide))]
     return Experiment("width", "Wider networks have smoother landscapes (here: width x1 vs x"
-                      f"{s.wide} at the deepest no-shortcut depth).", scale, tuple(runs), tuple(surfaces))
+                      f"{s.wide} without shortcuts at depth {depth}).", scale, tuple(runs), tuple(surfaces))
 
 
 def batch(scale: str) -> Experiment:
     s = SCALE_SETTINGS[scale]
-    model = "vgg9" if s.dataset == "cifar10" else _model(s, 20 if 20 in s.depths else s.depths[0], True)
+    model = _batch_model(s)
     runs, surfaces = [], []
     for wd in (0.0, 5e-4):
         for bs in (s.small_batch, s.large_batch):
@@ -174,7 +192,7 @@ def batch(scale: str) -> Experiment:
 
 def trajectory(scale: str) -> Experiment:
     s = SCALE_SETTINGS[scale]
-    model = "vgg9" if s.dataset == "cifar10" else _model(s, 20 if 20 in s.depths else s.depths[0], True)
+    model = _batch_model(s)
     runs, surfaces = [], []
     # One epoch has too few epoch checkpoints for a PCA: the tiny scale saves every few steps instead.
     pattern = "iter_*.pt" if scale == "tiny" else "epoch_*.pt"
@@ -187,12 +205,10 @@ def trajectory(scale: str) -> Experiment:
         runs.append(TrainRun(name, cfg, f"SGD, weight decay {wd:g}"))
         pca = ("--directions", "pca", "--trajectory", "{RUN}/" + pattern)
         probe = f"wd{wd:g}_probe"
-        surfaces.append(SurfaceStep(probe, name, ("--x=0:0:1", "--y=0:0:1") + pca + _common(s, s.eig_samples),
-                                    needs=("--directions", "--trajectory"), role={"kind": "probe"}))
+        surfaces.append(SurfaceStep(probe, name, ("--x=0:0:1", "--y=0:0:1") + pca + _common(s, s.eig_samples), role={"kind": "probe"}))
         n = s.grid2d.rsplit(":", 1)[1]
         surfaces.append(SurfaceStep(f"wd{wd:g}_pca", name, (f"--x=-{{R}}:{{R}}:{n}", f"--y=-{{R}}:{{R}}:{n}") + pca
-                                    + _common(s, s.samples), needs=("--directions", "--trajectory"),
-                                    range_from=probe, role={"kind": "pca2d", "wd": wd}))
+                                    + _common(s, s.samples), range_from=probe, role={"kind": "pca2d", "wd": wd}))
     return Experiment("trajectory", "Optimization trajectories lie in a very low-dimensional space: the first two PCA "
                       "components explain most of the variance.", scale, tuple(runs), tuple(surfaces))
 

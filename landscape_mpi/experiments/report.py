@@ -125,15 +125,10 @@ class Section:
             if s["role"].get("kind") != kind:
                 continue
             path = os.path.join(self.dir, f"{s['name']}.h5")
-            skipped = os.path.join(self.dir, f"{s['name']}.skipped")
             if os.path.isfile(path):
                 out.append((s, read_surface(path)))
                 continue
-            if os.path.isfile(skipped):
-                with open(skipped) as f:
-                    self.notes.append(f"`{s['name']}` not computed: {f.read().strip()}.")
-            else:
-                self.notes.append(f"`{s['name']}` missing: run `landscape-mpi experiments run {self.name}`.")
+            self.notes.append(f"`{s['name']}` missing: run `landscape-mpi experiments run {self.name}`.")
             out.append((s, None))
         return out
 

@@ -5,7 +5,6 @@ Layout of ``OUT`` (``--out-dir``):
     OUT/runs/<run>/epoch_NNN.pt, iter_*.pt, final.pt   trainings, shared between experiments
     OUT/<experiment>/manifest.json                      the experiment's definition (what the report reads)
     OUT/<experiment>/<step>.h5                          surface files
-    OUT/<experiment>/<step>.skipped                     why a step was not run (an option this installation lacks)
 
 Every step is resumable and a finished one costs nothing: a training with ``final.pt`` is not touched, a surface
 file whose ``done`` mask is full is not opened for writing. Surfaces run in this process (the command's Python
@@ -38,18 +37,6 @@ class StepFailed(Exception):
     def __init__(self, message: str, code: int) -> None:
         super().__init__(message)
         self.code = code
-
-
-def surface_options() -> set[str]:
-    """The option strings ``landscape-mpi surface`` accepts in this installation (feature detection for steps
-    whose options are still being built, e.g. --metrics, --directions pca)."""
-    from landscape_mpi.cli import build_parser
-
-    parser = build_parser()
-    for action in parser._actions:  # argparse keeps subparsers only here
-        if getattr(action, "choices", None) and isinstance(action.choices, dict) and "surface" in action.choices:
-            return {o for a in action.choices["surface"]._actions for o in a.option_strings}
-    return set()
 
 
 def surface_complete(path: str) -> bool:
@@ -136,7 +123,6 @@ def run_experiment(exp: Experiment, out_dir: str, device: str = "auto", launcher
     except OSError as exc:
         raise UserError(f"--out-dir {out_dir}: cannot create {exp_dir} ({exc}); choose another folder") from None
     _write_json(os.path.join(exp_dir, "manifest.json"), exp.manifest())
-    available = surface_options()
     torch_device = None if device == "auto" else torch.device(device)
     for r in runs:
         cfg = TrainConfig(out_dir=run_dir(out_dir, r.name), data_root=data_root, **r.config)
@@ -147,15 +133,6 @@ def run_experiment(exp: Experiment, out_dir: str, device: str = "auto", launcher
             log(f"experiment {exp.name}: trained {r.name} in {time.perf_counter() - t:.1f} s")
         for step in (s for s in exp.surfaces if s.run == r.name):
             out = os.path.join(exp_dir, f"{step.name}.h5")
-            skipped = os.path.join(exp_dir, f"{step.name}.skipped")
-            missing = [o for o in step.needs if o not in available]
-            if missing:
-                with open(skipped, "w") as f:
-                    f.write(f"landscape-mpi surface in this installation has no {' '.join(missing)}\n")
-                log(f"experiment {exp.name}: skipped {step.name} (surface has no {' '.join(missing)})")
-                continue
-            if os.path.exists(skipped):
-                os.remove(skipped)
             if surface_complete(out):
                 continue
             grid_range = trajectory_range(os.path.join(exp_dir, f"{step.range_from}.h5")) if step.range_from else None
