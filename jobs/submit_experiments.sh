@@ -3,22 +3,29 @@
 # job once every array has succeeded.
 #
 #   DATA_ROOT=~/data OUT_DIR=findings-paper bash jobs/submit_experiments.sh [skip batch width trajectory]
+#   SCALE=small OUT_DIR=findings-small bash jobs/submit_experiments.sh      # the MNIST-1D set as arrays (no data)
 #
-# DATA_ROOT holds cifar-10-batches-py/; OUT_DIR receives runs/, one folder per experiment and findings.md.
+# DATA_ROOT holds cifar-10-batches-py/ (paper scale only); OUT_DIR receives runs/, one folder per experiment and
+# findings.md. SCALE: paper (default), small, quick or tiny.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-: "${DATA_ROOT:?set DATA_ROOT to the folder holding cifar-10-batches-py/}"
-OUT_DIR=${OUT_DIR:-findings-paper}
+SCALE=${SCALE:-paper}
+data=()
+if [ "$SCALE" = paper ]; then
+    : "${DATA_ROOT:?set DATA_ROOT to the folder holding cifar-10-batches-py/}"
+    data=(--data-root "$DATA_ROOT")
+fi
+OUT_DIR=${OUT_DIR:-findings-$SCALE}
 names=("$@")
 [ ${#names[@]} -gt 0 ] || names=(skip batch width trajectory)
 ids=()
 for name in "${names[@]}"; do
-    n=$(landscape-mpi experiments list --scale paper --count "$name")
-    # width's x1 net is the skip experiment's deepest no-shortcut net (one training folder): train it once.
+    n=$(landscape-mpi experiments list --scale "$SCALE" --count "$name")
+    # width's x1 net is one of the skip experiment's no-shortcut nets (one training folder): train it once.
     after=()
     [ "$name" = width ] && [ -n "${skip_id:-}" ] && after=(--dependency="afterok:$skip_id")
     id=$(sbatch --parsable "${after[@]}" --array=0-$((n - 1)) --job-name="landscape-$name" "$here/experiment_array.sbatch" \
-        "$name" --data-root "$DATA_ROOT" --out-dir "$OUT_DIR")
+        "$name" --scale "$SCALE" "${data[@]}" --out-dir "$OUT_DIR")
     echo "experiment $name: array job $id ($n tasks)"
     [ "$name" = skip ] && skip_id=$id
     ids+=("$id")
