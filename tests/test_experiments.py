@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from conftest import cli, run
+from conftest import assert_same_results, cli, mpiexec, run
 from landscape_mpi.errors import UserError
 from landscape_mpi.experiments import experiment, experiments, measures
 from landscape_mpi.models import ZOO
@@ -45,6 +45,21 @@ def test_nonconvex_fraction_and_sharpness():
     assert measures.eig_ratio_mean(np.array([-1.0, 0.0, np.nan]), np.array([2.0, 4.0, 1.0])) == pytest.approx(0.25)
 
 
+def test_random_walk_baseline():
+    """A walk in many more dimensions than points concentrates on its expected spectrum: the eigenvalues of
+    H L L^T H (L: lower-triangular ones, the cumulative sum; H: centering), which for long walks give
+    (1 + 1/4) / (pi^2 / 6) = 0.76 for PC1+PC2 (Antognini and Sohl-Dickstein 2018)."""
+    n = 100
+    L, H = np.tril(np.ones((n, n))), np.eye(n) - np.ones((n, n)) / n
+    mu = np.sort(np.linalg.eigvalsh(H @ L @ L.T @ H))[::-1]
+    expected = (mu[0] + mu[1]) / mu.sum()
+    assert expected == pytest.approx(1.25 / (np.pi**2 / 6), abs=0.01)
+    mean, q95 = measures.random_walk_explained(n, dim=1000, trials=5)
+    assert mean == pytest.approx(expected, abs=0.02) and mean <= q95 < 1
+    assert np.isnan(measures.random_walk_explained(2)[0])
+    assert measures.random_walk_explained(10, trials=20) == measures.random_walk_explained(10, trials=20)  # seeded
+
+
 def test_spearman_against_scipy():
     rng = np.random.RandomState(0)
     for _ in range(5):
@@ -65,7 +80,7 @@ def test_definitions():
         for exp in experiments("all", scale):
             assert {r.config["model"] for r in exp.runs} <= set(ZOO)
     assert len({r.config["model"] for r in experiment("skip", "small").runs}) == 6  # 3 depths x shortcut or not
-    assert len({r.config["model"] for r in experiment("skip", "quick").runs}) == 6
+    assert len({r.config["model"] for r in experiment("skip", "quick").runs}) == 4  # depths 8, 20
     # the width experiment's narrow net is the skip experiment's net of that depth: one training, shared by name
     for scale in ("tiny", "quick", "small"):
         assert experiment("width", scale).runs[0] in experiment("skip", scale).runs
@@ -148,6 +163,34 @@ def test_rerun_of_finished_experiments_costs_nothing(tiny_run):
     assert before == {q: os.path.getmtime(q) for q in before}
 
 
+def test_surfaces_under_a_launcher_equal_in_process(tiny_run, tmp_path):
+    """--launcher runs each surface as `mpiexec -n 2 python -m landscape_mpi surface ...`: same files."""
+    out, _ = tiny_run
+    os.symlink(out / "runs", tmp_path / "runs")  # finished trainings: only the surfaces are computed
+    p = run(cli("experiments", "run", "width", *TINY, "--out-dir", str(tmp_path), "--device", "cpu",
+                "--launcher", " ".join(mpiexec(2))), timeout=300)
+    assert "training" not in p.stderr and "2 rank(s)" in p.stderr, p.stderr[-2000:]
+    for step in EXPECTED["width"]:
+        assert_same_results(out / "width" / f"{step}.h5", tmp_path / "width" / f"{step}.h5")
+
+
+def test_stop_signal_ends_the_run_between_steps(tiny_run, tmp_path):
+    """A stop flag set (as SIGTERM/SIGUSR1 do) ends the run with 75 before the next step, writing nothing."""
+    import landscape_mpi.experiments.runner as runner
+    from landscape_mpi.lifecycle import STOP
+
+    out, _ = tiny_run
+    os.symlink(out / "runs", tmp_path / "runs")
+    STOP.request("SIGUSR1")
+    try:
+        with pytest.raises(runner.StepFailed) as info:
+            runner.run_experiment(experiment("width", "tiny"), str(tmp_path), device="cpu", log=lambda m: None)
+    finally:
+        STOP.reset()
+    assert info.value.code == 75 and "SIGUSR1" in str(info.value)
+    assert not list((tmp_path / "width").glob("*.h5"))
+
+
 def test_missing_surface_option_is_an_error_not_a_skip(tiny_run, tmp_path):
     """A step whose options `surface` does not accept fails the run (exit 2 from the surface parser) and leaves
     no file behind: nothing is silently skipped."""
@@ -185,6 +228,7 @@ def test_report_has_every_section_figure_and_number(tiny_run, tmp_path):
             e1, e2 = (float(v) for v in f["trajectory"].attrs["explained_variance"])
             res = float(np.max(f["trajectory/residual"][()]))
         assert f"| {wd} | {e1:.4g} | {e2:.4g} | {e1 + e2:.4g} |" in text and f" {res:.4g} |" in text
+    assert "random walk 95th percentile" in text
 
 
 def test_report_is_deterministic_and_follows_the_files(tiny_run, tmp_path):

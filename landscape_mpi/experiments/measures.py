@@ -10,6 +10,10 @@ Coordinates are the surface's own (filter-normalized units for ``--norm filter``
 - eps_sharpness: max L - L(center) over the points within Euclidean distance `radius` of the center.
 - curvature_1d: 2 c2 of the least-squares fit c0 + c1 a + c2 a^2 over the points with |a| <= radius.
 - eig_ratio_mean: the mean over computed points of |lambda_min / lambda_max|.
+- random_walk_explained: what PC1+PC2 explain for an isotropic Gaussian random walk with as many points as a
+  trajectory (centered PCA, as for the training path). A long random walk gives 6/pi^2 (1 + 1/4) = 0.76
+  (Antognini and Sohl-Dickstein 2018, "PCA of high dimensional random walks"): a training path is only
+  "low-dimensional" if it explains more than that.
 """
 
 from __future__ import annotations
@@ -108,3 +112,17 @@ def spearman(a: list[float], b: list[float]) -> float:
     if ra.std() == 0 or rb.std() == 0:
         return float("nan")
     return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def random_walk_explained(points: int, dim: int = 2000, trials: int = 200, seed: int = 0) -> tuple[float, float]:
+    """(mean, 95th percentile) over `trials` seeded random walks of `points` positions in `dim` dimensions of the
+    fraction of variance the first two components of the centered PCA explain (NaN for fewer than 3 points)."""
+    if points < 3:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    out = np.empty(trials)
+    for t in range(trials):
+        walk = np.cumsum(rng.standard_normal((points, dim)), axis=0)
+        sv = np.linalg.svd(walk - walk.mean(axis=0), compute_uv=False)
+        out[t] = float(np.sum(sv[:2] ** 2) / np.sum(sv**2))
+    return float(out.mean()), float(np.quantile(out, 0.95))

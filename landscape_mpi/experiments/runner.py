@@ -19,6 +19,7 @@ import math
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 
@@ -26,7 +27,7 @@ import h5py
 import numpy as np
 import torch
 
-from landscape_mpi.errors import EXIT_COMPLETE, UserError
+from landscape_mpi.errors import EXIT_COMPLETE, EXIT_RESUMABLE, UserError
 from landscape_mpi.experiments.definitions import Experiment, SurfaceStep
 from landscape_mpi.train import TrainConfig, finished, train
 
@@ -63,10 +64,13 @@ def trajectory_range(path: str) -> str:
 
 
 def _write_json(path: str, obj: object) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
+    # Every array task of an experiment writes the same manifest at the same moment: a temporary file of its own
+    # (unique across nodes), then an atomic rename, so that no task reads or renames another's half-written file.
+    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=os.path.dirname(path))
+    with os.fdopen(fd, "w") as f:
         json.dump(obj, f, indent=2, sort_keys=True)
         f.write("\n")
+    os.chmod(tmp, 0o644)
     os.replace(tmp, path)
 
 
@@ -92,6 +96,15 @@ def surface_argv(exp: Experiment, step: SurfaceStep, out_dir: str, device: str, 
     return argv
 
 
+def _stop_if_requested() -> None:
+    """Raise StepFailed (exit 75, resumable) if SIGTERM/SIGINT/SIGUSR1 arrived. `train` does not poll the stop
+    flag, so a signal during a training is acted on here, after it: between steps, never in the middle of one."""
+    from landscape_mpi.lifecycle import STOP
+
+    if STOP.requested:
+        raise StepFailed(f"stopped ({STOP.signal_name}): run the same command again to resume", EXIT_RESUMABLE)
+
+
 def _run_surface(argv: list[str], launcher: Sequence[str] | None) -> None:
     if launcher:
         code = subprocess.call([*launcher, sys.executable, "-m", "landscape_mpi", *argv])
@@ -109,7 +122,8 @@ def run_experiment(exp: Experiment, out_dir: str, device: str = "auto", launcher
     """Train the experiment's models and compute its surfaces (all, or only training run number `task` and its
     surfaces: one SLURM array task). Returns the seconds spent.
 
-    Raises UserError for a bad task index or unusable folders, StepFailed if a surface command fails.
+    Raises UserError for a bad task index or unusable folders, StepFailed if a surface command fails or a stop
+    signal arrived (code 75: rerun to resume).
     """
     t0 = time.perf_counter()
     runs = list(exp.runs)
@@ -126,6 +140,7 @@ def run_experiment(exp: Experiment, out_dir: str, device: str = "auto", launcher
     torch_device = None if device == "auto" else torch.device(device)
     for r in runs:
         cfg = TrainConfig(out_dir=run_dir(out_dir, r.name), data_root=data_root, **r.config)
+        _stop_if_requested()
         if finished(cfg) is None:
             log(f"experiment {exp.name}: training {r.name} ({r.label})")
             t = time.perf_counter()
@@ -135,6 +150,7 @@ def run_experiment(exp: Experiment, out_dir: str, device: str = "auto", launcher
             out = os.path.join(exp_dir, f"{step.name}.h5")
             if surface_complete(out):
                 continue
+            _stop_if_requested()
             grid_range = trajectory_range(os.path.join(exp_dir, f"{step.range_from}.h5")) if step.range_from else None
             argv = surface_argv(exp, step, out_dir, device, data_root, grid_range)
             log(f"experiment {exp.name}: landscape-mpi {' '.join(argv)}")
