@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -163,7 +164,10 @@ def wait_for_text(path, pattern: str, timeout: float = 300) -> re.Match:
 
 class Job:
     """A launched command (mpiexec ..., srun ...) whose stderr is read as it comes, line by line, each line with
-    the time it arrived: tests wait for a line (an event) and measure from it."""
+    the time it arrived: tests wait for a line (an event) and measure from it.
+
+    Use it as a context manager: whatever fails in the test, a job still running at the end of the block is
+    killed with every rank (a hung job must not keep spinning beside the rest of the suite)."""
 
     def __init__(self, cmd: list[str], **extra_env) -> None:
         self.cmd = cmd
@@ -176,6 +180,13 @@ class Job:
                          threading.Thread(target=self._read_out, daemon=True)]
         for t in self._readers:
             t.start()
+
+    def __enter__(self) -> "Job":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.proc.poll() is None:
+            kill_job(self.proc)
 
     def _read_err(self) -> None:
         for line in self.proc.stderr:
@@ -278,8 +289,6 @@ def _zombie(pid: int) -> bool:
 def kill_job(proc: subprocess.Popen) -> None:
     """SIGKILL the whole job at once: mpiexec and every rank (Open MPI puts ranks in process groups of their
     own, so killing mpiexec's group alone would leave rank 0 writing for a while); returns once all are gone."""
-    import signal
-
     pids = [proc.pid, *rank_pids(proc.pid)]
     for pid in pids:
         try:
@@ -327,6 +336,12 @@ def slurm():
     conf = os.path.join(state, "etc", "slurm.conf")
     daemon_env = {**os.environ, "LOCAL_SLURM_STATE": state, "LOCAL_SLURM_PORT": str(_free_port_pair())}
     previous = os.environ.get("SLURM_CONF")
+    previous_term = signal.getsignal(signal.SIGTERM)
+
+    def interrupt(signum, frame):  # a CI timeout's SIGTERM: pytest then tears down, the daemons are stopped
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
     try:
         p = subprocess.run(["bash", str(LOCAL_SLURM), "start"], env=daemon_env, capture_output=True, text=True,
                            timeout=300)
@@ -342,6 +357,7 @@ def slurm():
         # stop cancels what is left in the queue, then stops munged, slurmctld and slurmd
         subprocess.run(["bash", str(LOCAL_SLURM), "stop"], env=daemon_env, capture_output=True, timeout=300)
         shutil.rmtree(state, ignore_errors=True)
+        signal.signal(signal.SIGTERM, previous_term)
 
 
 @pytest.fixture(scope="session")

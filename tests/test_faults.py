@@ -90,8 +90,8 @@ def assert_ends_promptly(job: Job, stage: str, rank: int, needle: str) -> None:
 @pytest.mark.parametrize("mpi", ["openmpi", "mpich"])
 def test_failure_on_one_rank_ends_every_rank(tmp_path, mlp_ckpt, mpi, stage, rank):
     out = tmp_path / "fault.h5"
-    job = Job(launcher(mpi) + surface_args(mlp_ckpt, out), **hooks_for(stage, rank))
-    assert_ends_promptly(job, stage, rank, str(out))
+    with Job(launcher(mpi) + surface_args(mlp_ckpt, out), **hooks_for(stage, rank)) as job:
+        assert_ends_promptly(job, stage, rank, str(out))
 
 
 def test_failure_under_slurm_ends_the_job(slurm, tmp_path, mlp_ckpt):
@@ -124,8 +124,8 @@ def test_demo_with_unwritable_out_dir_is_a_user_error_on_every_rank(tmp_path, mp
     blocker.write_text("not a folder")
     out_dir = blocker / "demo"
     t0 = time.monotonic()
-    job = Job(launcher(mpi) + ["demo", "--out-dir", str(out_dir), "--threads", "1"])
-    rc = job.wait(HANG)
+    with Job(launcher(mpi) + ["demo", "--out-dir", str(out_dir), "--threads", "1"]) as job:
+        rc = job.wait(HANG)
     elapsed = time.monotonic() - t0
     err = job.stderr
     assert rc == 2, f"exit {rc}\n{err[-4000:]}"

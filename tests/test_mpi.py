@@ -119,17 +119,17 @@ def test_sigterm_to_ranks_stops_resumable_nothing_lost(tmp_path, reference):
     out, gate = tmp_path / "term.h5", tmp_path / "gate"
     # rank 0 (the coordinator, which always evaluates) holds after its first point: no more work is handed out
     # until the test releases it, so the grid is unfinished when the signals arrive, on any machine
-    job = Job(mpiexec(3) + cli("surface", *args, "--out", str(out), "--flush-seconds", "0.1"),
-              LANDSCAPE_MPI_TEST_GATE=f"mid_run:{gate}", **ONE_POINT_AT_A_TIME)
-    wait_for_files([f"{gate}.reached.0"])
-    pids = rank_pids(job.proc.pid)
-    assert len(pids) == 3, pids
-    for pid in pids:  # as SLURM's scancel signals every task
-        os.kill(pid, signal.SIGTERM)
-    for r in range(3):
-        job.wait_for_line(CAUGHT.format(r, "SIGTERM"))
-    gate.touch()
-    assert job.wait(120) == 75, job.stderr
+    with Job(mpiexec(3) + cli("surface", *args, "--out", str(out), "--flush-seconds", "0.1"),
+             LANDSCAPE_MPI_TEST_GATE=f"mid_run:{gate}", **ONE_POINT_AT_A_TIME) as job:
+        wait_for_files([f"{gate}.reached.0"])
+        pids = rank_pids(job.proc.pid)
+        assert len(pids) == 3, pids
+        for pid in pids:  # as SLURM's scancel signals every task
+            os.kill(pid, signal.SIGTERM)
+        for r in range(3):
+            job.wait_for_line(CAUGHT.format(r, "SIGTERM"))
+        gate.touch()
+        assert job.wait(120) == 75, job.stderr
     err = job.stderr
     assert "Rerun the same command to resume" in err
     r = read_results(out)
@@ -149,13 +149,13 @@ def test_sigusr1_to_mpiexec_is_forwarded(tmp_path, reference):
         pytest.skip("Open MPI's mpiexec forwards SIGUSR1 to the ranks")
     args, _ = reference
     out, gate = tmp_path / "usr1.h5", tmp_path / "gate"
-    job = Job(mpiexec(3) + cli("surface", *args, "--out", str(out)), LANDSCAPE_MPI_TEST_GATE=f"mid_run:{gate}",
-              **ONE_POINT_AT_A_TIME)
-    wait_for_files([f"{gate}.reached.0"])
-    job.proc.send_signal(signal.SIGUSR1)
-    job.wait_for_line(CAUGHT.format(0, "SIGUSR1"))
-    gate.touch()
-    assert job.wait(120) == 75, job.stderr
+    with Job(mpiexec(3) + cli("surface", *args, "--out", str(out)), LANDSCAPE_MPI_TEST_GATE=f"mid_run:{gate}",
+             **ONE_POINT_AT_A_TIME) as job:
+        wait_for_files([f"{gate}.reached.0"])
+        job.proc.send_signal(signal.SIGUSR1)
+        job.wait_for_line(CAUGHT.format(0, "SIGUSR1"))
+        gate.touch()
+        assert job.wait(120) == 75, job.stderr
     assert "Rerun the same command to resume" in job.stderr
 
 
@@ -165,11 +165,11 @@ def test_exception_on_one_rank_ends_job_with_message(tmp_path, reference, failin
     the file with the uninterrupted run's values. (Per stage and under MPICH and SLURM: test_faults.py.)"""
     args, ref = reference
     out = tmp_path / "fail.h5"
-    job = Job(mpiexec(3) + cli("surface", *args, "--out", str(out), "--chunk-size", "1"),
-              LANDSCAPE_MPI_TEST_FAIL=f"{failing_rank}:4")
-    t_fail, _ = job.wait_for_line(f"test hook: rank {failing_rank} fails after 4 points", timeout=300)
-    rc = job.wait(120)
-    t_end = time.monotonic()
+    with Job(mpiexec(3) + cli("surface", *args, "--out", str(out), "--chunk-size", "1"),
+             LANDSCAPE_MPI_TEST_FAIL=f"{failing_rank}:4") as job:
+        t_fail, _ = job.wait_for_line(f"test hook: rank {failing_rank} fails after 4 points", timeout=300)
+        rc = job.wait(120)
+        t_end = time.monotonic()
     assert rc not in (0, 2, 75), job.stderr
     assert t_end - t_fail < 30, f"{t_end - t_fail:.1f} s from the failure to the end of the job"
     r = read_results(out)
