@@ -80,14 +80,13 @@ def read_inputs(config: SurfaceConfig) -> tuple[dict[str, torch.Tensor], list[Ev
     return state, data, bn_data
 
 
-def load_inputs(config: SurfaceConfig, node=None) -> Inputs:
+def load_inputs(config: SurfaceConfig, read: tuple | None = None) -> Inputs:
     """Build the model at theta*, load the data of every split and check that they fit (pre-flight).
 
-    `node`: the node's communicator; its first rank reads the files, the others receive what it read.
+    `read`: what `read_inputs` returned, when the node's reading rank has read it (`sharing.share_per_node`);
+    None: read the files here.
     """
-    from landscape_mpi.sharing import read_once_per_node
-
-    state, data, bn_data = read_once_per_node(node, lambda: read_inputs(config))
+    state, data, bn_data = read if read is not None else read_inputs(config)
     model = build_model(config.model)
     model.load_state_dict(state)
     model.eval()

@@ -28,11 +28,11 @@ from landscape_mpi.config import RunOptions, SurfaceConfig
 from landscape_mpi.context import RunContext, make_context
 from landscape_mpi.directions import PointSetter, space_keys
 from landscape_mpi.errors import EXIT_COMPLETE, EXIT_RESUMABLE, UserError
-from landscape_mpi.inputs import Inputs, load_inputs
+from landscape_mpi.inputs import Inputs, load_inputs, read_inputs
 from landscape_mpi.lifecycle import STOP, agree
 from landscape_mpi.prepare import Prepared, finish_overwrite, prepare_file
 from landscape_mpi.progress import Progress
-from landscape_mpi.sharing import node_comm, read_once_per_node
+from landscape_mpi.sharing import node_comm, share_per_node
 
 #: ARPACK restarts allowed for each eigenvalue of a curvature map point.
 EIG_MAXITER = 1000
@@ -75,10 +75,14 @@ def _run_locked(config: SurfaceConfig, options: RunOptions, ctx: RunContext) -> 
     comm = ctx.comm
     node = node_comm(comm)  # one rank per node reads the inputs; the node's other ranks receive them
 
-    # 3. pre-flight: nothing is written before every rank has its model and data and they fit.
+    # 3. pre-flight: nothing is written before every rank has its model and data and they fit. The node's
+    #    first rank reads the files (a node collective, reached by every rank: nothing before it can fail);
+    #    each rank then checks what it got inside the agree-or-fail step.
+    read = share_per_node(node, lambda: read_inputs(config))
+
     def preflight() -> Inputs:
         testhooks.reached("preflight", ctx.rank)
-        return load_inputs(config, node)
+        return load_inputs(config, read.get())
 
     inputs = agree(comm, preflight, ctx.rank)
 
@@ -99,9 +103,13 @@ def _run_locked(config: SurfaceConfig, options: RunOptions, ctx: RunContext) -> 
     # 5. directions and coordinates from the file (the source of truth on every rank and resume), engine.
     hooks = testhooks.BatchHooks(ctx.rank)
 
+    axes = list(config.axes)
+    stored = share_per_node(node, lambda: (store.read_directions(prepared.path, axes),
+                                           store.read_coords(prepared.path)))
+
     def engine_step() -> GridEvaluator:
         testhooks.reached("engine", ctx.rank)
-        return GridEvaluator(config, options, inputs, prepared.path, ctx, hooks, node)
+        return GridEvaluator(config, options, inputs, stored.get(), ctx, hooks)
 
     evaluator = agree(comm, engine_step, ctx.rank)  # make_engine logs the engine it chose
     if config.eig:
@@ -176,17 +184,16 @@ class GridEvaluator:
     """Flat grid indices in, the file's columns out: the engine's [loss, acc] per split at the file's exact
     coordinates, and with --metrics ...,eig the Hessian's extreme eigenvalues and their iteration count."""
 
-    def __init__(self, config: SurfaceConfig, options: RunOptions, inputs: Inputs, path: str, ctx: RunContext,
-                 hooks: testhooks.BatchHooks, node=None) -> None:
+    def __init__(self, config: SurfaceConfig, options: RunOptions, inputs: Inputs, stored: tuple, ctx: RunContext,
+                 hooks: testhooks.BatchHooks) -> None:
+        """`stored`: the file's (directions, coordinates), as `store.read_directions` and `read_coords` give them."""
         from landscape_mpi.engine import make_engine
 
-        axes = list(config.axes)
-        stored, self.coords = read_once_per_node(node, lambda: (store.read_directions(path, axes),
-                                                                store.read_coords(path)))
+        stored, self.coords = stored
         keys = set(space_keys(inputs.model, config.dir_space))
-        for axis, d in zip(axes, stored):
+        for axis, d in zip(config.axes, stored):
             if set(d) != keys:
-                raise UserError(f"{path}: stored {axis} direction does not match the model's tensors; "
+                raise UserError(f"stored {axis} direction does not match the model's tensors; "
                                 f"recompute with --overwrite")
         directions = [{k: torch.from_numpy(np.asarray(v)) for k, v in d.items()} for d in stored]
         self.shape = tuple(len(c) for c in self.coords)

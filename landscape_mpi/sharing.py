@@ -26,31 +26,42 @@ def node_comm(comm):
     return comm.Split_type(MPI.COMM_TYPE_SHARED, key=comm.Get_rank())
 
 
-def read_once_per_node(node, read: Callable[[], T]) -> T:
-    """Run `read` on the node's first rank and hand its result to the node's other ranks.
+class Shared:
+    """What the node's reading rank read, or the failure it met: `get()` returns the one or raises the other."""
 
-    A failure of the reader reaches every rank of the node as the same exception type's message (a
-    `UserError` stays a user error), so an agree-or-fail step around this call ends every rank together.
-    Large results travel with mpi4py's pkl5 (no 2 GiB message limit).
+    def __init__(self, kind: str, value) -> None:
+        self.kind, self.value = kind, value
+
+    def get(self):
+        if self.kind == "user":
+            raise UserError(self.value)
+        if self.kind == "internal":
+            raise RuntimeError(f"the node's reading rank failed: {self.value}")
+        return self.value
+
+
+def share_per_node(node, read: Callable[[], T]) -> Shared:
+    """Run `read` on the node's first rank and hand the outcome to the node's other ranks; never raises.
+
+    A collective of the node: call it where every rank of the node is sure to arrive, never inside an
+    agree-or-fail step's body (a rank that failed before it would be waited for forever); raise the outcome
+    with `Shared.get()` inside the step instead. Large results travel with mpi4py's pkl5 (no 2 GiB limit).
     """
+    def attempt() -> Shared:
+        try:
+            return Shared("ok", read())
+        except UserError as exc:
+            return Shared("user", str(exc))
+        except Exception as exc:  # noqa: BLE001  (the node's other ranks must hear of it)
+            return Shared("internal", f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}")
+
     if node is None or node.Get_size() == 1:
-        return read()
+        return attempt()
     from mpi4py.util import pkl5
 
     pnode = pkl5.Intracomm(node)
     if node.Get_rank() == 0:
-        try:
-            payload = ("ok", read())
-        except UserError as exc:
-            payload = ("user", str(exc))
-        except Exception as exc:  # noqa: BLE001  (the node's other ranks must hear of it)
-            payload = ("internal", f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}")
-        pnode.bcast(payload, root=0)
-    else:
-        payload = pnode.bcast(None, root=0)
-    kind, value = payload
-    if kind == "user":
-        raise UserError(value)
-    if kind == "internal":
-        raise RuntimeError(f"the node's reading rank failed: {value}")
-    return value
+        shared = attempt()
+        pnode.bcast((shared.kind, shared.value), root=0)
+        return shared
+    return Shared(*pnode.bcast(None, root=0))
