@@ -6,7 +6,8 @@ depth-56 no-shortcut net of the skip experiment is also the width experiment's x
 
 - ``tiny``: one depth, 5x5 grids, one epoch: every experiment together runs in CI in under 3 minutes.
 - ``quick``: the small set reduced to fit under an hour on 2 heavily shared CPU cores (depths 8 and 20 only, 2,000
-  training samples, 10 epochs, 9x9 grids, 3x3 eigenvalue maps, width and batch at depth 8): docs/findings.md.
+  training samples, 10 epochs (skip and batch nets 4), 9x9 grids, 3x3 eigenvalue maps, width and batch at depth 8):
+  docs/findings.md.
 - ``small``: MNIST-1D and 1D ResNets of depth 8/20/56 on 2 CPU cores, 20 epochs on all 4,000 samples, 21x21 grids.
 - ``paper``: CIFAR-10 from ``--data-root`` with the paper's zoo (ResNet-20/56/110, VGG-9), for SLURM arrays.
 """
@@ -94,16 +95,21 @@ class Scale:
     """Depth of the width experiment's no-shortcut nets (None: the deepest of `depths`)."""
     batch_depth: int | None = None
     """Depth of the batch and trajectory experiments' net (None: 20 if among `depths`, else the first)."""
+    skip_epochs: int | None = None
+    """Epochs of the skip experiment's nets (None: `epochs`); the width experiment's x1 net keeps `epochs`."""
+    batch_epochs: int | None = None
+    """Epochs of the batch experiment's nets (None: `epochs`)."""
 
 
 SCALE_SETTINGS: dict[str, Scale] = {
     "tiny": Scale("mnist1d", "resnet1d", (8,), 1, "-1:1:5", "-1:1:5", "-0.1:0.1:5", "-1:1:3", 200, 64, 32, 2048,
                   0.05, 4, 1000),
     # Sized for under an hour on 2 cores shared with a load average of 15-30: there one epoch of the depth-56
-    # nets took over 7 minutes, and the width x4 net at depth 56 about 8 s per grid point at 500 samples, hence
-    # depths 8 and 20 only, width and batch at depth 8, 9x9 loss grids on 300 samples, 3x3 eigenvalue maps on 64.
+    # nets took over 7 minutes, one of the depth-20 nets 6, and the width x4 net at depth 56 about 8 s per grid
+    # point at 500 samples; hence depths 8 and 20 only, 4 epochs for the skip and batch nets, width and batch at
+    # depth 8, 9x9 loss grids on 300 samples, 3x3 eigenvalue maps on 64.
     "quick": Scale("mnist1d", "resnet1d", (8, 20), 10, "-1:1:9", "-1:1:21", "-0.1:0.1:21", "-1:1:3", 300, 64,
-                   32, 256, 0.05, 4, 2000, width_depth=8, batch_depth=8),
+                   32, 256, 0.05, 4, 2000, width_depth=8, batch_depth=8, skip_epochs=4, batch_epochs=4),
     "small": Scale("mnist1d", "resnet1d", (8, 20, 56), 20, "-1:1:21", "-1:1:41", "-0.1:0.1:41", "-1:1:7", 1000, 256,
                    32, 512, 0.05, 4),
     "paper": Scale("cifar10", "cifar", (20, 56, 110), 300, "-1:1:51", "-1:1:51", "-0.1:0.1:51", "-1:1:21", None,
@@ -118,12 +124,13 @@ def _model(s: Scale, depth: int, shortcut: bool, width: int = 1) -> str:
     return f"{s.dim_prefix}_{depth}{'' if shortcut else '_noshort'}_w{width}"
 
 
-def _resnet_run(s: Scale, depth: int, shortcut: bool, width: int = 1) -> TrainRun:
+def _resnet_run(s: Scale, depth: int, shortcut: bool, width: int = 1, epochs: int | None = None) -> TrainRun:
     model = _model(s, depth, shortcut, width)
-    cfg = {"model": model, "dataset": s.dataset, "samples": s.train_samples, "epochs": s.epochs,
+    epochs = epochs or s.epochs
+    cfg = {"model": model, "dataset": s.dataset, "samples": s.train_samples, "epochs": epochs,
            "batch_size": 128 if s.dataset == "cifar10" else 64, "lr": s.lr, "weight_decay": 5e-4, "schedule": "cosine", "seed": 0}
     label = f"depth {depth}, {'shortcuts' if shortcut else 'no shortcuts'}, width x{width}"
-    return TrainRun(f"{model}_e{s.epochs}", cfg, label)
+    return TrainRun(f"{model}_e{epochs}", cfg, label)
 
 
 #: ARPACK's relative tolerance for eigenvalue maps: a colour map needs two digits, not the default three.
@@ -145,7 +152,7 @@ def skip(scale: str) -> Experiment:
     runs, surfaces = [], []
     for depth in s.depths:
         for shortcut in (True, False):
-            r = _resnet_run(s, depth, shortcut)
+            r = _resnet_run(s, depth, shortcut, epochs=s.skip_epochs)
             runs.append(r)
             role = {"depth": depth, "shortcut": shortcut}
             surfaces.append(SurfaceStep(f"d{depth}_{'short' if shortcut else 'noshort'}", r.name,
@@ -175,11 +182,12 @@ def batch(scale: str) -> Experiment:
     s = SCALE_SETTINGS[scale]
     model = _batch_model(s)
     runs, surfaces = [], []
+    epochs = s.batch_epochs or s.epochs
     for wd in (0.0, 5e-4):
         for bs in (s.small_batch, s.large_batch):
-            cfg = {"model": model, "dataset": s.dataset, "samples": s.train_samples, "epochs": s.epochs, "batch_size": bs, "lr": s.lr,
-                   "weight_decay": wd, "schedule": "cosine", "seed": 0}
-            name = f"{model}_bs{bs}_wd{wd:g}_e{s.epochs}"
+            cfg = {"model": model, "dataset": s.dataset, "samples": s.train_samples, "epochs": epochs, "batch_size": bs,
+                   "lr": s.lr, "weight_decay": wd, "schedule": "cosine", "seed": 0}
+            name = f"{model}_bs{bs}_wd{wd:g}_e{epochs}"
             runs.append(TrainRun(name, cfg, f"batch {bs}, weight decay {wd:g}"))
             for norm, grid in (("filter", s.grid1d), ("none", s.grid1d_none)):
                 surfaces.append(SurfaceStep(f"bs{bs}_wd{wd:g}_{norm}", name,
