@@ -6,7 +6,7 @@ depth-56 no-shortcut net of the skip experiment is also the width experiment's x
 
 - ``tiny``: one depth, 5x5 grids, one epoch: every experiment together runs in CI in under 3 minutes.
 - ``quick``: the small set reduced to fit under an hour on 2 heavily shared CPU cores (depths 8 and 20 only, 2,000
-  training samples, 10 epochs, 9x9 grids, 3x3 eigenvalue maps, width and batch (32 vs 128) at depth 8):
+  training samples, 10 epochs (skip and batch nets 4), 9x9 grids, 3x3 eigenvalue maps, width and batch at depth 8):
   docs/findings.md.
 - ``small``: MNIST-1D and 1D ResNets of depth 8/20/56 on 2 CPU cores, 20 epochs on all 4,000 samples, 21x21 grids.
 - ``paper``: CIFAR-10 from ``--data-root`` with the paper's zoo (ResNet-20/56/110, VGG-9), for SLURM arrays.
@@ -105,11 +105,11 @@ SCALE_SETTINGS: dict[str, Scale] = {
     "tiny": Scale("mnist1d", "resnet1d", (8,), 1, "-1:1:5", "-1:1:5", "-0.1:0.1:5", "-1:1:3", 200, 64, 32, 2048,
                   0.05, 4, 1000),
     # Sized for under an hour on 2 cores shared with a load average of 15-30: there one epoch of the depth-56
-    # nets took over 7 minutes, and the width x4 net at depth 56 about 8 s per grid point at 500 samples; hence
-    # depths 8 and 20 only, width and batch at depth 8, 9x9 loss grids on 300 samples, 3x3 eigenvalue maps on 64.
-    # Large batch 128, not 256: in 4 epochs (32 steps) batch 256 stayed at a train loss of 1.7.
+    # nets took over 7 minutes, one of the depth-20 nets 6, and the width x4 net at depth 56 about 8 s per grid
+    # point at 500 samples; hence depths 8 and 20 only, 4 epochs for the skip and batch nets, width and batch at
+    # depth 8, 9x9 loss grids on 300 samples, 3x3 eigenvalue maps on 64.
     "quick": Scale("mnist1d", "resnet1d", (8, 20), 10, "-1:1:9", "-1:1:21", "-0.1:0.1:21", "-1:1:3", 300, 64,
-                   32, 128, 0.05, 4, 2000, width_depth=8, batch_depth=8),
+                   32, 256, 0.05, 4, 2000, width_depth=8, batch_depth=8, skip_epochs=4, batch_epochs=4),
     "small": Scale("mnist1d", "resnet1d", (8, 20, 56), 20, "-1:1:21", "-1:1:41", "-0.1:0.1:41", "-1:1:7", 1000, 256,
                    32, 512, 0.05, 4),
     "paper": Scale("cifar10", "cifar", (20, 56, 110), 300, "-1:1:51", "-1:1:51", "-0.1:0.1:51", "-1:1:21", None,
