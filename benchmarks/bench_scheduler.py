@@ -18,7 +18,10 @@ import time
 
 from mpi4py import MPI
 
+import numpy as np
+
 from landscape_mpi import scheduler as sched
+from landscape_mpi.lifecycle import StopFlag
 
 
 def main() -> None:
@@ -37,17 +40,24 @@ def main() -> None:
     elif a.sleep and int(a.sleep.split(":")[0]) == rank:
         delay = float(a.sleep.split(":")[1])
 
-    def evaluate(flat: int) -> tuple[float, ...]:
-        if delay:
-            time.sleep(delay)
-        return (0.0, 1.0)
+    class ZeroCost:
+        """A free evaluator (the scheduler's interface: groups of flat indices in, (K, 2) values out)."""
 
-    stop = sched.StopFlag()
+        group_size = 1
+        on_batch = None
+
+        def __call__(self, flats: np.ndarray) -> np.ndarray:
+            if delay:
+                time.sleep(delay * len(flats))
+            return np.zeros((len(flats), 2))
+
+    evaluate = ZeroCost()
+    stop = StopFlag()
     comm.barrier()
     t0 = time.perf_counter()
     if rank == 0:
         sink = sched.ResultSink(None, 2)
-        outcome = sched.Master(comm, range(a.points), evaluate, sink, stop, a.chunk_size,
+        outcome = sched.Master(comm, np.arange(a.points, dtype=np.int64), evaluate, sink, stop, a.chunk_size,
                                evaluates=not a.dedicated).run()
         seconds = time.perf_counter() - t0
         served = a.points - outcome.stats[0].points  # points the master handed to other ranks
