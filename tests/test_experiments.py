@@ -3,6 +3,7 @@ end to end through the CLI (every step computed for real, resumable, a rerun cos
 from the files alone."""
 
 import os
+import shutil
 
 import h5py
 import numpy as np
@@ -259,3 +260,16 @@ def test_report_is_deterministic_and_follows_the_files(tiny_run, tmp_path):
     finally:
         with h5py.File(path, "r+") as f:
             f["results/train_loss"][2, 2] = v[2, 2]
+
+
+def test_report_says_when_a_surface_is_partial(tiny_run, tmp_path):
+    """A file whose grid is not complete is reported as partial (k of n points), not silently used."""
+    from landscape_mpi.experiments.report import render
+
+    out, _ = tiny_run
+    shutil.copytree(out / "width", tmp_path / "width")
+    with h5py.File(tmp_path / "width" / "d8_noshort_w4.h5", "r+") as f:
+        f["results/done"][0, 0] = False
+    text = render(str(tmp_path), str(tmp_path / "fig"), "fig")
+    assert "`d8_noshort_w4` partial: 24 of 25 points" in text
+    assert "`d8_noshort_w1` partial" not in text

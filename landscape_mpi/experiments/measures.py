@@ -123,6 +123,8 @@ def random_walk_explained(points: int, dim: int = 2000, trials: int = 200, seed:
     out = np.empty(trials)
     for t in range(trials):
         walk = np.cumsum(rng.standard_normal((points, dim)), axis=0)
-        sv = np.linalg.svd(walk - walk.mean(axis=0), compute_uv=False)
-        out[t] = float(np.sum(sv[:2] ** 2) / np.sum(sv**2))
+        centered = walk - walk.mean(axis=0)
+        # squared singular values = eigenvalues of the small points x points Gram matrix (cheaper than an SVD)
+        ev = np.sort(np.linalg.eigvalsh(centered @ centered.T))[::-1]
+        out[t] = float(np.sum(ev[:2]) / np.sum(ev))
     return float(out.mean()), float(np.quantile(out, 0.95))

@@ -47,6 +47,8 @@ class SurfaceData:
     """What the report reads from one surface file; values are NaN where a point is not done."""
 
     path: str
+    done: np.ndarray
+    """bool, grid-shaped: the points computed."""
     coords: list[np.ndarray]
     values: dict[str, np.ndarray]
     config: dict
@@ -87,7 +89,7 @@ def read_surface(path: str) -> SurfaceData:
             # filter normalization scales each filter of d to the norm of that filter of w: ||d|| = ||w||
             wn = float(np.sqrt(sum(float(np.sum(np.asarray(d[()], dtype=np.float64) ** 2))
                                    for d in f["directions/x"].values() if d.ndim >= 2)))
-    return SurfaceData(path, coords, values, config, trajectory, wn)
+    return SurfaceData(path, done, coords, values, config, trajectory, wn)
 
 
 def fmt(v: float) -> str:
@@ -128,7 +130,12 @@ class Section:
                 continue
             path = os.path.join(self.dir, f"{s['name']}.h5")
             if os.path.isfile(path):
-                out.append((s, read_surface(path)))
+                d = read_surface(path)
+                done, total = int(d.done.sum()), int(d.done.size)
+                if done < total:  # numbers over the points done so far: say so
+                    self.notes.append(f"`{s['name']}` partial: {done} of {total} points; its numbers and figure use "
+                                      f"those. Run `landscape-mpi experiments run {self.name}` to complete it.")
+                out.append((s, d))
                 continue
             self.notes.append(f"`{s['name']}` missing: run `landscape-mpi experiments run {self.name}`.")
             out.append((s, None))
@@ -466,7 +473,7 @@ def render(out_dir: str, figures: str, rel_figures: str) -> str:
                   f"Scale `{m['scale']}`; models: " + "; ".join(f"`{r['name']}` ({r['label']})" for r in m["runs"]) + ".",
                   "", *s.lines, ""]
         if s.notes:
-            lines += ["Not computed:", "", *[f"- {n}" for n in s.notes], ""]
+            lines += ["Not computed, or not completely:", "", *[f"- {n}" for n in s.notes], ""]
         summary += [line for line in s.lines if line.startswith("- **")]
     lines[4:4] = ["## Verdicts", "", *summary, ""]
     return "\n".join(lines).rstrip() + "\n"
