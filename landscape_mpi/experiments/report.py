@@ -245,7 +245,10 @@ def skip_section(s: Section) -> None:
                   + f": below the {ROUGHER}x threshold or no depth trend to test.")
     keys = [k for k in rough if np.isfinite(rough[k]) and np.isfinite(ratio.get(k, float("nan")))]
     rho = measures.spearman([rough[k] for k in keys], [ratio[k] for k in keys])
-    if len(keys) < EIG_MIN_MODELS:
+    if weak:  # eigenvalues away from a minimum (an untrained net) say nothing about the minimizer's landscape
+        s.verdict("|lambda_min/lambda_max| is larger where the landscape is chaotic", INCONCLUSIVE,
+                  weak + f" (Spearman correlation of roughness and mean ratio over {len(keys)} models: {fmt(rho)}.)")
+    elif len(keys) < EIG_MIN_MODELS:
         s.verdict("|lambda_min/lambda_max| is larger where the landscape is chaotic", INCONCLUSIVE,
                   f"eigenvalue maps of {len(keys)} models (at least {EIG_MIN_MODELS} needed for a rank correlation).")
     else:
