@@ -90,6 +90,10 @@ def test_definitions():
     assert {r.config["epochs"] for r in experiment("width", "quick").runs} == {10}
     with pytest.raises(UserError, match="unknown"):
         experiment("nope", "tiny")
+    from landscape_mpi import experiments_cli
+    from landscape_mpi.experiments.definitions import SCALES
+
+    assert experiments_cli.SCALES == SCALES  # the CLI repeats them to keep its parser free of imports
 
 
 def test_user_errors_exit_2(tmp_path):
