@@ -146,6 +146,9 @@ def abort(message: str, code: int = EXIT_FAILURE) -> None:
     rank = comm.Get_rank() if comm is not None else 0
     print(f"landscape-mpi: rank {rank}: {message}", file=sys.stderr, flush=True)
     if comm is not None and comm.Get_size() > 1:
+        import time
+
+        time.sleep(0.5)  # let the launcher forward the message before MPI_Abort tears the job down (MPICH)
         comm.Abort(code)
 
 

@@ -260,6 +260,8 @@ class Master:
         self.n_todo = len(self.todo)
         self.evaluate = evaluate
         self.group = max(1, getattr(evaluate, "group_size", 1)) if evaluate is not None else 1
+        # a small grid is shared by every rank rather than taken by the first groups
+        self.group = min(self.group, max(1, math.ceil(len(self.todo) / self.size)))
         self.sink = sink
         self.stop = stop
         self.chunk_size = chunk_size

@@ -200,9 +200,9 @@ def test_io_collective_equals_single(tmp_path, reference):
 
 def test_io_collective_without_parallel_h5py_is_a_clear_error(tmp_path, reference, monkeypatch):
     from landscape_mpi.errors import UserError
-    from landscape_mpi.surface import check_collective_io
+    from landscape_mpi.run import check_collective_io
     import h5py as h
 
     monkeypatch.setattr(h, "get_config", lambda: type("C", (), {"mpi": False})())
     with pytest.raises(UserError, match="parallel HDF5.*--io single"):
-        check_collective_io(None)
+        check_collective_io()
