@@ -135,9 +135,12 @@ def test_preemption_signal_requeues_resumes_and_completes(slurm, tmp_path, direc
     wait_for_text(log, CAUGHT.format("SIGUSR1"))  # the script forwarded it and a rank has it
     gate.touch()
     info = wait_job(jobid)
-    assert int(info["Restarts"]) == 1
+    # 1 requeue; one more where SLURM aborted the restarted step's launch (srun returned 0, the script saw the
+    # grid incomplete and counted a failed run: seen on a loaded machine)
+    assert int(info["Restarts"]) >= 1
     text = log.read_text()
     assert "requeueing job" in text and "grid complete" in text, text
+    assert int(info["Restarts"]) == 1 + text.count("is not complete: counting a failed run"), text
     starts, computed = _runs(text)
     total = read_results(ref)["done"].size
     assert len(computed) == 2 and len(starts) == 1, text
