@@ -15,7 +15,6 @@ when complete.
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import os
 from dataclasses import dataclass
@@ -130,11 +129,6 @@ def prepare_file(config: SurfaceConfig, options: RunOptions, inputs: Inputs) -> 
     attrs = {"checkpoint": os.path.abspath(config.checkpoint), **attrs, **input_hashes(config),
              **{f"{split}_data_sha256": fp for split, fp in inputs.fingerprints.items()}}
     indices = {d.name: d.indices for d in inputs.data}
-    for stale in glob.glob(glob.escape(path) + ".tmp-*"):  # left by a run killed while creating
-        try:
-            os.remove(stale)
-        except OSError:
-            pass
     store.create_surface_file(path, config, directions, attrs, indices, trajectory)
     total = int(np.prod(config.shape))
     verb = f"building the replacement of {out} in" if options.overwrite else "created"

@@ -99,6 +99,16 @@ def run(cmd: list[str], timeout: float = 300, check_rc: int | None = 0, **extra_
     return p
 
 
+def one_line_error(p: subprocess.CompletedProcess, *needles: str) -> str:
+    """A user error as the CLI reports it: exit 2, one line on stderr, no traceback, holding every needle."""
+    assert p.returncode == 2, p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in p.stderr, p.stderr
+    for n in needles:
+        assert n in lines[0], lines[0]
+    return lines[0]
+
+
 RESULT_KEYS = ("done", "train_loss", "train_acc", "test_loss", "test_acc", "rank")
 
 

@@ -10,19 +10,11 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import ROOT, assert_same_results, cli, env, read_results, run, wait_for_files, wait_for_points
+from conftest import (ROOT, assert_same_results, cli, env, one_line_error, read_results, run, wait_for_files,
+                      wait_for_points)
 
-EXIT_USER, EXIT_RESUMABLE = 2, 75
+EXIT_RESUMABLE = 75
 DIGITS = ["--model", "digits_cnn", "--dataset", "digits"]
-
-
-def one_line_error(p, *needles):
-    assert p.returncode == EXIT_USER, p.stderr
-    lines = p.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in p.stderr, p.stderr
-    for n in needles:
-        assert n in lines[0], lines[0]
-    return lines[0]
 
 
 @pytest.mark.parametrize("spec,needle", [("1:-1:5", "min must be smaller"), ("a:b:c", "expected numbers"),

@@ -15,19 +15,10 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import cli, read_results, run
+from conftest import cli, one_line_error, read_results, run
 
-EXIT_USER = 2
 DIGITS = ["--model", "digits_cnn", "--dataset", "digits"]
 TOY = ["--model", "landscape_toys:make_model", "--dataset", "identity_toys:shifted_data"]
-
-
-def one_line_error(p, *needles):
-    assert p.returncode == EXIT_USER, p.stderr
-    lines = p.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in p.stderr, p.stderr
-    for n in needles:
-        assert n in lines[0], lines[0]
 
 
 def plain_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
