@@ -139,12 +139,20 @@ def world_rank() -> int:
     return comm.Get_rank() if comm is not None else 0
 
 
+def say(message: str, stream=None) -> None:
+    """Write one whole line in one write: with PYTHONUNBUFFERED (common in job scripts) `print` writes the text
+    and its newline separately, and the launcher then interleaves the lines of ranks that speak at once."""
+    stream = sys.stderr if stream is None else stream
+    stream.write(message + "\n")
+    stream.flush()
+
+
 def abort(message: str, code: int = EXIT_FAILURE) -> None:
     """Print ``landscape-mpi: rank R: message`` from this rank and end every rank of the job (MPI_Abort);
     in a single process, just print it (the caller returns `code`)."""
     comm = world()
     rank = comm.Get_rank() if comm is not None else 0
-    print(f"landscape-mpi: rank {rank}: {message}", file=sys.stderr, flush=True)
+    say(f"landscape-mpi: rank {rank}: {message}")
     if comm is not None and comm.Get_size() > 1:
         import time
 
@@ -159,24 +167,24 @@ def run_main(body: Callable[[], int]) -> int:
         return body()
     except AgreedError as exc:  # every rank has it: rank 0 speaks for all, every rank exits by itself
         if world_rank() == 0:
-            print(f"landscape-mpi: error: {exc}", file=sys.stderr, flush=True)
+            say(f"landscape-mpi: error: {exc}")
         return EXIT_FAILURE if exc.internal else EXIT_USER_ERROR
     except UserError as exc:
         comm = world()
         if comm is not None and comm.Get_size() > 1:  # found by this rank alone: the others must not wait
             abort(f"error: {exc}", EXIT_USER_ERROR)
-        print(f"landscape-mpi: error: {exc}", file=sys.stderr, flush=True)
+        say(f"landscape-mpi: error: {exc}")
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         comm = world()
         if comm is not None and comm.Get_size() > 1:
             abort("interrupted", 130)
-        print("landscape-mpi: interrupted", file=sys.stderr, flush=True)
+        say("landscape-mpi: interrupted")
         return 130
     except Exception as exc:  # noqa: BLE001
         comm = world()
         if comm is not None and comm.Get_size() > 1:
             abort(f"internal error: {type(exc).__name__}: {exc}\n{traceback.format_exc()}", EXIT_FAILURE)
         traceback.print_exc()
-        print(f"landscape-mpi: internal error: {exc}", file=sys.stderr, flush=True)
+        say(f"landscape-mpi: internal error: {exc}")
         return EXIT_FAILURE

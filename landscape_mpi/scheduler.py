@@ -42,7 +42,7 @@ from typing import Protocol
 
 import numpy as np
 
-from landscape_mpi.lifecycle import StopFlag, StopRequested
+from landscape_mpi.lifecycle import StopFlag, StopRequested, say
 
 TAG_RESULTS, TAG_DONE, TAG_ERROR, TAG_WORK, TAG_STOP, TAG_FINAL, TAG_PHASE = range(11, 18)
 PREFETCH = 2
@@ -351,7 +351,7 @@ class Master:
             if not self.collective:
                 self.sink.flush()
         finally:
-            print(f"landscape-mpi: rank 0: error: {message}\n{detail}".rstrip(), file=sys.stderr, flush=True)
+            say(f"landscape-mpi: rank 0: error: {message}\n{detail}".rstrip())
             if self.comm is not None:
                 self.comm.Abort(1)
 
@@ -508,7 +508,7 @@ class Worker:
             return self._await_final()
         except BaseException:
             detail = traceback.format_exc()
-            print(f"landscape-mpi: rank {self.rank}: error: {detail}".rstrip(), file=sys.stderr, flush=True)
+            say(f"landscape-mpi: rank {self.rank}: error: {detail}".rstrip())
             self.outbox.send(detail, dest=0, tag=TAG_ERROR)
             # The master writes what it has and aborts the job; if it cannot, abort from here after a grace period.
             deadline = time.monotonic() + 10

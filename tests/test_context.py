@@ -19,7 +19,8 @@ from landscape_mpi.errors import UserError
 
 #: A process that builds its context and reports what it got.
 REPORT = ("from landscape_mpi.context import make_context; import torch; c = make_context('cpu'); "
-          "print('rank', c.rank, 'threads', c.threads, 'torch', torch.get_num_threads(), flush=True)")
+          "import sys; sys.stdout.write(f'rank {c.rank} threads {c.threads} torch {torch.get_num_threads()}\\n'); "
+          "sys.stdout.flush()")  # one write per line: ranks' lines must not interleave (PYTHONUNBUFFERED)
 
 
 def reported(stdout: str) -> dict[int, tuple[int, int]]:
