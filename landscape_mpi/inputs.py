@@ -44,7 +44,7 @@ def data_fingerprint(data: EvalSet) -> str:
 
 def check_fit(model: nn.Module, data: EvalSet, config: SurfaceConfig) -> None:
     """One forward on two samples: the output must be (batch, classes) logits with a class for every label."""
-    x, y = data.inputs[:2], data.labels[:2]
+    x = data.inputs[:2]
     where = f"--model {config.model} with --dataset {config.dataset} ({data.name} inputs {tuple(x.shape[1:])})"
     try:
         with torch.inference_mode():

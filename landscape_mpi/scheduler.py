@@ -32,7 +32,6 @@ Messages (point-to-point, pickled, sent without blocking; MPI keeps their order 
 from __future__ import annotations
 
 import math
-import sys
 import time
 import traceback
 from collections import deque

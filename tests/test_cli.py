@@ -10,8 +10,7 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import (ROOT, assert_same_results, cli, env, one_line_error, read_results, run, wait_for_files,
-                      wait_for_points)
+from conftest import ROOT, assert_same_results, cli, env, one_line_error, read_results, run, wait_for_files
 
 EXIT_RESUMABLE = 75
 DIGITS = ["--model", "digits_cnn", "--dataset", "digits"]

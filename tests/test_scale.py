@@ -10,9 +10,7 @@ import signal
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
-import h5py
 import numpy as np
 import pytest
 
