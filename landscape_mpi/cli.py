@@ -16,7 +16,7 @@ import numpy as np
 from landscape_mpi import __version__
 from landscape_mpi.config import (BN_MODES, DEVICES, DIR_FORMATS, DIR_SPACES, DIRECTION_KINDS, IGNORES, IO_MODES,
                                   LOSSES, NORMS, ORDERS, PRECISIONS, Axis, RunOptions, SurfaceConfig)
-from landscape_mpi.errors import EXIT_COMPLETE, UserError
+from landscape_mpi.errors import EXIT_COMPLETE, EXIT_RESUMABLE, UserError
 from landscape_mpi.lifecycle import agree, run_main
 
 
@@ -183,14 +183,19 @@ def cmd_info(a: argparse.Namespace) -> int:
 def cmd_train(a: argparse.Namespace) -> int:
     import torch
 
-    from landscape_mpi.train import TrainConfig, train
+    from landscape_mpi.lifecycle import say
+    from landscape_mpi.train import TrainConfig, TrainingStopped, train
 
     cfg = TrainConfig(model=a.model, out_dir=a.out_dir, dataset=a.dataset, data_root=a.data_root, samples=a.samples,
                       epochs=a.epochs, batch_size=a.batch_size, optimizer=a.optimizer, lr=a.lr, momentum=a.momentum,
                       weight_decay=a.weight_decay, schedule=a.schedule, augment=not a.no_augment, seed=a.seed,
                       save_every_iters=a.save_every_iters)
     device = None if a.device == "auto" else torch.device(a.device)
-    final = train(cfg, device)
+    try:
+        final = train(cfg, device)
+    except TrainingStopped as exc:
+        say(f"landscape-mpi train: {exc} (exit {EXIT_RESUMABLE})")
+        return EXIT_RESUMABLE
     print(f"saved checkpoints epoch_000.pt .. epoch_{cfg.epochs:03d}.pt and {final}", file=sys.stderr)
     return EXIT_COMPLETE
 
@@ -199,22 +204,33 @@ def cmd_train(a: argparse.Namespace) -> int:
 def cmd_demo(a: argparse.Namespace) -> int:
     from landscape_mpi.context import make_context
     from landscape_mpi.run import run_surface
-    from landscape_mpi.train import TrainConfig, train
+    from landscape_mpi.lifecycle import say
+    from landscape_mpi.train import TrainConfig, TrainingStopped, train
 
     ctx = make_context(a.device, a.threads)
     out_dir = a.out_dir
     checkpoint = os.path.join(out_dir, "digits_cnn", "final.pt")
 
-    def train_once() -> None:
+    def train_once() -> str | None:
         # Rank 0 trains while the others wait inside this agree-or-fail step: if training fails (an unwritable
         # --out-dir, say), every rank ends with its message instead of waiting in a barrier.
         if ctx.is_master and not os.path.isfile(checkpoint):
             print(f"landscape-mpi demo: training digits_cnn on the digits dataset -> {os.path.dirname(checkpoint)}/",
                   file=sys.stderr, flush=True)
-            train(TrainConfig(model="digits_cnn", out_dir=os.path.dirname(checkpoint), epochs=a.epochs,
-                              batch_size=64, lr=0.05, weight_decay=5e-4, schedule="cosine", seed=0))
+            try:
+                train(TrainConfig(model="digits_cnn", out_dir=os.path.dirname(checkpoint), epochs=a.epochs,
+                                  batch_size=64, lr=0.05, weight_decay=5e-4, schedule="cosine", seed=0))
+            except TrainingStopped as exc:
+                return str(exc)
+        return None
 
-    agree(ctx.comm, train_once, ctx.rank)
+    stopped = agree(ctx.comm, train_once, ctx.rank)
+    if ctx.comm is not None:
+        stopped = ctx.comm.bcast(stopped, root=0)
+    if stopped is not None:  # a stop signal during rank 0's training: its checkpoints resume it
+        if ctx.is_master:
+            say(f"landscape-mpi demo: {stopped} (exit {EXIT_RESUMABLE})")
+        return EXIT_RESUMABLE
     a.model, a.checkpoint, a.dataset, a.data_root = "digits_cnn", checkpoint, "digits", None
     a.x = a.y = f"-1:1:{a.points}"
     a.z = a.x_target = a.y_target = a.trajectory = a.hessian_file = a.dir_file = None

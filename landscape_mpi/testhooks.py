@@ -24,7 +24,8 @@ Stages, in the order a surface run reaches them: ``context`` (ranks and device d
 ``preflight`` (model, data, one forward), ``file`` (rank 0 creates or checks the file), ``engine`` (directions
 loaded, evaluator built), ``writer_open``, ``first_point`` (before a rank's first point), ``mid_run`` (after a
 rank's first point), ``batch:K`` (after the K-th evaluation batch of the rank, counted from 1), ``close``
-(before the writer closes).
+(before the writer closes). Training (`landscape-mpi train`, the demo's training) reaches ``train_step:K`` after
+its K-th optimizer step (GATE only).
 """
 
 from __future__ import annotations
@@ -60,9 +61,9 @@ def reached(stage: str, rank: int) -> None:
     gate = os.environ.get(GATE, "")
     if gate:
         head, _, path = gate.partition(":")
-        if head == "batch":  # batch:K:PATH
+        if head in ("batch", "train_step"):  # batch:K:PATH, train_step:K:PATH
             k, _, path = path.partition(":")
-            head = f"batch:{k}"
+            head = f"{head}:{k}"
         if head == stage:
             with open(f"{path}.reached.{rank}", "w") as f:
                 f.write(str(os.getpid()))

@@ -29,12 +29,20 @@ import torch.nn.functional as F
 
 from landscape_mpi.data import load_eval_set
 from landscape_mpi.errors import UserError
+from landscape_mpi import testhooks
+from landscape_mpi.lifecycle import STOP, StopRequested
 from landscape_mpi.evaluate import evaluate
 from landscape_mpi.models import build_model
 
 #: TrainConfig fields that never change the weights, so they may differ on resume.
 RESUME_FREE_FIELDS = ("out_dir", "data_root", "save_every_iters")
 FINAL = "final.pt"
+#: Checkpoints written when a stop signal arrives mid-training (removed once the training completes).
+STOPPED = "stopped"
+
+
+class TrainingStopped(StopRequested):
+    """A stop signal arrived during training: every step taken is in a checkpoint, the same command resumes."""
 
 
 @dataclass(frozen=True)
@@ -120,8 +128,8 @@ def _load(path: str) -> dict[str, Any]:
 def _latest_checkpoint(out_dir: str, steps_per_epoch: int) -> str | None:
     """The checkpoint of the most optimizer steps in `out_dir` (an epoch file wins a tie: it has metrics)."""
     best, best_key = None, None
-    for path in glob.glob(os.path.join(out_dir, "epoch_*.pt")) + glob.glob(os.path.join(out_dir, "iter_*.pt")):
-        m = re.fullmatch(r"(epoch|iter)_(\d+)\.pt", os.path.basename(path))
+    for path in glob.glob(os.path.join(out_dir, "*_*.pt")):
+        m = re.fullmatch(r"(epoch|iter|stopped)_(\d+)\.pt", os.path.basename(path))
         if m is None:
             continue
         step = int(m.group(2)) * (steps_per_epoch if m.group(1) == "epoch" else 1)
@@ -205,6 +213,7 @@ def train(cfg: TrainConfig, device: torch.device | None = None, quiet: bool = Fa
 
     # Resume from the latest checkpoint, or start from epoch 0 (whose file is the initialization).
     epoch, step, next_batch, order = 1, 0, 0, torch.empty(0, dtype=torch.int64)
+    keep_order = False  # resumed inside an epoch (or at a stop before its first batch): its sample order is kept
     latest = _latest_checkpoint(cfg.out_dir, steps_per_epoch)
     if latest is None:
         path = save("epoch_000.pt", 0, 0, order, 0, measure())
@@ -222,17 +231,24 @@ def train(cfg: TrainConfig, device: torch.device | None = None, quiet: bool = Fa
         generator.set_state(r["generator"])
         torch.set_rng_state(r["torch_rng"])
         epoch, step, next_batch, order = r["epoch_in_progress"], ck["iteration"], r["next_batch"], r["order"]
+        keep_order = order.numel() > 0
         path = latest if latest.startswith(os.path.join(cfg.out_dir, "epoch_")) else None
         if not quiet:
             print(f"resuming {cfg.out_dir} from {os.path.basename(latest)} (step {step})", file=sys.stderr, flush=True)
 
+    hooks = testhooks.active()
     while epoch <= cfg.epochs:
         t0 = time.perf_counter()
         model.train()
-        if next_batch == 0:
+        if next_batch == 0 and not keep_order:
             order = torch.randperm(n, generator=generator)
+        keep_order = False
         order_dev = order.to(device)
         for b in range(next_batch, steps_per_epoch):
+            if STOP.requested:  # SIGTERM/SIGINT/SIGUSR1: keep every step taken, resume exactly here
+                save(f"{STOPPED}_{step:07d}.pt", epoch - 1, step, order, b, {})
+                raise TrainingStopped(f"training stopped by {STOP.signal_name} at step {step} "
+                                      f"(epoch {epoch}/{cfg.epochs}): rerun the same command to resume")
             idx = order_dev[b * cfg.batch_size:(b + 1) * cfg.batch_size]
             xb, yb = train_dev.inputs[idx], train_dev.labels[idx]
             if augment:
@@ -241,6 +257,8 @@ def train(cfg: TrainConfig, device: torch.device | None = None, quiet: bool = Fa
             F.cross_entropy(model(xb), yb).backward()
             opt.step()
             step += 1
+            if hooks:
+                testhooks.reached(f"train_step:{step}", 0)
             if cfg.save_every_iters and step % cfg.save_every_iters == 0:
                 save(f"iter_{step:07d}.pt", epoch - 1, step, order, b + 1, {})
                 model.train()
@@ -259,4 +277,6 @@ def train(cfg: TrainConfig, device: torch.device | None = None, quiet: bool = Fa
     tmp = final + ".tmp"
     shutil.copyfile(path, tmp)
     os.replace(tmp, final)  # written last: final.pt marks the training complete
+    for stale in glob.glob(os.path.join(cfg.out_dir, f"{STOPPED}_*.pt")):  # stop points, passed and not needed
+        os.remove(stale)
     return final

@@ -2,6 +2,8 @@
 
 import os
 import shutil
+import signal
+import subprocess
 
 import numpy as np
 import pytest
@@ -9,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 import landscape_mpi.train as train_mod
+from conftest import cli, env, run, wait_for_files
 from landscape_mpi.data import load_split
 from landscape_mpi.errors import UserError
 from landscape_mpi.models import INPUT_SHAPES, ZOO, build_model
@@ -141,3 +144,38 @@ def test_small_resnets_in_zoo():
         assert len(main_path) + 1 == depth  # 6n+1 convolutions and the classifier
         assert (len(convs) > len(main_path)) == shortcut  # projection shortcuts only with shortcuts
         assert main_path[-1].out_channels == 32 * width
+
+
+TRAIN_ARGS = ["--model", "resnet1d_8_w1", "--dataset", "mnist1d", "--samples", "200", "--epochs", "3",
+              "--batch-size", "32", "--lr", "0.05", "--schedule", "step", "--save-every-iters", "4", "--seed", "3",
+              "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def cli_reference(tmp_path_factory):
+    """The same training as the stopped ones below, by the CLI, uninterrupted."""
+    out = tmp_path_factory.mktemp("cli_ref")
+    run(cli("train", *TRAIN_ARGS, "--out-dir", str(out)), timeout=300)
+    return out
+
+
+@pytest.mark.parametrize("signum,at_step", [(signal.SIGTERM, 10), (signal.SIGUSR1, 7)])
+def test_stop_signal_during_training_resumes_exactly(cli_reference, tmp_path, signum, at_step):
+    """A stop signal during `landscape-mpi train` (step 10: inside epoch 2; step 7: the last step of epoch 1)
+    ends it with exit 75 and a checkpoint of every step taken; the same command resumes it to exactly the
+    uninterrupted weights, and the stop checkpoint is removed once the training completes."""
+    gate, out = tmp_path / "gate", tmp_path / "run"
+    cmd = cli("train", *TRAIN_ARGS, "--out-dir", str(out))
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True,
+                            env=env(LANDSCAPE_MPI_TEST_GATE=f"train_step:{at_step}:{gate}"))
+    wait_for_files([f"{gate}.reached.0"])
+    proc.send_signal(signum)
+    gate.touch()
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 75, stderr
+    assert f"stopped by {signal.Signals(signum).name} at step {at_step}" in stderr and "rerun the same command" in stderr
+    assert not (out / "final.pt").exists() and (out / f"stopped_{at_step:07d}.pt").exists()
+    p = run(cmd, timeout=300)
+    assert f"resuming {out} from" in p.stderr
+    assert_same_training(cli_reference / "final.pt", out / "final.pt")
+    assert not list(out.glob("stopped_*.pt"))

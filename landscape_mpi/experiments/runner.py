@@ -29,7 +29,7 @@ import torch
 
 from landscape_mpi.errors import EXIT_COMPLETE, EXIT_RESUMABLE, UserError
 from landscape_mpi.experiments.definitions import Experiment, SurfaceStep
-from landscape_mpi.train import TrainConfig, finished, train
+from landscape_mpi.train import TrainConfig, TrainingStopped, finished, train
 
 
 class StepFailed(Exception):
@@ -97,8 +97,8 @@ def surface_argv(exp: Experiment, step: SurfaceStep, out_dir: str, device: str, 
 
 
 def _stop_if_requested() -> None:
-    """Raise StepFailed (exit 75, resumable) if SIGTERM/SIGINT/SIGUSR1 arrived. `train` does not poll the stop
-    flag, so a signal during a training is acted on here, after it: between steps, never in the middle of one."""
+    """Raise StepFailed (exit 75, resumable) if SIGTERM/SIGINT/SIGUSR1 arrived (between steps; a training and a
+    surface stop by themselves at their next batch)."""
     from landscape_mpi.lifecycle import STOP
 
     if STOP.requested:
@@ -144,7 +144,10 @@ def run_experiment(exp: Experiment, out_dir: str, device: str = "auto", launcher
         if finished(cfg) is None:
             log(f"experiment {exp.name}: training {r.name} ({r.label})")
             t = time.perf_counter()
-            train(cfg, torch_device, quiet=True)
+            try:
+                train(cfg, torch_device, quiet=True)
+            except TrainingStopped as exc:
+                raise StepFailed(f"{r.name}: {exc}", EXIT_RESUMABLE) from None
             log(f"experiment {exp.name}: trained {r.name} in {time.perf_counter() - t:.1f} s")
         for step in (s for s in exp.surfaces if s.run == r.name):
             out = os.path.join(exp_dir, f"{step.name}.h5")
