@@ -221,6 +221,23 @@ def test_untraceable_model_falls_back_to_eager_with_a_note(kind):
     assert_matches(engine.evaluate(COORDS), want, data, rtol=0)
 
 
+def test_compiled_path_matches_eager():
+    """kind="compiled" really compiles (inductor, C++ on CPU: dynamo records the graphs it captured) and gives the
+    eager oracle's values. The user model of the toys (a BatchNorm MLP) keeps the compile time to seconds."""
+    from torch._dynamo.utils import counters
+
+    model, dirs, data, want = oracle("landscape_toys:make_model")
+    torch._dynamo.reset()
+    counters.clear()
+    logs: list[str] = []
+    engine = make_engine(model, dirs, data, loss="ce", device=CPU, kind="compiled", log=logs.append)
+    assert "compiled" in engine.name, logs
+    assert_matches(engine.evaluate(COORDS), want, data)
+    assert counters["stats"]["unique_graphs"] >= 1, dict(counters["stats"])
+    assert_matches(engine.evaluate(COORDS[::-1])[::-1], want, data)  # the compiled graph reused, no drift
+    assert not any("torch.compile failed" in line for line in logs), logs
+
+
 def test_compile_failure_falls_back_uncompiled_with_a_note(monkeypatch):
     model, dirs, data, want = oracle("digits_cnn")
 
