@@ -123,6 +123,21 @@ def test_fast_paths_match_eager(name, kind):
     assert_matches(engine.evaluate(COORDS[::-1])[::-1], want, data)
 
 
+@pytest.mark.parametrize("name", ["digits_cnn", "digits_mlp", "resnet20"])
+def test_flop_count_equals_torch_flop_counter(name):
+    """The engine's hook-based count (it decides batched vs folded) against torch's own FLOP counter."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from landscape_mpi.engine.fast import count_flops
+
+    model, _, data, _ = oracle(name)
+    x = data[0].inputs[:3]
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(x)
+    assert count_flops(model, x) == pytest.approx(counter.get_total_flops() / 3, rel=1e-12)
+    assert count_flops(model, x) > 0
+
+
 def test_auto_choices():
     names = {}
     for name in ("digits_cnn", "resnet20"):

@@ -99,7 +99,7 @@ def choose_group_size(per_sample_bytes: float, param_bytes: int, batch_size: int
 
 
 def _activation_bytes_per_sample(module: torch.fx.GraphModule, batch: int) -> float:
-    """Bytes of every node output per sample, from ShapeProp's metadata (an upper bound of what is live)."""
+    """Bytes of every node output per sample, from the shapes plan_fold recorded (an upper bound of what is live)."""
     total = 0
     for node in module.graph.nodes:
         meta = node.meta.get("tensor_meta")

@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.fx
 from torch import nn
-from torch.fx.passes.shape_prop import ShapeProp
 
 FOLDABLE_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -57,6 +57,24 @@ def _qualified(prefix: str, name: str) -> str:
     return f"{prefix}.{name}" if prefix else name
 
 
+class TensorShape(NamedTuple):
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+
+class _ShapeRecorder(torch.fx.Interpreter):
+    """Runs the graph once and records each tensor output's shape and dtype in ``node.meta["tensor_meta"]``.
+
+    What torch.fx's ShapeProp records, without its import of torch's symbolic-shape machinery (sympy and the
+    meta registrations: about 1 s of every run's start-up)."""
+
+    def run_node(self, n: torch.fx.Node):
+        out = super().run_node(n)
+        if isinstance(out, torch.Tensor):
+            n.meta["tensor_meta"] = TensorShape(tuple(out.shape), out.dtype)
+        return out
+
+
 def plan_fold(model: nn.Module, example: torch.Tensor) -> FoldPlan:
     """Trace a copy of `model` (eval mode) and remove every BatchNorm that can be folded.
 
@@ -72,7 +90,7 @@ def plan_fold(model: nn.Module, example: torch.Tensor) -> FoldPlan:
     gm.eval()
     try:
         with torch.no_grad():
-            ShapeProp(gm).propagate(example)
+            _ShapeRecorder(gm).run(example)
     except Exception as exc:
         raise FoldError(f"shape propagation failed ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})") from None
 
