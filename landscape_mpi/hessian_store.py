@@ -42,6 +42,7 @@ import numpy as np
 
 from landscape_mpi import contract
 from landscape_mpi.errors import UserError
+from landscape_mpi.store import fsync_file, fsync_folder
 
 CHECKPOINTS = "checkpoints"
 EIGEN = "eigen"
@@ -155,7 +156,9 @@ def write_hessian_file(path: str, rows: list[HessianRow], config: dict, attrs: d
                 g.attrs["definition"] = ("mean over samples of loss(theta + delta) - loss(theta), delta_i = rho * "
                                          "||w_i|| * g_i / ||g_i|| per output filter i, g Gaussian; biases and "
                                          "BatchNorm not perturbed")
+        fsync_file(tmp)  # the data on disk before the name points at it (a crash leaves old file or new)
         os.replace(tmp, path)
+        fsync_folder(path)
     except OSError as exc:
         if os.path.exists(tmp):
             os.remove(tmp)

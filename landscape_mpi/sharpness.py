@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -24,6 +23,7 @@ import numpy as np
 
 from landscape_mpi import contract
 from landscape_mpi.errors import UserError
+from landscape_mpi.store import open_read
 
 #: Radius of the epsilon-sharpness ball, in the file's (filter-normalized) coordinates.
 DEFAULT_RADIUS = 0.25
@@ -66,22 +66,7 @@ def read_metric(path: str, metric: str, with_eig: bool = False) -> MetricGrid:
     done has its values: done is read first). Raises UserError for a missing/foreign file, a schema this
     version does not read, a Hessian file, or a metric the file does not hold (naming the ones it does).
     """
-    if not os.path.isfile(path):
-        raise UserError(f"{path}: no such file; give a surface file written by landscape-mpi surface")
-    try:
-        f = h5py.File(path, "r", locking=False)
-    except OSError as exc:
-        raise UserError(f"{path}: not a readable HDF5 file ({exc})") from None
-    with f:
-        version = f.attrs.get("schema_version")
-        if version is None or "config" not in f.attrs:
-            raise UserError(f"{path}: not a landscape-mpi surface file (no schema_version/config)")
-        if int(version) not in contract.READABLE_SCHEMA_VERSIONS:
-            raise UserError(f"{path}: schema_version {int(version)}, this landscape-mpi reads "
-                            f"{contract.SCHEMA_VERSION}; use the landscape-mpi version that wrote it")
-        if _attr(f, contract.FILE_KIND_ATTR, contract.KIND_SURFACE) != contract.KIND_SURFACE:
-            raise UserError(f"{path}: a {_attr(f, contract.FILE_KIND_ATTR)} file; sharpness numbers need a "
-                            f"surface file (landscape-mpi surface)")
+    with open_read(path) as f:
         config = json.loads(_attr(f, "config"))
         axes = json.loads(_attr(f, "axes", '["x"]'))
         coords = [np.asarray(f[contract.COORDS][a][()], dtype=np.float64) for a in axes]
