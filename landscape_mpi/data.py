@@ -31,6 +31,27 @@ DIGITS_TRAIN = 1437  # of 1797: an 80/20 split of a fixed permutation
 MNIST1D_CACHE_ENV = "LANDSCAPE_MPI_CACHE"
 
 
+def decode_images(raw: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """uint8 images (N, C, H, W) -> float32 normalized ``(raw / 255 - mean) / std`` (mean, std: (1, C, 1, 1)).
+
+    The one definition of the normalization: the float inputs are computed with it at load time, and an engine
+    that keeps the uint8 images on its device computes each batch with it, so both give the same bits (every
+    step is one correctly rounded IEEE operation per element, on any device)."""
+    return (raw.float().div_(255.0) - mean) / std
+
+
+@dataclass
+class CompactImages:
+    """The uint8 form of an image split (a quarter of the float32 bytes) and its normalization."""
+
+    raw: torch.Tensor
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def subset(self, idx: torch.Tensor) -> "CompactImages":
+        return CompactImages(self.raw[idx].contiguous(), self.mean, self.std)
+
+
 @dataclass
 class EvalSet:
     """One split's inputs and labels, as tensors on the evaluation device."""
@@ -40,6 +61,8 @@ class EvalSet:
     labels: torch.Tensor
     indices: np.ndarray | None = None
     """Which samples of the split were kept by --samples (None: all)."""
+    compact: CompactImages | None = None
+    """The same inputs as uint8 images (CIFAR-10), from which `inputs` was decoded; None for other data."""
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -50,29 +73,35 @@ class EvalSet:
 
 def load_split(dataset: str, split: str, data_root: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """All samples of one split as (float32 inputs, int64 labels) on the CPU."""
+    x, y, _ = _load(dataset, split, data_root)
+    return x, y
+
+
+def _load(dataset: str, split: str, data_root: str | None) -> tuple[torch.Tensor, torch.Tensor, CompactImages | None]:
     if split not in ("train", "test"):
         raise ValueError(split)
     if dataset == "digits":
-        return _digits(split)
+        return (*_digits(split), None)
     if dataset == "mnist1d":
-        return _mnist1d(split)
+        return (*_mnist1d(split), None)
     if dataset == "cifar10":
         return _cifar10(split, data_root)
     if ":" in dataset:
-        return _user_dataset(dataset, split)
+        return (*_user_dataset(dataset, split), None)
     raise UserError(f"--dataset {dataset}: unknown dataset; choose digits, mnist1d, cifar10 or package.module:factory")
 
 
 def load_eval_set(dataset: str, split: str, data_root: str | None, samples: int | None, seed: int) -> EvalSet:
     """The evaluation set of one split, reduced to a deterministic subset of `samples` if asked."""
-    x, y = load_split(dataset, split, data_root)
+    x, y, compact = _load(dataset, split, data_root)
     indices = None
     if samples is not None and samples < len(y):
         # A seeded permutation, sorted: the same subset on every rank, machine and rerun.
         indices = np.sort(np.random.RandomState(seed).permutation(len(y))[:samples])
         idx = torch.from_numpy(indices)
         x, y = x[idx], y[idx]
-    return EvalSet(split, x.contiguous(), y.contiguous(), indices)
+        compact = compact.subset(idx) if compact is not None else None
+    return EvalSet(split, x.contiguous(), y.contiguous(), indices, compact)
 
 
 def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
@@ -154,7 +183,7 @@ def cifar10_layout_error(root: str | None) -> UserError:
         f"(the python version, cifar-10-python.tar.gz, extracted there; nothing is downloaded)")
 
 
-def _cifar10(split: str, root: str | None) -> tuple[torch.Tensor, torch.Tensor]:
+def _cifar10(split: str, root: str | None) -> tuple[torch.Tensor, torch.Tensor, CompactImages]:
     if root is None:
         raise UserError("--dataset cifar10 needs --data-root DIR, the folder holding cifar-10-batches-py/")
     folder = os.path.join(root, CIFAR_FOLDER)
@@ -177,12 +206,11 @@ def _cifar10(split: str, root: str | None) -> tuple[torch.Tensor, torch.Tensor]:
         ds = LocalCIFAR10(root, train=(split == "train"), download=False)
     except Exception as exc:
         raise UserError(f"--data-root {root}: cannot read CIFAR-10 ({exc}); re-extract cifar-10-python.tar.gz there") from None
-    x = torch.from_numpy(np.ascontiguousarray(ds.data)).permute(0, 3, 1, 2).float().div_(255.0)
-    mean = torch.tensor(CIFAR_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(CIFAR_STD).view(1, 3, 1, 1)
-    x = (x - mean) / std
+    raw = torch.from_numpy(np.ascontiguousarray(ds.data)).permute(0, 3, 1, 2).contiguous()
+    compact = CompactImages(raw, torch.tensor(CIFAR_MEAN).view(1, 3, 1, 1), torch.tensor(CIFAR_STD).view(1, 3, 1, 1))
+    x = decode_images(raw, compact.mean, compact.std)
     y = torch.tensor(ds.targets, dtype=torch.int64)
-    return x, y
+    return x, y, compact
 
 
 def _user_dataset(spec: str, split: str) -> tuple[torch.Tensor, torch.Tensor]:

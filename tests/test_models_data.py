@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import cli, run
-from landscape_mpi.data import CIFAR_MEAN, CIFAR_STD, load_eval_set
+from landscape_mpi.data import CIFAR_MEAN, CIFAR_STD, decode_images, load_eval_set
 from landscape_mpi.errors import UserError
 from landscape_mpi.models import INPUT_SHAPES, ZOO, build_model, load_checkpoint, read_state_dict
 
@@ -78,6 +78,11 @@ def test_cifar_from_local_folder(tmp_path):
     assert ev.labels[0] == first["labels"][0]
     sub = load_eval_set("cifar10", "test", str(tmp_path), 4, 0)
     assert len(sub) == 4 and list(sub.indices) == sorted(sub.indices)
+    # the uint8 form an engine may keep on its device decodes to the very same inputs, subset included
+    for s in (ev, sub):
+        assert s.compact.raw.dtype == torch.uint8 and s.compact.raw.shape == s.inputs.shape
+        assert torch.equal(decode_images(s.compact.raw, s.compact.mean, s.compact.std), s.inputs)
+    assert torch.equal(ev.compact.raw[0], torch.from_numpy(first["data"][0].reshape(3, 32, 32)))
 
 
 def test_train_and_surface_on_cifar_folder(tmp_path):

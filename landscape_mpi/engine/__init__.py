@@ -111,7 +111,7 @@ def _activation_bytes_per_sample(module: torch.fx.GraphModule, batch: int) -> fl
 def make_engine(model: nn.Module, directions: list[Direction], data: list[EvalSet], *, loss: str,
                 device: torch.device, precision: str = "fp32", batch_size: int | None = None,
                 bn: str = "eval", bn_data: EvalSet | None = None, kind: str = "auto",
-                log: Callable[[str], None] = print) -> Engine:
+                compact: bool | None = None, log: Callable[[str], None] = print) -> Engine:
     """The engine that evaluates `model` (at theta*, on the CPU) moved along `directions` on `data`.
 
     `directions`: one dict per axis, state_dict key -> CPU tensor (a subset of the keys). `data`: the
@@ -119,7 +119,9 @@ def make_engine(model: nn.Module, directions: list[Direction], data: list[EvalSe
     | "tf32" | "bf16" (autocast); sets torch's backend flags. `batch_size`: samples per forward (None: per
     device, `default_batch_size`); any value gives the same results up to rounding. `bn`: "eval" (the
     running statistics at each point) | "recalibrate" (re-estimated at each point from `bn_data`).
-    `kind`: one of KINDS. Choices and fallbacks are reported through `log`.
+    `kind`: one of KINDS. `compact`: keep image splits that have a uint8 form (CIFAR-10) as uint8 on the
+    device and normalize each batch (the same values; None: on CUDA only, where device memory is the limit;
+    the fast engines only). Choices and fallbacks are reported through `log`.
 
     Raises UserError for an unknown loss, precision, bn mode or kind, a non-positive batch size, and
     bn="recalibrate" without `bn_data` (2+ samples) or on a model without BatchNorm.
@@ -186,7 +188,12 @@ def make_engine(model: nn.Module, directions: list[Direction], data: list[EvalSe
     tensors = FoldedTensors(plan, state, directions, device)
     if tensors.unused:
         log(f"engine: {', '.join(tensors.unused[:5])} not used by the forward: moving them changes nothing")
-    device_data = data_to_device(data, device, memory_format)
+    if compact is None:
+        compact = device.type == "cuda"
+    compact = compact and any(s.compact is not None for s in data)
+    device_data = data_to_device(data, device, memory_format, compact)
+    if compact:
+        log("engine: evaluation images kept as uint8 on the device, normalized per batch")
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes at every point: the search is paid once
 

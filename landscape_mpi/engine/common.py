@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from landscape_mpi.data import EvalSet
+from landscape_mpi.data import EvalSet, decode_images
 
 PRECISIONS = ("fp32", "tf32", "bf16")
 
@@ -146,20 +146,51 @@ def autocast(precision: str, device: torch.device) -> contextlib.AbstractContext
     return contextlib.nullcontext()
 
 
+class DecodedImages:
+    """Device inputs kept as uint8 images and normalized per slice: ``x[a:b]`` is the float32 batch, the same
+    bits as the float inputs (`data.decode_images` made those too), at a quarter of the device memory."""
+
+    def __init__(self, raw: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> None:
+        self.raw, self.mean, self.std = raw, mean, std
+        self.shape = raw.shape
+        self.device = raw.device
+        self.dtype = torch.float32
+
+    def __getitem__(self, key) -> torch.Tensor:
+        return decode_images(self.raw[key], self.mean, self.std)
+
+    def __len__(self) -> int:
+        return int(self.raw.shape[0])
+
+    def dim(self) -> int:
+        return self.raw.dim()
+
+
+def _to(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
 def data_to_device(data: Sequence[EvalSet], device: torch.device,
-                   memory_format: torch.memory_format | None = None) -> list[EvalSet]:
+                   memory_format: torch.memory_format | None = None, compact: bool = False) -> list[EvalSet]:
     """The evaluation sets on `device`, copied once (pinned and non-blocking on CUDA), optionally in
-    channels-last layout so that every batch slice is already in the layout the convolutions want."""
+    channels-last layout so that every batch slice is already in the layout the convolutions want.
+
+    `compact`: a set with a uint8 form (`EvalSet.compact`) goes to the device as uint8 and its inputs become
+    `DecodedImages` (normalized per batch); sets without one are copied as they are."""
     out = []
     for s in data:
-        x, y = s.inputs, s.labels
-        if device.type == "cuda":
-            x = x.pin_memory().to(device, non_blocking=True)
-            y = y.pin_memory().to(device, non_blocking=True)
+        y = _to(s.labels, device)
+        if compact and s.compact is not None:
+            raw = _to(s.compact.raw, device)
+            if memory_format is not None and raw.dim() == 4:
+                raw = raw.contiguous(memory_format=memory_format)
+            x = DecodedImages(raw, s.compact.mean.to(device), s.compact.std.to(device))
         else:
-            x, y = x.to(device), y.to(device)
-        if memory_format is not None and x.dim() == 4:
-            x = x.contiguous(memory_format=memory_format)
+            x = _to(s.inputs, device)
+            if memory_format is not None and x.dim() == 4:
+                x = x.contiguous(memory_format=memory_format)
         out.append(EvalSet(s.name, x, y, s.indices))
     if device.type == "cuda":
         torch.cuda.synchronize(device)
