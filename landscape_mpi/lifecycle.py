@@ -139,6 +139,10 @@ def world_rank() -> int:
     return comm.Get_rank() if comm is not None else 0
 
 
+#: Seconds between a failing rank's message and its MPI_Abort.
+ABORT_GRACE_SECONDS = 3.0
+
+
 def say(message: str, stream=None) -> None:
     """Write one whole line in one write: with PYTHONUNBUFFERED (common in job scripts) `print` writes the text
     and its newline separately, and the launcher then interleaves the lines of ranks that speak at once."""
@@ -156,7 +160,10 @@ def abort(message: str, code: int = EXIT_FAILURE) -> None:
     if comm is not None and comm.Get_size() > 1:
         import time
 
-        time.sleep(0.5)  # let the launcher forward the message before MPI_Abort tears the job down (MPICH)
+        # Let the launcher forward the message before MPI_Abort tears the job down: MPICH's hydra drops what is
+        # still in a rank's stderr pipe. 0.5 s lost it once on a loaded machine (2 cores, 5 busy processes);
+        # the job is ending anyway, so a few seconds cost nothing.
+        time.sleep(ABORT_GRACE_SECONDS)
         comm.Abort(code)
 
 
