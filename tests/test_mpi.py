@@ -41,7 +41,11 @@ def reference(tmp_path_factory, digits_ckpt):
 def test_ranks_give_identical_files(tmp_path, reference, n):
     args, ref = reference
     out = tmp_path / f"n{n}.h5"
-    p = run(mpiexec(n) + cli("surface", *args, "--out", str(out)), timeout=300)
+    # One point per call and 0.05 s each: rank 0 then needs 54 x 0.05 / n s of work at least, in which every
+    # other rank asks for work once. Without it, on a loaded machine rank 0 once took all 54 points (two groups
+    # of 27 in one forward each) before rank 1 was scheduled: the files were identical, but nothing showed it
+    # was a 2-rank run.
+    p = run(mpiexec(n) + cli("surface", *args, "--out", str(out)), timeout=300, LANDSCAPE_MPI_TEST_DELAY="0.05")
     assert f"on {n} rank(s)" in p.stderr
     assert_same_results(ref, out)
     ranks = read_results(out)["rank"]
