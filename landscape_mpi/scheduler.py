@@ -281,7 +281,10 @@ class Master:
     def next_chunk(self) -> np.ndarray:
         if self.stopping or not len(self.todo):
             return np.empty(0, dtype=np.int64)
-        n = self.chunk_size or auto_chunk(len(self.todo), self.size, self.group)
+        left = len(self.todo)
+        # At most an n-th of what is left: a worker keeps PREFETCH requests in flight, and two full groups of a
+        # small grid handed to rank 1 of 2 ranks were the whole grid, leaving rank 0 (and rank 2...) nothing.
+        n = self.chunk_size or min(auto_chunk(left, self.size, self.group), math.ceil(left / self.size))
         return self.todo.take(n)
 
     def begin_stop(self, reason: str) -> None:
