@@ -99,10 +99,12 @@ def test_sigkill_at_random_moments_then_resume(tmp_path, reference, io):
     kills = 0
     for attempt in range(6 if io == "single" else 4):
         proc = _launch(mpiexec(3) + cli("surface", *args, "--out", str(out), "--flush-seconds", "0.02", "--io", io),
-                       LANDSCAPE_MPI_TEST_DELAY="0.03")
+                       LANDSCAPE_MPI_TEST_DELAY="0.5")
         # Random moments are the point of this test (a kill may land anywhere, start-up included), so this is
-        # the one deliberate sleep; nothing asserted depends on where it lands, and `kills >= 3` holds because
-        # a run lasts longer than the longest sleep on any machine (the per-batch delay).
+        # the one deliberate sleep; nothing asserted depends on where it lands. `kills >= 3` holds on any
+        # machine: the whole grid is 54 x 0.5 / 3 = 9 s of work, and the kills of attempts 1 and 2 (at most
+        # 5 s each, start-up included) leave it unfinished. (With 0.03 s per point, once start-up got 3 s
+        # faster, an idle machine finished the grid before the second kill.)
         time.sleep(rng.uniform(0.5, 5.0) if attempt else 1.0)
         if proc.poll() is not None:
             break
