@@ -400,3 +400,28 @@ def test_plots_of_a_hessian_file(hfile, tmp_path):
                        env=env(), cwd=ROOT, capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
     assert (tmp_path / "sub" / "H_density.png").exists() and (tmp_path / "sub" / "H_sharpness.png").exists()
+
+
+def test_extreme_pair_from_one_krylov_space_matches_separate_runs_and_the_spectrum():
+    """`extreme_pair` (what the curvature maps use) against the separate 'LA' and 'SA' runs and numpy's eigvalsh.
+
+    A Hessian-like spectrum (a bulk near zero, a few outliers at both ends) must take the joint path (ARPACK
+    which='BE') and cost fewer products than the separate runs; spectra whose ends are dense clusters must fall
+    back to the separate runs (more products than they alone take) and still be right."""
+    rng = np.random.default_rng(7)
+    n = 300
+    q, _ = np.linalg.qr(rng.standard_normal((n, n)))
+    hessian_like = np.concatenate([rng.normal(0.0, 0.05, n - 12), -np.geomspace(0.2, 2.0, 4), np.geomspace(5, 60, 8)])
+    clustered = (np.concatenate([np.linspace(-3.0, -0.5, 40), np.linspace(0.01, 50.0, n - 40)]),
+                 -np.geomspace(0.1, 20.0, n), np.geomspace(1e-3, 5.0, n))
+    for spectrum, joint in [(hessian_like, True)] + [(c, False) for c in clustered]:
+        a = (q * spectrum) @ q.T
+        exact = np.linalg.eigvalsh(a)
+        lmax, lmin, products = hs.extreme_pair(lambda v: a @ v, n, 1e-8, 100000)
+        top = hs.extreme_eigenpairs(lambda v: a @ v, n, 1, "LA", 1e-8, 100000)
+        bottom = hs.extreme_eigenpairs(lambda v: a @ v, n, 1, "SA", 1e-8, 100000)
+        assert close(lmax, exact[-1], 1e-6) and close(lmin, exact[0], 1e-6), (lmax, lmin, exact[[-1, 0]])
+        separate = top.products + bottom.products
+        assert (products < separate) if joint else (products > separate), (joint, products, separate)
+    small = np.diag([-1.0, 2.0, 0.5])  # n <= PAIR_NCV: diagonalized densely
+    assert hs.extreme_pair(lambda v: small @ v, 3, 1e-6, 100)[:2] == (2.0, -1.0)
