@@ -226,7 +226,7 @@ def test_report_has_every_section_figure_and_number(tiny_run, tmp_path):
     for fig in ("skip_surfaces", "skip_eig_ratio", "batch_1d", "width_surfaces", "trajectory_paths"):
         assert f"(findings/{fig}.png)" in text and (tmp_path / "docs" / "findings" / f"{fig}.png").is_file(), fig
     assert "Not computed" not in text and "missing" not in text
-    assert text.count("- **") == 2 * 7  # 7 verdicts, in the summary and in their sections
+    assert text.count("- **") == 2 * 10  # 10 verdicts, in the summary and in their sections
     # numbers recomputed here from the files by hand (independent of measures.py)
     with h5py.File(out / "skip" / "d8_noshort_eig.h5", "r") as f:
         ratio = np.mean(np.abs(f["results/eig_min"][()] / f["results/eig_max"][()]))
@@ -246,7 +246,8 @@ def test_report_is_deterministic_and_follows_the_files(tiny_run, tmp_path):
     run(args)
     first = md.read_text()
     assert "![narrow vs wide no-shortcut ResNet](findings/width_surfaces.png)" in first
-    assert "**Wider networks are smoother: " in first
+    assert "**Wider networks are smoother (roughness): " in first
+    assert "**Wider networks are smoother (non-convex fraction): " in first
     run(args)
     assert md.read_text() == first  # same files, same report
     # the roughness in the table is the one of the file's values (independent: recomputed here by hand)
@@ -264,6 +265,33 @@ def test_report_is_deterministic_and_follows_the_files(tiny_run, tmp_path):
     finally:
         with h5py.File(path, "r+") as f:
             f["results/train_loss"][2, 2] = v[2, 2]
+
+
+def test_each_chaos_measure_has_its_own_verdict_and_they_may_disagree():
+    """The skip, eigenvalue and width claims are judged once per measure: a surface that explodes at the grid's
+    edge (small roughness, since roughness is divided by the loss range) but curves down at most interior points
+    gets "not reproduced" by roughness and "reproduced" by the non-convex fraction, side by side."""
+    from types import SimpleNamespace
+
+    from landscape_mpi.experiments import report
+
+    s = SimpleNamespace(lines=[])
+    s.verdict = lambda claim, v, reason: s.lines.append((claim, v))
+    rough = {(8, True): 0.010, (8, False): 0.004, (56, True): 0.0038, (56, False): 0.0029}
+    nonconvex = {(8, True): 0.24, (8, False): 0.25, (56, True): 0.32, (56, False): 0.67}
+    report._skip_verdict(s, "roughness", rough, None)
+    report._skip_verdict(s, "non-convex fraction", nonconvex, None)
+    assert s.lines == [("Skip connections keep deep landscapes smooth (roughness)", report.NOT_REPRODUCED),
+                       ("Skip connections keep deep landscapes smooth (non-convex fraction)", report.REPRODUCED)]
+    s.lines.clear()
+    ratio = {(8, True): 0.28, (8, False): 0.21, (56, True): 0.29, (56, False): 0.41}
+    report._eig_verdict(s, "non-convex fraction", nonconvex, ratio, None)  # ranks agree but for one swap: rho 0.8
+    report._eig_verdict(s, "roughness", rough, ratio, "not trained enough to compare")
+    assert [v for _, v in s.lines] == [report.REPRODUCED, report.INCONCLUSIVE]
+    s.lines.clear()
+    report._width_verdict(s, "non-convex fraction", {1: 0.67, 4: 0.40}, None)
+    report._width_verdict(s, "roughness", {1: 0.0029, 4: 0.0033}, None)
+    assert [v for _, v in s.lines] == [report.REPRODUCED, report.NOT_REPRODUCED]
 
 
 def test_report_says_when_a_surface_is_partial(tiny_run, tmp_path):

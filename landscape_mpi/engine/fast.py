@@ -102,14 +102,11 @@ class FoldedTensors:
         return out
 
 
-class FoldedEngine(Engine):
-    """One point per forward on the folded model: optional channels-last and torch.compile."""
-
-    group_size = 1
+class _OnFoldedModel(Engine):
+    """What the fast engines share: the folded model with its tensors, the splits, and the split loop's size."""
 
     def __init__(self, tensors: FoldedTensors, data: Sequence[EvalSet], n_axes: int, *, loss: str,
-                 device: torch.device, precision: str, batch_size: int, channels_last: bool = False,
-                 compile: bool = False, log: Callable[[str], None] = print) -> None:
+                 device: torch.device, precision: str, batch_size: int) -> None:
         self.tensors = tensors
         self.module = tensors.module
         self.data = list(data)
@@ -118,6 +115,21 @@ class FoldedEngine(Engine):
         self.device = device
         self.precision = precision
         self.batch_size = batch_size
+
+    def _batches_per_pass(self) -> int:
+        """Forward calls of one pass over every split (the progress unit)."""
+        return sum(math.ceil(len(s) / self.batch_size) for s in self.data)
+
+
+class FoldedEngine(_OnFoldedModel):
+    """One point per forward on the folded model: optional channels-last and torch.compile."""
+
+    group_size = 1
+
+    def __init__(self, tensors: FoldedTensors, data: Sequence[EvalSet], n_axes: int, *, loss: str,
+                 device: torch.device, precision: str, batch_size: int, channels_last: bool = False,
+                 compile: bool = False, log: Callable[[str], None] = print) -> None:
+        super().__init__(tensors, data, n_axes, loss=loss, device=device, precision=precision, batch_size=batch_size)
         self.channels_last = channels_last
         self.log = log
         self.name = "folded" + ("+channels_last" if channels_last else "") + ("+compiled" if compile else "")
@@ -161,8 +173,7 @@ class FoldedEngine(Engine):
     def evaluate(self, coords: np.ndarray) -> np.ndarray:
         c = as_coords(coords, self.n_axes)
         out = np.empty((c.shape[0], 2 * len(self.data)), dtype=np.float64)
-        batches = sum(math.ceil(len(s) / self.batch_size) for s in self.data)
-        progress = Progress(self, batches * c.shape[0])
+        progress = Progress(self, self._batches_per_pass() * c.shape[0])
         for i, point in enumerate(c):
             self.tensors.write([float(v) for v in point])
             for j, split in enumerate(self.data):
@@ -170,7 +181,7 @@ class FoldedEngine(Engine):
         return out
 
 
-class BatchedEngine(Engine):
+class BatchedEngine(_OnFoldedModel):
     """K grid points per forward: the folded model's moving tensors stacked (K, ...) and the forward
     vectorized over them with torch.func.vmap + functional_call (convolutions become grouped convolutions,
     linear layers batched matmuls). Pays where a single point's forward is too small to keep the machine busy."""
@@ -179,14 +190,7 @@ class BatchedEngine(Engine):
 
     def __init__(self, tensors: FoldedTensors, data: Sequence[EvalSet], n_axes: int, *, loss: str,
                  device: torch.device, precision: str, batch_size: int, k: int) -> None:
-        self.tensors = tensors
-        self.module = tensors.module
-        self.data = list(data)
-        self.n_axes = n_axes
-        self.loss = loss
-        self.device = device
-        self.precision = precision
-        self.batch_size = batch_size
+        super().__init__(tensors, data, n_axes, loss=loss, device=device, precision=precision, batch_size=batch_size)
         self.group_size = k
 
         def one(params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
@@ -226,9 +230,8 @@ class BatchedEngine(Engine):
 
     def evaluate(self, coords: np.ndarray) -> np.ndarray:
         c = as_coords(coords, self.n_axes)
-        batches = sum(math.ceil(len(s) / self.batch_size) for s in self.data)
         groups = [c[i:i + self.group_size] for i in range(0, c.shape[0], self.group_size)]
-        progress = Progress(self, batches * len(groups))
+        progress = Progress(self, self._batches_per_pass() * len(groups))
         return np.concatenate([self._group(g, progress) for g in groups], axis=0)
 
 

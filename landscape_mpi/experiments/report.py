@@ -41,6 +41,12 @@ UNTRAINED_LOSS = float(np.log(10) / 2)
 
 REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE = "reproduced", "not reproduced", "inconclusive at this scale"
 
+#: The two measures of a 2D surface's chaos every "smoother" claim is judged by, each in its own verdict (they can
+#: disagree: roughness is normalized by the grid's loss range, which a loss exploding at the grid's edge
+#: dominates; the non-convex fraction only counts where the surface curves down).
+MEASURES_2D = {"roughness": "mean abs second difference / (max - min)",
+               "non-convex fraction": "share of interior points with a negative finite-difference Hessian eigenvalue"}
+
 
 @dataclass
 class SurfaceData:
@@ -153,6 +159,11 @@ class Section:
         self.lines.append(f"- **{claim}: {verdict}.** {reason}")
 
 
+ROUGHNESS_NOTE = ("Two measures of chaos, each with its own verdict: roughness (mean abs second difference divided by "
+                  "the loss range on the grid, so a loss that explodes at the grid's edge makes it small) and the "
+                  "non-convex fraction (share of interior points where the surface curves down in some direction).")
+
+
 def untrained(models: dict[str, float]) -> str | None:
     """The reason a comparison is inconclusive if a model (label -> train loss at center) did not train."""
     bad = [f"{label} (train loss {fmt(v)})" for label, v in sorted(models.items())
@@ -195,7 +206,7 @@ def _contours(section: Section, panels: list[tuple[str, SurfaceData]], stem: str
 def skip_section(s: Section) -> None:
     loss = s.steps("loss2d")
     eig = {(st["role"]["depth"], st["role"]["shortcut"]): d for st, d in s.steps("eig2d")}
-    rows, rough, ratio = [], {}, {}
+    rows, rough, nonconvex, ratio = [], {}, {}, {}
     for st, d in sorted(loss, key=lambda p: (p[0]["role"]["depth"], not p[0]["role"]["shortcut"])):
         key = (st["role"]["depth"], st["role"]["shortcut"])
         if d is None:
@@ -203,11 +214,12 @@ def skip_section(s: Section) -> None:
         v = d.values["train_loss"]
         x, y = d.coords
         rough[key] = measures.roughness(v)
+        nonconvex[key] = measures.nonconvex_fraction(v, x, y)
         e = eig.get(key)
         ratio[key] = (measures.eig_ratio_mean(e.values["eig_min"], e.values["eig_max"])
                       if e is not None and "eig_min" in e.values else float("nan"))
         rows.append([str(key[0]), "yes" if key[1] else "no", d.at_center("train_loss"), 1 - d.at_center("test_acc"),
-                     rough[key], measures.nonconvex_fraction(v, x, y),
+                     float(np.nanmax(v)), rough[key], nonconvex[key],
                      measures.eps_sharpness(v, d.coords, RADIUS_FRACTION * float(np.max(np.abs(x)))), ratio[key]])
     panels = [(f"depth {st['role']['depth']}, {'short' if st['role']['shortcut'] else 'no short'}", d)
               for st, d in sorted(loss, key=lambda p: (not p[0]["role"]["shortcut"], p[0]["role"]["depth"]))]
@@ -219,42 +231,55 @@ def skip_section(s: Section) -> None:
     eig_fig = _eig_maps(s, eig_panels)
     if eig_fig:
         s.lines += ["|lambda_min / lambda_max| of the Hessian (0: locally convex-looking; 1 clipped):", "", eig_fig, ""]
-    s.lines += table(["depth", "shortcuts", "train loss at center", "test error", "roughness", "non-convex fraction",
-                      "eps-sharpness", "mean abs(eig_min/eig_max)"], rows) + [""]
-    depths = sorted({k[0] for k in rough})
-    deep, shallow = (depths[-1], depths[0]) if depths else (None, None)
-    r = lambda k: rough.get(k, float("nan"))  # noqa: E731
+    s.lines += table(["depth", "shortcuts", "train loss at center", "test error", "largest train loss on the grid",
+                      "roughness", "non-convex fraction", "eps-sharpness", "mean abs(eig_min/eig_max)"], rows) + [""]
+    s.lines += [ROUGHNESS_NOTE, ""]
     weak = untrained({f"depth {k[0]} {'short' if k[1] else 'no short'}": row[2] for k, row in zip(rough, rows)})
+    chaos = {"roughness": rough, "non-convex fraction": nonconvex}
+    for measure in MEASURES_2D:
+        _skip_verdict(s, measure, chaos[measure], weak)
+    for measure in MEASURES_2D:
+        _eig_verdict(s, measure, chaos[measure], ratio, weak)
+
+
+def _skip_verdict(s: Section, measure: str, m: dict, weak: str | None) -> None:
+    """The skip claim judged by one chaos measure `m` ((depth, shortcut) -> value, larger = more chaotic)."""
+    claim = f"Skip connections keep deep landscapes smooth ({measure})"
+    depths = sorted({k[0] for k in m})
+    deep, shallow = (depths[-1], depths[0]) if depths else (None, None)
+    r = lambda k: m.get(k, float("nan"))  # noqa: E731
     if weak:
-        s.verdict("Skip connections keep deep landscapes smooth", INCONCLUSIVE, weak)
+        s.verdict(claim, INCONCLUSIVE, weak)
     elif not depths or not (np.isfinite(r((deep, True))) and np.isfinite(r((deep, False)))):
-        s.verdict("Skip connections keep deep landscapes smooth", INCONCLUSIVE, "the surfaces are missing.")
+        s.verdict(claim, INCONCLUSIVE, "the surfaces are missing.")
     elif r((deep, False)) <= r((deep, True)):
-        s.verdict("Skip connections keep deep landscapes smooth", NOT_REPRODUCED,
-                  f"at depth {deep} the no-shortcut surface is not rougher ({fmt(r((deep, False)))} vs "
-                  f"{fmt(r((deep, True)))} with shortcuts).")
+        s.verdict(claim, NOT_REPRODUCED, f"at depth {deep} the no-shortcut surface's {measure} is not larger "
+                  f"({fmt(r((deep, False)))} vs {fmt(r((deep, True)))} with shortcuts).")
     elif len(depths) > 1 and r((deep, False)) >= ROUGHER * r((deep, True)) and r((deep, False)) >= ROUGHER * r((shallow, False)):
-        s.verdict("Skip connections keep deep landscapes smooth", REPRODUCED,
-                  f"at depth {deep} the no-shortcut roughness {fmt(r((deep, False)))} is >= {ROUGHER}x that with "
-                  f"shortcuts ({fmt(r((deep, True)))}) and >= {ROUGHER}x that at depth {shallow} "
-                  f"({fmt(r((shallow, False)))}).")
+        s.verdict(claim, REPRODUCED, f"at depth {deep} the no-shortcut {measure} {fmt(r((deep, False)))} is >= "
+                  f"{ROUGHER}x that with shortcuts ({fmt(r((deep, True)))}) and >= {ROUGHER}x that at depth "
+                  f"{shallow} ({fmt(r((shallow, False)))}).")
     else:
-        s.verdict("Skip connections keep deep landscapes smooth", INCONCLUSIVE,
-                  f"no-shortcut roughness {fmt(r((deep, False)))} vs {fmt(r((deep, True)))} with shortcuts at depth {deep}"
+        s.verdict(claim, INCONCLUSIVE,
+                  f"no-shortcut {measure} {fmt(r((deep, False)))} vs {fmt(r((deep, True)))} with shortcuts at depth {deep}"
                   + (f", {fmt(r((shallow, False)))} at depth {shallow}" if len(depths) > 1 else ", one depth only")
                   + f": below the {ROUGHER}x threshold or no depth trend to test.")
-    keys = [k for k in rough if np.isfinite(rough[k]) and np.isfinite(ratio.get(k, float("nan")))]
-    rho = measures.spearman([rough[k] for k in keys], [ratio[k] for k in keys])
+
+
+def _eig_verdict(s: Section, measure: str, m: dict, ratio: dict, weak: str | None) -> None:
+    """The eigenvalue-ratio claim: the Spearman correlation of one chaos measure and the mean ratio."""
+    claim = f"|lambda_min/lambda_max| is larger where the landscape is chaotic ({measure})"
+    keys = [k for k in m if np.isfinite(m[k]) and np.isfinite(ratio.get(k, float("nan")))]
+    rho = measures.spearman([m[k] for k in keys], [ratio[k] for k in keys])
     if weak:  # eigenvalues away from a minimum (an untrained net) say nothing about the minimizer's landscape
-        s.verdict("|lambda_min/lambda_max| is larger where the landscape is chaotic", INCONCLUSIVE,
-                  weak + f" (Spearman correlation of roughness and mean ratio over {len(keys)} models: {fmt(rho)}.)")
+        s.verdict(claim, INCONCLUSIVE,
+                  weak + f" (Spearman correlation of {measure} and mean ratio over {len(keys)} models: {fmt(rho)}.)")
     elif len(keys) < EIG_MIN_MODELS:
-        s.verdict("|lambda_min/lambda_max| is larger where the landscape is chaotic", INCONCLUSIVE,
+        s.verdict(claim, INCONCLUSIVE,
                   f"eigenvalue maps of {len(keys)} models (at least {EIG_MIN_MODELS} needed for a rank correlation).")
     else:
         v = REPRODUCED if rho >= EIG_RHO else (NOT_REPRODUCED if rho <= 0 else INCONCLUSIVE)
-        s.verdict("|lambda_min/lambda_max| is larger where the landscape is chaotic", v,
-                  f"Spearman correlation of roughness and mean ratio over {len(keys)} models: {fmt(rho)} "
+        s.verdict(claim, v, f"Spearman correlation of {measure} and mean ratio over {len(keys)} models: {fmt(rho)} "
                   f"(threshold {EIG_RHO}).")
 
 
@@ -278,38 +303,43 @@ def _eig_maps(s: Section, panels: list[tuple[str, SurfaceData | None]]) -> str |
 
 def width_section(s: Section) -> None:
     loss = sorted(s.steps("loss2d"), key=lambda p: p[0]["role"]["width"])
-    rows, rough = [], {}
+    rows, rough, nonconvex = [], {}, {}
     for st, d in loss:
         if d is None:
             continue
         v = d.values["train_loss"]
-        rough[st["role"]["width"]] = measures.roughness(v)
-        rows.append([f"x{st['role']['width']}", str(st["role"]["depth"]), d.at_center("train_loss"),
-                     1 - d.at_center("test_acc"), rough[st["role"]["width"]],
-                     measures.nonconvex_fraction(v, *d.coords)])
+        w = st["role"]["width"]
+        rough[w], nonconvex[w] = measures.roughness(v), measures.nonconvex_fraction(v, *d.coords)
+        rows.append([f"x{w}", str(st["role"]["depth"]), d.at_center("train_loss"), 1 - d.at_center("test_acc"),
+                     float(np.nanmax(v)), rough[w], nonconvex[w]])
     fig = _contours(s, [(f"width x{st['role']['width']}, depth {st['role']['depth']}, no short", d) for st, d in loss],
                     "width_surfaces", "narrow vs wide no-shortcut ResNet")
     if fig:
         s.lines += ["Train loss, filter-normalized random directions (shared contour levels):", "", fig, ""]
-    s.lines += table(["width", "depth", "train loss at center", "test error", "roughness", "non-convex fraction"], rows)
-    s.lines.append("")
-    widths = sorted(rough)
-    if len(widths) < 2 or not all(np.isfinite(rough[w]) for w in widths):
-        s.verdict("Wider networks are smoother", INCONCLUSIVE, "a surface is missing.")
-        return
-    narrow, wide = rough[widths[0]], rough[widths[-1]]
+    s.lines += table(["width", "depth", "train loss at center", "test error", "largest train loss on the grid",
+                      "roughness", "non-convex fraction"], rows)
+    s.lines += ["", ROUGHNESS_NOTE, ""]
     weak = untrained({f"width x{row[0][1:]}": row[2] for row in rows})
+    for measure in MEASURES_2D:
+        _width_verdict(s, measure, rough if measure == "roughness" else nonconvex, weak)
+
+
+def _width_verdict(s: Section, measure: str, m: dict, weak: str | None) -> None:
+    claim = f"Wider networks are smoother ({measure})"
+    widths = sorted(m)
+    if len(widths) < 2 or not all(np.isfinite(m[w]) for w in widths):
+        s.verdict(claim, INCONCLUSIVE, "a surface is missing.")
+        return
+    narrow, wide = m[widths[0]], m[widths[-1]]
     if weak:
-        s.verdict("Wider networks are smoother", INCONCLUSIVE, weak)
+        s.verdict(claim, INCONCLUSIVE, weak)
     elif wide >= narrow:
-        s.verdict("Wider networks are smoother", NOT_REPRODUCED,
-                  f"roughness x{widths[-1]} {fmt(wide)} >= x{widths[0]} {fmt(narrow)}.")
+        s.verdict(claim, NOT_REPRODUCED, f"{measure} x{widths[-1]} {fmt(wide)} >= x{widths[0]} {fmt(narrow)}.")
     elif wide * WIDER <= narrow:
-        s.verdict("Wider networks are smoother", REPRODUCED,
-                  f"roughness x{widths[-1]} {fmt(wide)} <= x{widths[0]} {fmt(narrow)} / {WIDER}.")
+        s.verdict(claim, REPRODUCED, f"{measure} x{widths[-1]} {fmt(wide)} <= x{widths[0]} {fmt(narrow)} / {WIDER}.")
     else:
-        s.verdict("Wider networks are smoother", INCONCLUSIVE,
-                  f"roughness x{widths[-1]} {fmt(wide)} < x{widths[0]} {fmt(narrow)}, but by less than {WIDER}x.")
+        s.verdict(claim, INCONCLUSIVE,
+                  f"{measure} x{widths[-1]} {fmt(wide)} < x{widths[0]} {fmt(narrow)}, but by less than {WIDER}x.")
 
 
 def batch_section(s: Section) -> None:
