@@ -6,10 +6,9 @@ depth-56 no-shortcut net of the skip experiment is also the width experiment's x
 
 - ``tiny``: one depth, 5x5 grids, one epoch: every experiment together runs in CI in under 3 minutes.
 - ``quick``: the small set reduced to fit under an hour on 2 heavily shared CPU cores (depths 8 and 20 only, 2,000
-  training samples, 10 epochs (skip and batch nets 4), 9x9 grids, 3x3 eigenvalue maps, width and batch at depth 8):
-  docs/findings.md.
+  training samples, 10 epochs (skip and batch nets 4), 9x9 grids, 3x3 eigenvalue maps, width and batch at depth 8).
 - ``small``: MNIST-1D and 1D ResNets of depth 8/20/56 on 2 CPU cores, 60 epochs on all 4,000 samples, 21x21 grids:
-  under 2 hours on an idle 2-core machine.
+  39 minutes on an idle 2-core machine; docs/findings.md.
 - ``paper``: CIFAR-10 from ``--data-root`` with the paper's zoo (ResNet-20/56/110, VGG-9), for SLURM arrays.
 """
 
