@@ -122,6 +122,9 @@ def test_benchmark_scripts_run():
     p = run([sys.executable, str(ROOT / "benchmarks" / "bench_evaluate.py"), "--model", "digits_mlp",
              "--samples", "100", "--points", "2"])
     assert "points/s" in p.stdout
+    # the three ways to run K parameter sets must agree (the script asserts it) before it prints their times
+    p = run([sys.executable, str(ROOT / "benchmarks" / "bench_kconv.py"), "--k", "3", "--batch", "5", "--reps", "1"])
+    assert "| im2col + bmm |" in p.stdout
 
 
 def test_digits_read_without_sklearn_equal_load_digits():
