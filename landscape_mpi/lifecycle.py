@@ -158,13 +158,21 @@ def abort(message: str, code: int = EXIT_FAILURE) -> None:
     rank = comm.Get_rank() if comm is not None else 0
     say(f"landscape-mpi: rank {rank}: {message}")
     if comm is not None and comm.Get_size() > 1:
-        import time
+        abort_after_grace(comm, code)
 
-        # Let the launcher forward the message before MPI_Abort tears the job down: MPICH's hydra drops what is
-        # still in a rank's stderr pipe. 0.5 s lost it once on a loaded machine (2 cores, 5 busy processes);
-        # the job is ending anyway, so a few seconds cost nothing.
-        time.sleep(ABORT_GRACE_SECONDS)
-        comm.Abort(code)
+
+def abort_after_grace(comm, code: int) -> None:
+    """MPI_Abort the job, ABORT_GRACE_SECONDS after this rank's last message.
+
+    The wait lets the launcher forward the message before MPI_Abort tears the job down: MPICH's hydra drops
+    what is still in a rank's stderr pipe (0.5 s lost it on a loaded machine; an abort without any wait lost the
+    coordinator's message on an idle one). The job is ending anyway, so a few seconds cost nothing. Every
+    MPI_Abort of the program goes through here.
+    """
+    import time
+
+    time.sleep(ABORT_GRACE_SECONDS)
+    comm.Abort(code)
 
 
 def run_main(body: Callable[[], int]) -> int:

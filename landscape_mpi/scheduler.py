@@ -41,7 +41,7 @@ from typing import Protocol
 
 import numpy as np
 
-from landscape_mpi.lifecycle import StopFlag, StopRequested, say
+from landscape_mpi.lifecycle import StopFlag, StopRequested, abort_after_grace, say
 
 TAG_RESULTS, TAG_DONE, TAG_ERROR, TAG_WORK, TAG_STOP, TAG_FINAL, TAG_PHASE = range(11, 18)
 PREFETCH = 2
@@ -355,7 +355,7 @@ class Master:
         finally:
             say(f"landscape-mpi: rank 0: error: {message}\n{detail}".rstrip())
             if self.comm is not None:
-                self.comm.Abort(1)
+                abort_after_grace(self.comm, 1)
 
     def run(self) -> Outcome:
         t0, cpu0 = time.perf_counter(), time.process_time()

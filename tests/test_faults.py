@@ -133,3 +133,34 @@ def test_demo_with_unwritable_out_dir_is_a_user_error_on_every_rank(tmp_path, mp
     assert len(errors) == 1 and "--out-dir" in errors[0] and "Traceback" not in err, err[-4000:]
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["a_file"]  # nothing trained, nothing written
     assert elapsed < HANG
+
+
+def test_coordinator_failure_waits_the_grace_before_mpi_abort(monkeypatch, capsys):
+    """Rank 0's own failure (Master.fail) writes what is finished, prints its message, and only then, after
+    lifecycle.ABORT_GRACE_SECONDS, calls MPI_Abort: without the wait MPICH's launcher lost the message (an idle
+    run of test_failure_on_one_rank_ends_every_rank[mpich-mid_run-0]). A fake communicator records the order."""
+    import time as time_module
+
+    import numpy as np
+
+    from landscape_mpi import lifecycle
+    from landscape_mpi.scheduler import Master
+
+    events = []
+
+    class FakeComm:
+        def Get_size(self):
+            return 3
+
+        def Abort(self, code):
+            events.append(("abort", code))
+
+    class Sink:
+        def flush(self):
+            events.append(("flush",))
+
+    monkeypatch.setattr(time_module, "sleep", lambda s: events.append(("sleep", s)))
+    master = Master(FakeComm(), np.arange(9, dtype=np.int64), None, Sink(), lifecycle.StopFlag())
+    master.fail("boom", "detail line")
+    assert events == [("flush",), ("sleep", lifecycle.ABORT_GRACE_SECONDS), ("abort", 1)], events
+    assert "landscape-mpi: rank 0: error: boom\ndetail line" in capsys.readouterr().err
