@@ -167,7 +167,8 @@ def abort_after_grace(comm, code: int) -> None:
     The wait lets the launcher forward the message before MPI_Abort tears the job down: MPICH's hydra drops
     what is still in a rank's stderr pipe (0.5 s lost it on a loaded machine; an abort without any wait lost the
     coordinator's message on an idle one). The job is ending anyway, so a few seconds cost nothing. Every
-    MPI_Abort of the program goes through here.
+    MPI_Abort that follows a message goes through here; a worker whose error the coordinator does not act on
+    aborts by itself after 10 s of waiting (`scheduler.Worker.run`).
     """
     import time
 
