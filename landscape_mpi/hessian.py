@@ -270,6 +270,20 @@ def _fix_sign(vectors: np.ndarray) -> np.ndarray:
     return vectors * signs
 
 
+def _arpack_operator(matvec: Matvec, n: int, seed: int) -> tuple[object, np.ndarray, list[int]]:
+    """`matvec` as a scipy LinearOperator that counts its products (in the returned one-element list), and ARPACK's
+    seeded start vector, so that every run from the same seed is reproducible."""
+    from scipy.sparse.linalg import LinearOperator
+
+    count = [0]
+
+    def mv(v: np.ndarray) -> np.ndarray:
+        count[0] += 1
+        return matvec(np.asarray(v, dtype=np.float64).ravel())
+
+    return LinearOperator((n, n), matvec=mv, dtype=np.float64), np.random.default_rng(seed).standard_normal(n), count
+
+
 def extreme_eigenpairs(matvec: Matvec, n: int, k: int, which: str, tol: float, maxiter: int,
                        seed: int = 0) -> Eigen:
     """The k largest ('LA') or smallest ('SA') algebraic eigenvalues of the symmetric operator, by ARPACK (eigsh).
@@ -279,7 +293,7 @@ def extreme_eigenpairs(matvec: Matvec, n: int, k: int, which: str, tol: float, m
     vector is seeded, so the iteration is reproducible. For k >= n (tiny models) the operator is built densely
     and all n eigenpairs are returned. Raises UserError if ARPACK does not converge.
     """
-    from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
+    from scipy.sparse.linalg import ArpackNoConvergence, eigsh
 
     if k < 1:
         raise ValueError(k)
@@ -289,14 +303,7 @@ def extreme_eigenpairs(matvec: Matvec, n: int, k: int, which: str, tol: float, m
         values, vectors = np.linalg.eigh(0.5 * (dense + dense.T))
         order = np.argsort(values)[::-1] if which == "LA" else np.argsort(values)
         return Eigen(values[order], _fix_sign(vectors[:, order]), n)
-    count = [0]
-
-    def mv(v: np.ndarray) -> np.ndarray:
-        count[0] += 1
-        return matvec(np.asarray(v, dtype=np.float64).ravel())
-
-    op = LinearOperator((n, n), matvec=mv, dtype=np.float64)
-    v0 = np.random.default_rng(seed).standard_normal(n)
+    op, v0, count = _arpack_operator(matvec, n, seed)
     try:
         values, vectors = eigsh(op, k=k, which=which, tol=tol, maxiter=maxiter, v0=v0)
     except ArpackNoConvergence as exc:
@@ -323,19 +330,12 @@ def extreme_pair(matvec: Matvec, n: int, tol: float, maxiter: int, seed: int = 0
     cost it then adds. Both values are right whatever their signs. Tiny operators (n <= PAIR_NCV) are
     diagonalized densely. Raises UserError if the separate runs do not converge within `maxiter` restarts.
     """
-    from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
+    from scipy.sparse.linalg import ArpackNoConvergence, eigsh
 
     if n <= PAIR_NCV:
         both = extreme_eigenpairs(matvec, n, n, "LA", tol, maxiter, seed)
         return float(both.values[0]), float(both.values[-1]), both.products
-    count = [0]
-
-    def mv(v: np.ndarray) -> np.ndarray:
-        count[0] += 1
-        return matvec(np.asarray(v, dtype=np.float64).ravel())
-
-    op = LinearOperator((n, n), matvec=mv, dtype=np.float64)
-    v0 = np.random.default_rng(seed).standard_normal(n)
+    op, v0, count = _arpack_operator(matvec, n, seed)
     try:
         values = eigsh(op, k=2, which="BE", tol=tol, maxiter=PAIR_RESTARTS, v0=v0, ncv=PAIR_NCV,
                        return_eigenvectors=False)
