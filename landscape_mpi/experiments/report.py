@@ -44,8 +44,7 @@ REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE = "reproduced", "not reproduced", "inco
 #: The two measures of a 2D surface's chaos every "smoother" claim is judged by, each in its own verdict (they can
 #: disagree: roughness is normalized by the grid's loss range, which a loss exploding at the grid's edge
 #: dominates; the non-convex fraction only counts where the surface curves down).
-MEASURES_2D = {"roughness": "mean abs second difference / (max - min)",
-               "non-convex fraction": "share of interior points with a negative finite-difference Hessian eigenvalue"}
+MEASURES_2D = ("roughness", "non-convex fraction")
 
 
 @dataclass
@@ -320,8 +319,9 @@ def width_section(s: Section) -> None:
                       "roughness", "non-convex fraction"], rows)
     s.lines += ["", ROUGHNESS_NOTE, ""]
     weak = untrained({f"width x{row[0][1:]}": row[2] for row in rows})
+    chaos = {"roughness": rough, "non-convex fraction": nonconvex}
     for measure in MEASURES_2D:
-        _width_verdict(s, measure, rough if measure == "roughness" else nonconvex, weak)
+        _width_verdict(s, measure, chaos[measure], weak)
 
 
 def _width_verdict(s: Section, measure: str, m: dict, weak: str | None) -> None:
