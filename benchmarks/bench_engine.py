@@ -30,8 +30,8 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from naive_baseline import naive_point  # noqa: E402
 
-from landscape_mpi.data import EvalSet, load_eval_set  # noqa: E402
-from landscape_mpi.directions import random_direction, space_keys  # noqa: E402
+from landscape_mpi.data.datasets import EvalSet, load_eval_set  # noqa: E402
+from landscape_mpi.directions.base import random_direction, space_keys  # noqa: E402
 from landscape_mpi.engine import make_engine, tune_cpu_allocator  # noqa: E402
 from landscape_mpi.models import build_model  # noqa: E402
 

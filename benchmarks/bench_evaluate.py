@@ -14,9 +14,9 @@ import time
 
 import torch
 
-from landscape_mpi.data import EvalSet
-from landscape_mpi.directions import PointSetter, random_direction, space_keys
-from landscape_mpi.evaluate import evaluate
+from landscape_mpi.data.datasets import EvalSet
+from landscape_mpi.directions.base import PointSetter, random_direction, space_keys
+from landscape_mpi.engine.evaluate import evaluate
 from landscape_mpi.models import ZOO, build_model
 
 

@@ -3,8 +3,8 @@
     mpiexec --allow-run-as-root --oversubscribe --bind-to none -n 4 \
         .venv/bin/python benchmarks/bench_io.py --points 1000000 --io collective [--flush-seconds 0.5] [--json]
 
-Every rank runs the real `Master` / `Worker` of landscape_mpi.scheduler and the real `ResultWriter` of
-landscape_mpi.store on a real surface file (4 value columns, as a default train+test surface); evaluating a
+Every rank runs the real `Master` / `Worker` of landscape_mpi.runtime.scheduler and the real `ResultWriter` of
+landscape_mpi.files.store on a real surface file (4 value columns, as a default train+test surface); evaluating a
 point costs nothing (`ZeroCost`), so the run measures what the scheduler and the writer cost per point:
 the ceiling of a job whose points were free. The file is created by rank 0 with
 `store.create_surface_file` and a tiny fake direction (nothing about the model matters here).
@@ -36,10 +36,10 @@ import time
 import numpy as np
 from mpi4py import MPI
 
-from landscape_mpi import scheduler as sched
-from landscape_mpi import store
-from landscape_mpi.config import Axis, SurfaceConfig
-from landscape_mpi.lifecycle import StopFlag
+from landscape_mpi.runtime import scheduler as sched
+from landscape_mpi.files import store
+from landscape_mpi.config.surface import Axis, SurfaceConfig
+from landscape_mpi.runtime.lifecycle import StopFlag
 
 #: Raw bytes written per point by ResultWriter.write: 4 float64 value columns, done uint8, rank int32,
 #: seconds float64.

@@ -77,7 +77,7 @@ def naive_job(argv: list[str]) -> None:
     sys.path.insert(0, HERE)
     from naive_baseline import naive_point
 
-    from landscape_mpi.directions import random_direction, space_keys
+    from landscape_mpi.directions.base import random_direction, space_keys
     from landscape_mpi.models import build_model
 
     torch.set_num_threads(a.threads)
@@ -85,7 +85,7 @@ def naive_job(argv: list[str]) -> None:
     state = torch.load(a.checkpoint, map_location="cpu")
     model.load_state_dict(state)
     theta = {k: v.clone() for k, v in model.state_dict().items()}
-    # The CLI's directions for --seed S (landscape_mpi.directions: one generator, x then y, weights space,
+    # The CLI's directions for --seed S (landscape_mpi.directions.base: one generator, x then y, weights space,
     # filter-normalized, zero on biases and BatchNorm), so the two jobs evaluate the same points.
     g = torch.Generator().manual_seed(a.seed)
     keys = space_keys(model, "weights")

@@ -2,7 +2,7 @@
 
     mpiexec -n 16 python benchmarks/bench_scheduler.py --points 200000 [--chunk-size 1] [--json]
 
-Every rank runs the real `Master` / `Worker` of landscape_mpi.scheduler; evaluating a point costs nothing and
+Every rank runs the real `Master` / `Worker` of landscape_mpi.runtime.scheduler; evaluating a point costs nothing and
 results go to a sink that drops them, so the figure is the coordinator's own ceiling: assignments/s =
 points / seconds from the first assignment to the last result; the points rank 0 evaluates itself are
 left out of the "handed out to workers" figure. `--sleep S` (or `R:S`, rank R only) makes
@@ -20,8 +20,8 @@ from mpi4py import MPI
 
 import numpy as np
 
-from landscape_mpi import scheduler as sched
-from landscape_mpi.lifecycle import StopFlag
+from landscape_mpi.runtime import scheduler as sched
+from landscape_mpi.runtime.lifecycle import StopFlag
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
 """The one module of `plotting` that opens surface files: read-only, without HDF5 file locking, so a file
 that a running job is writing can be read (the writer only overwrites raw bytes in place; see
-landscape_mpi/store.py). Needs h5py and numpy only: no torch, no MPI, nothing from landscape_mpi.
+landscape_mpi/files/store.py). Needs h5py and numpy only: no torch, no MPI, nothing from landscape_mpi.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import h5py
 import numpy as np
 
-#: The file schema this package reads; pinned to landscape_mpi.contract.SCHEMA_VERSION by a test (plotting
+#: The file schema this package reads; pinned to landscape_mpi.files.contract.SCHEMA_VERSION by a test (plotting
 #: imports nothing from landscape_mpi, so it keeps its own copy).
 SCHEMA_VERSION = 1
 

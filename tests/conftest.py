@@ -26,7 +26,7 @@ import torch
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
 BIN = Path(sys.executable).parent
-#: The fault-injection and synchronization variables of landscape_mpi/testhooks.py (listed here so that the
+#: The fault-injection and synchronization variables of landscape_mpi/runtime/faults.py (listed here so that the
 #: test helpers do not depend on the package importing).
 TEST_HOOKS = ("LANDSCAPE_MPI_TEST_FAIL_AT", "LANDSCAPE_MPI_TEST_GATE", "LANDSCAPE_MPI_TEST_FAIL",
               "LANDSCAPE_MPI_TEST_DELAY", "LANDSCAPE_MPI_TEST_BATCH_DELAY")
@@ -373,7 +373,7 @@ def slurm():
 @pytest.fixture(scope="session")
 def digits_ckpt(tmp_path_factory) -> str:
     """A digits_cnn trained 2 epochs (with BatchNorm and conv filters)."""
-    from landscape_mpi.train import TrainConfig, train
+    from landscape_mpi.training.train import TrainConfig, train
 
     out = tmp_path_factory.mktemp("digits_cnn")
     return train(TrainConfig(model="digits_cnn", out_dir=str(out), epochs=2, batch_size=64, lr=0.05), quiet=True)

@@ -152,7 +152,7 @@ def test_pca_bad_trajectories(tmp_path, digits_ckpt, pattern, needle):
 def test_bn_recalibration_recovers_the_data_statistics(tmp_path, digits_ckpt):
     """Stored running statistics made wrong: recalibrating at the center gives the loss of the model whose
     statistics are computed directly from the same training samples (one train-mode pass over all of them)."""
-    from landscape_mpi.data import load_eval_set
+    from landscape_mpi.data.datasets import load_eval_set
     from landscape_mpi.models import build_model, read_state_dict
 
     state = read_state_dict(digits_ckpt)

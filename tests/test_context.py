@@ -14,11 +14,11 @@ import pytest
 import torch
 
 from conftest import cli, env, mpiexec, run
-from landscape_mpi import context
-from landscape_mpi.errors import UserError
+from landscape_mpi.runtime import context
+from landscape_mpi.config.errors import UserError
 
 #: A process that builds its context and reports what it got.
-REPORT = ("from landscape_mpi.context import make_context; import torch; c = make_context('cpu'); "
+REPORT = ("from landscape_mpi.runtime.context import make_context; import torch; c = make_context('cpu'); "
           "import sys; sys.stdout.write(f'rank {c.rank} threads {c.threads} torch {torch.get_num_threads()}\\n'); "
           "sys.stdout.flush()")  # one write per line: ranks' lines must not interleave (PYTHONUNBUFFERED)
 

@@ -1,12 +1,12 @@
-"""Directions, exactly as METHOD.md section 1: normalization, excluded tensors, seeding, spaces, targets."""
+"""Directions, exactly as docs/method.md#directions: normalization, excluded tensors, seeding, spaces, targets."""
 
 import numpy as np
 import pytest
 import torch
 
-from landscape_mpi.directions import (PointSetter, check_running_var, normalize, random_direction, space_keys,
+from landscape_mpi.directions.base import (PointSetter, check_running_var, normalize, random_direction, space_keys,
                                       target_direction)
-from landscape_mpi.errors import UserError
+from landscape_mpi.config.errors import UserError
 from landscape_mpi.models import build_model
 
 

@@ -10,10 +10,10 @@ import torch.nn.functional as F
 from torch import nn
 
 import landscape_toys
-from landscape_mpi.data import EvalSet
-from landscape_mpi.directions import random_direction, space_keys
+from landscape_mpi.data.datasets import EvalSet
+from landscape_mpi.directions.base import random_direction, space_keys
 from landscape_mpi.engine import make_engine, recalibrate_bn
-from landscape_mpi.errors import UserError
+from landscape_mpi.config.errors import UserError
 from landscape_mpi.models import build_model
 
 CPU = torch.device("cpu")
@@ -143,7 +143,7 @@ def test_compact_uint8_images_give_the_same_values():
     same bits as the float inputs, and the eager oracle's values; the engine really holds uint8 images.
     channels_last (uint8 images in NHWC layout) and batched (slices under vmap) are the two ways the engines
     read them; folded reads them as channels_last does, in NCHW."""
-    from landscape_mpi.data import CIFAR_MEAN, CIFAR_STD, CompactImages, decode_images
+    from landscape_mpi.data.datasets import CIFAR_MEAN, CIFAR_STD, CompactImages, decode_images
     from landscape_mpi.engine.common import DecodedImages
 
     torch.manual_seed(0)

@@ -11,7 +11,7 @@ import pytest
 import scipy.stats
 
 from conftest import assert_same_results, cli, mpiexec, run
-from landscape_mpi.errors import UserError
+from landscape_mpi.config.errors import UserError
 from landscape_mpi.experiments import experiment, experiments, measures
 from landscape_mpi.models import ZOO
 
@@ -90,7 +90,7 @@ def test_definitions():
     assert {r.config["epochs"] for r in experiment("width", "quick").runs} == {10}
     with pytest.raises(UserError, match="unknown"):
         experiment("nope", "tiny")
-    from landscape_mpi import experiments_cli
+    from landscape_mpi.cli import experiments as experiments_cli
     from landscape_mpi.experiments.definitions import SCALES
 
     assert experiments_cli.SCALES == SCALES  # the CLI repeats them to keep its parser free of imports
@@ -185,7 +185,7 @@ def test_surfaces_under_a_launcher_equal_in_process(tiny_run, tmp_path):
 def test_stop_signal_ends_the_run_between_steps(tiny_run, tmp_path):
     """A stop flag set (as SIGTERM/SIGUSR1 do) ends the run with 75 before the next step, writing nothing."""
     import landscape_mpi.experiments.runner as runner
-    from landscape_mpi.lifecycle import STOP
+    from landscape_mpi.runtime.lifecycle import STOP
 
     out, _ = tiny_run
     os.symlink(out / "runs", tmp_path / "runs")

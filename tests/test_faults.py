@@ -1,7 +1,7 @@
 """Fault injection: a failure on one rank, at any stage of a run, ends every rank promptly with that rank's
 message, under Open MPI, MPICH and SLURM; a user error under MPI is one line and exit 2 within seconds.
 
-The failures come from landscape_mpi/testhooks.py (`LANDSCAPE_MPI_TEST_FAIL_AT=STAGE:RANK`): rank RANK raises
+The failures come from landscape_mpi/runtime/faults.py (`LANDSCAPE_MPI_TEST_FAIL_AT=STAGE:RANK`): rank RANK raises
 `InjectedFault("test hook: rank R fails at stage S")` when it reaches STAGE. What is checked, for rank 0 (the
 coordinator and writer) and rank 2 (a worker) at every stage:
 - the job ends with a non-zero exit that is neither "complete" (0), "user error" (2) nor "resumable" (75);
@@ -33,7 +33,7 @@ HANG = 60
 @pytest.fixture(scope="module")
 def mlp_ckpt(tmp_path_factory) -> str:
     """digits_mlp, one epoch: the cheapest zoo model with real data (the faults do not depend on the values)."""
-    from landscape_mpi.train import TrainConfig, train
+    from landscape_mpi.training.train import TrainConfig, train
 
     out = tmp_path_factory.mktemp("digits_mlp")
     return train(TrainConfig(model="digits_mlp", out_dir=str(out), epochs=1, batch_size=64, lr=0.05), quiet=True)
@@ -143,8 +143,8 @@ def test_coordinator_failure_waits_the_grace_before_mpi_abort(monkeypatch, capsy
 
     import numpy as np
 
-    from landscape_mpi import lifecycle
-    from landscape_mpi.scheduler import Master
+    from landscape_mpi.runtime import lifecycle
+    from landscape_mpi.runtime.scheduler import Master
 
     events = []
 

@@ -22,13 +22,15 @@ from torch.func import functional_call
 
 import hessian_toys as toys
 from conftest import ROOT, cli, env, mpiexec, run
-from landscape_mpi import hessian as hs
+from landscape_mpi.analysis import hessian as hs
+from landscape_mpi.analysis import krylov
+from landscape_mpi.directions.hessian import hessian_directions
 from landscape_mpi.cli import main
-from landscape_mpi.data import EvalSet
-from landscape_mpi.directions import PointSetter, random_direction
-from landscape_mpi.errors import UserError
-from landscape_mpi.evaluate import evaluate
-from landscape_mpi.hessian_store import read_hessian_file
+from landscape_mpi.data.datasets import EvalSet
+from landscape_mpi.directions.base import PointSetter, random_direction
+from landscape_mpi.config.errors import UserError
+from landscape_mpi.engine.evaluate import evaluate
+from landscape_mpi.files.hessian_store import read_hessian_file
 
 TOY = ["--model", "hessian_toys:make_model", "--dataset", "hessian_toys:make_data"]
 # Small but complete settings; float64 so that 1 vs 3 ranks and the exact Hessian compare tightly.
@@ -237,7 +239,7 @@ def test_both_eigenvalues_negative_at_a_maximum():
     lmax, lmin, products = hs.eig_extremes(model, data, "ce", tol=1e-10, maxiter=1000)
     assert close(lmax, ev[-1], 1e-6) and close(lmin, ev[0], 1e-6) and products > 0
     op = hs.HessianOperator(model, data, "ce")
-    top = hs.extreme_eigenpairs(op.product, op.n, 3, "LA", 1e-10, 1000)
+    top = krylov.extreme_eigenpairs(op.product, op.n, 3, "LA", 1e-10, 1000)
     assert close(top.values, ev[::-1][:3], 1e-6)
 
 
@@ -262,7 +264,7 @@ def test_eig_extremes_at_grid_points(ckpt_dir):
 
 
 def test_second_difference_of_surface_equals_dHd(ckpt_dir):
-    """A fine 1D surface theta* + t d, evaluated by landscape_mpi.evaluate, has second derivative d^T H d at 0."""
+    """A fine 1D surface theta* + t d, evaluated by landscape_mpi.engine.evaluate, has second derivative d^T H d at 0."""
     model = model_at(str(ckpt_dir / "epoch_100.pt")).double()
     data = toy_set()
     state = {k: p.detach() for k, p in model.named_parameters()}
@@ -288,7 +290,7 @@ def test_second_difference_of_surface_equals_dHd(ckpt_dir):
 
 def test_hessian_directions(hfile):
     model = toys.make_model()
-    dx, dy, attrs = hs.hessian_directions(hfile, model, row=1)
+    dx, dy, attrs = hessian_directions(hfile, model, row=1)
     names = [k for k, _ in model.named_parameters()]
     assert list(dx) == names and list(dy) == names
     vx = torch.cat([dx[k].reshape(-1) for k in names]).double().numpy()
@@ -332,7 +334,7 @@ def test_existing_out_and_top_k_too_large(ckpt_dir, hfile, tmp_path, capsys):
 
 def test_hessian_file_of_another_model(ckpt_dir, hfile, tmp_path, capsys):
     with pytest.raises(UserError) as exc:
-        hs.hessian_directions(hfile, toys.make_other_model())
+        hessian_directions(hfile, toys.make_other_model())
     assert "another model" in str(exc.value) and "\n" not in str(exc.value)
     # and through the surface command that uses it
     other = tmp_path / "other.pt"
@@ -367,7 +369,7 @@ def test_hessian_file_unusable_for_directions(ckpt_dir, hfile, tmp_path, capsys)
     for path, row, message in ((str(surface_like), 0, "not a Hessian file"), (hfile, 2, "rows 0..1"),
                                (one_vector, 0, "stores 1 eigenvector"), (str(tmp_path / "none.h5"), 0, "no such file")):
         with pytest.raises(UserError) as exc:
-            hs.hessian_directions(path, model, row)
+            hessian_directions(path, model, row)
         assert message in str(exc.value) and "\n" not in str(exc.value), str(exc.value)
 
 
@@ -417,11 +419,11 @@ def test_extreme_pair_from_one_krylov_space_matches_separate_runs_and_the_spectr
     for spectrum, joint in [(hessian_like, True)] + [(c, False) for c in clustered]:
         a = (q * spectrum) @ q.T
         exact = np.linalg.eigvalsh(a)
-        lmax, lmin, products = hs.extreme_pair(lambda v: a @ v, n, 1e-8, 100000)
-        top = hs.extreme_eigenpairs(lambda v: a @ v, n, 1, "LA", 1e-8, 100000)
-        bottom = hs.extreme_eigenpairs(lambda v: a @ v, n, 1, "SA", 1e-8, 100000)
+        lmax, lmin, products = krylov.extreme_pair(lambda v: a @ v, n, 1e-8, 100000)
+        top = krylov.extreme_eigenpairs(lambda v: a @ v, n, 1, "LA", 1e-8, 100000)
+        bottom = krylov.extreme_eigenpairs(lambda v: a @ v, n, 1, "SA", 1e-8, 100000)
         assert close(lmax, exact[-1], 1e-6) and close(lmin, exact[0], 1e-6), (lmax, lmin, exact[[-1, 0]])
         separate = top.products + bottom.products
         assert (products < separate) if joint else (products > separate), (joint, products, separate)
     small = np.diag([-1.0, 2.0, 0.5])  # n <= PAIR_NCV: diagonalized densely
-    assert hs.extreme_pair(lambda v: small @ v, 3, 1e-6, 100)[:2] == (2.0, -1.0)
+    assert krylov.extreme_pair(lambda v: small @ v, 3, 1e-6, 100)[:2] == (2.0, -1.0)

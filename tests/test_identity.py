@@ -162,7 +162,7 @@ def test_file_of_an_older_version_resumes(tmp_path, digits_ckpt):
 # ------------------------------------------------------------------------------------------ defaults
 def test_interpolation_of_a_batchnorm_net_reaches_the_target(tmp_path, digits_ckpt):
     """With --x-target and no --dir-space, a = 1 is the target model, running statistics included."""
-    from landscape_mpi.data import load_eval_set
+    from landscape_mpi.data.datasets import load_eval_set
     from landscape_mpi.models import build_model, load_checkpoint
 
     folder = os.path.dirname(digits_ckpt)
@@ -230,8 +230,8 @@ def test_stored_directions_have_the_checkpoints_filter_norms(tmp_path, digits_ck
 # ------------------------------------------------------------------------------------- durability
 def test_write_protocol_order_values_fsync_done_fsync(tmp_path, monkeypatch):
     """The calls the writer makes, recorded: every value dataset, flush+fsync, then done, flush+fsync."""
-    from landscape_mpi import store
-    from landscape_mpi.config import Axis, SurfaceConfig
+    from landscape_mpi.files import store
+    from landscape_mpi.config.surface import Axis, SurfaceConfig
 
     config = SurfaceConfig(model="m", checkpoint="c", x=Axis(-1, 1, 4))
     path = str(tmp_path / "f.h5")

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from conftest import cli, run
-from landscape_mpi.data import CIFAR_MEAN, CIFAR_STD, decode_images, load_eval_set
-from landscape_mpi.errors import UserError
+from landscape_mpi.data.datasets import CIFAR_MEAN, CIFAR_STD, decode_images, load_eval_set
+from landscape_mpi.config.errors import UserError
 from landscape_mpi.models import INPUT_SHAPES, ZOO, build_model, load_checkpoint, read_state_dict
 
 
@@ -130,7 +130,7 @@ def test_benchmark_scripts_run():
 def test_digits_read_without_sklearn_equal_load_digits():
     from sklearn.datasets import load_digits
 
-    from landscape_mpi.data import digits_arrays
+    from landscape_mpi.data.datasets import digits_arrays
 
     images, target = digits_arrays()
     bunch = load_digits()

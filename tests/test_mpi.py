@@ -24,7 +24,7 @@ from conftest import (ONE_POINT_AT_A_TIME, ROOT, Job, assert_same_results, cli, 
 pytestmark = pytest.mark.timeout(600)
 DIGITS = ["--model", "digits_cnn", "--dataset", "digits", "--threads", "1"]
 METRICS = ("train_loss", "train_acc", "test_loss", "test_acc")
-#: The line a rank prints when it catches a stop signal (landscape_mpi/lifecycle.py).
+#: The line a rank prints when it catches a stop signal (landscape_mpi/runtime/lifecycle.py).
 CAUGHT = r"rank {} caught {}"
 
 
@@ -205,8 +205,8 @@ def test_io_collective_equals_single(tmp_path, reference):
 
 
 def test_io_collective_without_parallel_h5py_is_a_clear_error(tmp_path, reference, monkeypatch):
-    from landscape_mpi.errors import UserError
-    from landscape_mpi.run import check_collective_io
+    from landscape_mpi.config.errors import UserError
+    from landscape_mpi.surface.run import check_collective_io
     import h5py as h
 
     monkeypatch.setattr(h, "get_config", lambda: type("C", (), {"mpi": False})())

@@ -306,7 +306,7 @@ def test_plotting_needs_neither_torch_nor_mpi():
 
 # ------------------------------------------------------------------ schema, selective reading, fill, residual
 def test_schema_version_pinned_to_contract():
-    from landscape_mpi import contract
+    from landscape_mpi.files import contract
     from plotting import reader
 
     assert reader.SCHEMA_VERSION == contract.SCHEMA_VERSION

@@ -82,7 +82,7 @@ def test_sigkill_during_collective_phases_ten_times_then_resume(tmp_path, grid):
 
 # ------------------------------------------------------------------------------------------- order
 def test_coarse_to_fine_order_covers_the_grid_early():
-    from landscape_mpi.scheduler import point_order
+    from landscape_mpi.runtime.scheduler import point_order
 
     shape = (101, 101)
     order = point_order(shape, np.zeros(shape, bool), "coarse")
@@ -174,7 +174,7 @@ def test_todo_of_a_201_cubed_grid(tmp_path):
     """8.1 M points: the order is one int64 array (no Python object per point)."""
     import tracemalloc
 
-    from landscape_mpi.scheduler import Todo, point_order
+    from landscape_mpi.runtime.scheduler import Todo, point_order
 
     shape = (201, 201, 201)
     done = np.zeros(shape, bool)

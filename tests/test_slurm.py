@@ -22,7 +22,7 @@ from conftest import (BIN, ONE_POINT_AT_A_TIME, ROOT, assert_same_results, cli, 
 pytestmark = pytest.mark.timeout(900)
 SHRINK = ["--ntasks-per-node=2", "--cpus-per-task=1", "--overcommit", "--time=00:20:00"]
 DIGITS = ["--model", "digits_cnn", "--dataset", "digits", "--threads", "1", "--samples", "150"]
-#: The line a rank prints when it catches a stop signal (landscape_mpi/lifecycle.py).
+#: The line a rank prints when it catches a stop signal (landscape_mpi/runtime/lifecycle.py).
 CAUGHT = r"rank \d+ caught {}"
 
 

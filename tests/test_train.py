@@ -10,13 +10,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import landscape_mpi.train as train_mod
+import landscape_mpi.training.train as train_mod
 from conftest import cli, env, run, wait_for_files
-from landscape_mpi.data import load_split
-from landscape_mpi.errors import UserError
+from landscape_mpi.data.datasets import load_split
+from landscape_mpi.config.errors import UserError
 from landscape_mpi.models import INPUT_SHAPES, ZOO, build_model
 from landscape_mpi.models.resnet_small import zoo_entries
-from landscape_mpi.train import TrainConfig, _augment, train
+from landscape_mpi.training.train import TrainConfig, _augment, train
 
 CPU = torch.device("cpu")
 # 200 MNIST-1D samples, batch 32: 7 steps per epoch; iteration saves every 4 steps fall inside epochs.

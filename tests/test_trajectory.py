@@ -1,5 +1,5 @@
-"""PCA directions of training trajectories (landscape_mpi/trajectory.py) and the reference code's direction
-files (landscape_mpi/reference_dirs.py): checked against constructions with known answers and against
+"""PCA directions of training trajectories (landscape_mpi/directions/pca.py) and the reference code's direction
+files (landscape_mpi/directions/reference.py): checked against constructions with known answers and against
 numpy.linalg.svd of a matrix the test builds itself."""
 
 import h5py
@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from landscape_mpi.errors import UserError
+from landscape_mpi.config.errors import UserError
 from landscape_mpi.models import build_model
-from landscape_mpi.reference_dirs import read_reference_directions
-from landscape_mpi.trajectory import pca_directions, pca_from_files, trajectory_files
+from landscape_mpi.directions.reference import read_reference_directions
+from landscape_mpi.directions.pca import pca_directions, pca_from_files, trajectory_files
 
 SHAPES = {"l1.weight": (6, 5), "l1.bias": (6,), "l2.weight": (3, 6), "l2.bias": (3,)}
 KEYS = list(SHAPES)
@@ -129,7 +129,7 @@ def test_randomized_agrees_with_exact_on_many_checkpoints():
 
 @pytest.fixture(scope="module")
 def mlp_run(tmp_path_factory):
-    from landscape_mpi.train import TrainConfig, train
+    from landscape_mpi.training.train import TrainConfig, train
 
     out = tmp_path_factory.mktemp("mlp")
     final = train(TrainConfig(model="digits_mlp", out_dir=str(out), epochs=3, batch_size=64, lr=0.05), quiet=True)

@@ -7,7 +7,7 @@
   pass, today's `evaluate.evaluate` per split. Also the only engine that recalibrates BatchNorm.
 - ``folded``: BatchNorm folded into the preceding conv/linear (`engine.fold`), losses and hits summed on the
   device (one host sync per split per point).
-- ``channels_last``: ``folded`` with NHWC activations (oneDNN on CPU: 1.2x; see docs/readme-parts/speed.md).
+- ``channels_last``: ``folded`` with NHWC activations (oneDNN on CPU: 1.2x; see docs/performance.md).
 - ``compiled``: ``folded`` (channels-last where it applies) under torch.compile; falls back uncompiled with
   a log note when inductor cannot compile. Never chosen by ``auto`` (compile time exceeds the gain on CPU).
 - ``batched``: K grid points per forward (torch.func.vmap over the folded model's stacked tensors).
@@ -28,13 +28,13 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from landscape_mpi.data import EvalSet
-from landscape_mpi.directions import Direction
+from landscape_mpi.data.datasets import EvalSet
+from landscape_mpi.directions.base import Direction
 from landscape_mpi.engine.common import PRECISIONS, Engine, data_to_device, set_precision
 from landscape_mpi.engine.eager import EagerEngine, batchnorms, recalibrate_bn
 from landscape_mpi.engine.fast import BatchedEngine, FoldedEngine, FoldedTensors, count_flops, probe_batched
 from landscape_mpi.engine.fold import FoldError, plan_fold
-from landscape_mpi.errors import UserError
+from landscape_mpi.config.errors import UserError
 
 __all__ = ["Engine", "make_engine", "KINDS", "PRECISIONS", "BN_MODES", "default_batch_size", "choose_group_size",
            "tune_cpu_allocator", "recalibrate_bn"]
@@ -45,7 +45,7 @@ LOSSES = ("ce", "mse")
 
 #: Forward FLOPs per sample under which one point per forward is dominated by per-call overhead and
 #: ``auto`` stacks K points per forward. digits_cnn: 0.16 MFLOP per sample; resnet20: 82 MFLOP, where K > 1
-#: gains nothing. See docs/readme-parts/speed.md for the measured points/s (benchmarks/bench_engine.py).
+#: gains nothing. See docs/performance.md for the measured points/s (benchmarks/bench_engine.py).
 SMALL_MODEL_FLOPS = 5e6
 #: Most points per forward (digits_cnn on 2 CPU threads: K=32 was the fastest measured; K=64 no better).
 MAX_GROUP = 32

@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from landscape_mpi.data import EvalSet, decode_images
+from landscape_mpi.data.datasets import EvalSet, decode_images
 
 PRECISIONS = ("fp32", "tf32", "bf16")
 

@@ -14,10 +14,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from landscape_mpi.data import EvalSet
-from landscape_mpi.directions import Direction, PointSetter
+from landscape_mpi.data.datasets import EvalSet
+from landscape_mpi.directions.base import Direction, PointSetter
 from landscape_mpi.engine.common import Engine, Progress, as_coords, autocast, data_to_device
-from landscape_mpi.evaluate import evaluate
+from landscape_mpi.engine.evaluate import evaluate
 
 
 def batchnorms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:

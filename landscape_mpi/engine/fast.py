@@ -14,11 +14,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from landscape_mpi.data import EvalSet
-from landscape_mpi.directions import Direction
+from landscape_mpi.data.datasets import EvalSet
+from landscape_mpi.directions.base import Direction
 from landscape_mpi.engine.common import AffineFamily, Engine, Progress, as_coords, autocast
 from landscape_mpi.engine.fold import FoldPlan, _scale_shift, fold_tensors
-from landscape_mpi.evaluate import batch_loss_sum, per_sample_loss
+from landscape_mpi.engine.evaluate import batch_loss_sum, per_sample_loss
 
 
 class FoldedTensors:

@@ -1,4 +1,4 @@
-"""The paper's findings (METHOD.md section 5) as experiments: which models to train and which surfaces to compute.
+"""The paper's findings (docs/method.md#the-papers-claims) as experiments: which models to train and which surfaces to compute.
 
 An experiment is data, not code: training runs (`TrainRun`, shared between experiments by name, so the
 depth-56 no-shortcut net of the skip experiment is also the width experiment's x1 net) and surface steps
@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from landscape_mpi.errors import UserError
+from landscape_mpi.config.errors import UserError
 
 SCALES = ("tiny", "quick", "small", "paper")
 NAMES = ("skip", "batch", "width", "trajectory")
@@ -52,7 +52,7 @@ class SurfaceStep:
 class Experiment:
     name: str
     claim: str
-    """The paper's claim, as METHOD.md section 5 states it."""
+    """The paper's claim, as docs/method.md#the-papers-claims states it."""
     scale: str
     runs: tuple[TrainRun, ...]
     surfaces: tuple[SurfaceStep, ...]

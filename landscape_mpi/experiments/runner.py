@@ -27,9 +27,9 @@ import h5py
 import numpy as np
 import torch
 
-from landscape_mpi.errors import EXIT_COMPLETE, EXIT_RESUMABLE, UserError
+from landscape_mpi.config.errors import EXIT_COMPLETE, EXIT_RESUMABLE, UserError
 from landscape_mpi.experiments.definitions import Experiment, SurfaceStep
-from landscape_mpi.train import TrainConfig, TrainingStopped, finished, train
+from landscape_mpi.training.train import TrainConfig, TrainingStopped, finished, train
 
 
 class StepFailed(Exception):
@@ -99,7 +99,7 @@ def surface_argv(exp: Experiment, step: SurfaceStep, out_dir: str, device: str, 
 def _stop_if_requested() -> None:
     """Raise StepFailed (exit 75, resumable) if SIGTERM/SIGINT/SIGUSR1 arrived (between steps; a training and a
     surface stop by themselves at their next batch)."""
-    from landscape_mpi.lifecycle import STOP
+    from landscape_mpi.runtime.lifecycle import STOP
 
     if STOP.requested:
         raise StepFailed(f"stopped ({STOP.signal_name}): run the same command again to resume", EXIT_RESUMABLE)

@@ -8,7 +8,7 @@ returns an ``nn.Module``. Checkpoints are a plain state_dict or a dict holding o
 from __future__ import annotations
 
 import hashlib
-import importlib
+import re
 import os
 from collections.abc import Callable
 from functools import partial
@@ -16,7 +16,8 @@ from functools import partial
 import torch
 from torch import nn
 
-from landscape_mpi.errors import UserError
+from landscape_mpi.config.errors import UserError
+from landscape_mpi.config.imports import import_object
 from landscape_mpi.models.cifar import VGG9, CifarResNet, DenseNet
 from landscape_mpi.models.resnet_small import SmallResNet, zoo_entries
 from landscape_mpi.models.small import DigitsCNN, DigitsMLP
@@ -50,22 +51,6 @@ INPUT_SHAPES: dict[str, tuple[int, ...]] = {"digits": (1, 8, 8), "mnist1d": (1, 
 STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "net")
 
 
-def import_object(spec: str, what: str) -> Callable:
-    """Resolve ``package.module:attribute``; `what` names the option for the error message."""
-    module_name, _, attr = spec.partition(":")
-    if not module_name or not attr:
-        raise UserError(f"{what} {spec}: expected package.module:factory")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise UserError(f"{what} {spec}: cannot import {module_name} ({exc}); "
-                        f"put its folder on PYTHONPATH or pip-install it") from None
-    try:
-        return getattr(module, attr)
-    except AttributeError:
-        raise UserError(f"{what} {spec}: module {module_name} has no attribute {attr!r}") from None
-
-
 def build_model(name: str) -> nn.Module:
     """A freshly initialized model, by zoo name or ``package.module:factory``."""
     if ":" in name:
@@ -77,6 +62,12 @@ def build_model(name: str) -> nn.Module:
         raise UserError(f"--model {name}: unknown model; choose one of {', '.join(ZOO)} "
                         f"or give package.module:factory")
     return ZOO[name][0]()
+
+
+def natural_key(path: str) -> list:
+    """Sort key of checkpoint files that orders epoch_2 before epoch_10 (numbers in the file name compared as
+    numbers; the whole path breaks ties)."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", os.path.basename(path))] + [path]
 
 
 def _require_checkpoint_file(path: str, option: str) -> None:

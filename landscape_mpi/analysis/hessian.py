@@ -1,0 +1,309 @@
+"""Hessian of the mean loss: products, eigenvalues, trace, spectral density, adaptive sharpness (docs/method.md#hessian).
+
+The function whose curvature is measured is exactly the loss a surface point reports (landscape_mpi/engine/evaluate.py):
+the **sample-weighted mean** loss over every sample of the evaluation set(s), ``L(theta) = (1/N) sum_s l_s(theta)``,
+with the model in **eval mode** (BatchNorm uses its running statistics, which are constants here: they are buffers,
+not parameters, so the Hessian is taken with respect to the trainable parameters only; dropout is off).
+Several evaluation sets (splits) are pooled: N is their total sample count.
+
+Parameters are one flat vector over ``named_parameters()`` (those with ``requires_grad``, in that order):
+`ParamSpace` converts between that vector (float64 numpy) and per-parameter tensors with pure helpers.
+
+Hessian-vector products use double backprop per batch, accumulated in float64 across batches. Under MPI each
+rank holds a contiguous shard of the samples; one product is one ``Allreduce`` of the per-rank sums, divided by
+the global sample count. The linear algebra (ARPACK via scipy's ``eigsh``, Hutchinson, Lanczos) runs on rank 0
+only; the other ranks serve products (`drive`): rank 0 broadcasts a command and the vector, every rank computes
+its shard's product, and the sums are allreduced. ARPACK's iteration therefore never has to agree across ranks.
+"""
+
+from __future__ import annotations
+
+import math
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from landscape_mpi.data.datasets import EvalSet
+from landscape_mpi.directions.base import PointSetter, random_direction
+from landscape_mpi.config.errors import UserError
+from landscape_mpi.engine.evaluate import batch_loss_sum
+from landscape_mpi.analysis.krylov import Matvec, extreme_pair
+
+DEFAULT_BATCH_SIZE = 1024
+
+# Commands rank 0 broadcasts to the ranks that serve products.
+_CMD_PRODUCT, _CMD_STOP = 1, 0
+
+
+# ---------------------------------------------------------------------------------- parameter vectors
+@dataclass(frozen=True)
+class ParamSpace:
+    """The trainable parameters of a model as one flat vector (``named_parameters()`` order, requires_grad only)."""
+
+    names: tuple[str, ...]
+    shapes: tuple[tuple[int, ...], ...]
+
+    @classmethod
+    def of(cls, model: nn.Module) -> "ParamSpace":
+        """The space of `model`; raises UserError if the model has no trainable parameter."""
+        named = [(k, tuple(p.shape)) for k, p in model.named_parameters() if p.requires_grad]
+        if not named:
+            raise UserError("the model has no trainable parameters (requires_grad is False everywhere), so it has "
+                            "no Hessian; give a model with trainable parameters")
+        return cls(tuple(k for k, _ in named), tuple(s for _, s in named))
+
+    @property
+    def sizes(self) -> list[int]:
+        return [math.prod(s) for s in self.shapes]
+
+    @property
+    def n(self) -> int:
+        """Number of scalar parameters (the Hessian is n x n)."""
+        return sum(self.sizes)
+
+    def flatten(self, tensors: Sequence[torch.Tensor | None]) -> np.ndarray:
+        """A new float64 vector from per-parameter tensors in this space's order (None: zeros)."""
+        parts = [np.zeros(size) if t is None else t.detach().double().cpu().numpy().ravel()
+                 for t, size in zip(tensors, self.sizes)]
+        return np.concatenate(parts) if parts else np.zeros(0)
+
+    def split(self, vec: np.ndarray) -> dict[str, np.ndarray]:
+        """Parameter name -> new array shaped like the parameter, cut from the flat vector `vec`."""
+        out, start = {}, 0
+        for name, shape, size in zip(self.names, self.shapes, self.sizes):
+            out[name] = np.array(vec[start:start + size]).reshape(shape)
+            start += size
+        return out
+
+    def tensors(self, vec: np.ndarray, device: torch.device, dtype: torch.dtype) -> list[torch.Tensor]:
+        """New tensors (on `device`, in `dtype`) shaped like the parameters, from the flat vector `vec`."""
+        return [torch.from_numpy(a).to(device=device, dtype=dtype) for a in self.split(vec).values()]
+
+
+def loss_sum(logits: torch.Tensor, labels: torch.Tensor, loss: str) -> torch.Tensor:
+    """Sum over the batch of the per-sample loss, as evaluate.batch_loss_sum, but kept in float64 for a float64 model.
+
+    evaluate.batch_loss_sum casts logits to float32 (right for its speed-oriented evaluation); here a float64 run
+    (``--precision float64``) must stay float64 end to end, so the same two formulas are applied without the cast.
+    """
+    if logits.dtype != torch.float64:
+        return batch_loss_sum(logits, labels, loss)
+    if loss == "ce":
+        return F.cross_entropy(logits, labels, reduction="sum")
+    if loss == "mse":
+        probs = torch.softmax(logits, dim=1)
+        onehot = F.one_hot(labels, probs.shape[1]).to(probs.dtype)
+        return ((probs - onehot) ** 2).mean(dim=1).sum()
+    raise ValueError(loss)
+
+
+def shard(data: EvalSet | Sequence[EvalSet], rank: int, size: int) -> list[EvalSet]:
+    """This rank's contiguous share of every evaluation set (array_split: sizes differ by at most one)."""
+    sets = [data] if isinstance(data, EvalSet) else list(data)
+    out = []
+    for s in sets:
+        n = len(s)
+        lo, hi = n * rank // size, n * (rank + 1) // size
+        out.append(EvalSet(s.name, s.inputs[lo:hi], s.labels[lo:hi], s.indices))
+    return out
+
+
+# ------------------------------------------------------------------------------------ the operator
+class HessianOperator:
+    """Products with the Hessian of the mean loss at the model's current weights.
+
+    All ranks of `comm` construct it with the *full* evaluation set(s) and the same model; each keeps its shard.
+    `product` is collective: under MPI call it only inside `drive` (rank 0) -- the other ranks serve it there.
+    """
+
+    def __init__(self, model: nn.Module, data: EvalSet | Sequence[EvalSet], loss: str,
+                 batch_size: int = DEFAULT_BATCH_SIZE, comm=None) -> None:
+        self.model = model
+        self.loss = loss
+        self.batch_size = batch_size
+        self.comm = comm if (comm is not None and comm.Get_size() > 1) else None
+        rank, size = (self.comm.Get_rank(), self.comm.Get_size()) if self.comm else (0, 1)
+        self.rank = rank
+        self.space = ParamSpace.of(model)
+        self.params = [p for _, p in model.named_parameters() if p.requires_grad]
+        self.local = shard(data, rank, size)
+        # Every rank holds every sample (shards are cut here), so the global count is known without communication.
+        self.n_samples = sum(len(s) for s in ([data] if isinstance(data, EvalSet) else data))
+        if self.n_samples == 0:
+            raise UserError("the evaluation set is empty; check --samples and --splits")
+        self.products = 0
+        """Hessian-vector products computed so far (counted on rank 0, the one that drives)."""
+
+    @property
+    def n(self) -> int:
+        return self.space.n
+
+    def local_product_sum(self, v: np.ndarray) -> np.ndarray:
+        """sum over this rank's samples of H_s v (float64), H_s the Hessian of sample s's loss. Model in eval mode."""
+        self.model.eval()
+        p0 = self.params[0]
+        vs = self.space.tensors(v, p0.device, p0.dtype)
+        total = np.zeros(self.n)
+        for s in self.local:
+            for start in range(0, len(s), self.batch_size):
+                x = s.inputs[start:start + self.batch_size]
+                y = s.labels[start:start + self.batch_size]
+                with torch.enable_grad():
+                    value = loss_sum(self.model(x), y, self.loss)
+                    grads = torch.autograd.grad(value, self.params, create_graph=True, allow_unused=True)
+                    dot = sum((g * u).sum() for g, u in zip(grads, vs) if g is not None)
+                    if not torch.is_tensor(dot) or not dot.requires_grad:  # the loss is linear in every parameter
+                        continue
+                    hv = torch.autograd.grad(dot, self.params, allow_unused=True)
+                total += self.space.flatten(hv)
+        return total
+
+    def product(self, v: np.ndarray) -> np.ndarray:
+        """H v, H the Hessian of the mean loss over all samples of all ranks. Collective (see `drive`)."""
+        v = np.ascontiguousarray(v, dtype=np.float64).ravel()
+        if self.comm is not None:
+            self.comm.Bcast(np.array([_CMD_PRODUCT], dtype=np.int64), root=0)
+            self.comm.Bcast(v, root=0)
+        self.products += 1
+        return self._reduce(self.local_product_sum(v))
+
+    def _reduce(self, local: np.ndarray) -> np.ndarray:
+        if self.comm is None:
+            return local / self.n_samples
+        from mpi4py import MPI
+
+        total = np.empty_like(local)
+        self.comm.Allreduce(local, total, op=MPI.SUM)
+        return total / self.n_samples
+
+    def serve(self) -> None:
+        """On ranks other than 0: compute products for rank 0 until it says stop."""
+        cmd = np.zeros(1, dtype=np.int64)
+        v = np.empty(self.n)
+        while True:
+            self.comm.Bcast(cmd, root=0)
+            if int(cmd[0]) == _CMD_STOP:
+                return
+            self.comm.Bcast(v, root=0)
+            self._reduce(self.local_product_sum(v))
+
+    def stop_serving(self) -> None:
+        if self.comm is not None:
+            self.comm.Bcast(np.array([_CMD_STOP], dtype=np.int64), root=0)
+
+    def mean_loss(self) -> float:
+        """The mean loss over all samples at the current weights (collective on every rank, not inside `drive`)."""
+        self.model.eval()
+        total = 0.0
+        with torch.no_grad():
+            for s in self.local:
+                for start in range(0, len(s), self.batch_size):
+                    out = self.model(s.inputs[start:start + self.batch_size])
+                    total += float(loss_sum(out, s.labels[start:start + self.batch_size], self.loss).double())
+        return float(self._reduce(np.array([total]))[0])
+
+
+def _abort_on_error(what: str) -> None:
+    # A rank that fails inside a collective would leave the others waiting forever: end the whole job.
+    from landscape_mpi.runtime.lifecycle import abort
+
+    abort(f"failed while {what}:\n{traceback.format_exc()}")
+
+
+def drive(op: HessianOperator, task: Callable[[Matvec], object]) -> object:
+    """Run ``task(matvec)`` on rank 0 while the other ranks serve its products; collective on every rank.
+
+    Returns the task's result on rank 0 and None elsewhere. A UserError raised by the task is raised on every
+    rank as the same `lifecycle.AgreedError` (one line, exit 2 on each rank); any other failure aborts the job
+    (MPI_Abort) rather than leave ranks waiting.
+    """
+    from landscape_mpi.runtime.lifecycle import AgreedError
+
+    if op.comm is None:
+        return task(op.product)
+    if op.rank != 0:
+        try:
+            op.serve()
+        except Exception:
+            _abort_on_error("computing Hessian-vector products")
+        status = op.comm.bcast(None, root=0)
+        if status is not None:
+            raise AgreedError(status)
+        return None
+    result, status = None, None
+    try:
+        result = task(op.product)
+    except UserError as exc:
+        status = str(exc)
+    except Exception:
+        _abort_on_error("driving the Hessian computation")
+    op.stop_serving()
+    op.comm.bcast(status, root=0)
+    if status is not None:
+        raise AgreedError(status)
+    return result
+
+
+# --------------------------------------------------------------------------------- adaptive sharpness
+@dataclass
+class AdaptiveSharpness:
+    """Average-case adaptive sharpness: mean over M perturbations of loss(theta + delta) - loss(theta)."""
+
+    mean: float
+    stderr: float
+    values: np.ndarray
+    """loss(theta + delta_m) - loss(theta) for every perturbation m."""
+    base_loss: float
+
+
+def adaptive_sharpness(op: HessianOperator, rho: float, samples: int, seed: int) -> AdaptiveSharpness:
+    """Collective on every rank (not inside `drive`). Perturbation m: delta = rho * random_direction(filter, biasbn).
+
+    That is, per output filter i of every weight tensor of dim >= 2: delta_i = rho * ||w_i|| * g_i / ||g_i||, g
+    standard Gaussian from ``torch.Generator().manual_seed(seed)`` (drawn in ``named_parameters()`` order, one
+    tensor of dim >= 2 after another, perturbation after perturbation); biases and BatchNorm are not perturbed.
+    Every rank draws the same perturbations (CPU generator), so no communication is needed beyond the losses.
+    """
+    model = op.model
+    state = {k: p.detach() for k, p in model.named_parameters() if p.requires_grad}
+    keys = list(state)
+    generator = torch.Generator().manual_seed(seed)
+    base = op.mean_loss()
+    values = np.empty(samples)
+    for m in range(samples):
+        direction = random_direction(state, keys, generator, "filter", "biasbn")
+        setter = PointSetter(model, [direction])
+        setter.set([rho])
+        try:
+            values[m] = op.mean_loss() - base
+        finally:
+            setter.set([0.0])
+    stderr = float(values.std(ddof=1) / math.sqrt(samples)) if samples > 1 else float("nan")
+    return AdaptiveSharpness(float(values.mean()), stderr, values, base)
+
+
+# ---------------------------------------------------------------------------- curvature at a grid point
+def eig_extremes(model: nn.Module, data: list[EvalSet] | EvalSet, loss: str, *, tol: float, maxiter: int,
+                 comm=None, batch_size: int = DEFAULT_BATCH_SIZE) -> tuple[float, float, int]:
+    """(lambda_max, lambda_min, Hessian-vector products spent) of the mean loss at the model's CURRENT weights.
+
+    lambda_max is ARPACK's largest algebraic eigenvalue ('LA'), lambda_min its smallest ('SA'), each to relative
+    accuracy `tol` within `maxiter` restarts; both are right whatever their signs. `data` is the full evaluation
+    set(s); with an MPI communicator (collective: every rank of `comm` calls it with the same model and data)
+    each rank takes a shard, and every rank returns the same tuple. Model in eval mode (BatchNorm running stats).
+    Raises UserError if the model has no trainable parameter or ARPACK does not converge.
+    """
+    op = HessianOperator(model, data, loss, batch_size, comm)
+
+    def task(matvec: Matvec) -> tuple[float, float, int]:
+        return extreme_pair(matvec, op.n, tol, maxiter)
+
+    result = drive(op, task)
+    if op.comm is not None:
+        result = op.comm.bcast(result, root=0)
+    return result

@@ -1,0 +1,164 @@
+"""`landscape-mpi hessian`: Hessian analyses of one or several checkpoints into one HDF5 file.
+
+The orchestration (`run_hessian`) reads top to bottom in the order things happen:
+  1. discover ranks and devices; resolve the checkpoint glob; check --out;
+  2. every rank builds the model and loads the full evaluation set(s) (each keeps its shard for products);
+  3. per checkpoint (one row): loss, top-k eigenpairs, lambda_min, Hutchinson trace, SLQ density (rank 0 drives,
+     the others serve products), then adaptive sharpness (every rank, deterministic perturbations);
+  4. rank 0 writes the file complete under a temporary name and renames it; every rank exits with the same code.
+The math is in landscape_mpi/analysis/hessian.py, the file layout in landscape_mpi/files/hessian_store.py.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+import sys
+import time
+
+import torch
+
+from landscape_mpi.analysis import hessian as hs
+from landscape_mpi.analysis import krylov
+from landscape_mpi.config.errors import EXIT_COMPLETE, UserError
+from landscape_mpi.config.hessian import HessianConfig
+from landscape_mpi.data.datasets import EvalSet, load_eval_set
+from landscape_mpi.files import hessian_store
+from landscape_mpi.files.contract import EIGENVECTOR_CONVENTION
+from landscape_mpi.files.store import check_out_path, package_versions
+from landscape_mpi.models import build_model, checkpoint_sha256, load_checkpoint, natural_key
+from landscape_mpi.runtime.lifecycle import agree
+
+GLOB_CHARS = "*?["
+
+
+def resolve_checkpoints(spec: str) -> list[str]:
+    """The checkpoint files: `spec` itself, or every file matching it if it is a glob (natural name order)."""
+    if not any(c in spec for c in GLOB_CHARS):
+        if not os.path.isfile(spec):
+            raise UserError(f"--checkpoint {spec}: no such file; give the path of a saved model (torch.save)")
+        return [spec]
+    paths = sorted((p for p in glob.glob(spec) if os.path.isfile(p)), key=natural_key)
+    if not paths:
+        raise UserError(f"--checkpoint {spec}: the pattern matches no file; check the folder and quote the "
+                        f"pattern so that the shell does not expand it")
+    return paths
+
+
+def checkpoint_epoch(path: str, index: int) -> tuple[float, str]:
+    """(epoch, where it came from): the checkpoint dict's "epoch", else the last number in the file name, else
+    the index of the checkpoint in the list."""
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # read_state_dict reports an unreadable file with a proper message
+        obj = None
+    if isinstance(obj, dict) and "epoch" in obj:
+        value = obj["epoch"]
+        if isinstance(value, torch.Tensor) and value.numel() == 1:
+            value = value.item()
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value), "checkpoint"
+    numbers = re.findall(r"\d+", os.path.splitext(os.path.basename(path))[0])
+    if numbers:
+        return float(numbers[-1]), "file name"
+    return float(index), "index"
+
+
+def run_hessian(cfg: HessianConfig, ctx) -> int:
+    """Compute every row and write the file (rank 0). Collective over ctx.comm; returns the exit code."""
+    def on_every_rank(step):  # agree-or-fail: a failure on one rank ends every rank with the same message
+        return agree(ctx.comm, step, ctx.rank)
+
+    def log(message: str) -> None:
+        if ctx.is_master:
+            print(f"landscape-mpi hessian: {message}", file=sys.stderr, flush=True)
+
+    # 1. inputs and output
+    def check_inputs() -> list[str]:
+        paths = resolve_checkpoints(cfg.checkpoint)
+        if ctx.is_master:
+            check_out_path(cfg.out)
+            if os.path.exists(cfg.out) and not cfg.overwrite:
+                raise UserError(f"--out {cfg.out} exists; add --overwrite to replace it or choose another --out")
+        return paths
+
+    paths = on_every_rank(check_inputs)
+    dtype = torch.float64 if cfg.precision == "float64" else torch.float32
+
+    # 2. model and data on every rank
+    def load() -> tuple:
+        model = build_model(cfg.model)
+        space = hs.ParamSpace.of(model)
+        if cfg.top_k >= space.n:
+            raise UserError(f"--top-k {cfg.top_k}: must be less than the number of parameters ({space.n})")
+        data = [load_eval_set(cfg.dataset, s, cfg.data_root, cfg.samples, cfg.seed) for s in cfg.splits]
+        data = [EvalSet(d.name, d.inputs.to(ctx.device, dtype), d.labels.to(ctx.device), d.indices) for d in data]
+        return model, space, data
+
+    model, space, data = on_every_rank(load)
+    n_samples = sum(len(d) for d in data)
+    log(f"{len(paths)} checkpoint(s), {space.n} parameters, {n_samples} samples ({','.join(cfg.splits)}), "
+        f"{ctx.size} rank(s), {cfg.precision} on {ctx.device}")
+
+    # 3. one row per checkpoint
+    rows = []
+    for index, path in enumerate(paths):
+        start = time.perf_counter()
+        def load_row() -> tuple[str, float, str]:
+            load_checkpoint(model, path)  # names missing / mis-shaped keys if the checkpoint does not fit
+            return (checkpoint_sha256(path), *checkpoint_epoch(path, index))
+
+        sha, epoch, epoch_source = on_every_rank(load_row)
+        model.to(device=ctx.device, dtype=dtype)
+        op = hs.HessianOperator(model, data, cfg.loss, cfg.batch_size, ctx.comm)
+        loss = op.mean_loss()
+
+        def task(matvec: krylov.Matvec) -> tuple:
+            top = krylov.extreme_eigenpairs(matvec, op.n, cfg.top_k, "LA", cfg.tol, cfg.maxiter, cfg.seed)
+            bottom = krylov.extreme_eigenpairs(matvec, op.n, 1, "SA", cfg.tol, cfg.maxiter, cfg.seed)
+            trace = krylov.hutchinson_trace(matvec, op.n, cfg.trace_probes, cfg.seed + 1) if cfg.trace_probes else None
+            density = (krylov.slq_density(matvec, op.n, cfg.slq_runs, cfg.slq_steps, cfg.slq_sigma, cfg.slq_grid,
+                                      cfg.seed + 2) if cfg.slq_runs else None)
+            return top, bottom, trace, density
+
+        result = hs.drive(op, task)
+        adaptive = (hs.adaptive_sharpness(op, cfg.adaptive_rho, cfg.adaptive_samples, cfg.seed)
+                    if cfg.adaptive_samples else None)
+        if not ctx.is_master:
+            continue
+        top, bottom, trace, density = result
+        row = hessian_store.HessianRow(
+            checkpoint=path, sha256=sha, epoch=epoch, epoch_source=epoch_source, loss=loss,
+            seconds=time.perf_counter() - start, eigenvalues=top.values, products_top=top.products,
+            lambda_min=float(bottom.values[0]), products_min=bottom.products,
+            eigenvectors=[space.split(top.vectors[:, j]) for j in range(cfg.store_vectors)],
+            trace=None if trace is None else {"estimate": trace.estimate, "stderr": trace.stderr,
+                                              "samples": trace.samples, "products": trace.products},
+            density=None if density is None else {k: getattr(density, k) for k in
+                                                  ("grid", "values", "nodes", "weights", "run_means", "sigma",
+                                                   "products")},
+            adaptive=None if adaptive is None else {"sharpness": adaptive.mean, "stderr": adaptive.stderr,
+                                                    "values": adaptive.values})
+        rows.append(row)
+        products = top.products + bottom.products + (trace.products if trace else 0) + \
+            (density.products if density else 0)
+        log(f"row {index + 1}/{len(paths)} epoch {epoch:g}: loss {loss:.6g}, lambda_max {top.values[0]:.6g}, "
+            f"lambda_min {row.lambda_min:.6g}" + (f", trace {trace.estimate:.6g} +- {trace.stderr:.2g}" if trace else "")
+            + (f", adaptive sharpness {adaptive.mean:.4g}" if adaptive else "")
+            + f" ({products} Hessian-vector products, {row.seconds:.1f} s)")
+
+    # 4. the file
+    def write() -> None:
+        if ctx.is_master:
+            attrs = {"model": cfg.model, "loss": cfg.loss, "splits": ",".join(cfg.splits),
+                     "samples": -1 if cfg.samples is None else cfg.samples, "n_params": space.n,
+                     "n_samples": n_samples, "precision": cfg.precision, "bn_mode": "eval",
+                     "ranks": ctx.size, "eigenvector_convention": EIGENVECTOR_CONVENTION,
+                     "parameter_names": "\n".join(space.names)}
+            hessian_store.write_hessian_file(cfg.out, rows, cfg.to_dict(), attrs,
+                                             package_versions())
+
+    on_every_rank(write)
+    log(f"complete: {cfg.out}")
+    return EXIT_COMPLETE

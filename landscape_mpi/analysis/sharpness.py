@@ -1,0 +1,313 @@
+"""Sharpness numbers computed from a surface file alone (no model, no torch): what `info`, `info --json` and
+`landscape-mpi compare` report. Definitions, formulas and sources: docs/method.md#sharpness-numbers.
+
+All numbers use the file's own coordinates. For random directions those are filter-normalized (a = 1 is
+one filter norm per filter, docs/method.md#directions), which is what makes them comparable across models
+(Li et al. 2018, section 4); for target/PCA directions the coordinates are in those directions' units.
+"Center" is the grid point nearest the origin (theta*). Partial files: every number is computed over the
+points marked done, and the result says how many that was. Non-finite losses (a diverged point) are
+finished results: they count as "not below" any basin level and are skipped by fits and differences.
+
+This module imports h5py and numpy only (``info`` must start fast, on a login node).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import h5py
+import numpy as np
+
+from landscape_mpi.files import contract
+from landscape_mpi.config.errors import UserError
+from landscape_mpi.files.store import open_read
+
+#: Radius of the epsilon-sharpness ball, in the file's (filter-normalized) coordinates.
+DEFAULT_RADIUS = 0.25
+#: Basin levels: loss increases over the center's loss.
+DEFAULT_LEVELS = (0.1, 0.5, 1.0)
+#: Points on each side of the center used by the quadratic fit along each axis (2: five points).
+FIT_HALF_WIDTH = 2
+
+
+@dataclass
+class MetricGrid:
+    """One metric of a surface file, read `done` first."""
+
+    path: str
+    config: dict
+    axes: list[str]
+    coords: list[np.ndarray]
+    """One coordinate array per axis, in axis order."""
+    done: np.ndarray
+    """bool, grid-shaped."""
+    values: np.ndarray
+    """float64, grid-shaped, NaN where not done."""
+    eig_max: np.ndarray | None = None
+    eig_min: np.ndarray | None = None
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.done.shape)
+
+
+def _attr(f: h5py.File, name: str, default=None):
+    v = f.attrs.get(name, default)
+    return v.decode() if isinstance(v, bytes) else v
+
+
+def read_metric(path: str, metric: str, with_eig: bool = False) -> MetricGrid:
+    """Read the done mask, then only `metric` (and eig_max/eig_min with `with_eig`, where present).
+
+    Opens read-only without HDF5 file locking, so a file that a job is writing can be read (a point marked
+    done has its values: done is read first). Raises UserError for a missing/foreign file, a schema this
+    version does not read, a Hessian file, or a metric the file does not hold (naming the ones it does).
+    """
+    with open_read(path) as f:
+        config = json.loads(_attr(f, "config"))
+        axes = json.loads(_attr(f, "axes", '["x"]'))
+        coords = [np.asarray(f[contract.COORDS][a][()], dtype=np.float64) for a in axes]
+        done = f[contract.DONE][()].astype(bool)  # first: any point marked done already has its values
+        available = [k for k in f[contract.RESULTS] if k not in ("done", "rank", "seconds", "eig_iters")]
+        if metric not in available:
+            raise UserError(f"{path}: no metric {metric!r}; choose --metric from {', '.join(available)}")
+        values = np.where(done, f[contract.RESULTS][metric][()].astype(np.float64), np.nan)
+        eig_max = eig_min = None
+        if with_eig and contract.EIG_MAX in f and contract.EIG_MIN in f:
+            eig_max = np.where(done, f[contract.EIG_MAX][()].astype(np.float64), np.nan)
+            eig_min = np.where(done, f[contract.EIG_MIN][()].astype(np.float64), np.nan)
+    return MetricGrid(path, config, axes, coords, done, values, eig_max, eig_min)
+
+
+def loss_metrics(path: str) -> list[str]:
+    """The ``*_loss`` metrics a surface file holds (attribute ``metrics``; no dataset is read)."""
+    with h5py.File(path, "r", locking=False) as f:
+        metrics = json.loads(_attr(f, "metrics", "[]")) or list(f[contract.RESULTS])
+    return [m for m in metrics if m.endswith("_loss")]
+
+
+def grid_spacing(grid: MetricGrid) -> float:
+    """The largest step between neighbouring coordinates over all axes with more than one point."""
+    steps = [float(np.max(np.diff(c))) for c in grid.coords if len(c) > 1]
+    return max(steps) if steps else 0.0
+
+
+# ------------------------------------------------------------------------------------------ numbers
+def _center_index(grid: MetricGrid) -> tuple[int, ...]:
+    return tuple(int(np.argmin(np.abs(c))) for c in grid.coords)
+
+
+def _point(grid: MetricGrid, idx: Sequence[int]) -> list[float]:
+    return [float(grid.coords[k][i]) for k, i in enumerate(idx)]
+
+
+def _num(v) -> float | None:
+    """A JSON-friendly float: None for NaN (not computed), inf kept as a string-safe float."""
+    if v is None:
+        return None
+    v = float(v)
+    return None if math.isnan(v) else v
+
+
+def axis_curvature(grid: MetricGrid, center: tuple[int, ...], axis: int) -> dict:
+    """Second derivative at the center along one axis: ``2 c2`` of the least-squares fit
+    ``L(t) = c0 + c1 t + c2 t^2`` to the done, finite points within FIT_HALF_WIDTH grid steps of the center on
+    the grid line through it (t = coordinate - center coordinate). Exact for a quadratic."""
+    c = center[axis]
+    lo, hi = max(0, c - FIT_HALF_WIDTH), min(grid.shape[axis], c + FIT_HALF_WIDTH + 1)
+    idx = list(center)
+    ts, ls = [], []
+    for i in range(lo, hi):
+        idx[axis] = i
+        v = grid.values[tuple(idx)]
+        if np.isfinite(v):
+            ts.append(grid.coords[axis][i] - grid.coords[axis][c])
+            ls.append(v)
+    if len(ts) < 3:
+        return {"value": None, "slope": None, "points": len(ts)}
+    t = np.asarray(ts)
+    design = np.stack([np.ones_like(t), t, t * t], axis=1)
+    coef, *_ = np.linalg.lstsq(design, np.asarray(ls), rcond=None)
+    return {"value": float(2.0 * coef[2]), "slope": float(coef[1]), "points": len(ts)}
+
+
+def roughness(values: np.ndarray) -> float | None:
+    """Mean over every axis and every run of three consecutive finite points of
+    ``|L[i-1] - 2 L[i] + L[i+1]|``, divided by the range (max - min) of the finite values. Depends on the
+    grid step (a quadratic gives ``2 a h^2 / range``): compare files with the same grid."""
+    finite = np.isfinite(values)
+    if not finite.any():
+        return None
+    span = float(values[finite].max() - values[finite].min())
+    diffs = []
+    for axis in range(values.ndim):
+        if values.shape[axis] < 3:
+            continue
+        a = np.moveaxis(values, axis, 0)
+        d2 = a[:-2] - 2.0 * a[1:-1] + a[2:]
+        diffs.append(np.abs(d2[np.isfinite(d2)]).ravel())
+    pooled = np.concatenate(diffs) if diffs else np.array([])
+    if pooled.size == 0 or span == 0.0:
+        return None
+    return float(pooled.mean() / span)
+
+
+def sharpness(path: str, metric: str = "train_loss", radius: float = DEFAULT_RADIUS,
+              levels: Sequence[float] = DEFAULT_LEVELS) -> dict:
+    """Sharpness numbers of one metric of a surface file (JSON-serializable dict; None = not computable yet).
+
+    Keys: file, metric, shape, done, total, complete, finite (done points with a finite value);
+    minimum {value, coords}; center {coords, value}; eps_sharpness {radius, value, relative_percent, at,
+    points} (max of L - L(center) over the done points within Euclidean distance `radius` of the center;
+    relative_percent is Keskar et al.'s 100 (max - L0) / (1 + L0)); curvature {axis: {value, slope, points}};
+    basin [{level, threshold, fraction, area}] (share of the done points with L <= L(center) + level, and that
+    share times the box's area/length/volume); roughness; barrier {value, max, at, endpoints, points} for a 1D
+    interpolation file (config x_target set) else None; eig {mean_abs_ratio, points, center} where the file
+    holds eig_max/eig_min, else None.
+
+    Raises UserError for an unreadable file, an unknown metric, a radius <= 0 or smaller than the grid step
+    (no neighbour of the center could be inside), or a level <= 0.
+    """
+    if not (radius > 0 and math.isfinite(radius)):
+        raise UserError(f"--radius {radius}: must be a positive number (coordinates of the grid, e.g. 0.25)")
+    levels = [float(v) for v in levels]
+    if not levels or any(not (v > 0 and math.isfinite(v)) for v in levels):
+        raise UserError(f"--levels {','.join(map(str, levels))}: give positive loss increases, e.g. 0.1,0.5,1")
+    grid = read_metric(path, metric, with_eig=True)
+    step = grid_spacing(grid)
+    smallest = min((float(np.min(np.diff(c))) for c in grid.coords if len(c) > 1), default=0.0)
+    if smallest > 0 and radius < smallest * (1 - 1e-9):
+        raise UserError(f"--radius {radius:g} is smaller than the grid step of {path} ({smallest:g}): no point "
+                        f"besides the center lies inside; give --radius {step:g} or more")
+    v = grid.values
+    finite = np.isfinite(v)
+    out: dict = {"file": path, "metric": metric, "shape": list(grid.shape), "done": int(grid.done.sum()),
+                 "total": int(grid.done.size), "complete": bool(grid.done.all()), "finite": int(finite.sum())}
+    if finite.any():
+        i_min = np.unravel_index(int(np.argmin(np.where(finite, v, np.inf))), v.shape)
+        out["minimum"] = {"value": float(v[i_min]), "coords": _point(grid, i_min)}
+    else:
+        out["minimum"] = None
+    center = _center_index(grid)
+    l0 = v[center]
+    out["center"] = {"coords": _point(grid, center), "value": _num(l0)}
+    center_ok = bool(np.isfinite(l0))
+
+    # Epsilon-sharpness: the Euclidean ball of `radius` around the center point.
+    mesh = np.meshgrid(*grid.coords, indexing="ij")
+    dist = np.sqrt(sum((m - grid.coords[k][center[k]]) ** 2 for k, m in enumerate(mesh)))
+    ball = (dist <= radius * (1 + 1e-9)) & grid.done
+    eps = {"radius": float(radius), "value": None, "relative_percent": None, "at": None,
+           "points": int(ball.sum())}
+    if center_ok:
+        # NaN inside is skipped; +inf wins (a diverged neighbour is infinitely sharp).
+        inside = np.where(ball & ~np.isnan(v), v, -np.inf)
+        i_max = np.unravel_index(int(np.argmax(inside)), v.shape)
+        rise = float(v[i_max] - l0)
+        eps.update(value=rise, relative_percent=100.0 * rise / (1.0 + float(l0)), at=_point(grid, i_max))
+    out["eps_sharpness"] = eps
+
+    out["curvature"] = {name: (axis_curvature(grid, center, k) if center_ok else
+                               {"value": None, "slope": None, "points": 0})
+                        for k, name in enumerate(grid.axes)}
+
+    box = float(np.prod([c[-1] - c[0] for c in grid.coords if len(c) > 1])) if step > 0 else 0.0
+    basin = []
+    n_done = int(grid.done.sum())
+    for level in levels:
+        if not center_ok or n_done == 0:
+            basin.append({"level": level, "threshold": None, "fraction": None, "area": None})
+            continue
+        below = int((finite & (v <= l0 + level)).sum())
+        frac = below / n_done
+        basin.append({"level": level, "threshold": float(l0 + level), "fraction": frac, "area": frac * box})
+    out["basin"] = basin
+    out["roughness"] = roughness(v)
+    out["barrier"] = _barrier(grid) if grid.config.get("x_target") and len(grid.axes) == 1 else None
+    out["eig"] = _eig(grid, center)
+    return out
+
+
+def _barrier(grid: MetricGrid) -> dict:
+    """Barrier of an interpolation theta(a) = (1 - a) theta* + a theta_2: max of L over the path a in [0, 1]
+    minus the mean of L at the endpoints (Garipov et al. 2018; Frankle et al. 2020's "error barrier")."""
+    a = grid.coords[0]
+    v = grid.values
+    i0, i1 = int(np.argmin(np.abs(a))), int(np.argmin(np.abs(a - 1.0)))
+    on_path = (a >= a[i0] - 1e-12) & (a <= a[i1] + 1e-12) & np.isfinite(v)
+    ends = [_num(v[i0]), _num(v[i1])]
+    if not (np.isfinite(v[i0]) and np.isfinite(v[i1])):
+        return {"value": None, "max": None, "at": None, "endpoints": ends, "points": int(on_path.sum())}
+    path_v = np.where(on_path, v, -np.inf)
+    i_max = int(np.argmax(path_v))
+    return {"value": float(v[i_max] - 0.5 * (v[i0] + v[i1])), "max": float(v[i_max]), "at": float(a[i_max]),
+            "endpoints": ends, "points": int(on_path.sum())}
+
+
+def _eig(grid: MetricGrid, center: tuple[int, ...]) -> dict | None:
+    """|lambda_min / lambda_max| over the done points (Li et al. 2018, section 7) and both values at the center."""
+    if grid.eig_max is None or grid.eig_min is None:
+        return None
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.abs(grid.eig_min / grid.eig_max)
+    ok = np.isfinite(ratio)
+    return {"mean_abs_ratio": float(ratio[ok].mean()) if ok.any() else None,
+            "max_abs_ratio": float(ratio[ok].max()) if ok.any() else None, "points": int(ok.sum()),
+            "center": {"eig_max": _num(grid.eig_max[center]), "eig_min": _num(grid.eig_min[center]),
+                       "abs_ratio": _num(ratio[center]) if ok[center] else None}}
+
+
+# --------------------------------------------------------------------------------------------- info
+def sharpness_for_info(path: str) -> dict:
+    """Sharpness of every ``*_loss`` metric of a surface file, for `info` and `info --json`:
+    ``{metric: sharpness(path, metric, radius)}`` with radius = max(DEFAULT_RADIUS, the grid step), so a
+    coarse grid still has neighbours inside. Raises UserError as `read_metric` does."""
+    out = {}
+    for metric in loss_metrics(path):
+        out[metric] = sharpness(path, metric, radius_for([path]))
+    return out
+
+
+def radius_for(paths: Sequence[str]) -> float:
+    """The default radius for a set of files: DEFAULT_RADIUS, or the largest grid step among them if larger
+    (the same radius for every file keeps the numbers comparable). Reads only the coordinates."""
+    steps = [DEFAULT_RADIUS]
+    for path in paths:
+        try:
+            with h5py.File(path, "r", locking=False) as f:
+                axes = json.loads(_attr(f, "axes", '["x"]'))
+                for a in axes:
+                    c = f[contract.COORDS][a][()]
+                    if len(c) > 1:
+                        steps.append(float(np.max(np.diff(c))))
+        except (OSError, KeyError, ValueError):
+            continue  # the file's own read reports the problem with its fix
+    return max(steps)
+
+
+def format_sharpness(s: dict) -> list[str]:
+    """Human-readable lines of one `sharpness` dict (for `info`)."""
+    def g(v) -> str:
+        return "-" if v is None else f"{v:.4g}"
+
+    lines = []
+    if s["done"] < s["total"]:
+        lines.append(f"over {s['done']} of {s['total']} done points")
+    m = s["minimum"]
+    if m:
+        lines.append(f"minimum {g(m['value'])} at {tuple(round(c, 6) for c in m['coords'])}; "
+                     f"center {g(s['center']['value'])}")
+    e = s["eps_sharpness"]
+    lines.append(f"eps-sharpness (r={e['radius']:g}) {g(e['value'])}  ({g(e['relative_percent'])}% Keskar)")
+    lines.append("curvature at center " + ", ".join(f"{k} {g(c['value'])}" for k, c in s["curvature"].items()))
+    lines.append("basin fraction " + ", ".join(f"+{b['level']:g}: {g(b['fraction'])}" for b in s["basin"]))
+    lines.append(f"roughness {g(s['roughness'])}")
+    if s["barrier"] is not None:
+        lines.append(f"barrier {g(s['barrier']['value'])} (max {g(s['barrier']['max'])} at a={g(s['barrier']['at'])})")
+    if s["eig"] is not None:
+        lines.append(f"mean |eig_min/eig_max| {g(s['eig']['mean_abs_ratio'])}; at center "
+                     f"eig_max {g(s['eig']['center']['eig_max'])}, eig_min {g(s['eig']['center']['eig_min'])}")
+    return lines

@@ -1,0 +1,1 @@
+"""Bottom layer: every option of every command declared once (typed dataclasses), errors and exit codes."""

@@ -1,0 +1,139 @@
+"""Directions in weight space and setting the weights at a grid point (docs/method.md#directions).
+
+A direction is a dict ``state_dict key -> tensor`` over the chosen space:
+``weights`` (the trainable parameters) or ``states`` (every floating tensor of the state_dict, BatchNorm
+running statistics included; integer buffers such as ``num_batches_tracked`` are never perturbed).
+The weights at grid point (a, b, c) are ``theta* + a*dx + b*dy + c*dz``, recomputed from theta* each time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from landscape_mpi.config.errors import UserError
+
+Direction = dict[str, torch.Tensor]
+
+
+def space_keys(model: nn.Module, dir_space: str) -> list[str]:
+    """The state_dict keys that make up the vector space, in the model's own order.
+
+    Tied tensors (one storage under several names, e.g. shared embedding and output weights) count once,
+    under their first name, as `named_parameters()` does: one storage gets one direction.
+    """
+    if dir_space == "weights":
+        return [name for name, _ in model.named_parameters()]
+    if dir_space == "states":
+        keys, seen = [], set()
+        for k, v in model.state_dict(keep_vars=True).items():
+            if not v.is_floating_point():
+                continue
+            storage = (v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape), tuple(v.stride()))
+            if v.numel() and storage in seen:
+                continue
+            seen.add(storage)
+            keys.append(k)
+        return keys
+    raise ValueError(dir_space)
+
+
+def normalize(d: torch.Tensor, w: torch.Tensor, norm: str) -> torch.Tensor:
+    """Scale a random direction tensor `d` like the weight tensor `w` (new tensor; inputs untouched).
+
+    filter: each slice along dim 0 (an output channel / output row) gets the norm of the matching slice of w.
+    layer: the whole tensor gets the norm of w.  weight: d * w elementwise.  none: d unchanged.
+    """
+    if norm == "filter":
+        dn = d.flatten(1).norm(dim=1)
+        wn = w.flatten(1).norm(dim=1)
+        scale = wn / (dn + 1e-10)
+        return d * scale.view(-1, *([1] * (d.dim() - 1)))
+    if norm == "layer":
+        return d * (w.norm() / (d.norm() + 1e-10))
+    if norm == "weight":
+        return d * w
+    if norm == "none":
+        return d.clone()
+    raise ValueError(norm)
+
+
+def random_direction(state: dict[str, torch.Tensor], keys: Sequence[str], generator: torch.Generator,
+                     norm: str, ignore: str) -> Direction:
+    """A seeded Gaussian direction, normalized per tensor.
+
+    Tensors of dim <= 1 (biases, BatchNorm weights and statistics) get a zero direction with
+    ``ignore='biasbn'`` (the paper's choice), and ``d = w`` with ``ignore='none'`` (the reference code's).
+    Gaussians are drawn on the CPU in float32, tensor by tensor in `keys` order, so the same seed gives
+    bit-identical directions on every machine, device and rank.
+    """
+    out: Direction = {}
+    for k in keys:
+        w = state[k]
+        if w.dim() <= 1:
+            out[k] = torch.zeros_like(w) if ignore == "biasbn" else w.detach().clone()
+            continue
+        d = torch.randn(w.shape, generator=generator, dtype=torch.float32).to(w.dtype)
+        out[k] = normalize(d, w.detach().cpu(), norm)
+    return out
+
+
+def target_direction(state: dict[str, torch.Tensor], target: dict[str, torch.Tensor], keys: Sequence[str],
+                     option: str) -> Direction:
+    """``theta_target - theta*`` over the space (not normalized): a = 1 is the target model."""
+    missing = [k for k in keys if k not in target or target[k].shape != state[k].shape]
+    if missing:
+        raise UserError(f"{option}: checkpoint does not match the model at {', '.join(missing[:5])}; "
+                        f"give a checkpoint of the same architecture")
+    return {k: (target[k].to(state[k].dtype) - state[k]).detach().clone() for k in keys}
+
+
+def check_running_var(state: dict[str, torch.Tensor], directions: Sequence[Direction],
+                      corners: Sequence[Sequence[float]]) -> None:
+    """Refuse grids that would make a BatchNorm running_var negative somewhere.
+
+    The weights are linear in the coordinates, so a running_var is non-negative on the whole grid iff
+    it is at every corner of the grid's box.
+    """
+    for k, w in state.items():
+        if not k.endswith("running_var"):
+            continue
+        for corner in corners:
+            v = w.double().clone()
+            for c, d in zip(corner, directions):
+                if k in d:
+                    v += c * d[k].double()
+            if (v < 0).any():
+                raise UserError(f"the grid reaches a negative BatchNorm variance in {k} at coordinates "
+                                f"{tuple(corner)}; use --ignore biasbn, --dir-space weights or a smaller grid")
+
+
+class PointSetter:
+    """Sets a model's tensors to theta* + sum_i c_i * d_i in place, on the model's device.
+
+    Only tensors where some direction is non-zero are touched; each is recomputed from theta*, so there is
+    no drift from incremental updates and no reload from disk.
+    """
+
+    def __init__(self, model: nn.Module, directions: Sequence[Direction]) -> None:
+        self.model = model
+        tensors = dict(model.state_dict(keep_vars=True))
+        self.targets: list[tuple[torch.Tensor, torch.Tensor, list[torch.Tensor | None]]] = []
+        for k, t in tensors.items():
+            ds = [d.get(k) for d in directions]
+            ds = [None if (d is None or not bool(d.any())) else d.to(t.device, t.dtype) for d in ds]
+            if any(d is not None for d in ds):
+                self.targets.append((t, t.detach().clone(), ds))
+
+    @torch.no_grad()
+    def set(self, coords: Sequence[float]) -> None:
+        for tensor, base, ds in self.targets:
+            tensor.data.copy_(base)
+            for c, d in zip(coords, ds):
+                if d is not None and c != 0.0:
+                    tensor.data.add_(d, alpha=float(c))
+
+    def reset(self) -> None:
+        self.set([0.0] * 3)

@@ -1,0 +1,99 @@
+"""Where the directions of a surface come from: random (filter-normalized), targets, PCA of a trajectory,
+Hessian eigenvectors, a direction file (docs/method.md#directions). One entry point, `build_directions`."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+from torch import nn
+
+from landscape_mpi.config.errors import UserError
+from landscape_mpi.directions.base import (Direction, check_running_var, random_direction, space_keys,
+                                           target_direction)
+from landscape_mpi.directions.hessian import hessian_directions
+from landscape_mpi.directions.pca import pca_from_files
+from landscape_mpi.directions.reference import read_reference_directions
+
+
+def build_directions(config, model: nn.Module, checkpoint_path: str | None = None
+                     ) -> tuple[dict[str, Direction], dict | None, dict[str, str]]:
+    """The directions of a surface, per axis name, over the full space (zeros where excluded), on the CPU.
+
+    `config` is a `SurfaceConfig`; `model` holds theta*. Returns (directions, trajectory, attrs): `trajectory`
+    is the PCA path to store (``directions='pca'``), `attrs` what to record about where the directions came from.
+    Raises UserError for inputs that do not fit the model.
+    """
+    import itertools
+
+    import numpy as np
+
+    from landscape_mpi.models import read_state_dict
+
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    keys = space_keys(model, config.dir_space)
+    generator = torch.Generator().manual_seed(config.seed)
+    out: dict[str, Direction] = {}
+    trajectory, attrs = None, {}
+    given: list[Direction] | None = None
+    if config.directions == "pca":
+        pca = pca_from_files(state, config.trajectory, keys, config.ignore, final_path=checkpoint_path)
+        given = [pca.dx, pca.dy]
+        trajectory = {"x": np.asarray(pca.coords[:, 0], dtype=np.float64),
+                      "y": np.asarray(pca.coords[:, 1], dtype=np.float64),
+                      "residual": np.asarray(pca.residual, dtype=np.float64),
+                      "epochs": (np.asarray(pca.epochs, dtype=np.int64) if pca.epochs is not None
+                                 else np.arange(len(pca.residual), dtype=np.int64)),
+                      "explained_variance": list(map(float, pca.explained_variance)),
+                      "explained_total": float(pca.explained_total), "method": pca.method, "tol": float(pca.tol),
+                      "iterations": int(pca.iterations), "centered": bool(pca.centered),
+                      "sources": json.dumps(pca.sources or [])}
+        attrs["pca_explained_variance"] = json.dumps(list(map(float, pca.explained_variance)))
+    elif config.directions == "hessian":
+        dx, dy, info = hessian_directions(config.hessian_file, model)
+        given = [dx, dy]
+        attrs.update({f"hessian_{k}": (v if isinstance(v, str) else json.dumps(v)) for k, v in info.items()})
+    elif config.directions == "file":
+        given = _directions_from_file(config, model, keys)
+    if given is not None:
+        needed = len(config.axes)
+        if len(given) < needed:
+            raise UserError(f"--directions {config.directions} gives {len(given)} direction(s), the grid has "
+                            f"{needed} axes; drop --z (or --y)")
+        for i, axis in enumerate(config.axes):
+            d = given[i]
+            out[axis] = {k: (d[k].to(state[k].dtype) if k in d else torch.zeros_like(state[k])) for k in keys}
+    else:
+        for axis in config.axes:
+            target = config.target(axis)
+            if axis == "y" and config.same_dir:
+                out[axis] = out["x"]
+            elif target is not None:
+                out[axis] = target_direction(state, read_state_dict(target, f"--{axis}-target"), keys,
+                                             f"--{axis}-target {target}")
+            else:
+                out[axis] = random_direction(state, keys, generator, config.norm, config.ignore)
+    corners = list(itertools.product(*[(a.start, a.stop) for a in config.axes.values()]))
+    check_running_var(state, list(out.values()), corners)
+    return out, trajectory, attrs
+
+
+def _directions_from_file(config, model: nn.Module, keys: list[str]) -> list[Direction]:
+    if config.dir_format == "reference":
+        return read_reference_directions(config.dir_file, model, config.dir_space)
+    import h5py
+
+    try:
+        with h5py.File(config.dir_file, "r", locking=False) as f:
+            group = f["directions"]
+            dirs = [{k: torch.from_numpy(group[a][k][()]) for k in group[a]} for a in ("x", "y", "z") if a in group]
+    except (OSError, KeyError) as exc:
+        raise UserError(f"--dir-file {config.dir_file}: not a readable direction file with /directions/x "
+                        f"({exc}); give a surface file or use --dir-format reference") from None
+    state = model.state_dict()
+    for d in dirs:
+        bad = [k for k in keys if k not in d or tuple(d[k].shape) != tuple(state[k].shape)]
+        if bad:
+            raise UserError(f"--dir-file {config.dir_file} does not fit the model (at {', '.join(bad[:3])}); "
+                            f"give directions of this --model and --dir-space")
+    return dirs

@@ -1,0 +1,1 @@
+"""The project's HDF5 files: names (contract), readers and writers, the durable write protocol. No torch."""

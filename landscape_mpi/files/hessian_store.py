@@ -1,0 +1,218 @@
+"""The Hessian file: every h5py call for it is in this module (numpy and h5py only: no torch).
+
+Layout (``file_kind = "hessian"``, ``schema_version`` = contract.SCHEMA_VERSION; R rows, one per checkpoint,
+k = --top-k, P = trace probes, S = SLQ runs, T = Lanczos steps, G = density grid points, M = adaptive samples):
+
+    root attributes                   file_kind, schema_version, config (JSON of every setting), created, versions,
+                                      model, loss, splits, samples, n_params, n_samples, precision, bn_mode ("eval"),
+                                      eigenvector_convention, rows
+    /checkpoints/path, sha256         strings (R,)
+    /checkpoints/epoch                float64 (R,): the checkpoint's "epoch", else the number in its file name,
+                                      else its index; attribute epoch_source per row (JSON list)
+    /checkpoints/loss                 float64 (R,): the mean loss at the checkpoint
+    /checkpoints/seconds              float64 (R,): wall seconds spent on the row
+    /eigen/values                     float64 (R, k), largest first (ARPACK which='LA'); attrs tol, maxiter, which
+    /eigen/lambda_min                 float64 (R,), smallest algebraic eigenvalue (ARPACK which='SA')
+    /eigen/products_top, products_min int64 (R,): Hessian-vector products spent by each
+    /eigenvectors/row_<r>/<j>/<name>  float64, the eigenvector of eigen/values[r, j] keyed by parameter name
+                                      (j = 0.. --store-vectors - 1); attribute eigenvalue on group <j>
+    /trace/estimate, stderr           float64 (R,) (only with --trace-probes > 0); attrs probes, distribution
+    /trace/samples                    float64 (R, P): z^T H z per probe;  /trace/products int64 (R,)
+    /density/grid, values             float64 (R, G) (only with --slq-runs > 0): phi on each row's own grid
+    /density/nodes, weights           float64 (R, S, T): Ritz values and Gauss weights (NaN/0 where a run stopped)
+    /density/run_means                float64 (R, S): per run v^T H v (mean estimates tr(H)/n)
+    /density/sigma                    float64 (R,): the broadening in eigenvalue units; attrs runs, steps, sigma_rel
+    /density/products                 int64 (R,)
+    /adaptive/sharpness, stderr       float64 (R,) (only with --adaptive-samples > 0); attrs rho, samples, seed
+    /adaptive/values                  float64 (R, M): loss(theta + delta_m) - loss(theta)
+
+The file is written complete under a temporary name, then renamed onto its path: it is never seen half written.
+"""
+
+from __future__ import annotations
+
+import datetime
+import glob
+import json
+import os
+from dataclasses import dataclass, field
+
+import h5py
+import numpy as np
+
+from landscape_mpi.files import contract
+from landscape_mpi.config.errors import UserError
+from landscape_mpi.files.store import fsync_file, fsync_folder
+
+CHECKPOINTS = "checkpoints"
+EIGEN = "eigen"
+EIGENVECTORS = "eigenvectors"
+TRACE = "trace"
+DENSITY = "density"
+ADAPTIVE = "adaptive"
+
+
+@dataclass
+class HessianRow:
+    """Everything computed for one checkpoint (arrays are numpy; None where the analysis was not asked for)."""
+
+    checkpoint: str
+    sha256: str
+    epoch: float
+    epoch_source: str
+    loss: float
+    seconds: float
+    eigenvalues: np.ndarray
+    products_top: int
+    lambda_min: float
+    products_min: int
+    eigenvectors: list[dict[str, np.ndarray]] = field(default_factory=list)
+    trace: dict | None = None
+    """estimate, stderr, samples, products."""
+    density: dict | None = None
+    """grid, values, nodes, weights, run_means, sigma, products."""
+    adaptive: dict | None = None
+    """sharpness, stderr, values."""
+
+
+def _stack(rows: list[HessianRow], part: str, key: str) -> np.ndarray:
+    return np.stack([np.asarray(getattr(r, part)[key]) for r in rows])
+
+
+def write_hessian_file(path: str, rows: list[HessianRow], config: dict, attrs: dict, versions: dict) -> None:
+    """Write the whole file under a temporary name, then rename it onto `path` (replacing any old file).
+
+    `config`: every setting (stored as JSON and the main ones as attributes); `attrs`: further root attributes.
+    Raises UserError if the folder cannot be written.
+    """
+    for stale in glob.glob(glob.escape(path) + ".tmp-*"):  # left by a run killed while writing
+        try:
+            os.remove(stale)
+        except OSError:
+            pass
+    tmp = f"{path}.tmp-{os.getpid()}"
+    str_dt = h5py.string_dtype()
+    try:
+        with h5py.File(tmp, "w", libver="earliest") as f:
+            f.attrs[contract.FILE_KIND_ATTR] = contract.KIND_HESSIAN
+            f.attrs["schema_version"] = contract.SCHEMA_VERSION
+            f.attrs["config"] = json.dumps(config, sort_keys=True)
+            f.attrs["versions"] = json.dumps(versions)
+            f.attrs["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+            f.attrs["rows"] = len(rows)
+            for k, v in attrs.items():
+                f.attrs[k] = v
+
+            g = f.create_group(CHECKPOINTS)
+            g.create_dataset("path", data=np.array([r.checkpoint for r in rows], dtype=object), dtype=str_dt)
+            g.create_dataset("sha256", data=np.array([r.sha256 for r in rows], dtype=object), dtype=str_dt)
+            g.create_dataset("epoch", data=np.array([r.epoch for r in rows], dtype=np.float64))
+            g["epoch"].attrs["epoch_source"] = json.dumps([r.epoch_source for r in rows])
+            g.create_dataset("loss", data=np.array([r.loss for r in rows], dtype=np.float64))
+            g.create_dataset("seconds", data=np.array([r.seconds for r in rows], dtype=np.float64))
+
+            g = f.create_group(EIGEN)
+            g.create_dataset("values", data=np.stack([np.asarray(r.eigenvalues, dtype=np.float64) for r in rows]))
+            g["values"].attrs["which"] = "LA"
+            g.create_dataset("lambda_min", data=np.array([r.lambda_min for r in rows], dtype=np.float64))
+            g["lambda_min"].attrs["which"] = "SA"
+            g.create_dataset("products_top", data=np.array([r.products_top for r in rows], dtype=np.int64))
+            g.create_dataset("products_min", data=np.array([r.products_min for r in rows], dtype=np.int64))
+            g.attrs["tol"] = config["tol"]
+            g.attrs["maxiter"] = config["maxiter"]
+            g.attrs["solver"] = "scipy.sparse.linalg.eigsh (ARPACK), seeded start vector"
+
+            g = f.create_group(EIGENVECTORS)
+            g.attrs["convention"] = attrs.get("eigenvector_convention", "")
+            for i, r in enumerate(rows):
+                rg = g.create_group(f"row_{i:03d}")
+                for j, vec in enumerate(r.eigenvectors):
+                    vg = rg.create_group(str(j))
+                    vg.attrs["eigenvalue"] = float(r.eigenvalues[j])
+                    for name, a in vec.items():
+                        vg.create_dataset(name, data=np.asarray(a, dtype=np.float64))
+
+            if rows[0].trace is not None:
+                g = f.create_group(TRACE)
+                for key in ("estimate", "stderr", "samples", "products"):
+                    g.create_dataset(key, data=_stack(rows, "trace", key))
+                g.attrs["probes"] = config["trace_probes"]
+                g.attrs["distribution"] = "rademacher"
+            if rows[0].density is not None:
+                g = f.create_group(DENSITY)
+                for key in ("grid", "values", "nodes", "weights", "run_means", "sigma", "products"):
+                    g.create_dataset(key, data=_stack(rows, "density", key))
+                g.attrs["runs"] = config["slq_runs"]
+                g.attrs["steps"] = config["slq_steps"]
+                g.attrs["sigma_rel"] = config["slq_sigma"]
+                g.attrs["probe"] = "unit Rademacher vector (entries +-1/sqrt(n))"
+            if rows[0].adaptive is not None:
+                g = f.create_group(ADAPTIVE)
+                for key in ("sharpness", "stderr", "values"):
+                    g.create_dataset(key, data=_stack(rows, "adaptive", key))
+                g.attrs["rho"] = config["adaptive_rho"]
+                g.attrs["samples"] = config["adaptive_samples"]
+                g.attrs["seed"] = config["seed"]
+                g.attrs["definition"] = ("mean over samples of loss(theta + delta) - loss(theta), delta_i = rho * "
+                                         "||w_i|| * g_i / ||g_i|| per output filter i, g Gaussian; biases and "
+                                         "BatchNorm not perturbed")
+        fsync_file(tmp)  # the data on disk before the name points at it (a crash leaves old file or new)
+        os.replace(tmp, path)
+        fsync_folder(path)
+    except OSError as exc:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise UserError(f"--out {path}: cannot write the Hessian file ({exc}); choose another --out") from None
+
+
+def open_hessian(path: str) -> h5py.File:
+    """Open a Hessian file read-only; raises UserError (one line) if it is missing or not a Hessian file."""
+    if not os.path.isfile(path):
+        raise UserError(f"--hessian-file {path}: no such file; compute it with landscape-mpi hessian")
+    try:
+        f = h5py.File(path, "r", locking=False)
+    except OSError as exc:
+        raise UserError(f"--hessian-file {path}: not a readable HDF5 file ({exc}); recompute it") from None
+    kind = f.attrs.get(contract.FILE_KIND_ATTR)
+    if kind != contract.KIND_HESSIAN:
+        f.close()
+        raise UserError(f"--hessian-file {path}: not a Hessian file (file_kind {kind!r}); give a file written by "
+                        f"landscape-mpi hessian")
+    version = int(f.attrs.get("schema_version", -1))
+    if version not in contract.READABLE_SCHEMA_VERSIONS:
+        f.close()
+        raise UserError(f"--hessian-file {path}: schema_version {version}, this landscape-mpi reads "
+                        f"{contract.READABLE_SCHEMA_VERSIONS}; use the landscape-mpi version that wrote it")
+    return f
+
+
+def read_eigenvectors(path: str, row: int, count: int) -> tuple[list[dict[str, np.ndarray]], dict]:
+    """The first `count` stored eigenvectors of `row` (name -> float64 array) and info: eigenvalues, checkpoint.
+
+    Raises UserError if the row does not exist or fewer than `count` eigenvectors were stored.
+    """
+    with open_hessian(path) as f:
+        rows = int(f.attrs["rows"])
+        if not 0 <= row < rows:
+            raise UserError(f"--hessian-file {path} has rows 0..{rows - 1} (one per checkpoint), not row {row}; "
+                            f"choose one of those")
+        group = f[EIGENVECTORS][f"row_{row:03d}"]
+        if len(group) < count:
+            raise UserError(f"--hessian-file {path} stores {len(group)} eigenvector(s) per row, {count} needed; "
+                            f"recompute it with --top-k {count} or more")
+        vectors = [{name: ds[()] for name, ds in group[str(j)].items()} for j in range(count)]
+        info = {"eigenvalues": f[EIGEN]["values"][row], "checkpoint": f[CHECKPOINTS]["path"].asstr()[row]}
+    return vectors, info
+
+
+def read_hessian_file(path: str) -> dict:
+    """Every dataset (except eigenvectors) as {"group/name": array} plus "attrs" and "config" (for info and tests)."""
+    out: dict = {}
+    with open_hessian(path) as f:
+        out["attrs"] = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
+        out["config"] = json.loads(out["attrs"]["config"])
+        for gname in (CHECKPOINTS, EIGEN, TRACE, DENSITY, ADAPTIVE):
+            if gname in f:
+                for name, ds in f[gname].items():
+                    out[f"{gname}/{name}"] = ds.asstr()[()] if ds.dtype.kind == "O" else ds[()]
+    return out

@@ -1,0 +1,406 @@
+"""The surface file: every h5py call of the package is in this module.
+
+Layout (schema_version 1; README.md documents it as a table):
+
+    /coords/x, /coords/y, /coords/z       float64, one per grid axis
+    /results/<split>_loss, <split>_acc    float64, grid-shaped, [i, j] = value at (x[i], y[j]); NaN until computed
+    /results/done                         uint8, grid-shaped, 1 once the point's values are written
+    /results/rank                         int32, which MPI rank computed the point (-1: not yet)
+    /results/seconds                      float64, seconds the point's evaluation took
+    /directions/<axis>/<state_dict key>   every tensor of the direction space, zeros where excluded
+    /data/<split>_indices                 int64, the samples kept by --samples (only with --samples)
+    root attributes                       schema_version, config (JSON), checkpoint, checkpoint_sha256, ...
+
+Crash safety. Every dataset is created, full size and contiguous, when the file is created (written to a
+temporary name, fsync'ed, renamed into place, and the folder fsync'ed), and never changes shape afterwards.
+A run then only overwrites raw data bytes in place and never touches the file's metadata, so a process
+killed at any moment leaves a file that opens. The write protocol of a batch of points is: values, flush,
+fsync; then done flags, flush, fsync. So a point marked done has its values on disk even after a node crash
+or a power loss (H5Fflush alone hands pages to the kernel, which may write the page of the done flags
+first). Readers open the file without HDF5 file locking, which is safe for the same reason, and see every
+point flushed so far.
+
+This module imports neither torch nor mpi4py: `info` and the plotting package stay fast on a login node.
+"""
+
+from __future__ import annotations
+
+import datetime
+import glob
+import json
+import os
+import platform
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import h5py
+import numpy as np
+
+from landscape_mpi import __version__
+
+from landscape_mpi.files import contract
+from landscape_mpi.config.surface import SurfaceConfig
+from landscape_mpi.config.errors import UserError
+
+SCHEMA_VERSION = contract.SCHEMA_VERSION
+#: A direction as stored: state_dict key -> array (torch tensors are accepted when writing).
+StoredDirection = dict[str, np.ndarray]
+
+
+def package_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:  # read from the installed package's metadata: the files layer never imports torch
+        torch_version = version("torch")
+    except PackageNotFoundError:
+        torch_version = "absent"
+    versions = {"landscape_mpi": __version__, "python": platform.python_version(), "torch": torch_version,
+                "numpy": np.__version__, "h5py": h5py.version.version, "hdf5": h5py.version.hdf5_version}
+    try:
+        import mpi4py
+
+        versions["mpi4py"] = mpi4py.__version__
+    except ImportError:
+        pass
+    return versions
+
+
+def check_out_path(path: str) -> None:
+    """Raise a UserError unless `path` can be created or written."""
+    if os.path.isdir(path):
+        raise UserError(f"--out {path} is a folder; give a file name such as {os.path.join(path, 'surface.h5')}")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise UserError(f"--out {path}: folder {folder} does not exist; create it or choose another --out")
+    if not os.access(folder, os.W_OK):
+        raise UserError(f"--out {path}: folder {folder} is not writable; choose another --out")
+
+
+def fsync_folder(path: str) -> None:
+    """fsync the folder holding `path`, so that a rename into it survives a crash (best effort: some file
+    systems refuse to open folders for sync)."""
+    try:
+        fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def fsync_file(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def create_surface_file(path: str, config: SurfaceConfig, directions: dict,
+                        attrs: dict[str, str], data_indices: dict[str, np.ndarray | None],
+                        trajectory: dict | None = None) -> None:
+    """Create the complete file atomically: written under a temporary name, fsync'ed, renamed onto `path`,
+    and the folder fsync'ed.
+
+    `directions` maps axis name to the full-space direction (state_dict key -> tensor or array; zeros where
+    excluded). `trajectory` (optional): x, y, epochs, residual arrays and an ``explained_variance`` list and
+    further attributes, stored under /trajectory.
+    """
+    check_out_path(path)
+    for stale in glob.glob(glob.escape(path) + ".tmp-*"):  # left by a run killed while creating
+        try:
+            os.remove(stale)
+        except OSError:
+            pass
+    tmp = f"{path}.tmp-{os.getpid()}"
+    shape = config.shape
+    try:
+        # HDF5's own file locking is best effort: file systems without flock (some NFS, Lustre with
+        # localflock) would refuse it; two writers are kept apart by `RunLock` instead.
+        with h5py.File(tmp, "w", libver="earliest", locking="best-effort") as f:
+            f.attrs["schema_version"] = SCHEMA_VERSION
+            f.attrs[contract.FILE_KIND_ATTR] = contract.KIND_SURFACE
+            f.attrs["config"] = config.to_json()
+            f.attrs["grid_indexing"] = "ij"
+            f.attrs["axes"] = json.dumps(list(config.axes))
+            f.attrs["metrics"] = json.dumps(config.metrics)
+            f.attrs["versions"] = json.dumps(package_versions())
+            f.attrs["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+            for k, v in attrs.items():
+                f.attrs[k] = v
+            coords = f.create_group("coords")
+            for name, axis in config.axes.items():
+                coords.create_dataset(name, data=axis.values())
+            results = f.create_group("results")
+            # Written in full now (contiguous, allocated): a run later only overwrites raw bytes in place.
+            for metric in config.metrics:
+                results.create_dataset(metric, data=np.full(shape, np.nan))
+            results.create_dataset("rank", data=np.full(shape, -1, dtype=np.int32))
+            results.create_dataset("seconds", data=np.full(shape, np.nan))
+            results.create_dataset("done", data=np.zeros(shape, dtype=np.uint8))
+            if config.eig:
+                results.create_dataset("eig_iters", data=np.full(shape, -1, dtype=np.int32))
+            group = f.create_group("directions")
+            for axis, direction in directions.items():
+                g = group.create_group(axis)
+                for key, tensor in direction.items():
+                    array = tensor.detach().cpu().numpy() if hasattr(tensor, "detach") else np.asarray(tensor)
+                    g.create_dataset(key, data=array)
+            if trajectory is not None:
+                t = f.create_group(contract.TRAJECTORY)
+                for key, value in trajectory.items():
+                    if isinstance(value, np.ndarray):
+                        t.create_dataset(key, data=value)
+                    else:
+                        t.attrs[key] = value
+            if any(v is not None for v in data_indices.values()):
+                data = f.create_group("data")
+                for split, idx in data_indices.items():
+                    if idx is not None:
+                        data.create_dataset(f"{split}_indices", data=np.asarray(idx, dtype=np.int64))
+        fsync_file(tmp)
+        os.replace(tmp, path)
+        fsync_folder(path)
+    except OSError as exc:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        hint = ("the file system refuses HDF5 file locking: export HDF5_USE_FILE_LOCKING=FALSE"
+                if "lock" in str(exc).lower() else "choose another --out on a writable file system")
+        raise UserError(f"--out {path}: cannot write the surface file ({exc}); {hint}") from None
+
+
+def open_read(path: str) -> h5py.File:
+    """Open read-only, without file locking, so that a file being written by a running job can be read."""
+    if not os.path.isfile(path):
+        raise UserError(f"{path}: no such file")
+    try:
+        f = h5py.File(path, "r", locking=False)
+    except OSError as exc:
+        raise UserError(f"{path}: not a readable HDF5 surface file ({exc}); recompute it with --overwrite") from None
+    if "schema_version" not in f.attrs or "config" not in f.attrs:
+        f.close()
+        raise UserError(f"{path}: an HDF5 file but not a landscape-mpi surface file (no schema_version/config)")
+    if int(f.attrs["schema_version"]) not in contract.READABLE_SCHEMA_VERSIONS:
+        version = int(f.attrs["schema_version"])
+        f.close()
+        raise UserError(f"{path}: schema_version {version}, this landscape-mpi reads {SCHEMA_VERSION}; "
+                        f"use the landscape-mpi version that wrote it")
+    kind = f.attrs.get(contract.FILE_KIND_ATTR, contract.KIND_SURFACE)
+    if isinstance(kind, bytes):
+        kind = kind.decode()
+    if kind != contract.KIND_SURFACE:
+        f.close()
+        raise UserError(f"{path}: a {kind} file, not a surface file")
+    return f
+
+
+@dataclass
+class SurfaceSummary:
+    """What `info` and resume need to know of a file."""
+
+    attrs: dict
+    config: dict
+    shape: tuple[int, ...]
+    done: np.ndarray
+    metrics: dict[str, np.ndarray]
+    ranks: np.ndarray | None
+    coords: dict[str, np.ndarray]
+    data_indices: dict[str, np.ndarray]
+
+
+def read_summary(path: str, with_values: bool = True, with_ranks: bool = True) -> SurfaceSummary:
+    """Attributes, done mask and coordinates; values and ranks only if asked (they are the big datasets)."""
+    with open_read(path) as f:
+        attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
+        done = f["results/done"][()]  # read before the values: any point marked done has its values
+        metrics = {}
+        if with_values:
+            for m in json.loads(attrs["metrics"]):
+                metrics[m] = f["results"][m][()]
+        ranks = f["results/rank"][()] if with_ranks else None
+        coords = {k: f["coords"][k][()] for k in f["coords"]}
+        indices = {}
+        if "data" in f:
+            indices = {k[:-len("_indices")]: f["data"][k][()] for k in f["data"] if k.endswith("_indices")}
+    return SurfaceSummary(attrs, json.loads(attrs["config"]), tuple(done.shape), done.astype(bool), metrics, ranks,
+                          coords, indices)
+
+
+def read_directions(path: str, axes: Sequence[str]) -> list[StoredDirection]:
+    """The stored directions (numpy arrays), one per axis: the source of truth for every rank and resume."""
+    sys.audit("landscape_mpi.read", path, "directions")  # lets tests count who reads what
+    out = []
+    with open_read(path) as f:
+        for axis in axes:
+            g = f["directions"][axis]
+            out.append({k: g[k][()] for k in g})
+    return out
+
+
+def read_coords(path: str) -> list[np.ndarray]:
+    """The file's grid coordinates, one array per axis in x, y, z order: new points are evaluated there."""
+    sys.audit("landscape_mpi.read", path, "coords")
+    with open_read(path) as f:
+        axes = json.loads(f.attrs["axes"])
+        return [f["coords"][a][()] for a in axes]
+
+
+def write_run_ranks(path: str, hosts: Sequence[str], devices: Sequence[str]) -> None:
+    """Record which host and device each MPI rank of the current run has (/ranks/host, /ranks/device).
+
+    Called by the single writer before any point of the run is written; /results/rank then tells which device
+    computed each point. A later run (a resume on other nodes) replaces the table and keeps the older ones
+    as /ranks/run_<k>_host, /ranks/run_<k>_device.
+    """
+    with h5py.File(path, "r+", locking=False) as f:
+        g = f.require_group(contract.RANKS)
+        if "host" in g:
+            k = 0
+            while f"run_{k}_host" in g:
+                k += 1
+            g.move("host", f"run_{k}_host")
+            g.move("device", f"run_{k}_device")
+        g.create_dataset("host", data=np.array(list(hosts), dtype=h5py.string_dtype()))
+        g.create_dataset("device", data=np.array(list(devices), dtype=h5py.string_dtype()))
+        f.flush()
+    fsync_file(path)
+
+
+class RunLock:
+    """An exclusive lock on ``FILE.h5.lock``, held by the run that writes FILE.h5.
+
+    The kernel releases it when the process ends, however it ends, so a killed job never leaves a stale
+    lock. On file systems without flock support the lock is skipped (best effort).
+    """
+
+    def __init__(self, path: str) -> None:
+        import fcntl
+
+        check_out_path(path)
+        self.path = path + ".lock"
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(self.fd, 200, 0).decode(errors="replace").strip()
+            os.close(self.fd)
+            raise UserError(f"--out {path} is being written by another running job ({holder}); wait for it to "
+                            f"end, or choose another --out") from None
+        except OSError:
+            pass  # no flock on this file system
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, f"pid {os.getpid()} on {platform.node()}".encode(), 0)
+
+    def release(self) -> None:
+        try:
+            os.unlink(self.path)
+        except OSError:
+            pass
+        os.close(self.fd)
+
+
+def result_columns(config: SurfaceConfig) -> list[str]:
+    """The per-point columns a run writes, in the order of the evaluator's values."""
+    return config.metrics + (["eig_iters"] if config.eig else [])
+
+
+class ResultWriter:
+    """Writes finished points into an existing surface file, durably: values, flush, fsync, then done flags,
+    flush, fsync (see the module docstring for why).
+
+    io='single': one process, sec2 driver. io='collective': every rank opens the file with the MPI-IO driver
+    (a collective open and close) and writes in collective write phases (`write` must then be called by every
+    rank the same number of times, a rank with nothing to write included); H5Fflush under MPI-IO is
+    MPI_File_sync, collective too.
+    """
+
+    def __init__(self, path: str, columns: Sequence[str], io: str = "single", comm=None) -> None:
+        self.path = path
+        self.columns = list(columns)
+        self.io = io
+        self.comm = comm
+        self.writes = 0
+        # No HDF5 file lock: it would stop readers (landscape-mpi info, plotting, a user's h5py.File(path))
+        # from opening the file while the job runs. Two writers are kept apart by `RunLock` instead.
+        try:
+            if io == "collective":
+                self.file = h5py.File(path, "r+", driver="mpio", comm=comm, **mpio_hints())
+            else:
+                self.file = h5py.File(path, "r+", locking=False)
+        except OSError as exc:
+            raise UserError(f"--out {path}: cannot open for writing ({exc})") from None
+        self._fd = self.file.id.get_vfd_handle() if io == "single" else None
+        results = self.file["results"]
+        self.dsets = {m: results[m] for m in self.columns}
+        self.rank_dset = results["rank"]
+        self.seconds_dset = results["seconds"]
+        self.done_dset = results["done"]
+        self.shape = self.done_dset.shape
+
+    def _write_points(self, dset: h5py.Dataset, coords: np.ndarray, values: np.ndarray) -> None:
+        # One HDF5 call per dataset for a whole batch of scattered points (an element selection). Under
+        # --io collective an empty batch still takes part in the collective call with an empty selection
+        # (h5py's high-level API skips empty selections, and the other ranks would wait forever).
+        fspace = dset.id.get_space()
+        if len(values):
+            fspace.select_elements(coords)
+            mspace = h5py.h5s.create_simple((len(values),))
+        else:
+            fspace.select_none()
+            mspace = h5py.h5s.create_simple((1,))
+            mspace.select_none()
+            values = np.zeros(1)
+        if self.io == "collective":
+            dxpl = h5py.h5p.create(h5py.h5p.DATASET_XFER)
+            dxpl.set_dxpl_mpio(h5py.h5fd.MPIO_COLLECTIVE)
+            dset.id.write(mspace, fspace, np.ascontiguousarray(values, dtype=dset.dtype), dxpl=dxpl)
+        else:
+            dset.id.write(mspace, fspace, np.ascontiguousarray(values, dtype=dset.dtype))
+
+    def write(self, flat: np.ndarray, values: np.ndarray, ranks: np.ndarray, seconds: np.ndarray) -> None:
+        """Write a batch: `values[p, c]` is column c at flat grid index `flat[p]`. Durable when it returns."""
+        if len(flat) == 0 and self.io != "collective":
+            return
+        self.writes += 1
+        coords = np.stack(np.unravel_index(np.asarray(flat, dtype=np.int64), self.shape), axis=1).astype(np.uint64)
+        values = np.asarray(values, dtype=np.float64).reshape(len(flat), len(self.columns))
+        for c, name in enumerate(self.columns):
+            self._write_points(self.dsets[name], coords, values[:, c])
+        self._write_points(self.rank_dset, coords, np.asarray(ranks))
+        self._write_points(self.seconds_dset, coords, np.asarray(seconds))
+        self.sync()  # the values are on disk before any of their done flags can be
+        self._write_points(self.done_dset, coords, np.ones(len(flat), dtype=np.uint8))
+        self.sync()
+
+    def sync(self) -> None:
+        """Flush HDF5's buffers and make them durable: H5Fflush then fsync (single); under MPI-IO, H5Fflush
+        is a collective MPI_File_sync, which is both."""
+        self.file.flush()
+        if self._fd is not None:
+            os.fsync(self._fd)
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def mpio_hints() -> dict:
+    """MPI-IO hints for the collective writer, documented in README.md ("Writing the file").
+
+    Collective buffering on (a few aggregator ranks gather the scattered points and write large blocks), data
+    sieving for writes off (ROMIO would otherwise read-modify-write whole blocks, under fcntl locks that are
+    not coherent on every parallel file system: a neighbour's value could be undone).
+    """
+    try:
+        from mpi4py import MPI
+    except ImportError:
+        return {}
+    info = MPI.Info.Create()
+    for key, value in (("romio_cb_write", "enable"), ("romio_ds_write", "disable"),
+                       ("romio_no_indep_rw", "false"), ("collective_buffering", "true")):
+        info.Set(key, value)
+    # h5py passes these keywords on to H5Pset_fapl_mpio(comm, info)
+    return {"info": info}

@@ -1,0 +1,206 @@
+"""The life of every rank: start-up, stop signals, agree-or-fail steps, abort. One place for all of it.
+
+The rules, which together mean that no rank is ever left waiting for one that failed:
+
+1. Stop signals (SIGTERM, SIGINT, SIGUSR1) are caught from the first line of `main` on (`STOP.install()`),
+   so a signal during set-up (loading a big checkpoint, say) is remembered, never fatal; the run checks the
+   flag once set-up is done and between evaluation batches.
+2. Every set-up step where one rank can fail alone is an *agree-or-fail* step (`agree`): each rank runs it,
+   the ranks exchange their outcome (one allgather), and if any failed, every rank raises the first failure.
+   A user error then ends every rank with the same one line and exit code 2.
+3. Anything else that escapes `main` on a job of more than one rank (an exception in the middle of a run,
+   on any rank) is printed by the rank that failed as ``rank R: <message>`` and ends the whole job through
+   `MPI_Abort` (`abort`), as ``python -m mpi4py`` does. The coordinator first writes every finished point.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import traceback
+from collections.abc import Callable
+from typing import TypeVar
+
+from landscape_mpi.config.errors import EXIT_FAILURE, EXIT_USER_ERROR, UserError
+
+T = TypeVar("T")
+
+
+class StopRequested(Exception):
+    """Raised between evaluation batches once a stop was asked for: the point in progress is abandoned (it is
+    recomputed on resume) so that a job stops within one batch."""
+
+
+class StopFlag:
+    """Set by SIGTERM, SIGINT or SIGUSR1 (SLURM's warning signal): stop handing out work, abandon the point in
+    progress at the next batch boundary, write every finished point, exit 75.
+
+    A second SIGINT interrupts at once (KeyboardInterrupt), for an impatient Ctrl-C.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.signal_name = ""
+        self._previous: dict = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        name = signal.Signals(signum).name
+        if not self.requested or self.signal_name != name:
+            # os.write, not print: the handler may interrupt a print of the main code (no re-entrant I/O)
+            message = f"landscape-mpi: rank {world_rank()} caught {name}; stopping at the next batch boundary\n"
+            try:
+                os.write(2, message.encode())
+            except OSError:
+                pass
+        self.requested = True
+        self.signal_name = name
+
+    def install(self) -> "StopFlag":
+        if not self._previous:
+            for s in self.SIGNALS:
+                self._previous[s] = signal.signal(s, self._handle)
+        return self
+
+    def uninstall(self) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+        self._previous.clear()
+
+    def request(self, reason: str) -> None:
+        """Ask for a stop from code (the coordinator's STOP message)."""
+        self.requested = True
+        self.signal_name = self.signal_name or reason
+
+    def check(self) -> None:
+        """Raise `StopRequested` if a stop was asked for (called between evaluation batches)."""
+        if self.requested:
+            raise StopRequested(self.signal_name)
+
+    def reset(self) -> None:
+        self.requested, self.signal_name = False, ""
+
+
+#: The process's stop flag: installed by `cli.main` before anything else happens.
+STOP = StopFlag()
+
+
+class AgreedError(UserError):
+    """A failure every rank raised together in an agree-or-fail step: each rank exits on its own, no abort."""
+
+    def __init__(self, message: str, internal: bool = False) -> None:
+        super().__init__(message)
+        self.internal = internal
+
+
+def agree(comm, step: Callable[[], T], rank: int = 0) -> T:
+    """Run `step` on every rank; if it fails anywhere, raise the first failure on every rank (`AgreedError`).
+
+    `comm` is the MPI communicator (None: one process). A user error keeps its one-line message; an internal
+    error carries the failing rank's traceback and ``internal=True`` (exit code 1).
+    """
+    result, error = None, None
+    try:
+        result = step()
+    except AgreedError as exc:
+        error = ("internal" if exc.internal else "user", str(exc))
+    except UserError as exc:
+        error = ("user", str(exc))
+    except Exception as exc:  # noqa: BLE001  (any failure must reach the other ranks)
+        error = ("internal", f"rank {rank}: {type(exc).__name__}: {exc}\n{traceback.format_exc()}")
+    if comm is not None and comm.Get_size() > 1:
+        errors = comm.allgather(error)
+        failed = [(r, e) for r, e in enumerate(errors) if e is not None]
+        error = None
+        if failed:
+            r, (kind, msg) = failed[0]
+            prefix = f"rank {r}: " if kind == "user" and r != 0 else ""
+            error = (kind, prefix + msg)
+    if error is not None:
+        kind, msg = error
+        raise AgreedError(msg, internal=(kind == "internal"))
+    return result
+
+
+def world():
+    """mpi4py's COMM_WORLD if this process initialized MPI, else None (never imports mpi4py itself)."""
+    mpi = sys.modules.get("mpi4py.MPI")
+    if mpi is None or not mpi.Is_initialized() or mpi.Is_finalized():
+        return None
+    return mpi.COMM_WORLD
+
+
+def world_rank() -> int:
+    comm = world()
+    return comm.Get_rank() if comm is not None else 0
+
+
+#: Seconds between a failing rank's message and its MPI_Abort.
+ABORT_GRACE_SECONDS = 3.0
+
+
+def say(message: str, stream=None) -> None:
+    """Write one whole line in one write: with PYTHONUNBUFFERED (common in job scripts) `print` writes the text
+    and its newline separately, and the launcher then interleaves the lines of ranks that speak at once."""
+    stream = sys.stderr if stream is None else stream
+    stream.write(message + "\n")
+    stream.flush()
+
+
+def abort(message: str, code: int = EXIT_FAILURE) -> None:
+    """Print ``landscape-mpi: rank R: message`` from this rank and end every rank of the job (MPI_Abort);
+    in a single process, just print it (the caller returns `code`)."""
+    comm = world()
+    rank = comm.Get_rank() if comm is not None else 0
+    say(f"landscape-mpi: rank {rank}: {message}")
+    if comm is not None and comm.Get_size() > 1:
+        abort_after_grace(comm, code)
+
+
+def abort_after_grace(comm, code: int) -> None:
+    """MPI_Abort the job, ABORT_GRACE_SECONDS after this rank's last message.
+
+    The wait lets the launcher forward the message before MPI_Abort tears the job down: MPICH's hydra drops
+    what is still in a rank's stderr pipe (0.5 s lost it on a loaded machine; an abort without any wait lost the
+    coordinator's message on an idle one). The job is ending anyway, so a few seconds cost nothing. Every
+    MPI_Abort that follows a message goes through here; a worker whose error the coordinator does not act on
+    aborts by itself after 10 s of waiting (`scheduler.Worker.run`).
+    """
+    import time
+
+    time.sleep(ABORT_GRACE_SECONDS)
+    comm.Abort(code)
+
+
+def run_main(body: Callable[[], int]) -> int:
+    """The guard around every command: exit codes, one-line user errors, abort of multi-rank jobs."""
+    STOP.install()
+    try:
+        return body()
+    except AgreedError as exc:  # every rank has it: rank 0 speaks for all, every rank exits by itself
+        if world_rank() == 0:
+            say(f"landscape-mpi: error: {exc}")
+        return EXIT_FAILURE if exc.internal else EXIT_USER_ERROR
+    except UserError as exc:
+        comm = world()
+        if comm is not None and comm.Get_size() > 1:  # found by this rank alone: the others must not wait
+            abort(f"error: {exc}", EXIT_USER_ERROR)
+        say(f"landscape-mpi: error: {exc}")
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        comm = world()
+        if comm is not None and comm.Get_size() > 1:
+            abort("interrupted", 130)
+        say("landscape-mpi: interrupted")
+        return 130
+    except Exception as exc:  # noqa: BLE001
+        comm = world()
+        if comm is not None and comm.Get_size() > 1:
+            abort(f"internal error: {type(exc).__name__}: {exc}\n{traceback.format_exc()}", EXIT_FAILURE)
+        traceback.print_exc()
+        say(f"landscape-mpi: internal error: {exc}")
+        return EXIT_FAILURE

@@ -1,0 +1,98 @@
+"""A surface's inputs, loaded and checked before anything is written: the model at theta*, the evaluation data.
+
+`load_inputs` is the pre-flight of every rank: it builds the model, loads the checkpoint, loads each split and
+runs one forward on a couple of samples of each, so that a model that does not fit the data (a CIFAR model
+with the digits data, say) is one line and exit 2 before any file exists, not a traceback at the first point.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from landscape_mpi.config.surface import SurfaceConfig
+from landscape_mpi.data.datasets import EvalSet, load_eval_set
+from landscape_mpi.config.errors import UserError
+from landscape_mpi.models import build_model, load_checkpoint
+
+
+@dataclass
+class Inputs:
+    model: nn.Module
+    """The model at theta*, on the CPU, in eval mode."""
+    data: list[EvalSet]
+    """One evaluation set per split, in the config's split order, on the CPU."""
+    bn_data: EvalSet | None = None
+    """Training samples that re-estimate BatchNorm statistics (``--bn recalibrate``)."""
+    fingerprints: dict[str, str] = field(default_factory=dict)
+    """split -> sha256 of its evaluation tensors (what a resume must find unchanged)."""
+
+
+def data_fingerprint(data: EvalSet) -> str:
+    """sha256 of a split's evaluation inputs and labels (content, shape and dtype; not where they came from)."""
+    h = hashlib.sha256()
+    for t in (data.inputs, data.labels):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
+    return h.hexdigest()
+
+
+def check_fit(model: nn.Module, data: EvalSet, config: SurfaceConfig) -> None:
+    """One forward on two samples: the output must be (batch, classes) logits with a class for every label."""
+    x = data.inputs[:2]
+    where = f"--model {config.model} with --dataset {config.dataset} ({data.name} inputs {tuple(x.shape[1:])})"
+    try:
+        with torch.inference_mode():
+            out = model(x)
+    except Exception as exc:  # noqa: BLE001  (any failure of the user's forward is a mismatch to report)
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise UserError(f"{where}: the forward fails ({first}); choose a model built for this dataset "
+                        f"(landscape-mpi models lists each zoo model's dataset)") from None
+    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != x.shape[0]:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise UserError(f"{where}: the model returns {shape}, expected logits of shape (batch, classes)")
+    if not out.is_floating_point():
+        raise UserError(f"{where}: the model returns {out.dtype} values, expected floating-point logits")
+    n_classes = int(out.shape[1])
+    top = int(data.labels.max()) if len(data) else 0
+    if top >= n_classes or int(data.labels.min()) < 0:
+        raise UserError(f"{where}: labels go up to {top} but the model has {n_classes} outputs; "
+                        f"choose a model with one output per class")
+
+
+def read_inputs(config: SurfaceConfig) -> tuple[dict[str, torch.Tensor], list[EvalSet], EvalSet | None]:
+    """What comes from the file system: theta*'s state_dict (checked against the model), the evaluation
+    splits and the BatchNorm recalibration samples. Done by one rank per node (`sharing`)."""
+    model = build_model(config.model)
+    load_checkpoint(model, config.checkpoint)
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    data = [load_eval_set(config.dataset, s, config.data_root, config.samples, config.seed) for s in config.splits]
+    bn_data = None
+    if config.bn == "recalibrate":
+        train = load_eval_set(config.dataset, "train", config.data_root, None, config.seed)
+        n = min(config.bn_samples or len(train), len(train))
+        bn_data = EvalSet("bn", train.inputs[:n].contiguous(), train.labels[:n].contiguous(), np.arange(n))
+    return state, data, bn_data
+
+
+def load_inputs(config: SurfaceConfig, read: tuple | None = None) -> Inputs:
+    """Build the model at theta*, load the data of every split and check that they fit (pre-flight).
+
+    `read`: what `read_inputs` returned, when the node's reading rank has read it (`sharing.share_per_node`);
+    None: read the files here.
+    """
+    state, data, bn_data = read if read is not None else read_inputs(config)
+    model = build_model(config.model)
+    model.load_state_dict(state)
+    model.eval()
+    for d in data:
+        check_fit(model, d, config)
+    if config.eig and not any(p.requires_grad for p in model.parameters()):
+        raise UserError(f"--metrics eig: --model {config.model} has no trainable parameter, so no Hessian; "
+                        f"drop eig from --metrics")
+    return Inputs(model, data, bn_data, {d.name: data_fingerprint(d) for d in data})

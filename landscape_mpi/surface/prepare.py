@@ -1,0 +1,142 @@
+"""Rank 0's file step: create the surface file, or check that an existing one is this command's, to resume.
+
+The resume identity lives here, in one place (`identity_mismatch`), compared field by field:
+- the value config (`config.config_diff`; a file of an older version with fewer fields resumes when the
+  missing fields had their old defaults; ``--batch-size`` is a run option and never compared);
+- the sha256 of the checkpoint and of every other input file (targets, trajectory, Hessian file, direction
+  file), and whether each such option is given at all (a dropped ``--x-target`` is a mismatch);
+- a fingerprint of each split's evaluation tensors (content, not path) and the stored ``--samples`` indices;
+- the exact grid coordinates (floats compared exactly; new points are evaluated at the file's /coords).
+
+``--overwrite`` never destroys a complete surface before its replacement is complete: the new surface is
+computed into ``FILE.h5.new`` beside it (resumable under the same command) and renamed onto FILE.h5 only
+when complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from landscape_mpi.files import store
+from landscape_mpi.config.surface import RunOptions, SurfaceConfig, config_diff
+from landscape_mpi.directions.sources import build_directions
+from landscape_mpi.config.errors import UserError
+from landscape_mpi.surface.inputs import Inputs
+from landscape_mpi.models import checkpoint_sha256
+
+
+def overwrite_path(out: str) -> str:
+    """Where an --overwrite run builds its new surface until it is complete."""
+    return out + ".new"
+
+
+def input_files(config: SurfaceConfig) -> dict[str, tuple[str, list[str]]]:
+    """name -> (option, files) of every input file whose content determines the values."""
+    files: dict[str, tuple[str, list[str]]] = {"checkpoint": ("--checkpoint", [config.checkpoint])}
+    for axis in ("x", "y"):
+        if config.target(axis):
+            files[f"{axis}_target"] = (f"--{axis}-target", [config.target(axis)])
+    if config.trajectory:
+        from landscape_mpi.directions.pca import trajectory_files
+
+        files["trajectory"] = ("--trajectory", trajectory_files(config.trajectory, config.checkpoint))
+    if config.hessian_file:
+        files["hessian_file"] = ("--hessian-file", [config.hessian_file])
+    if config.dir_file:
+        files["dir_file"] = ("--dir-file", [config.dir_file])
+    return files
+
+
+def input_hashes(config: SurfaceConfig) -> dict[str, str]:
+    """``<name>_sha256`` of every input file (a list of files: sha256 of their sha256s, in order)."""
+    out = {}
+    for name, (option, paths) in input_files(config).items():
+        if len(paths) == 1:
+            out[f"{name}_sha256"] = checkpoint_sha256(paths[0], option)
+        else:
+            h = hashlib.sha256()
+            for p in paths:
+                h.update(checkpoint_sha256(p, option).encode())
+            out[f"{name}_sha256"] = h.hexdigest()
+    return out
+
+
+def identity_mismatch(summary: store.SurfaceSummary, config: SurfaceConfig, inputs: Inputs) -> list[str]:
+    """Every way in which the file is not this command's surface, one phrase each (empty: resume it)."""
+    diff = config_diff(summary.config, config.to_dict())
+    wanted = input_hashes(config)
+    stored = {k: v for k, v in summary.attrs.items() if k.endswith("_sha256") and not k.endswith("data_sha256")}
+    for key in sorted(set(wanted) | set(stored)):
+        name = key[:-len("_sha256")]
+        if key not in wanted:
+            diff.append(f"{name}: the file was computed with it, the command gives none")
+        elif key not in stored:
+            diff.append(f"{name}: the command gives it, the file was computed without it")
+        elif wanted[key] != stored[key]:
+            diff.append(f"{name}: file was computed from another file (sha256 differs)")
+    for split, fp in inputs.fingerprints.items():
+        old = summary.attrs.get(f"{split}_data_sha256")
+        if old is not None and old != fp:
+            diff.append(f"{split} data: the evaluation samples differ from the file's (another dataset, "
+                        f"data folder content or factory)")
+    for data in inputs.data:
+        old_idx = summary.data_indices.get(data.name)
+        new_idx = data.indices
+        if (old_idx is None) != (new_idx is None) or (old_idx is not None and not np.array_equal(old_idx, new_idx)):
+            diff.append(f"{data.name} data: the --samples subset differs from the file's /data/{data.name}_indices")
+    for name, axis in config.axes.items():
+        have = summary.coords.get(name)
+        if have is None or have.shape != (axis.num,) or not np.array_equal(have, axis.values()):
+            shown = (f"{float(have[0])!r}:{float(have[-1])!r}:{len(have)}" if have is not None and len(have)
+                     else "none")
+            diff.append(f"{name}: file has {shown}, command asks {axis.spec()} (coordinates compared exactly)")
+    for name in summary.coords:
+        if name not in config.axes:
+            diff.append(f"{name} axis: the file has it, the command does not")
+    return diff
+
+
+@dataclass
+class Prepared:
+    path: str
+    """The file this run computes into (``--out``, or ``--out``.new under --overwrite)."""
+    message: str
+    todo: int
+    """Points not done yet."""
+
+
+def prepare_file(config: SurfaceConfig, options: RunOptions, inputs: Inputs) -> Prepared:
+    """Create the file (or the --overwrite work file), or check the existing one may be resumed."""
+    out = options.out
+    store.check_out_path(out)
+    path = overwrite_path(out) if options.overwrite else out
+    if os.path.exists(path):
+        summary = store.read_summary(path, with_values=False, with_ranks=False)
+        diff = identity_mismatch(summary, config, inputs)
+        if not diff:
+            left = int((~summary.done).sum())
+            return Prepared(path, f"resuming {path}: {summary.done.size - left}/{summary.done.size} points done",
+                            left)
+        if not options.overwrite:
+            raise UserError(f"--out {out} holds a surface of another configuration ({'; '.join(diff)}); rerun "
+                            f"with the file's settings to resume, choose another --out, or add --overwrite")
+        os.remove(path)  # a stale --overwrite work file of another command: not anyone's complete surface
+    directions, trajectory, attrs = build_directions(config, inputs.model, config.checkpoint)
+    attrs = {"checkpoint": os.path.abspath(config.checkpoint), **attrs, **input_hashes(config),
+             **{f"{split}_data_sha256": fp for split, fp in inputs.fingerprints.items()}}
+    indices = {d.name: d.indices for d in inputs.data}
+    store.create_surface_file(path, config, directions, attrs, indices, trajectory)
+    total = int(np.prod(config.shape))
+    verb = f"building the replacement of {out} in" if options.overwrite else "created"
+    return Prepared(path, f"{verb} {path}: grid {'x'.join(map(str, config.shape))} = {total} points", total)
+
+
+def finish_overwrite(options: RunOptions, path: str) -> None:
+    """The --overwrite work file is complete: rename it onto --out (atomic) and make the rename durable."""
+    if path != options.out:
+        os.replace(path, options.out)
+        store.fsync_folder(options.out)

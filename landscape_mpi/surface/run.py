@@ -1,0 +1,287 @@
+"""`landscape-mpi surface`: compute a loss surface into one HDF5 file, on one process or many MPI ranks.
+
+Reads top to bottom in the order things happen. Every step that one rank can fail alone is an agree-or-fail
+step (`lifecycle.agree`): a failure anywhere ends every rank with the same message, and nothing waits forever.
+  1. ranks and devices (`context`); stop signals are already caught (`lifecycle.STOP`, installed by the CLI);
+  2. rank 0 takes the run lock of the file (a second job on the same file is refused);
+  3. pre-flight on every rank: model at theta*, evaluation data, one forward per split (`inputs`);
+  4. rank 0 creates the file, or checks that the existing one is this command's, to resume (`prepare`);
+  5. every rank reads the directions and coordinates *from the file* and builds its evaluation engine;
+  6. the writer opens (rank 0 alone, or every rank under --io collective);
+  7. the master hands out the points not yet done, every rank evaluates, results are written durably;
+  8. the writer closes; an --overwrite run that completed replaces the old file; every rank exits with the
+     same status.
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from landscape_mpi.runtime import scheduler as sched
+from landscape_mpi.files import store
+from landscape_mpi.runtime import faults as testhooks
+from landscape_mpi.config.surface import RunOptions, SurfaceConfig
+from landscape_mpi.runtime.context import RunContext, make_context
+from landscape_mpi.directions.base import PointSetter, space_keys
+from landscape_mpi.config.errors import EXIT_COMPLETE, EXIT_RESUMABLE, UserError
+from landscape_mpi.surface.inputs import Inputs, load_inputs, read_inputs
+from landscape_mpi.runtime.lifecycle import STOP, agree
+from landscape_mpi.surface.prepare import Prepared, finish_overwrite, prepare_file
+from landscape_mpi.runtime.progress import Progress
+from landscape_mpi.runtime.sharing import node_comm, share_per_node
+
+#: ARPACK restarts allowed for each eigenvalue of a curvature map point.
+EIG_MAXITER = 1000
+
+
+def log(ctx: RunContext, message: str) -> None:
+    if ctx.is_master:
+        print(f"landscape-mpi: {message}", file=sys.stderr, flush=True)
+
+
+def run_surface(config: SurfaceConfig, options: RunOptions, ctx: RunContext | None = None) -> int:
+    """Compute (or resume) the surface; returns the process exit code (0 complete, 75 stopped, resumable)."""
+    STOP.install()
+    # 1. ranks and devices. make_context is collective (an MPI split); a rank that fails in it alone (a broken
+    #    GPU) raises, and the CLI's guard aborts the whole job with that rank's message.
+    ctx = ctx or make_context(options.device, options.threads)
+    testhooks.reached("context", ctx.rank)
+    if ctx.device.type == "cpu":
+        from landscape_mpi.engine import tune_cpu_allocator
+
+        tune_cpu_allocator()  # malloc keeps activation buffers: no page faults per batch (README, "Speed")
+    comm = ctx.comm
+    if options.io == "collective":
+        agree(comm, check_collective_io, ctx.rank)
+
+    # 2. rank 0 holds FILE.h5.lock for the whole run: a second job on the same file is refused.
+    def take_lock():
+        testhooks.reached("lock", ctx.rank)
+        return store.RunLock(options.out) if ctx.is_master else None
+
+    lock = agree(comm, take_lock, ctx.rank)
+    try:
+        return _run_locked(config, options, ctx)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run_locked(config: SurfaceConfig, options: RunOptions, ctx: RunContext) -> int:
+    comm = ctx.comm
+    node = node_comm(comm)  # one rank per node reads the inputs; the node's other ranks receive them
+
+    # 3. pre-flight: nothing is written before every rank has its model and data and they fit. The node's
+    #    first rank reads the files (a node collective, reached by every rank: nothing before it can fail);
+    #    each rank then checks what it got inside the agree-or-fail step.
+    read = share_per_node(node, lambda: read_inputs(config))
+
+    def preflight() -> Inputs:
+        testhooks.reached("preflight", ctx.rank)
+        return load_inputs(config, read.get())
+
+    inputs = agree(comm, preflight, ctx.rank)
+
+    # 4. the file: created complete, or checked to be this command's.
+    def file_step() -> Prepared | None:
+        testhooks.reached("file", ctx.rank)
+        return prepare_file(config, options, inputs) if ctx.is_master else None
+
+    prepared = agree(comm, file_step, ctx.rank)
+    if comm is not None:
+        prepared = comm.bcast(prepared, root=0)
+    log(ctx, prepared.message)
+    if prepared.todo == 0:
+        agree(comm, lambda: finish_overwrite(options, prepared.path) if ctx.is_master else None, ctx.rank)
+        log(ctx, f"{options.out} is complete: nothing to compute")
+        return EXIT_COMPLETE
+
+    # 5. directions and coordinates from the file (the source of truth on every rank and resume), engine.
+    hooks = testhooks.BatchHooks(ctx.rank)
+
+    axes = list(config.axes)
+    stored = share_per_node(node, lambda: (store.read_directions(prepared.path, axes),
+                                           store.read_coords(prepared.path)))
+
+    def engine_step() -> GridEvaluator:
+        testhooks.reached("engine", ctx.rank)
+        return GridEvaluator(config, options, inputs, stored.get(), ctx, hooks)
+
+    evaluator = agree(comm, engine_step, ctx.rank)  # make_engine logs the engine it chose
+    if config.eig:
+        log(ctx, "eig_max and eig_min at every point (ARPACK on Hessian-vector products, one point per call)")
+
+    # 6. the writer: rank 0 alone, or every rank (a collective open) under --io collective.
+    collective = options.io == "collective"
+    comm_io = comm
+    if collective and comm_io is None:
+        from mpi4py import MPI
+
+        comm_io = MPI.COMM_SELF
+
+    hosts, devices = gather_ranks(ctx)
+
+    def before_writer() -> None:
+        testhooks.reached("writer_open", ctx.rank)
+        if ctx.is_master:
+            store.write_run_ranks(prepared.path, hosts, devices)
+
+    agree(comm, before_writer, ctx.rank)
+    if collective:  # a collective open: every rank (a failure in it raises, and the CLI aborts the job)
+        writer = store.ResultWriter(prepared.path, store.result_columns(config), "collective", comm_io)
+    else:
+        writer = agree(comm, lambda: store.ResultWriter(prepared.path, store.result_columns(config), "single")
+                       if ctx.is_master else None, ctx.rank)
+
+    # 7. scheduling.
+    sink = sched.ResultSink(writer.write if writer else None, len(store.result_columns(config)),
+                            options.flush_seconds)
+    stats = sched.RankStats(ctx.rank, ctx.host, str(ctx.device))
+    status = sched.STATUS_STOPPED
+    try:
+        if ctx.is_master:
+            summary = store.read_summary(prepared.path, with_values=False, with_ranks=False)
+            todo = sched.point_order(summary.shape, summary.done, options.order)
+            total = int(summary.done.size)
+            log(ctx, f"{len(todo)} points to compute on {ctx.size} rank(s), io={options.io}, order={options.order}, "
+                     f"rank 0 on {ctx.device} with {ctx.threads} thread(s)")
+            progress = Progress(total, total - len(todo), options.progress_seconds)
+            master = sched.Master(comm, todo, evaluator, sink, STOP, options.chunk_size, progress.update,
+                                  collective=collective, stats=stats, on_tick=progress.partial)
+            # keep serving, writing and watching for stops while rank 0 evaluates a long point
+            evaluator.on_batch = master.tick
+            outcome = master.run()
+            progress.close()
+            print_summary(ctx, options, outcome)
+            status = outcome.status
+        else:
+            worker = sched.Worker(comm, evaluator, STOP, sink if collective else None, stats, options.flush_seconds)
+            evaluator.on_batch = worker.tick
+            status = worker.run()
+    finally:
+        # 8. close (a collective close under --io collective: every rank reaches it, the run having ended
+        #    the same way on every rank; an exception above aborts the job instead).
+        testhooks.reached("close", ctx.rank)
+        if writer is not None:
+            if collective and comm is not None:  # every rank took part in every phase: show it
+                phases = comm.gather(writer.writes, root=0)
+                log(ctx, f"collective write phases per rank: {phases}")
+            writer.close()
+    if status == sched.STATUS_COMPLETE:
+        agree(comm, lambda: finish_overwrite(options, prepared.path) if ctx.is_master else None, ctx.rank)
+        if prepared.path != options.out:
+            log(ctx, f"the new surface replaced {options.out}")
+        return EXIT_COMPLETE
+    return EXIT_RESUMABLE
+
+
+# ----------------------------------------------------------------------------------- evaluation
+class GridEvaluator:
+    """Flat grid indices in, the file's columns out: the engine's [loss, acc] per split at the file's exact
+    coordinates, and with --metrics ...,eig the Hessian's extreme eigenvalues and their iteration count."""
+
+    def __init__(self, config: SurfaceConfig, options: RunOptions, inputs: Inputs, stored: tuple, ctx: RunContext,
+                 hooks: testhooks.BatchHooks) -> None:
+        """`stored`: the file's (directions, coordinates), as `store.read_directions` and `read_coords` give them."""
+        from landscape_mpi.engine import make_engine
+
+        stored, self.coords = stored
+        keys = set(space_keys(inputs.model, config.dir_space))
+        for axis, d in zip(config.axes, stored):
+            if set(d) != keys:
+                raise UserError(f"stored {axis} direction does not match the model's tensors; "
+                                f"recompute with --overwrite")
+        directions = [{k: torch.from_numpy(np.asarray(v)) for k, v in d.items()} for d in stored]
+        self.shape = tuple(len(c) for c in self.coords)
+        self.hooks = hooks
+        self.on_batch: Callable[[float], None] | None = None
+        self.engine = make_engine(inputs.model, directions, inputs.data, loss=config.loss, device=ctx.device,
+                                  precision=config.precision, batch_size=options.batch_size, bn=config.bn,
+                                  bn_data=inputs.bn_data, kind=options.engine,
+                                  log=lambda m: log(ctx, m))
+        self.engine.on_batch = self._batch
+        self.group_size = max(1, int(getattr(self.engine, "group_size", 1)))
+        if config.eig or hooks.single_points:
+            self.group_size = 1
+        self.eig = None
+        if config.eig:
+            self.eig = CurvatureAtPoint(config, inputs, directions, ctx.device, options.batch_size)
+
+    def _batch(self, fraction: float) -> None:
+        self.hooks.on_batch()
+        if self.on_batch is not None:
+            self.on_batch(fraction)
+
+    def __call__(self, flats: np.ndarray) -> np.ndarray:
+        self.hooks.before_points(len(flats))
+        index = np.unravel_index(np.asarray(flats, dtype=np.int64), self.shape)
+        coords = np.stack([c[i] for c, i in zip(self.coords, index)], axis=1)
+        values = np.asarray(self.engine.evaluate(coords), dtype=np.float64)
+        if self.eig is not None:
+            values = np.concatenate([values, np.array([self.eig(p) for p in coords])], axis=1)
+        self.hooks.after_points(len(flats))
+        return values
+
+
+class CurvatureAtPoint:
+    """lambda_max, lambda_min and the Hessian-vector products spent, at theta* + sum c_i d_i, on the training
+    split (the first split if train is not evaluated), BatchNorm in eval mode."""
+
+    def __init__(self, config: SurfaceConfig, inputs: Inputs, directions, device: torch.device,
+                 batch_size: int | None) -> None:
+        self.model = copy.deepcopy(inputs.model).to(device).eval()
+        if not any(p.requires_grad for p in self.model.parameters()):
+            raise UserError(f"--metrics eig: --model {config.model} has no trainable parameter, so no Hessian")
+        self.setter = PointSetter(self.model, [{k: v.to(device) for k, v in d.items()} for d in directions])
+        split = next((d for d in inputs.data if d.name == "train"), inputs.data[0])
+        self.data = split.to(device)
+        self.loss = config.loss
+        self.tol = config.eig_tol
+        self.batch_size = batch_size
+
+    def __call__(self, point: np.ndarray) -> tuple[float, float, float]:
+        from landscape_mpi.analysis.hessian import eig_extremes
+
+        self.setter.set([float(c) for c in point])
+        kwargs = {"batch_size": self.batch_size} if self.batch_size else {}
+        top, bottom, products = eig_extremes(self.model, self.data, self.loss, tol=self.tol, maxiter=EIG_MAXITER,
+                                             **kwargs)
+        return float(top), float(bottom), float(products)
+
+
+# ------------------------------------------------------------------------------------------ helpers
+def check_collective_io() -> None:
+    import h5py
+
+    if not h5py.get_config().mpi:
+        raise UserError("--io collective needs h5py built with parallel HDF5 (h5py.get_config().mpi is False): "
+                        "conda install -c conda-forge 'h5py=*=mpi*', or build it: CC=mpicc HDF5_MPI=ON "
+                        "pip install --no-binary=h5py --no-build-isolation h5py (see README); or use --io single")
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda:{device.index} {torch.cuda.get_device_name(device)}"
+    return "cpu"
+
+
+def gather_ranks(ctx: RunContext) -> tuple[list[str], list[str]]:
+    """(hosts, device names) of every rank, on every rank (collective)."""
+    mine = (ctx.host, device_name(ctx.device))
+    everyone = ctx.comm.allgather(mine) if ctx.comm is not None else [mine]
+    return [h for h, _ in everyone], [d for _, d in everyone]
+
+
+def print_summary(ctx: RunContext, options: RunOptions, outcome: sched.Outcome) -> None:
+    lines = ["per-rank summary:"] + [s.line() for s in outcome.stats]
+    print("\n".join(lines), file=sys.stderr, flush=True)
+    if outcome.status == sched.STATUS_COMPLETE:
+        log(ctx, f"complete: {options.out}")
+    else:
+        log(ctx, f"stopped early ({outcome.stop_reason}); every finished point is in the file. "
+                 f"Rerun the same command to resume (exit code {EXIT_RESUMABLE}).")

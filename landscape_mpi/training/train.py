@@ -1,0 +1,282 @@
+"""`landscape-mpi train`: train a zoo model, saving checkpoints for the surface, trajectory and Hessian analyses.
+
+Files in ``--out-dir``: ``epoch_000.pt`` (the initialization), ``epoch_NNN.pt`` after every epoch NNN,
+``iter_NNNNNNN.pt`` every ``save_every_iters`` optimizer steps (global step count; off by default), and
+``final.pt``, written last: it marks the training complete. Each file is a dict loadable with
+``torch.load(..., weights_only=True)``: ``state_dict``, ``epoch``, ``iteration``, ``config`` (JSON of
+`TrainConfig`), the epoch's metrics (epoch files), and ``resume``: what continuing from this file needs
+(optimizer, scheduler and random-generator states, the current epoch's sample order and the next batch).
+
+Training resumes from the latest checkpoint in ``--out-dir`` (by optimizer step) and gives the same weights as
+an uninterrupted run on the same device and thread count. A directory whose ``final.pt`` matches the config
+returns at once, without loading data or building the model.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import re
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from landscape_mpi.data.datasets import load_eval_set
+from landscape_mpi.config.errors import UserError
+from landscape_mpi.runtime import faults as testhooks
+from landscape_mpi.runtime.lifecycle import STOP, StopRequested
+from landscape_mpi.engine.evaluate import evaluate
+from landscape_mpi.models import build_model
+
+#: TrainConfig fields that never change the weights, so they may differ on resume.
+RESUME_FREE_FIELDS = ("out_dir", "data_root", "save_every_iters")
+FINAL = "final.pt"
+#: Checkpoints written when a stop signal arrives mid-training (removed once the training completes).
+STOPPED = "stopped"
+
+
+class TrainingStopped(StopRequested):
+    """A stop signal arrived during training: every step taken is in a checkpoint, the same command resumes."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model: str
+    out_dir: str
+    dataset: str = "digits"
+    data_root: str | None = None
+    samples: int | None = None
+    """Train on a deterministic subset of this many training samples."""
+    epochs: int = 10
+    batch_size: int = 128
+    optimizer: str = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"
+    """none, step (x0.1 at 50% and 75% of the epochs) or cosine (per epoch)."""
+    augment: bool = True
+    """Random crop (pad 4) and horizontal flip, on the device (CIFAR-10 only)."""
+    seed: int = 0
+    save_every_iters: int = 0
+    """Also save ``iter_NNNNNNN.pt`` every this many optimizer steps (0: only per epoch)."""
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise UserError(f"--epochs {self.epochs}: must be at least 1")
+        if self.batch_size < 1:
+            raise UserError(f"--batch-size {self.batch_size}: must be positive")
+        if self.lr <= 0:
+            raise UserError(f"--lr {self.lr}: must be positive")
+        if self.optimizer not in ("sgd", "adam"):
+            raise UserError(f"--optimizer {self.optimizer}: choose sgd or adam")
+        if self.schedule not in ("none", "step", "cosine"):
+            raise UserError(f"--schedule {self.schedule}: choose none, step or cosine")
+        if self.save_every_iters < 0:
+            raise UserError(f"--save-every-iters {self.save_every_iters}: must be 0 (off) or positive")
+
+
+def _augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Pad-4 random crop and random horizontal flip of a batch of images (N x C x H x W), vectorized.
+
+    The random offsets and flips are drawn on the CPU from `generator` (so a run is reproducible whatever the
+    device, and the generator's state can be saved for resume); the crop itself is one gather on x's device.
+    """
+    n, c, h, w = x.shape
+    dx = torch.randint(0, 9, (n,), generator=generator).to(x.device)
+    dy = torch.randint(0, 9, (n,), generator=generator).to(x.device)
+    flip = (torch.rand(n, generator=generator) < 0.5).to(x.device)
+    padded = F.pad(x, (4, 4, 4, 4))
+    cols = torch.arange(w, device=x.device)
+    cols = torch.where(flip[:, None], w - 1 - cols, cols) + dx[:, None]  # N x W: a flip reads columns backwards
+    rows = torch.arange(h, device=x.device) + dy[:, None]  # N x H
+    batch = torch.arange(n, device=x.device)[:, None, None, None]
+    chan = torch.arange(c, device=x.device)[None, :, None, None]
+    return padded[batch, chan, rows[:, None, :, None], cols[:, None, None, :]]
+
+
+def _config_diff(stored: dict[str, Any], cfg: TrainConfig) -> list[str]:
+    wanted = asdict(cfg)
+    names = [f.name for f in fields(TrainConfig) if f.name not in RESUME_FREE_FIELDS]
+    return [f"{k}: {stored.get(k)!r} there, {wanted[k]!r} now" for k in names if stored.get(k) != wanted[k]]
+
+
+def _check_config(path: str, stored_json: str | None, cfg: TrainConfig) -> None:
+    if stored_json is None:
+        raise UserError(f"{path} holds no training config (written by an older version): "
+                        f"choose a new --out-dir or remove the folder's checkpoints")
+    diff = _config_diff(json.loads(stored_json), cfg)
+    if diff:
+        raise UserError(f"--out-dir {cfg.out_dir} holds a training with other settings ({'; '.join(diff)}): "
+                        f"use the same settings to resume, or another --out-dir")
+
+
+def _load(path: str) -> dict[str, Any]:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a damaged file
+        raise UserError(f"{path}: cannot read this checkpoint ({type(exc).__name__}); delete it to resume from "
+                        f"the one before") from None
+
+
+def _latest_checkpoint(out_dir: str, steps_per_epoch: int) -> str | None:
+    """The checkpoint of the most optimizer steps in `out_dir` (an epoch file wins a tie: it has metrics)."""
+    best, best_key = None, None
+    for path in glob.glob(os.path.join(out_dir, "*_*.pt")):
+        m = re.fullmatch(r"(epoch|iter|stopped)_(\d+)\.pt", os.path.basename(path))
+        if m is None:
+            continue
+        step = int(m.group(2)) * (steps_per_epoch if m.group(1) == "epoch" else 1)
+        key = (step, m.group(1) == "epoch")
+        if best_key is None or key > best_key:
+            best, best_key = path, key
+    return best
+
+
+def finished(cfg: TrainConfig) -> str | None:
+    """The path of ``final.pt`` if the training in ``cfg.out_dir`` is complete with this config, else None.
+
+    Raises UserError if the folder holds a finished training with other settings.
+    """
+    final = os.path.join(cfg.out_dir, FINAL)
+    if not os.path.isfile(final):
+        return None
+    _check_config(final, _load(final).get("config"), cfg)
+    return final
+
+
+def train(cfg: TrainConfig, device: torch.device | None = None, quiet: bool = False) -> str:
+    """Train (or resume, or find finished) and save checkpoints; returns the path of ``final.pt``.
+
+    `device`: where the model, the data and the augmentation live (default: CUDA if available, else CPU).
+    Raises UserError for an unusable --out-dir or a resume whose stored config differs.
+    """
+    done = finished(cfg)
+    if done is not None:
+        return done  # a rerun of a finished training costs nothing
+    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        os.makedirs(cfg.out_dir, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"--out-dir {cfg.out_dir}: cannot create it ({exc}); choose another folder") from None
+
+    # The model is initialized on the CPU from the seed, so the same seed gives the same start on every device.
+    torch.manual_seed(cfg.seed)
+    generator = torch.Generator().manual_seed(cfg.seed)  # sample order and augmentation: CPU, saved for resume
+    model = build_model(cfg.model).to(device)
+    train_dev = load_eval_set(cfg.dataset, "train", cfg.data_root, cfg.samples, cfg.seed).to(device)
+    test_dev = load_eval_set(cfg.dataset, "test", cfg.data_root, None, cfg.seed).to(device)
+    n = len(train_dev)
+    steps_per_epoch = -(-n // cfg.batch_size)
+    if cfg.optimizer == "sgd":
+        opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    else:
+        opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.schedule == "cosine":
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.epochs)
+    elif cfg.schedule == "step":
+        sched = torch.optim.lr_scheduler.MultiStepLR(opt, [cfg.epochs // 2, (3 * cfg.epochs) // 4], 0.1)
+    else:
+        sched = None
+    augment = cfg.augment and cfg.dataset == "cifar10"
+
+    def save(name: str, epochs_done: int, step: int, order: torch.Tensor, next_batch: int, metrics: dict) -> str:
+        """Write one checkpoint atomically (temporary file, then rename: a kill never leaves half a file).
+
+        `next_batch` > 0: saved inside epoch ``epochs_done + 1``, whose sample `order` it keeps.
+        """
+        path = os.path.join(cfg.out_dir, name)
+        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        sched_state = None
+        if sched is not None:
+            # MultiStepLR keeps its milestones in a collections.Counter, which weights_only loading refuses.
+            sched_state = {k: (dict(v) if isinstance(v, dict) else v) for k, v in sched.state_dict().items()}
+        resume = {"optimizer": opt.state_dict(), "scheduler": sched_state, "generator": generator.get_state(),
+                  "torch_rng": torch.get_rng_state(), "order": order.cpu(), "next_batch": next_batch,
+                  "epoch_in_progress": epochs_done + 1}
+        tmp = path + ".tmp"
+        torch.save({"state_dict": state, "epoch": epochs_done, "iteration": step,
+                    "config": json.dumps(asdict(cfg)), "resume": resume, **metrics}, tmp)
+        os.replace(tmp, path)
+        return path
+
+    def measure() -> dict:
+        tl, ta = evaluate(model, train_dev)
+        vl, va = evaluate(model, test_dev)
+        return {"train_loss": tl, "train_acc": ta, "test_loss": vl, "test_acc": va}
+
+    # Resume from the latest checkpoint, or start from epoch 0 (whose file is the initialization).
+    epoch, step, next_batch, order = 1, 0, 0, torch.empty(0, dtype=torch.int64)
+    keep_order = False  # resumed inside an epoch (or at a stop before its first batch): its sample order is kept
+    latest = _latest_checkpoint(cfg.out_dir, steps_per_epoch)
+    if latest is None:
+        path = save("epoch_000.pt", 0, 0, order, 0, measure())
+    else:
+        ck = _load(latest)
+        _check_config(latest, ck.get("config"), cfg)
+        if "resume" not in ck:
+            raise UserError(f"{latest} holds no resume state (written by an older version): "
+                            f"choose a new --out-dir or remove the folder's checkpoints")
+        r = ck["resume"]
+        model.load_state_dict(ck["state_dict"])
+        opt.load_state_dict(r["optimizer"])
+        if sched is not None:
+            sched.load_state_dict(r["scheduler"])
+        generator.set_state(r["generator"])
+        torch.set_rng_state(r["torch_rng"])
+        epoch, step, next_batch, order = r["epoch_in_progress"], ck["iteration"], r["next_batch"], r["order"]
+        keep_order = order.numel() > 0
+        path = latest if latest.startswith(os.path.join(cfg.out_dir, "epoch_")) else None
+        if not quiet:
+            print(f"resuming {cfg.out_dir} from {os.path.basename(latest)} (step {step})", file=sys.stderr, flush=True)
+
+    hooks = testhooks.active()
+    while epoch <= cfg.epochs:
+        t0 = time.perf_counter()
+        model.train()
+        if next_batch == 0 and not keep_order:
+            order = torch.randperm(n, generator=generator)
+        keep_order = False
+        order_dev = order.to(device)
+        for b in range(next_batch, steps_per_epoch):
+            if STOP.requested:  # SIGTERM/SIGINT/SIGUSR1: keep every step taken, resume exactly here
+                save(f"{STOPPED}_{step:07d}.pt", epoch - 1, step, order, b, {})
+                raise TrainingStopped(f"training stopped by {STOP.signal_name} at step {step} "
+                                      f"(epoch {epoch}/{cfg.epochs}): rerun the same command to resume")
+            idx = order_dev[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+            xb, yb = train_dev.inputs[idx], train_dev.labels[idx]
+            if augment:
+                xb = _augment(xb, generator)
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(model(xb), yb).backward()
+            opt.step()
+            step += 1
+            if hooks:
+                testhooks.reached(f"train_step:{step}", 0)
+            if cfg.save_every_iters and step % cfg.save_every_iters == 0:
+                save(f"iter_{step:07d}.pt", epoch - 1, step, order, b + 1, {})
+                model.train()
+        if sched is not None:
+            sched.step()
+        metrics = measure()
+        path = save(f"epoch_{epoch:03d}.pt", epoch, step, torch.empty(0, dtype=torch.int64), 0, metrics)
+        if not quiet:
+            print(f"epoch {epoch:3d}/{cfg.epochs}  train loss {metrics['train_loss']:.4f} acc {metrics['train_acc']:.4f}"
+                  f"  test loss {metrics['test_loss']:.4f} acc {metrics['test_acc']:.4f}  "
+                  f"({time.perf_counter() - t0:.1f} s)  -> {path}", file=sys.stderr, flush=True)
+        epoch, next_batch = epoch + 1, 0
+    final = os.path.join(cfg.out_dir, FINAL)
+    if path is None:  # resumed from an iteration file at the very end: the last epoch file exists
+        path = os.path.join(cfg.out_dir, f"epoch_{cfg.epochs:03d}.pt")
+    tmp = final + ".tmp"
+    shutil.copyfile(path, tmp)
+    os.replace(tmp, final)  # written last: final.pt marks the training complete
+    for stale in glob.glob(os.path.join(cfg.out_dir, f"{STOPPED}_*.pt")):  # stop points, passed and not needed
+        os.remove(stale)
+    return final
