@@ -37,7 +37,7 @@ import numpy as np
 from mpi4py import MPI
 
 from landscape_mpi.runtime import scheduler as sched
-from landscape_mpi.files import store
+from landscape_mpi.files import reader, store
 from landscape_mpi.config.surface import Axis, SurfaceConfig
 from landscape_mpi.runtime.lifecycle import StopFlag
 
@@ -108,7 +108,7 @@ def main() -> None:
     todo = None
     order_s = 0.0
     if rank == 0:
-        summary = store.read_summary(path, with_values=False, with_ranks=False)
+        summary = reader.read_summary(path, with_values=False, with_ranks=False)
         t = time.perf_counter()
         todo = sched.point_order(summary.shape, summary.done, a.order)
         order_s = time.perf_counter() - t
@@ -139,9 +139,8 @@ def main() -> None:
     comm.barrier()
 
     if rank == 0:
-        with store.open_read(path) as f:
-            done = f["results/done"][()]
-            ranks = f["results/rank"][()]
+        final = reader.read_summary(path, with_values=False)
+        done, ranks = final.done, final.ranks
         if not (done == 1).all() or status != sched.STATUS_COMPLETE:
             raise SystemExit(f"bench_io: {int((done == 1).sum())} of {a.points} points marked done, status {status}")
         per_rank = np.bincount(ranks.ravel(), minlength=size).tolist()

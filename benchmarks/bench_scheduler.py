@@ -2,11 +2,13 @@
 
     mpiexec -n 16 python benchmarks/bench_scheduler.py --points 200000 [--chunk-size 1] [--json]
 
-Every rank runs the real `Master` / `Worker` of landscape_mpi.runtime.scheduler; evaluating a point costs nothing and
-results go to a sink that drops them, so the figure is the coordinator's own ceiling: assignments/s =
-points / seconds from the first assignment to the last result; the points rank 0 evaluates itself are
-left out of the "handed out to workers" figure. `--sleep S` (or `R:S`, rank R only) makes
-evaluation sleep S seconds per point instead (used by tests to check that waiting ranks do not spin a core).
+Every rank runs the real `Master` / `Worker` of landscape_mpi.runtime.scheduler; evaluating a point costs nothing
+(the evaluator returns at once) and results go to a sink that drops them, so the figure is the coordinator's own
+ceiling: assignments/s = points / seconds from the first assignment to the last result. Rank 0 evaluates points
+between serving requests, as in a real run; the points it evaluates itself are left out of the "handed out to
+workers" figure. `--sleep S` (or `R:S`, rank R only, or `S,R:S2`: S2 on rank R, S on the others) makes
+evaluation sleep that many seconds per point instead (used by tests to check that waiting ranks do not spin a
+core: a coordinator whose own points are short waits for the workers' long ones).
 """
 
 from __future__ import annotations
@@ -28,17 +30,19 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--points", type=int, default=100000)
     p.add_argument("--chunk-size", type=int, default=0, help="0: automatic (guided)")
-    p.add_argument("--sleep", default="", help="S: every rank sleeps S seconds per point; R:S: only rank R")
-    p.add_argument("--dedicated", action="store_true", help="rank 0 only coordinates (evaluates no point)")
+    p.add_argument("--sleep", default="",
+                   help="S: every rank sleeps S seconds per point; R:S: only rank R; S,R:S2: S2 on rank R, S elsewhere")
     p.add_argument("--json", action="store_true")
     a = p.parse_args()
     comm = MPI.COMM_WORLD
     rank = comm.Get_rank()
     delay = 0.0
-    if a.sleep and ":" not in a.sleep:
-        delay = float(a.sleep)
-    elif a.sleep and int(a.sleep.split(":")[0]) == rank:
-        delay = float(a.sleep.split(":")[1])
+    for part in filter(None, a.sleep.split(",")):
+        if ":" not in part:
+            delay = float(part)
+        elif int(part.split(":")[0]) == rank:
+            delay = float(part.split(":")[1])
+            break
 
     class ZeroCost:
         """A free evaluator (the scheduler's interface: groups of flat indices in, (K, 2) values out)."""
@@ -57,8 +61,7 @@ def main() -> None:
     t0 = time.perf_counter()
     if rank == 0:
         sink = sched.ResultSink(None, 2)
-        outcome = sched.Master(comm, np.arange(a.points, dtype=np.int64), evaluate, sink, stop, a.chunk_size,
-                               evaluates=not a.dedicated).run()
+        outcome = sched.Master(comm, np.arange(a.points, dtype=np.int64), evaluate, sink, stop, a.chunk_size).run()
         seconds = time.perf_counter() - t0
         served = a.points - outcome.stats[0].points  # points the master handed to other ranks
         report = {"ranks": comm.Get_size(), "points": a.points, "chunk_size": a.chunk_size, "seconds": seconds,

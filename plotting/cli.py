@@ -12,7 +12,8 @@ import sys
 
 from plotting import export, figures
 from plotting.fill import fill_missing
-from plotting.reader import PlotError, Surface, file_kind, read_metrics, read_surface
+from landscape_mpi.files.reader import UserError, file_kind
+from plotting.reader import PlotError, Surface, read_metrics, read_surface
 
 FIGURE_KINDS = ("1d", "contour", "contourf", "heatmap", "surface3d", "compare", "trajectory", "trajectory_residual",
                 "eig_ratio")
@@ -161,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
                 drawn = [fill_missing(s, needed_metrics(s, kind, a.metric)) for s in surfaces]
             _print(draw(drawn, kind, a, out_dir))
         return 0
-    except PlotError as exc:
+    except UserError as exc:  # PlotError, or the files layer's (missing file, foreign file, ...)
         print(f"landscape-plot: error: {exc}", file=sys.stderr)
         return 2
 

@@ -1,9 +1,9 @@
 """Matplotlib figures of surface files: 1D curves, 2D contours, filled contours, heat maps, 3D surfaces,
 side-by-side comparisons, training paths (and their distance off the PCA plane) and |lambda_min/lambda_max| maps.
 
-Every function returns a `matplotlib.figure.Figure` and records what it drew in ``fig.landscape_info``
-(levels, color range, masked cells) so that tests and users can check the content, not just the pixels.
-Points not yet computed are NaN in the reader and are left blank here, never drawn as zero.
+Every function returns a `matplotlib.figure.Figure`; what it drew (levels, color range, masked cells, line data)
+is read back from the matplotlib objects themselves. Points not yet computed are NaN in the reader and are left
+blank here (masked cells), never drawn as zero.
 """
 
 from __future__ import annotations
@@ -78,13 +78,22 @@ def _axis_labels(ax, surface: Surface) -> None:
     ax.set_ylabel("y (direction 2)")
 
 
+def _finish_2d(fig: Figure, ax, surface: Surface, metric: str, what: str) -> Figure:
+    """The end of a 2D figure: dots at the computed points (with --fill-missing), axis labels, equal aspect, title."""
+    _mark_computed(ax, surface, metric)
+    _axis_labels(ax, surface)
+    ax.set_aspect("equal", adjustable="box")
+    ax.set_title(_title(surface, what), fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
 # ------------------------------------------------------------------------------------------------ 1D
 def plot_1d(surfaces: Sequence[Surface], log: bool = False) -> Figure:
     """Loss (left axis, solid) and accuracy (right axis, dashed) against the coordinate, train and test;
     several files are overlaid, each labeled from its config (the paper's small- vs large-batch figure)."""
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     acc_ax = ax.twinx()
-    info = {"lines": []}
     for k, (s, name) in enumerate(zip(surfaces, legend_labels(list(surfaces)))):
         if s.ndim != 1:
             raise PlotError(f"{s.path} is a {s.ndim}D grid; the 1D figure needs a 1D surface")
@@ -100,7 +109,6 @@ def plot_1d(surfaces: Sequence[Surface], log: bool = False) -> Figure:
                 filled = s.interpolated.get(f"{split}_loss")
                 if filled is not None:  # --fill-missing: the computed points as dots on the line
                     ax.plot(x[~filled], loss[~filled], ".", color="k", ms=3)
-                info["lines"].append(f"{name} {split}")
     if log:
         ax.set_yscale("log")
     ax.set_xlabel("x (direction 1)" if surfaces[0].config.get("x_target") is None else "interpolation coefficient")
@@ -118,7 +126,6 @@ def plot_1d(surfaces: Sequence[Surface], log: bool = False) -> Figure:
             title += "\nINTERPOLATED between the computed points (dots)"
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    fig.landscape_info = info
     return fig
 
 
@@ -128,16 +135,9 @@ def plot_contour(surface: Surface, metric: str, levels: np.ndarray, log: bool = 
     X, Y, Z = _grid(surface, metric)
     fig, ax = plt.subplots(figsize=(5.2, 4.6))
     cs = ax.contour(X, Y, Z, levels=levels, cmap=CMAP, norm=_norm(levels, log), linewidths=0.9)
-    labels = ax.clabel(cs, cs.levels[::2], inline=True, fontsize=6, fmt="%.3g")
+    ax.clabel(cs, cs.levels[::2], inline=True, fontsize=6, fmt="%.3g")
     ax.plot([0], [0], "k+", ms=8)
-    filled = _mark_computed(ax, surface, metric)
-    _axis_labels(ax, surface)
-    ax.set_aspect("equal", adjustable="box")
-    ax.set_title(_title(surface, f"{metric} contours"), fontsize=9)
-    fig.tight_layout()
-    fig.landscape_info = {"levels": np.asarray(cs.levels), "labels": [t.get_text() for t in labels],
-                          "mask": np.ma.getmaskarray(Z), "interpolated": filled}
-    return fig
+    return _finish_2d(fig, ax, surface, metric, f"{metric} contours")
 
 
 def plot_contourf(surface: Surface, metric: str, levels: np.ndarray, log: bool = False) -> Figure:
@@ -146,13 +146,7 @@ def plot_contourf(surface: Surface, metric: str, levels: np.ndarray, log: bool =
     fig, ax = plt.subplots(figsize=(5.6, 4.6))
     cs = ax.contourf(X, Y, Z, levels=levels, cmap=CMAP, norm=_norm(levels, log), extend="both")
     fig.colorbar(cs, ax=ax, label=metric)
-    filled = _mark_computed(ax, surface, metric)
-    _axis_labels(ax, surface)
-    ax.set_aspect("equal", adjustable="box")
-    ax.set_title(_title(surface, f"{metric}"), fontsize=9)
-    fig.tight_layout()
-    fig.landscape_info = {"levels": np.asarray(cs.levels), "mask": np.ma.getmaskarray(Z), "interpolated": filled}
-    return fig
+    return _finish_2d(fig, ax, surface, metric, metric)
 
 
 def plot_heatmap(surface: Surface, metric: str, levels: np.ndarray, log: bool = False) -> Figure:
@@ -162,14 +156,7 @@ def plot_heatmap(surface: Surface, metric: str, levels: np.ndarray, log: bool = 
     cmap = plt.get_cmap(CMAP).with_extremes(bad=(0, 0, 0, 0))
     mesh = ax.pcolormesh(X, Y, Z, shading="nearest", cmap=cmap, norm=_norm(levels, log))
     fig.colorbar(mesh, ax=ax, label=metric)
-    filled = _mark_computed(ax, surface, metric)
-    _axis_labels(ax, surface)
-    ax.set_aspect("equal", adjustable="box")
-    ax.set_title(_title(surface, f"{metric}"), fontsize=9)
-    fig.tight_layout()
-    fig.landscape_info = {"mask": np.ma.getmaskarray(mesh.get_array()).reshape(Z.shape),
-                          "clim": mesh.get_clim(), "interpolated": filled}
-    return fig
+    return _finish_2d(fig, ax, surface, metric, metric)
 
 
 def plot_surface3d(surface: Surface, metric: str, levels: np.ndarray, log: bool = False) -> Figure:
@@ -192,7 +179,6 @@ def plot_surface3d(surface: Surface, metric: str, levels: np.ndarray, log: bool 
     if filled is not None:  # the computed points as dots on the surface
         ax.scatter(X[~filled], Y[~filled], z[~filled], color="k", s=2, depthshade=False)
     ax.set_title(_title(surface, metric), fontsize=9)
-    fig.landscape_info = {"zlim": (lo, hi), "mask": ~np.isfinite(z), "interpolated": filled}
     return fig
 
 
@@ -218,7 +204,6 @@ def plot_compare(surfaces: Sequence[Surface], metric: str, levels: np.ndarray, l
         ax.set_xlabel("x")
     axes[0][0].set_ylabel("y")
     fig.colorbar(cs, ax=list(axes[0]), label=metric, shrink=0.9)
-    fig.landscape_info = {"levels": np.asarray(levels), "norm": (norm.vmin, norm.vmax)}
     return fig
 
 
@@ -250,7 +235,6 @@ def plot_trajectory(surface: Surface, metric: str, levels: np.ndarray, log: bool
     ax.set_xlabel(f"PC1: {100 * ev[0]:.1f}% of variance")
     ax.set_ylabel(f"PC2: {100 * ev[1]:.1f}% of variance")
     ax.legend(fontsize=7)
-    fig.landscape_info["explained_variance"] = ev
     return fig
 
 
@@ -274,7 +258,6 @@ def plot_trajectory_residual(surface: Surface) -> Figure:
     ax.set_title(f"{surface.label()}: trajectory off the PCA plane "
                  f"(PC1 {100 * ev[0]:.1f}%, PC2 {100 * ev[1]:.1f}% of variance)", fontsize=9)
     fig.tight_layout()
-    fig.landscape_info = {"epochs": epochs, "residual": residual, "in_plane": in_plane, "explained_variance": ev}
     return fig
 
 
@@ -290,7 +273,6 @@ def plot_eig_ratio(surface: Surface) -> Figure:
     ax.set_aspect("equal", adjustable="box")
     ax.set_title(_title(surface, "|lambda_min / lambda_max|"), fontsize=9)
     fig.tight_layout()
-    fig.landscape_info = {"mask": np.ma.getmaskarray(mesh.get_array()).reshape(Z.shape)}
     return fig
 
 

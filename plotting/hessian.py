@@ -5,25 +5,25 @@
 - ``<name>_sharpness.<fmt>`` (files with several checkpoints): top eigenvalue (and lambda_min), Hutchinson trace and
   adaptive sharpness against the epoch, with +-1 standard error bars.
 
-Reads only the file (h5py, numpy, matplotlib): nothing from torch or landscape_mpi. Each figure records what it
-drew in ``fig.landscape_info`` so that tests can check the content.
+Reads the file through landscape_mpi's files layer (landscape_mpi/files/reader.py; numpy, matplotlib): nothing
+from torch, MPI or the rest of landscape_mpi.
 """
 
 from __future__ import annotations
 
-import json
 import os
 
 import matplotlib
 
 matplotlib.use("Agg")  # files only: works with no display
 
-import h5py
 import numpy as np
 from matplotlib import pyplot as plt
 from matplotlib.figure import Figure
 
-from plotting.reader import SCHEMA_VERSION, PlotError
+from landscape_mpi.files import contract
+from landscape_mpi.files.reader import read_hessian_file
+from plotting.reader import PlotError
 
 #: Densities below this fraction of a curve's peak are not drawn: the Gaussian tails would otherwise reach
 #: 1e-300 and squash the interesting decades of the log axis.
@@ -31,29 +31,17 @@ DENSITY_FLOOR = 1e-7
 
 
 def read_hessian(path: str) -> dict:
-    """Everything the figures need, as numpy arrays; PlotError (one line) for a missing or foreign file."""
-    if not os.path.isfile(path):
-        raise PlotError(f"{path}: no such file")
-    try:
-        f = h5py.File(path, "r", locking=False)
-    except OSError as exc:
-        raise PlotError(f"{path}: not a readable HDF5 file ({exc})") from None
-    with f:
-        if f.attrs.get("file_kind") != "hessian":
-            raise PlotError(f"{path}: not a Hessian file (file_kind {f.attrs.get('file_kind')!r}); "
-                            f"give a file written by landscape-mpi hessian")
-        if int(f.attrs.get("schema_version", -1)) != SCHEMA_VERSION:
-            raise PlotError(f"{path}: schema_version {f.attrs.get('schema_version')}, this landscape-plot reads "
-                            f"{SCHEMA_VERSION}")
-        out = {"path": path, "config": json.loads(f.attrs["config"]), "model": str(f.attrs.get("model", "?")),
-               "epoch": f["checkpoints/epoch"][()], "checkpoint": f["checkpoints/path"].asstr()[()],
-               "eigenvalues": f["eigen/values"][()], "lambda_min": f["eigen/lambda_min"][()]}
-        for group, keys in (("trace", ("estimate", "stderr")), ("density", ("grid", "values", "sigma")),
-                            ("adaptive", ("sharpness", "stderr"))):
-            if group in f:
-                for key in keys:
-                    out[f"{group}_{key}"] = f[group][key][()]
-                out[f"{group}_attrs"] = dict(f[group].attrs)
+    """Everything the figures need, as numpy arrays; UserError (one line) for a missing or foreign file."""
+    h = read_hessian_file(path, option="")
+    out = {"path": path, "config": h["config"], "model": str(h["attrs"].get("model", "?")),
+           "epoch": h[f"{contract.CHECKPOINTS}/epoch"], "checkpoint": h[f"{contract.CHECKPOINTS}/path"],
+           "eigenvalues": h[f"{contract.EIGEN}/values"], "lambda_min": h[f"{contract.EIGEN}/lambda_min"]}
+    for group, keys in ((contract.TRACE, ("estimate", "stderr")), (contract.DENSITY, ("grid", "values", "sigma")),
+                        (contract.ADAPTIVE, ("sharpness", "stderr"))):
+        if group in h["group_attrs"]:
+            for key in keys:
+                out[f"{group}_{key}"] = h[f"{group}/{key}"]
+            out[f"{group}_attrs"] = h["group_attrs"][group]
     return out
 
 
@@ -81,7 +69,6 @@ def density_figure(h: dict) -> Figure:
                  f"Gaussian broadening {float(a['sigma_rel']):g} x width", fontsize=9)
     if rows > 1:
         ax.legend(fontsize=7)
-    fig.landscape_info = {"rows": rows, "floor": min(floors)}
     return fig
 
 
@@ -92,7 +79,6 @@ def sharpness_figure(h: dict) -> Figure:
     e = epoch[order]
     panels = ["eigen"] + [p for p in ("trace", "adaptive") if f"{p}_stderr" in h]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
-    info = {"epochs": e.tolist(), "panels": panels}
     for ax, panel in zip(axes[0], panels):
         if panel == "eigen":
             ax.plot(e, h["eigenvalues"][order, 0], "o-", label=r"$\lambda_{max}$")
@@ -100,20 +86,16 @@ def sharpness_figure(h: dict) -> Figure:
             ax.axhline(0.0, color="0.6", lw=0.8)
             ax.set_title("extreme eigenvalues")
             ax.legend(fontsize=8)
-            info["lambda_max"] = h["eigenvalues"][order, 0].tolist()
         elif panel == "trace":
             ax.errorbar(e, h["trace_estimate"][order], yerr=h["trace_stderr"][order], fmt="o-", capsize=3)
             ax.set_title(f"trace (Hutchinson, {int(h['trace_attrs']['probes'])} probes, +-1 s.e.)", fontsize=9)
-            info["trace"] = h["trace_estimate"][order].tolist()
         else:
             ax.errorbar(e, h["adaptive_sharpness"][order], yerr=h["adaptive_stderr"][order], fmt="o-", capsize=3)
             a = h["adaptive_attrs"]
             ax.set_title(f"adaptive sharpness (rho {float(a['rho']):g}, {int(a['samples'])} samples)", fontsize=9)
-            info["adaptive"] = h["adaptive_sharpness"][order].tolist()
         ax.set_xlabel("epoch")
     fig.suptitle(f"{h['model']}: curvature over training", fontsize=10)
     fig.tight_layout()
-    fig.landscape_info = info
     return fig
 
 

@@ -1,25 +1,24 @@
-"""The one module of `plotting` that opens surface files: read-only, without HDF5 file locking, so a file
-that a running job is writing can be read (the writer only overwrites raw bytes in place; see
-landscape_mpi/files/store.py). Needs h5py and numpy only: no torch, no MPI, nothing from landscape_mpi.
+"""The surfaces `plotting` draws, read through landscape-mpi's files layer (landscape_mpi/files/reader.py):
+read-only and without HDF5 file locking, so a file that a running job is writing can be read (the writer only
+overwrites raw bytes in place; a point marked done has its values). The files layer checks the file's kind and
+schema version against landscape_mpi/files/contract.py. From landscape_mpi, plotting imports only
+files.reader and files.contract: no torch, no MPI.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import h5py
 import numpy as np
 
-#: The file schema this package reads; pinned to landscape_mpi.files.contract.SCHEMA_VERSION by a test (plotting
-#: imports nothing from landscape_mpi, so it keeps its own copy).
-SCHEMA_VERSION = 1
+from landscape_mpi.files.reader import SurfaceFile, UserError, open_surface
 
 
-class PlotError(Exception):
-    """A user mistake (missing file, unknown metric, wrong kind for the file): one line naming the fix."""
+class PlotError(UserError):
+    """A user mistake (unknown metric, wrong kind of figure for the file): one line naming the fix. A UserError,
+    as the files layer's own (missing file, not a surface file, another schema version)."""
 
 
 @dataclass
@@ -90,58 +89,18 @@ def legend_labels(surfaces: list[Surface]) -> list[str]:
     return [", ".join(_short(k, s.config.get(k)) for k in differing[:3]) for s in surfaces]
 
 
-def file_kind(path: str) -> str:
-    """The root attribute ``file_kind`` ("surface" when absent, as schema 1 surface files have none), read
-    without touching any dataset. Raises PlotError for a missing or non-HDF5 file."""
-    f = _open(path)
-    with f:
-        kind = f.attrs.get("file_kind", "surface")
-    return kind.decode() if isinstance(kind, bytes) else str(kind)
-
-
-def _open(path: str) -> h5py.File:
-    if not os.path.isfile(path):
-        raise PlotError(f"{path}: no such file; give a surface file written by landscape-mpi surface")
-    try:
-        return h5py.File(path, "r", locking=False)
-    except OSError as exc:
-        raise PlotError(f"{path}: not a readable HDF5 file ({exc})") from None
-
-
-#: Result datasets that are bookkeeping, not metrics.
-NOT_METRICS = ("done", "rank", "seconds", "eig_iters")
-
-
 def read_surface(path: str, metrics: Sequence[str] | None = None) -> Surface:
     """Open a surface file and read its header, coordinates, trajectory and `done` mask, then the values of
     `metrics` only (None: every metric; ``()``: none yet, see `read_metrics`). ``eig_ratio`` stands for
-    eig_min and eig_max. Raises PlotError for a missing or foreign file, another schema version, a
-    Hessian file, or a requested metric the file does not hold."""
-    f = _open(path)
-    with f:
-        version = f.attrs.get("schema_version")
-        kind = f.attrs.get("file_kind", "surface")
-        kind = kind.decode() if isinstance(kind, bytes) else str(kind)
-        if kind != "surface":
-            raise PlotError(f"{path}: a {kind} file, not a surface file; draw it on its own (landscape-plot {path})")
-        if version is None or "config" not in f.attrs:
-            raise PlotError(f"{path}: not a landscape-mpi surface file (no schema_version)")
-        if int(version) != SCHEMA_VERSION:
-            raise PlotError(f"{path}: schema_version {int(version)}; this landscape-plot reads {SCHEMA_VERSION}")
-        attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
-        config = json.loads(attrs["config"])
-        axes = json.loads(attrs.get("axes", '["x"]'))
-        coords = {a: f["coords"][a][()] for a in axes}
-        done = f["results/done"][()].astype(bool)  # read before any value: a point marked done has its values
-        available = [name for name in f["results"] if name not in NOT_METRICS]
+    eig_min and eig_max. Raises UserError for a missing or foreign file, another schema version, a Hessian file
+    (the files layer's open), or PlotError for a requested metric the file does not hold."""
+    with open_surface(path) as f:
+        coords = f.coords()
+        done = f.done()  # read before any value: a point marked done has its values
+        available = f.metrics()
         if "eig_min" in available and "eig_max" in available:
             available.append("eig_ratio")
-        trajectory = None
-        if "trajectory" in f:
-            g = f["trajectory"]
-            trajectory = {k: g[k][()] for k in g}
-            trajectory.update({k: (v.decode() if isinstance(v, bytes) else v) for k, v in g.attrs.items()})
-        surface = Surface(path, config, coords, {}, done, attrs, trajectory, available)
+        surface = Surface(path, f.config, coords, {}, done, f.attrs, f.trajectory(), available)
         _read_values(f, surface, available if metrics is None else metrics)
     return surface
 
@@ -151,12 +110,12 @@ def read_metrics(surface: Surface, metrics: Sequence[str]) -> Surface:
     masked with the `done` read first, so a point finished since then stays blank rather than half-read."""
     missing = [m for m in metrics if m not in surface.values]
     if missing:
-        with _open(surface.path) as f:
+        with open_surface(surface.path) as f:
             _read_values(f, surface, missing)
     return surface
 
 
-def _read_values(f: h5py.File, surface: Surface, metrics: Sequence[str]) -> None:
+def _read_values(f: SurfaceFile, surface: Surface, metrics: Sequence[str]) -> None:
     for name in metrics:
         if name in surface.values:
             continue
@@ -167,6 +126,5 @@ def _read_values(f: h5py.File, surface: Surface, metrics: Sequence[str]) -> None
             with np.errstate(divide="ignore", invalid="ignore"):
                 surface.values["eig_ratio"] = np.abs(surface.values["eig_min"] / surface.values["eig_max"])
             continue
-        v = f["results"][name][()].astype(np.float64)
-        v[~surface.done] = np.nan  # never show a point that is not done, whatever its bytes hold
-        surface.values[name] = v
+        # never show a point that is not done, whatever its bytes hold
+        surface.values[name] = f.values(name, surface.done)

@@ -154,7 +154,7 @@ def wait_for_points(path, at_least: int, timeout: float = 300) -> None:
 
 
 def wait_for_files(paths: Iterable, timeout: float = 300) -> None:
-    """Wait until every path exists (e.g. the `GATE.reached.<rank>` files of testhooks)."""
+    """Wait until every path exists (e.g. the `GATE.reached.<rank>` files of a fault point's gate)."""
     paths = [Path(p) for p in paths]
     wait_until(lambda: all(p.exists() for p in paths), timeout,
                f"{[p.name for p in paths if not p.exists()]} to exist")

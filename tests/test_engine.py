@@ -399,12 +399,9 @@ def test_recalibrate_function_restores_eval_mode_after_an_exception():
     assert not any(m.training for m in model.modules())
 
 
+# the option values themselves (kind, precision, loss, bn, batch size) are checked by the configs:
+# tests/test_options.py::test_option_values_are_checked_by_the_configs
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(kind="fastest"), "--engine fastest: choose one of"),
-    (dict(precision="fp16"), "--precision fp16: choose one of"),
-    (dict(loss="nll"), "--loss nll: choose one of"),
-    (dict(bn="train"), "--bn train: choose one of"),
-    (dict(batch_size=0), "--batch-size 0: must be positive"),
     (dict(bn="recalibrate"), "--bn recalibrate needs training samples"),
 ])
 def test_user_errors(kwargs, message):

@@ -12,6 +12,7 @@ import scipy.stats
 
 from conftest import assert_same_results, cli, mpiexec, run
 from landscape_mpi.config.errors import UserError
+from landscape_mpi.analysis.sharpness import roughness
 from landscape_mpi.experiments import experiment, experiments, measures
 from landscape_mpi.models import ZOO
 
@@ -23,13 +24,13 @@ def test_roughness_of_known_surfaces():
     x = np.linspace(-1, 1, 21)
     h = x[1] - x[0]
     # a parabola's second difference is 2 h^2 everywhere; its range over [-1, 1] is 1
-    assert measures.roughness(x**2) == pytest.approx(2 * h**2, rel=1e-12)
-    assert measures.roughness(3 * x + 1) == pytest.approx(0, abs=1e-12)  # a line
+    assert roughness(x**2) == pytest.approx(2 * h**2, rel=1e-12)
+    assert roughness(3 * x + 1) == pytest.approx(0, abs=1e-12)  # a line
     zigzag = np.where(np.arange(21) % 2 == 0, 0.0, 1.0)  # every second difference is 2, range 1
-    assert measures.roughness(zigzag) == pytest.approx(2.0)
+    assert roughness(zigzag) == pytest.approx(2.0)
     with_gap = x**2
     with_gap[5] = np.nan  # not computed: the three runs through it are left out
-    assert measures.roughness(with_gap) == pytest.approx(2 * h**2, rel=1e-12)
+    assert roughness(with_gap) == pytest.approx(2 * h**2, rel=1e-12)
 
 
 def test_nonconvex_fraction_and_sharpness():
@@ -74,8 +75,8 @@ def test_definitions():
     for exp in experiments("all", "tiny"):
         assert all(r.config["epochs"] == 1 for r in exp.runs)
         assert {r.config["model"] for r in exp.runs} <= set(ZOO)
-        grids = [a for s in exp.surfaces for a in s.args if a.startswith(("--x=", "--y="))]
-        assert all(g.endswith(":5") or g.endswith(":3") or g.endswith(":1") for g in grids), grids
+        grids = [s.options[a].num for s in exp.surfaces for a in ("x", "y") if a in s.options]
+        assert set(grids) <= {5, 3, 1}, grids
     assert {r.config["model"] for r in experiment("skip", "tiny").runs} == {"resnet1d_8_w1", "resnet1d_8_noshort_w1"}
     for scale in ("quick", "small", "paper"):
         for exp in experiments("all", scale):
@@ -90,10 +91,34 @@ def test_definitions():
     assert {r.config["epochs"] for r in experiment("width", "quick").runs} == {10}
     with pytest.raises(UserError, match="unknown"):
         experiment("nope", "tiny")
-    from landscape_mpi.cli import experiments as experiments_cli
+    from landscape_mpi.config.experiments import SCALES as declared
     from landscape_mpi.experiments.definitions import SCALES
 
-    assert experiments_cli.SCALES == SCALES  # the CLI repeats them to keep its parser free of imports
+    assert SCALES is declared  # one declaration, in the config layer (the CLI's parser imports no torch)
+
+
+def test_steps_are_typed_surface_configs(tmp_path):
+    """Every step of every scale builds a valid SurfaceConfig (the in-process path), and its launcher argv
+    (`to_argv`) parses back to the same config through the `surface` parser."""
+    from landscape_mpi.cli import build_parser
+    from landscape_mpi.config.options import from_args, to_argv
+    from landscape_mpi.config.surface import RunOptions, SurfaceConfig
+    from landscape_mpi.experiments.runner import surface_configs
+
+    for scale in ("tiny", "quick", "small", "paper"):
+        for exp in experiments("all", scale):
+            for step in exp.surfaces:
+                config, options = surface_configs(exp, step, str(tmp_path), "cpu", None,
+                                                  0.37 if step.range_from else None)
+                assert config.model == exp.run(step.run).config["model"] and options.device == "cpu"
+                if step.range_from:
+                    assert config.x.start == -0.37 and config.x.stop == 0.37
+                if config.trajectory:
+                    assert config.trajectory.startswith(os.path.join(str(tmp_path), "runs", step.run))
+                a = build_parser().parse_args(["surface", *to_argv(config), *to_argv(options)])
+                assert from_args(SurfaceConfig, a) == config and from_args(RunOptions, a) == options
+    manifest = experiment("skip", "tiny").manifest()
+    assert manifest["surfaces"][1]["options"]["x"] == "-1.0:1.0:3" and manifest["surfaces"][1]["options"]["eig"]
 
 
 def test_user_errors_exit_2(tmp_path):
@@ -200,19 +225,19 @@ def test_stop_signal_ends_the_run_between_steps(tiny_run, tmp_path):
 
 
 def test_missing_surface_option_is_an_error_not_a_skip(tiny_run, tmp_path):
-    """A step whose options `surface` does not accept fails the run (exit 2 from the surface parser) and leaves
-    no file behind: nothing is silently skipped."""
+    """A step whose options `surface` does not have fails the run (exit 2, as a user error) and leaves no file
+    behind: nothing is silently skipped."""
     import landscape_mpi.experiments.runner as runner
 
     out, _ = tiny_run
     exp = experiment("width", "tiny")
     bad = type(exp)(exp.name, exp.claim, exp.scale, exp.runs,
-                    tuple(type(s)(s.name, s.run, s.args + ("--no-such-option",), s.range_from, s.role)
+                    tuple(type(s)(s.name, s.run, {**s.options, "no_such_option": 1}, s.range_from, s.role)
                           for s in exp.surfaces))
     os.symlink(out / "runs", tmp_path / "runs")  # finished trainings: nothing to train
     with pytest.raises(runner.StepFailed) as info:
         runner.run_experiment(bad, str(tmp_path), device="cpu", log=lambda m: None)
-    assert info.value.code == 2
+    assert info.value.code == 2 and "no_such_option" in str(info.value)
     assert not list((tmp_path / "width").glob("*.h5")) and not list((tmp_path / "width").glob("*.skipped"))
 
 
@@ -273,25 +298,25 @@ def test_each_chaos_measure_has_its_own_verdict_and_they_may_disagree():
     gets "not reproduced" by roughness and "reproduced" by the non-convex fraction, side by side."""
     from types import SimpleNamespace
 
-    from landscape_mpi.experiments import report
+    from landscape_mpi.experiments import verdicts
 
     s = SimpleNamespace(lines=[])
     s.verdict = lambda claim, v, reason: s.lines.append((claim, v))
     rough = {(8, True): 0.010, (8, False): 0.004, (56, True): 0.0038, (56, False): 0.0029}
     nonconvex = {(8, True): 0.24, (8, False): 0.25, (56, True): 0.32, (56, False): 0.67}
-    report._skip_verdict(s, "roughness", rough, None)
-    report._skip_verdict(s, "non-convex fraction", nonconvex, None)
-    assert s.lines == [("Skip connections keep deep landscapes smooth (roughness)", report.NOT_REPRODUCED),
-                       ("Skip connections keep deep landscapes smooth (non-convex fraction)", report.REPRODUCED)]
+    verdicts.skip_verdict(s, "roughness", rough, None)
+    verdicts.skip_verdict(s, "non-convex fraction", nonconvex, None)
+    assert s.lines == [("Skip connections keep deep landscapes smooth (roughness)", verdicts.NOT_REPRODUCED),
+                       ("Skip connections keep deep landscapes smooth (non-convex fraction)", verdicts.REPRODUCED)]
     s.lines.clear()
     ratio = {(8, True): 0.28, (8, False): 0.21, (56, True): 0.29, (56, False): 0.41}
-    report._eig_verdict(s, "non-convex fraction", nonconvex, ratio, None)  # ranks agree but for one swap: rho 0.8
-    report._eig_verdict(s, "roughness", rough, ratio, "not trained enough to compare")
-    assert [v for _, v in s.lines] == [report.REPRODUCED, report.INCONCLUSIVE]
+    verdicts.eig_verdict(s, "non-convex fraction", nonconvex, ratio, None)  # ranks agree but for one swap: rho 0.8
+    verdicts.eig_verdict(s, "roughness", rough, ratio, "not trained enough to compare")
+    assert [v for _, v in s.lines] == [verdicts.REPRODUCED, verdicts.INCONCLUSIVE]
     s.lines.clear()
-    report._width_verdict(s, "non-convex fraction", {1: 0.67, 4: 0.40}, None)
-    report._width_verdict(s, "roughness", {1: 0.0029, 4: 0.0033}, None)
-    assert [v for _, v in s.lines] == [report.REPRODUCED, report.NOT_REPRODUCED]
+    verdicts.width_verdict(s, "non-convex fraction", {1: 0.67, 4: 0.40}, None)
+    verdicts.width_verdict(s, "roughness", {1: 0.0029, 4: 0.0033}, None)
+    assert [v for _, v in s.lines] == [verdicts.REPRODUCED, verdicts.NOT_REPRODUCED]
 
 
 def test_report_says_when_a_surface_is_partial(tiny_run, tmp_path):

@@ -1,7 +1,7 @@
 """The MPI pipeline under a real mpiexec with 1, 2 and 3 ranks (oversubscribed on 2 cores).
 
 Each run is wrapped in a timeout: a hang fails the test instead of stalling CI. Signals are sent at moments
-the test makes with testhooks' gates (the ranks hold at a stage until the test releases them), not after
+the test makes with the fault points' gates (the ranks hold at a stage until the test releases them), not after
 sleeps, so the tests hold on a loaded machine.
 """
 
@@ -184,13 +184,16 @@ def test_exception_on_one_rank_ends_job_with_message(tmp_path, reference, failin
 
 
 def test_idle_ranks_do_not_spin(tmp_path):
-    """While the workers take 3 s for their points, the coordinator waits: it must use little CPU doing so."""
-    cmd = mpiexec(3) + [sys.executable, str(ROOT / "benchmarks" / "bench_scheduler.py"), "--points", "2",
-                        "--chunk-size", "1", "--sleep", "1.5", "--dedicated", "--json"]
+    """While the workers take 1.5 s for their points, the coordinator, its own short points done, waits: it must
+    use little CPU doing so. (Its first point, 0.3 s, outlasts the workers' first requests, so each worker gets a
+    point whatever the order: at most one of the 3 points is rank 0's.)"""
+    cmd = mpiexec(3) + [sys.executable, str(ROOT / "benchmarks" / "bench_scheduler.py"), "--points", "3",
+                        "--chunk-size", "1", "--sleep", "1.5,0:0.3", "--json"]
     report = json.loads(run(cmd, timeout=120).stdout.strip().splitlines()[-1])
     master = report["stats"][0]
-    assert master["wall_seconds"] >= 1.4 and master["points"] == 0
-    assert master["cpu_seconds"] < 0.25 * master["wall_seconds"], master
+    waiting = master["wall_seconds"] - master["busy_seconds"]
+    assert master["points"] <= 1 and waiting >= 1.0, master
+    assert master["cpu_seconds"] < 0.25 * waiting, master
 
 
 def test_io_collective_equals_single(tmp_path, reference):

@@ -51,6 +51,41 @@ def partial2d(tmp_path):
     return write_file(tmp_path / "partial.h5", {"x": X, "y": Y}, {"train_loss": loss, "train_acc": acc}, done), loss, done
 
 
+def contour_set(ax):
+    """The one ContourSet (contour lines or filled contours) an axes drew."""
+    from matplotlib.contour import ContourSet
+
+    sets = [c for c in ax.collections if isinstance(c, ContourSet)]
+    assert len(sets) == 1, ax.collections
+    return sets[0]
+
+
+def mesh_mask(ax, shape):
+    """The masked cells of the axes' heat map (its QuadMesh's array)."""
+    from matplotlib.collections import QuadMesh
+
+    meshes = [c for c in ax.collections if isinstance(c, QuadMesh)]
+    assert len(meshes) == 1, ax.collections
+    return np.ma.getmaskarray(meshes[0].get_array()).reshape(shape)
+
+
+def lines_in_blank_cells(cs, x, y, missing) -> int:
+    """Segments of a contour set (counted by their midpoints) strictly inside the grid cells with at least two
+    missing corners: cells that no contour crosses when missing points are masked (with or without corner
+    masking), and that real values, or zeros, would have lines across."""
+    blank = (missing[:-1, :-1].astype(int) + missing[1:, :-1] + missing[:-1, 1:] + missing[1:, 1:]) >= 2
+    n = 0
+    for path in cs.get_paths():
+        for poly in path.to_polygons(closed_only=False):
+            mid = (poly[1:] + poly[:-1]) / 2
+            i, j = np.searchsorted(x, mid[:, 0]) - 1, np.searchsorted(y, mid[:, 1]) - 1
+            ok = (i >= 0) & (i < len(x) - 1) & (j >= 0) & (j < len(y) - 1)
+            i, j, mid = i[ok], j[ok], mid[ok]
+            inside = (x[i] < mid[:, 0]) & (mid[:, 0] < x[i + 1]) & (y[j] < mid[:, 1]) & (mid[:, 1] < y[j + 1])
+            n += int(blank[i[inside], j[inside]].sum())
+    return n
+
+
 def pixel(fig, ax, x, y):
     fig.canvas.draw()
     img = np.asarray(fig.canvas.buffer_rgba())
@@ -66,10 +101,18 @@ def test_contour_levels_labels_and_progress(partial2d):
     levels = figures.levels_for([s.metric("train_loss")], n=12)
     np.testing.assert_allclose(levels, np.linspace(loss[done].min(), loss[done].max(), 12))
     fig = figures.plot_contour(s, "train_loss", levels)
-    info = fig.landscape_info
-    np.testing.assert_allclose(info["levels"], levels)
-    assert info["labels"] and all(re.fullmatch(r"[0-9.e+-]+", t) for t in info["labels"])
-    assert np.array_equal(info["mask"], ~done)  # missing points are masked, not zeros
+    cs = contour_set(fig.axes[0])
+    np.testing.assert_allclose(cs.levels, levels)
+    labels = [t.get_text() for t in cs.labelTexts]
+    assert labels and all(re.fullmatch(r"[0-9.e+-]+", t) for t in labels)
+    # missing points are masked, not zeros: the contoured range is the finished points', and no line crosses
+    # the cells among missing points (the true values, and zeros, would have lines there)
+    assert (cs.zmin, cs.zmax) == (loss[done].min(), loss[done].max())
+    assert lines_in_blank_cells(cs, X, Y, ~done) == 0
+    full, full_ax = figures.plt.subplots()  # the check can fail: the true values have lines in those cells
+    true_lines = full_ax.contour(*np.meshgrid(X, Y, indexing="ij"), loss, levels=levels)
+    assert lines_in_blank_cells(true_lines, X, Y, ~done) > 0
+    figures.plt.close(full)
     assert f"{done.sum()} of {done.size} points" in fig.axes[0].get_title()
     figures.plt.close(fig)
 
@@ -81,11 +124,15 @@ def test_nan_and_inf_results_are_blank_not_zero(tmp_path):
     s = read_surface(write_file(tmp_path / "div.h5", {"x": X, "y": Y}, {"train_loss": loss}, np.ones((7, 5), bool)))
     levels = figures.levels_for([s.metric("train_loss")], n=5)
     assert levels[0] == f(0, 0) and levels[-1] == np.nanmax(loss[np.isfinite(loss)])
-    for plot in (figures.plot_contour, figures.plot_heatmap):
-        fig = plot(s, "train_loss", levels)
-        mask = fig.landscape_info["mask"]
-        assert mask[0, 0] and mask[1, 1] and mask.sum() == 2
-        figures.plt.close(fig)
+    finite = loss[np.isfinite(loss)]
+    fig = figures.plot_contour(s, "train_loss", levels)
+    cs = contour_set(fig.axes[0])
+    assert (cs.zmin, cs.zmax) == (finite.min(), finite.max())  # neither inf nor a NaN-as-zero was contoured
+    figures.plt.close(fig)
+    fig = figures.plot_heatmap(s, "train_loss", levels)
+    mask = mesh_mask(fig.axes[0], loss.shape)
+    assert mask[0, 0] and mask[1, 1] and mask.sum() == 2
+    figures.plt.close(fig)
 
 
 def test_log_levels_and_explicit_range(partial2d):
@@ -99,7 +146,7 @@ def test_heatmap_blank_cells_where_missing(partial2d):
     levels = figures.levels_for([s.metric("train_loss")])
     fig = figures.plot_heatmap(s, "train_loss", levels)
     ax = fig.axes[0]
-    assert np.array_equal(fig.landscape_info["mask"], ~done)
+    assert np.array_equal(mesh_mask(ax, done.shape), ~done)
     white = np.array([255, 255, 255])
     assert np.array_equal(pixel(fig, ax, X[6], Y[4]), white)  # not computed: blank
     assert not np.array_equal(pixel(fig, ax, X[0], Y[0]), white)  # computed: colored
@@ -163,9 +210,15 @@ def test_compare_shares_scale_and_levels(tmp_path, partial2d):
     surfaces = [read_surface(partial2d[0]), read_surface(other)]
     levels = figures.levels_for([s.metric("train_loss") for s in surfaces], n=10)
     fig = figures.plot_compare(surfaces, "train_loss", levels)
-    lo, hi = fig.landscape_info["norm"]
-    assert lo == pytest.approx(1.0) and hi == pytest.approx(3 * f(1, 1.5))
-    assert len([a for a in fig.axes if a.get_label() != "<colorbar>"]) == 2
+    panels = [a for a in fig.axes if a.get_label() != "<colorbar>"]
+    assert len(panels) == 2
+    for ax in panels:  # the same levels and one color scale on every panel
+        cs = contour_set(ax)
+        np.testing.assert_allclose(cs.levels, levels)
+        assert cs.norm.vmin == pytest.approx(1.0) and cs.norm.vmax == pytest.approx(3 * f(1, 1.5))
+    bar = contour_set(panels[-1]).colorbar
+    assert bar is not None and bar.ax.get_ylabel() == "train_loss"
+    assert (bar.norm.vmin, bar.norm.vmax) == (cs.norm.vmin, cs.norm.vmax)
     figures.plt.close(fig)
 
 
@@ -184,7 +237,7 @@ def test_trajectory_and_eig_ratio(tmp_path):
     figures.plt.close(fig)
     np.testing.assert_allclose(s.values["eig_ratio"], np.abs(-0.1 * np.abs(XX) / (1 + YY ** 2)))
     fig = figures.plot_eig_ratio(s)
-    assert not fig.landscape_info["mask"].any()
+    assert not mesh_mask(fig.axes[0], XX.shape).any()
     figures.plt.close(fig)
     out = run([sys.executable, "-m", "plotting", path, "--out", str(tmp_path / "figs")]).stdout
     assert "trajectory" in out and "eig_ratio" in out
@@ -295,21 +348,39 @@ def test_plot_while_job_is_writing(tmp_path, digits_ckpt):
     assert proc.returncode == 0, proc.stderr.read()
 
 
+#: What plotting may load of landscape_mpi: the files layer's reader and contract (and the packages and the error
+#: class they sit on); never torch, MPI or a heavy layer.
+PLOTTING_MAY_LOAD = {"landscape_mpi", "landscape_mpi.files", "landscape_mpi.files.reader", "landscape_mpi.files.contract",
+                     "landscape_mpi.config", "landscape_mpi.config.errors"}
+
+
 def test_plotting_needs_neither_torch_nor_mpi():
-    code = ("import sys, plotting.cli, plotting.figures, plotting.export, plotting.reader, plotting.fill; "
-            "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'mpi4py', 'landscape_mpi')]; "
-            "sys.exit(1 if bad else 0)")
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+    code = ("import sys, json, plotting.cli, plotting.figures, plotting.export, plotting.reader, plotting.fill; "
+            "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'mpi4py', 'landscape_mpi'))))")
+    p = subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, capture_output=True, text=True)
+    loaded = set(json.loads(p.stdout))
+    assert loaded <= PLOTTING_MAY_LOAD, loaded - PLOTTING_MAY_LOAD
+    allowed = re.compile(r"^\s*from\s+landscape_mpi\.files(\.reader|\.contract)?\s+import\s+[\w, ]+$")
     for py in (ROOT / "plotting").glob("*.py"):
-        assert not re.search(r"^\s*(from|import)\s+landscape_mpi", py.read_text(), re.M), py
+        for line in re.findall(r"^\s*(?:from|import)\s+landscape_mpi.*$", py.read_text(), re.M):
+            assert allowed.match(line) and not re.search(r"import .*\b(store|hessian_store)\b", line), (py, line)
 
 
 # ------------------------------------------------------------------ schema, selective reading, fill, residual
-def test_schema_version_pinned_to_contract():
+def test_plotting_checks_the_contracts_schema_version(tmp_path, partial2d):
+    """plotting keeps no copy of the schema version: the files layer's check (files/contract.py) refuses a newer
+    file with one line, in the reader and through landscape-plot."""
     from landscape_mpi.files import contract
     from plotting import reader
 
-    assert reader.SCHEMA_VERSION == contract.SCHEMA_VERSION
+    assert not hasattr(reader, "SCHEMA_VERSION")
+    newer = max(contract.READABLE_SCHEMA_VERSIONS) + 1
+    with h5py.File(partial2d[0], "a") as h:
+        h.attrs["schema_version"] = newer
+    with pytest.raises(reader.UserError, match=f"schema_version {newer}, this landscape-mpi reads 1; use the"):
+        reader.read_surface(partial2d[0])
+    p = run([sys.executable, "-m", "plotting", partial2d[0], "--out", str(tmp_path / "figs")], check_rc=2)
+    assert p.stderr.count("\n") == 1 and f"schema_version {newer}" in p.stderr and "Traceback" not in p.stderr
 
 
 def test_reader_reads_done_first_then_only_the_requested_metric(tmp_path, partial2d, monkeypatch):
@@ -358,17 +429,26 @@ def test_fill_missing_is_exact_for_a_plane_and_marked(tmp_path):
     np.testing.assert_allclose(filled.values["train_loss"], plane(XX, YY), atol=1e-12)
     assert np.isnan(s.values["train_loss"][~done]).all()  # the original is untouched
     levels = figures.levels_for([filled.metric("train_loss")])
+    x, y = XX[:, 0], YY[0]
     for plot in (figures.plot_contour, figures.plot_heatmap, figures.plot_contourf):
         fig = plot(filled, "train_loss", levels)
         ax = fig.axes[0]
         assert "INTERPOLATED" in ax.get_title() and f"{done.sum()} of {done.size} points" in ax.get_title()
-        assert np.array_equal(fig.landscape_info["interpolated"], ~done)
-        assert not fig.landscape_info["mask"].any()  # no gaps left
-        dots = [l for l in ax.lines if l.get_label() == "computed points"]
-        assert len(dots) == 1 and len(dots[0].get_xdata()) == done.sum()
+        dots = [l for l in ax.lines if l.get_label() == "computed points"]  # exactly the finished points
+        assert len(dots) == 1
+        assert np.array_equal(dots[0].get_xdata(), XX[done]) and np.array_equal(dots[0].get_ydata(), YY[done])
+        if plot is figures.plot_heatmap:
+            assert not mesh_mask(ax, done.shape).any()  # no gaps left
+        else:
+            assert lines_in_blank_cells(contour_set(ax), x, y, ~done) > 0  # drawn across the gaps
         figures.plt.close(fig)
     fig = figures.plot_contour(s, "train_loss", levels)  # without the option: gaps, no mark
-    assert "INTERPOLATED" not in fig.axes[0].get_title() and fig.landscape_info["mask"].sum() == (~done).sum()
+    ax = fig.axes[0]
+    assert "INTERPOLATED" not in ax.get_title() and not [l for l in ax.lines if l.get_label() == "computed points"]
+    assert lines_in_blank_cells(contour_set(ax), x, y, ~done) == 0
+    figures.plt.close(fig)
+    fig = figures.plot_heatmap(s, "train_loss", levels)
+    assert np.array_equal(mesh_mask(fig.axes[0], done.shape), ~done)
     figures.plt.close(fig)
 
 
@@ -424,12 +504,13 @@ def test_trajectory_residual_kind(tmp_path, capsys):
         h["trajectory"].attrs["explained_variance"] = [0.7, 0.2]
     s = read_surface(path)
     fig = figures.plot_trajectory_residual(s)
-    info = fig.landscape_info
-    np.testing.assert_array_equal(info["residual"], residual)
-    np.testing.assert_array_equal(info["epochs"], [0, 2, 4, 6, 8])
-    np.testing.assert_allclose(info["in_plane"], np.sqrt(tx ** 2 + ty ** 2))
     ax = fig.axes[0]
-    np.testing.assert_array_equal(ax.lines[0].get_ydata(), residual)
+    off, within = ax.lines
+    np.testing.assert_array_equal(off.get_ydata(), residual)
+    np.testing.assert_array_equal(off.get_xdata(), [0, 2, 4, 6, 8])
+    np.testing.assert_array_equal(within.get_xdata(), [0, 2, 4, 6, 8])
+    np.testing.assert_allclose(within.get_ydata(), np.sqrt(tx ** 2 + ty ** 2))
+    assert off.get_label().startswith("off the plane") and within.get_label().startswith("in the plane")
     assert ax.get_xlabel() == "epoch" and "70.0%" in ax.get_title() and "20.0%" in ax.get_title()
     figures.plt.close(fig)
     fig = figures.plot_trajectory(s, "train_loss", figures.levels_for([s.metric("train_loss")]))

@@ -9,7 +9,6 @@ import random
 import signal
 import subprocess
 import sys
-import textwrap
 
 import numpy as np
 import pytest
@@ -131,32 +130,96 @@ def test_sigusr1_during_a_long_point_abandons_it_within_a_batch(tmp_path, digits
 
 
 # ---------------------------------------------------------------------------------------- per node
+#: Installed in every rank (sitecustomize): logs each checkpoint the rank opens (audit event "open") and each
+#: HDF5 file it opens by path (h5py.File wrapped), with the mode. No help from the code under test.
+OPEN_LOGGER = """
+import os, sys
+_rank = os.environ.get("OMPI_COMM_WORLD_RANK", os.environ.get("PMI_RANK", "x"))
+_log = open(os.path.join({log_dir!r}, "rank" + _rank), "a")
+def _hook(event, args):
+    if event == "open" and isinstance(args[0], str) and args[0].endswith(".pt"):
+        _log.write("checkpoint " + args[0] + "\\n"); _log.flush()
+sys.addaudithook(_hook)
+import h5py
+class _Logged(h5py.File):
+    def __init__(self, name, mode="r", *args, **kwargs):
+        if isinstance(name, (str, os.PathLike)):
+            _log.write("h5 " + str(mode) + " " + os.path.basename(os.fspath(name)) + "\\n"); _log.flush()
+        super().__init__(name, mode, *args, **kwargs)
+h5py.File = _Logged
+"""
+
+
+def opens_per_rank(log_dir) -> dict[str, list[str]]:
+    return {p.name: [line for line in p.read_text().split("\n") if line] for p in log_dir.iterdir()}
+
+
 def test_inputs_are_read_by_one_rank_per_node(tmp_path, grid, digits_ckpt):
-    """Every rank records, through an audit hook, the files it reads; 3 ranks on one node: one reader."""
-    args, _ = grid
+    """Every rank logs the files it opens; 3 ranks on one node. Only rank 0 reads the checkpoint and opens the
+    surface file: a new file is written once (under its temporary name) and opened once more, to write; a resumed
+    one is opened once to read (summary, directions, coordinates) and once to write. The other ranks get the
+    directions and coordinates from rank 0 (one reading rank per node) and never open the file."""
+    args, ref = grid
     hook_dir, log_dir = tmp_path / "hook", tmp_path / "log"
     hook_dir.mkdir()
     log_dir.mkdir()
-    (hook_dir / "sitecustomize.py").write_text(textwrap.dedent(f"""
-        import os, sys
-        _rank = os.environ.get("OMPI_COMM_WORLD_RANK", os.environ.get("PMI_RANK", "x"))
-        _log = open(os.path.join({str(log_dir)!r}, "rank" + _rank), "a")
-        def _hook(event, args):
-            if event == "open" and isinstance(args[0], str) and args[0].endswith(".pt"):
-                _log.write("checkpoint " + args[0] + "\\n"); _log.flush()
-            elif event == "landscape_mpi.read":
-                _log.write(args[1] + " " + args[0] + "\\n"); _log.flush()
-        sys.addaudithook(_hook)
-    """))
+    (hook_dir / "sitecustomize.py").write_text(OPEN_LOGGER.format(log_dir=str(log_dir)))
     out = tmp_path / "s.h5"
-    run(mpiexec(3) + cli("surface", *args, "--out", str(out)),
-        PYTHONPATH=os.pathsep.join([str(hook_dir), str(ROOT / "tests"), str(ROOT)]))
-    logs = {p.name: p.read_text().split("\n") for p in log_dir.iterdir()}
-    readers = {kind: sorted(r for r, lines in logs.items() if any(l.startswith(kind + " ") for l in lines))
-               for kind in ("checkpoint", "directions", "coords")}
+    path = os.pathsep.join([str(hook_dir), str(ROOT / "tests"), str(ROOT)])
+    run(mpiexec(3) + cli("surface", *args, "--out", str(out)), PYTHONPATH=path)
+    assert_same_results(ref, out)  # rank 0 evaluates with what it wrote, the others with what it read back
+    logs = opens_per_rank(log_dir)
     assert set(logs) == {"rank0", "rank1", "rank2"}, logs
-    for kind, ranks in readers.items():
-        assert ranks == ["rank0"], (kind, readers)
+    h5 = [line for line in logs["rank0"] if line.startswith("h5 ")]
+    assert len(h5) == 2 and h5[0].startswith("h5 w s.h5.tmp-") and h5[1] == "h5 r+ s.h5", logs
+    assert any(line.startswith("checkpoint ") for line in logs["rank0"]), logs
+    for rank in ("rank1", "rank2"):
+        assert not any(line.startswith(("h5 ", "checkpoint ")) for line in logs[rank]), logs
+
+    import h5py
+    with h5py.File(out, "r+") as f:  # a partial file, as a stopped run leaves it
+        f["results/done"][4:, :] = 0
+    for p in log_dir.iterdir():
+        p.unlink()
+    run(mpiexec(3) + cli("surface", *args, "--out", str(out)), PYTHONPATH=path)
+    assert_same_results(ref, out)
+    logs = opens_per_rank(log_dir)
+    assert [line for line in logs["rank0"] if line.startswith("h5 ")] == ["h5 r s.h5", "h5 r+ s.h5"], logs
+    assert any(line.startswith("checkpoint ") for line in logs["rank0"]), logs
+    for rank in ("rank1", "rank2"):
+        assert not any(line.startswith(("h5 ", "checkpoint ")) for line in logs[rank]), logs
+
+
+def test_one_process_opens_its_file_once_to_read_and_once_to_write(tmp_path, grid, monkeypatch):
+    """In-process, h5py.File wrapped: a new surface is created (its temporary file written once) and opened once
+    to write; a resume opens it once to read and once to write; `info` opens it for reading only."""
+    import h5py
+
+    from landscape_mpi.cli import main
+
+    args, ref = grid
+    opened: list[tuple[str, str]] = []
+    real = h5py.File
+
+    class Logged(real):
+        def __init__(self, name, mode="r", *a, **k):
+            if isinstance(name, (str, os.PathLike)):
+                opened.append((os.path.basename(os.fspath(name)).split(".tmp-")[0], str(mode)))
+            super().__init__(name, mode, *a, **k)
+
+    out = tmp_path / "s.h5"
+    monkeypatch.setattr(h5py, "File", Logged)
+    assert main(["surface", *args, "--out", str(out)]) == 0
+    assert opened == [("s.h5", "w"), ("s.h5", "r+")], opened
+    with real(out, "r+") as f:
+        f["results/done"][:, 3:] = 0
+    opened.clear()
+    assert main(["surface", *args, "--out", str(out)]) == 0
+    assert opened == [("s.h5", "r"), ("s.h5", "r+")], opened
+    assert_same_results(ref, out)
+    opened.clear()
+    assert main(["surface", *args, "--out", str(out)]) == 0  # complete: read once, nothing written
+    assert opened == [("s.h5", "r")], opened
 
 
 # ---------------------------------------------------------------------------------------- readers

@@ -4,7 +4,7 @@ fixture with scripts/local-slurm.sh and stopped at the end).
 The job scripts run unchanged; sbatch options on the command line only shrink them to this 2-core node
 (2 tasks, 1 CPU each, --overcommit); the node advertises 2 GPUs without devices, so --gpus-per-task works
 and the ranks fall back to the CPU. Moments that matter (a signal while points are being computed) are made
-with testhooks' gates that the test releases once the event it waits for happened, never with time windows.
+with the fault points' gates that the test releases once the event it waits for happened, never with time windows.
 """
 
 import os

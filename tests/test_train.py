@@ -16,7 +16,8 @@ from landscape_mpi.data.datasets import load_split
 from landscape_mpi.config.errors import UserError
 from landscape_mpi.models import INPUT_SHAPES, ZOO, build_model
 from landscape_mpi.models.resnet_small import zoo_entries
-from landscape_mpi.training.train import TrainConfig, _augment, train
+from landscape_mpi.config.train import TrainConfig
+from landscape_mpi.training.train import _augment, train
 
 CPU = torch.device("cpu")
 # 200 MNIST-1D samples, batch 32: 7 steps per epoch; iteration saves every 4 steps fall inside epochs.

@@ -33,6 +33,7 @@ from landscape_mpi.directions.base import PointSetter, random_direction
 from landscape_mpi.config.errors import UserError
 from landscape_mpi.engine.evaluate import batch_loss_sum
 from landscape_mpi.analysis.krylov import Matvec, extreme_pair
+from landscape_mpi.runtime.comm import SELF
 
 DEFAULT_BATCH_SIZE = 1024
 
@@ -119,16 +120,17 @@ class HessianOperator:
 
     All ranks of `comm` construct it with the *full* evaluation set(s) and the same model; each keeps its shard.
     `product` is collective: under MPI call it only inside `drive` (rank 0) -- the other ranks serve it there.
+    `comm`: the ranks that share the samples (default `comm.SELF`: this process holds them all).
     """
 
     def __init__(self, model: nn.Module, data: EvalSet | Sequence[EvalSet], loss: str,
-                 batch_size: int = DEFAULT_BATCH_SIZE, comm=None) -> None:
+                 batch_size: int = DEFAULT_BATCH_SIZE, comm=SELF) -> None:
         self.model = model
         self.loss = loss
         self.batch_size = batch_size
-        self.comm = comm if (comm is not None and comm.Get_size() > 1) else None
-        rank, size = (self.comm.Get_rank(), self.comm.Get_size()) if self.comm else (0, 1)
-        self.rank = rank
+        self.comm = comm
+        rank, size = comm.Get_rank(), comm.Get_size()
+        self.rank, self.size = rank, size
         self.space = ParamSpace.of(model)
         self.params = [p for _, p in model.named_parameters() if p.requires_grad]
         self.local = shard(data, rank, size)
@@ -166,14 +168,13 @@ class HessianOperator:
     def product(self, v: np.ndarray) -> np.ndarray:
         """H v, H the Hessian of the mean loss over all samples of all ranks. Collective (see `drive`)."""
         v = np.ascontiguousarray(v, dtype=np.float64).ravel()
-        if self.comm is not None:
-            self.comm.Bcast(np.array([_CMD_PRODUCT], dtype=np.int64), root=0)
-            self.comm.Bcast(v, root=0)
+        self.comm.Bcast(np.array([_CMD_PRODUCT], dtype=np.int64), root=0)
+        self.comm.Bcast(v, root=0)
         self.products += 1
         return self._reduce(self.local_product_sum(v))
 
     def _reduce(self, local: np.ndarray) -> np.ndarray:
-        if self.comm is None:
+        if self.size == 1:  # this rank's sum is the total (and one process never imports mpi4py)
             return local / self.n_samples
         from mpi4py import MPI
 
@@ -193,8 +194,7 @@ class HessianOperator:
             self._reduce(self.local_product_sum(v))
 
     def stop_serving(self) -> None:
-        if self.comm is not None:
-            self.comm.Bcast(np.array([_CMD_STOP], dtype=np.int64), root=0)
+        self.comm.Bcast(np.array([_CMD_STOP], dtype=np.int64), root=0)
 
     def mean_loss(self) -> float:
         """The mean loss over all samples at the current weights (collective on every rank, not inside `drive`)."""
@@ -224,7 +224,7 @@ def drive(op: HessianOperator, task: Callable[[Matvec], object]) -> object:
     """
     from landscape_mpi.runtime.lifecycle import AgreedError
 
-    if op.comm is None:
+    if op.size == 1:  # nobody serves products: the task runs alone, and its failures are the caller's
         return task(op.product)
     if op.rank != 0:
         try:
@@ -289,13 +289,14 @@ def adaptive_sharpness(op: HessianOperator, rho: float, samples: int, seed: int)
 
 # ---------------------------------------------------------------------------- curvature at a grid point
 def eig_extremes(model: nn.Module, data: list[EvalSet] | EvalSet, loss: str, *, tol: float, maxiter: int,
-                 comm=None, batch_size: int = DEFAULT_BATCH_SIZE) -> tuple[float, float, int]:
+                 comm=SELF, batch_size: int = DEFAULT_BATCH_SIZE) -> tuple[float, float, int]:
     """(lambda_max, lambda_min, Hessian-vector products spent) of the mean loss at the model's CURRENT weights.
 
     lambda_max is ARPACK's largest algebraic eigenvalue ('LA'), lambda_min its smallest ('SA'), each to relative
     accuracy `tol` within `maxiter` restarts; both are right whatever their signs. `data` is the full evaluation
-    set(s); with an MPI communicator (collective: every rank of `comm` calls it with the same model and data)
-    each rank takes a shard, and every rank returns the same tuple. Model in eval mode (BatchNorm running stats).
+    set(s); with a communicator of several ranks (collective: every rank of `comm` calls it with the same model
+    and data) each rank takes a shard, and every rank returns the same tuple. Model in eval mode (BatchNorm running
+    stats).
     Raises UserError if the model has no trainable parameter or ARPACK does not converge.
     """
     op = HessianOperator(model, data, loss, batch_size, comm)
@@ -303,7 +304,4 @@ def eig_extremes(model: nn.Module, data: list[EvalSet] | EvalSet, loss: str, *, 
     def task(matvec: Matvec) -> tuple[float, float, int]:
         return extreme_pair(matvec, op.n, tol, maxiter)
 
-    result = drive(op, task)
-    if op.comm is not None:
-        result = op.comm.bcast(result, root=0)
-    return result
+    return op.comm.bcast(drive(op, task), root=0)

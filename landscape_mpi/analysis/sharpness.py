@@ -8,22 +8,19 @@ one filter norm per filter, docs/method.md#directions), which is what makes them
 points marked done, and the result says how many that was. Non-finite losses (a diverged point) are
 finished results: they count as "not below" any basin level and are skipped by fits and differences.
 
-This module imports h5py and numpy only (``info`` must start fast, on a login node).
+This module imports numpy and the files layer's reader only (``info`` must start fast, on a login node).
 """
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import h5py
 import numpy as np
 
-from landscape_mpi.files import contract
 from landscape_mpi.config.errors import UserError
-from landscape_mpi.files.store import open_read
+from landscape_mpi.files import reader
 
 #: Radius of the epsilon-sharpness ball, in the file's (filter-normalized) coordinates.
 DEFAULT_RADIUS = 0.25
@@ -54,39 +51,30 @@ class MetricGrid:
         return tuple(self.done.shape)
 
 
-def _attr(f: h5py.File, name: str, default=None):
-    v = f.attrs.get(name, default)
-    return v.decode() if isinstance(v, bytes) else v
-
-
 def read_metric(path: str, metric: str, with_eig: bool = False) -> MetricGrid:
     """Read the done mask, then only `metric` (and eig_max/eig_min with `with_eig`, where present).
 
-    Opens read-only without HDF5 file locking, so a file that a job is writing can be read (a point marked
-    done has its values: done is read first). Raises UserError for a missing/foreign file, a schema this
-    version does not read, a Hessian file, or a metric the file does not hold (naming the ones it does).
+    Reads while a job writes the file (a point marked done has its values: done is read first). Raises
+    UserError for a missing/foreign file, a schema this version does not read, a Hessian file, or a metric the
+    file does not hold (naming the ones it does).
     """
-    with open_read(path) as f:
-        config = json.loads(_attr(f, "config"))
-        axes = json.loads(_attr(f, "axes", '["x"]'))
-        coords = [np.asarray(f[contract.COORDS][a][()], dtype=np.float64) for a in axes]
-        done = f[contract.DONE][()].astype(bool)  # first: any point marked done already has its values
-        available = [k for k in f[contract.RESULTS] if k not in ("done", "rank", "seconds", "eig_iters")]
+    with reader.open_surface(path) as f:
+        coords = [np.asarray(c, dtype=np.float64) for c in f.coords().values()]
+        done = f.done()  # first: any point marked done already has its values
+        available = f.metrics()
         if metric not in available:
             raise UserError(f"{path}: no metric {metric!r}; choose --metric from {', '.join(available)}")
-        values = np.where(done, f[contract.RESULTS][metric][()].astype(np.float64), np.nan)
+        values = f.values(metric, done)
         eig_max = eig_min = None
-        if with_eig and contract.EIG_MAX in f and contract.EIG_MIN in f:
-            eig_max = np.where(done, f[contract.EIG_MAX][()].astype(np.float64), np.nan)
-            eig_min = np.where(done, f[contract.EIG_MIN][()].astype(np.float64), np.nan)
-    return MetricGrid(path, config, axes, coords, done, values, eig_max, eig_min)
+        if with_eig and "eig_max" in available and "eig_min" in available:
+            eig_max, eig_min = f.values("eig_max", done), f.values("eig_min", done)
+    return MetricGrid(path, f.config, f.axes, coords, done, values, eig_max, eig_min)
 
 
 def loss_metrics(path: str) -> list[str]:
     """The ``*_loss`` metrics a surface file holds (attribute ``metrics``; no dataset is read)."""
-    with h5py.File(path, "r", locking=False) as f:
-        metrics = json.loads(_attr(f, "metrics", "[]")) or list(f[contract.RESULTS])
-    return [m for m in metrics if m.endswith("_loss")]
+    with reader.open_surface(path) as f:
+        return [m for m in f.metric_names() if m.endswith("_loss")]
 
 
 def grid_spacing(grid: MetricGrid) -> float:
@@ -96,8 +84,9 @@ def grid_spacing(grid: MetricGrid) -> float:
 
 
 # ------------------------------------------------------------------------------------------ numbers
-def _center_index(grid: MetricGrid) -> tuple[int, ...]:
-    return tuple(int(np.argmin(np.abs(c))) for c in grid.coords)
+def center_index(coords: Sequence[np.ndarray]) -> tuple[int, ...]:
+    """The grid index nearest to the origin (theta*) along every axis."""
+    return tuple(int(np.argmin(np.abs(c))) for c in coords)
 
 
 def _point(grid: MetricGrid, idx: Sequence[int]) -> list[float]:
@@ -191,7 +180,7 @@ def sharpness(path: str, metric: str = "train_loss", radius: float = DEFAULT_RAD
         out["minimum"] = {"value": float(v[i_min]), "coords": _point(grid, i_min)}
     else:
         out["minimum"] = None
-    center = _center_index(grid)
+    center = center_index(grid.coords)
     l0 = v[center]
     out["center"] = {"coords": _point(grid, center), "value": _num(l0)}
     center_ok = bool(np.isfinite(l0))
@@ -277,14 +266,11 @@ def radius_for(paths: Sequence[str]) -> float:
     steps = [DEFAULT_RADIUS]
     for path in paths:
         try:
-            with h5py.File(path, "r", locking=False) as f:
-                axes = json.loads(_attr(f, "axes", '["x"]'))
-                for a in axes:
-                    c = f[contract.COORDS][a][()]
-                    if len(c) > 1:
-                        steps.append(float(np.max(np.diff(c))))
-        except (OSError, KeyError, ValueError):
+            with reader.open_surface(path) as f:
+                coords = list(f.coords().values())
+        except (UserError, OSError, KeyError, ValueError):
             continue  # the file's own read reports the problem with its fix
+        steps += [float(np.max(np.diff(c))) for c in coords if len(c) > 1]
     return max(steps)
 
 

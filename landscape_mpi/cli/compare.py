@@ -56,7 +56,7 @@ def cmd_compare(a: argparse.Namespace) -> int:
 
 
 def add_parser(sub) -> None:
-    """Register `compare` on the CLI's subparsers (called from landscape_mpi/cli.py)."""
+    """Register `compare` on the CLI's subparsers (called from landscape_mpi/cli/__init__.py)."""
     s = sub.add_parser("compare", help="sharpness numbers of several surface files, one row per file")
     s.add_argument("files", nargs="+", help="surface files (.h5); partial files are measured over their done points")
     s.add_argument("--metric", default="train_loss", help="train_loss (default), test_loss, ...")

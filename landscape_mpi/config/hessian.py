@@ -6,76 +6,71 @@ import dataclasses
 from dataclasses import dataclass
 
 from landscape_mpi.config.errors import UserError
-from landscape_mpi.config.surface import LOSSES, SPLITS
+from landscape_mpi.config.options import check_choices, comma_join, comma_tuple, option
+from landscape_mpi.config.surface import DEVICES, LOSSES, SPLITS
 
 #: Arithmetic of the Hessian products (not the evaluation precisions fp32/tf32/bf16 of a surface).
 HESSIAN_DTYPES = ("float32", "float64")
 
 
+DATA, ANALYSES, RUN = "model and data", "analyses", "run"
+
+
 @dataclass(frozen=True)
 class HessianConfig:
-    """Everything that determines the numbers in a Hessian file (stored in it as JSON)."""
+    """Everything that determines the numbers in a Hessian file (stored in it as JSON, but `overwrite`);
+    each field is its `landscape-mpi hessian` option."""
 
-    model: str
-    """Zoo name or package.module:factory."""
-    checkpoint: str
-    """A checkpoint path, or a glob ('DIR/epoch_*.pt'): one row per matching file."""
-    out: str
-    """The Hessian file (.h5)."""
-    dataset: str = "digits"
-    data_root: str | None = None
-    samples: int | None = None
-    """A deterministic subset of N samples per split (seeded by `seed`); None: all."""
-    splits: tuple[str, ...] = ("train",)
-    """The loss is the mean over the samples of all these splits together."""
-    loss: str = "ce"
-    batch_size: int = 1024
-    """Samples per double-backprop batch (memory: about 3x a forward pass of this many samples)."""
-    precision: str = "float32"
-    """float32: the model as trained; float64: model and data cast to float64 (exact comparisons, CPU)."""
-    top_k: int = 5
-    """Number of largest eigenvalues (ARPACK which='LA')."""
-    store_vectors: int = 2
-    """Eigenvectors stored per row (the largest ones), at most top_k; 2 for --directions hessian."""
-    tol: float = 1e-6
-    """ARPACK relative tolerance of each eigenvalue."""
-    maxiter: int = 1000
-    """ARPACK restart limit per eigsh call."""
-    trace_probes: int = 100
-    """Rademacher probes of the Hutchinson trace (0: no trace)."""
-    slq_runs: int = 10
-    """Stochastic Lanczos quadrature runs (0: no density)."""
-    slq_steps: int = 80
-    """Lanczos steps per SLQ run (at most the number of parameters)."""
-    slq_sigma: float = 0.01
-    """Gaussian broadening of the density, as a fraction of the spectrum's width (max - min Ritz value)."""
-    slq_grid: int = 2000
-    """Density grid points."""
-    adaptive_rho: float = 0.05
-    """Relative perturbation size per filter of the adaptive sharpness."""
-    adaptive_samples: int = 20
-    """Random perturbations of the adaptive sharpness (0: none)."""
-    seed: int = 0
-    """Seeds the --samples subset, ARPACK's start vector, the probes and the perturbations."""
-    overwrite: bool = False
-    """Replace an existing --out (how to run, not a setting of the numbers: not stored)."""
+    model: str = option(help="zoo name (landscape-mpi models) or package.module:factory", group=DATA)
+    checkpoint: str = option(help="a checkpoint, or a quoted glob 'DIR/epoch_*.pt': one row per file", group=DATA)
+    out: str = option(help="the Hessian file (.h5)", group=RUN)
+    dataset: str = option("digits", help="digits (embedded), mnist1d, cifar10, or package.module:factory",
+                          group=DATA)
+    data_root: str | None = option(None, help="folder holding cifar-10-batches-py/ (never downloaded)", group=DATA)
+    samples: int | None = option(None, help="a deterministic subset of N samples per split, seeded by --seed "
+                                            "(default: all)", group=DATA)
+    splits: tuple[str, ...] = option(("train",), help="train, test or train,test: the loss is the mean over the "
+                                                      "samples of these splits pooled",
+                                     parse=comma_tuple, format=comma_join, group=DATA)
+    loss: str = option("ce", help="ce or mse, as in surface", choices=LOSSES, group=DATA)
+    batch_size: int = option(1024, help="samples per double-backprop batch (memory: about 3x a forward pass of "
+                                        "this many samples)", group=DATA)
+    precision: str = option("float32", help="float32: the model as trained; float64: model and data cast to "
+                                            "float64 (slower, for exact comparisons)", choices=HESSIAN_DTYPES,
+                            group=DATA)
+    top_k: int = option(5, help="largest eigenvalues to compute (ARPACK which='LA')", group=ANALYSES)
+    store_vectors: int = option(2, help="eigenvectors stored per row, the largest ones (at most --top-k; 2 for "
+                                        "surface --directions hessian)", group=ANALYSES)
+    tol: float = option(1e-6, help="ARPACK relative tolerance of each eigenvalue", group=ANALYSES)
+    maxiter: int = option(1000, help="ARPACK restart limit per eigsh call", group=ANALYSES)
+    trace_probes: int = option(100, help="Rademacher probes of the Hutchinson trace (0: skip)", group=ANALYSES)
+    slq_runs: int = option(10, help="stochastic Lanczos quadrature runs (0: skip)", group=ANALYSES)
+    slq_steps: int = option(80, help="Lanczos steps per SLQ run (at most the number of parameters)",
+                            group=ANALYSES)
+    slq_sigma: float = option(0.01, help="Gaussian broadening of the density, as a fraction of the spectrum's "
+                                         "width (max - min Ritz value)", group=ANALYSES)
+    slq_grid: int = option(2000, help="density grid points", group=ANALYSES)
+    adaptive_rho: float = option(0.05, help="adaptive sharpness: relative perturbation size per filter",
+                                 group=ANALYSES)
+    adaptive_samples: int = option(20, help="adaptive sharpness: random perturbations (0: skip)", group=ANALYSES)
+    seed: int = option(0, help="seeds the --samples subset, ARPACK's start vector, the probes and the "
+                               "perturbations", group=ANALYSES)
+    overwrite: bool = option(False, help="replace an existing --out (how to run, not a setting of the numbers: "
+                                         "not stored)", group=RUN)
 
     def __post_init__(self) -> None:
-        if self.loss not in LOSSES:
-            raise UserError(f"--loss {self.loss}: choose one of {', '.join(LOSSES)}")
+        check_choices(self)
         if not self.splits or any(s not in SPLITS for s in self.splits):
             raise UserError(f"--splits {','.join(self.splits)}: choose train, test or train,test")
-        if self.precision not in HESSIAN_DTYPES:
-            raise UserError(f"--precision {self.precision}: choose one of {', '.join(HESSIAN_DTYPES)}")
         positive = {"--batch-size": self.batch_size, "--top-k": self.top_k, "--maxiter": self.maxiter,
                     "--slq-steps": self.slq_steps, "--slq-grid": self.slq_grid}
-        for option, value in positive.items():
+        for flag, value in positive.items():
             if value < 1:
-                raise UserError(f"{option} {value}: must be at least 1")
-        for option, value in {"--trace-probes": self.trace_probes, "--slq-runs": self.slq_runs,
+                raise UserError(f"{flag} {value}: must be at least 1")
+        for flag, value in {"--trace-probes": self.trace_probes, "--slq-runs": self.slq_runs,
                               "--adaptive-samples": self.adaptive_samples}.items():
             if value < 0:
-                raise UserError(f"{option} {value}: must be 0 (skip) or more")
+                raise UserError(f"{flag} {value}: must be 0 (skip) or more")
         if self.samples is not None and self.samples < 1:
             raise UserError(f"--samples {self.samples}: must be at least 1")
         if not 0 <= self.store_vectors <= self.top_k:
@@ -88,3 +83,15 @@ class HessianConfig:
         d["splits"] = list(self.splits)
         del d["overwrite"]
         return d
+
+
+@dataclass(frozen=True)
+class HessianRun:
+    """How `landscape-mpi hessian` runs (changes no number)."""
+
+    device: str = option("auto", help="auto: this rank's GPU if any, else the CPU", choices=DEVICES, group=RUN)
+    threads: int | None = option(None, help="torch CPU threads per rank (default: the rank's CPU set, or the "
+                                            "node's cores divided among its ranks)", group=RUN)
+
+    def __post_init__(self) -> None:
+        check_choices(self)

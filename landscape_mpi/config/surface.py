@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from landscape_mpi.config.errors import UserError
+from landscape_mpi.config.options import check_choices, comma_join, comma_tuple, option
 
 AXIS_NAMES = ("x", "y", "z")
 NORMS = ("filter", "layer", "weight", "none")
@@ -30,6 +31,8 @@ BN_MODES = ("eval", "recalibrate")
 DIRECTION_KINDS = ("random", "pca", "hessian", "file")
 DIR_FORMATS = ("native", "reference")
 ORDERS = ("coarse", "rows")
+#: Evaluation engines (landscape_mpi/engine); auto chooses one.
+ENGINES = ("auto", "eager", "folded", "channels_last", "compiled", "batched")
 
 
 @dataclass(frozen=True)
@@ -74,100 +77,109 @@ class Axis:
         return np.linspace(self.start, self.stop, self.num, dtype=np.float64)
 
 
+def parse_metrics(spec: str) -> bool:
+    """``--metrics loss`` or ``loss,eig``: returns whether eig is asked for."""
+    parts = [p.strip() for p in spec.split(",") if p.strip()]
+    if not parts or any(p not in ("loss", "acc", "eig") for p in parts):
+        raise UserError(f"--metrics {spec}: choose loss or loss,eig")
+    return "eig" in parts
+
+
+def format_metrics(eig: bool) -> str:
+    return "loss,eig" if eig else "loss"
+
+
+def _axis(name: str):
+    return lambda spec: Axis.parse(spec, name)
+
+
+def _space_for_targets(values: dict[str, Any]) -> str:
+    # A target direction implies the states space unless --dir-space says otherwise (docs/method.md#directions:
+    # with BatchNorm, interpolating the running statistics too is what gives the target's loss at a = 1).
+    return "states" if (values.get("x_target") or values.get("y_target")) else "weights"
+
+
+DATA, GRID, RUN = "model and data", "grid and directions", "run"
+
+
 @dataclass(frozen=True)
 class SurfaceConfig:
-    """What determines the values of a surface. Stored in the file; a resume must match it."""
+    """What determines the values of a surface (`landscape-mpi surface`'s options but how to run it). Stored in
+    the file; a resume must match it. Each field is its option: flag, default, choices and help."""
 
-    model: str
-    """Zoo model name (see `landscape-mpi models`) or ``package.module:factory``."""
-    checkpoint: str
-    """Path of the trained model theta* (a state_dict, or a dict holding one)."""
-    x: Axis
-    """Coordinates along the first direction."""
-    y: Axis | None = None
-    """Coordinates along the second direction (2D surfaces)."""
-    z: Axis | None = None
-    """Coordinates along the third direction (3D volumes)."""
-    dataset: str = "digits"
-    """``digits`` (embedded), ``cifar10`` (from --data-root) or ``package.module:factory``."""
-    data_root: str | None = None
-    """Folder holding the dataset files (CIFAR-10)."""
-    samples: int | None = None
-    """Evaluate on a deterministic subset of this many samples per split (None: all)."""
-    splits: tuple[str, ...] = SPLITS
-    """Which sets to evaluate: train, test or both."""
-    loss: str = "ce"
-    """``ce``: cross-entropy on logits; ``mse``: mean squared error of softmax against one-hot."""
-    norm: str = "filter"
-    """Normalization of random directions: filter (the paper's), layer, weight or none."""
-    ignore: str = "biasbn"
-    """``biasbn``: zero direction on tensors of dim <= 1; ``none``: the reference code's d = w there."""
-    dir_space: str = "weights"
-    """``weights``: trainable parameters; ``states``: the whole state_dict (BatchNorm running stats too).
-    The command line resolves its default: ``states`` with a target direction (docs/method.md#directions: the
-    space whose interpolation gives correct losses with BatchNorm), ``weights`` otherwise."""
-    directions: str = "random"
-    """Where dx, dy come from when no target is given: ``random`` (filter-normalized Gaussians), ``pca``
-    (of a training trajectory), ``hessian`` (top eigenvectors of a Hessian file), ``file`` (a direction file)."""
-    trajectory: str | None = None
-    """With ``directions='pca'``: glob of the saved checkpoints of the training run (final = --checkpoint)."""
-    hessian_file: str | None = None
-    """With ``directions='hessian'``: a file written by ``landscape-mpi hessian``."""
-    dir_file: str | None = None
-    """With ``directions='file'``: an HDF5 direction file."""
-    dir_format: str = "native"
-    """``native`` (``/directions/<axis>/<key>``, e.g. another surface file) or ``reference`` (the paper's code)."""
-    x_target: str | None = None
-    """Checkpoint theta_2: the x direction is theta_2 - theta* (not normalized)."""
-    y_target: str | None = None
-    """Checkpoint theta_3: the y direction is theta_3 - theta* (not normalized)."""
-    same_dir: bool = False
-    """Use dy = dx."""
-    seed: int = 0
-    """Seed of the random directions and of the --samples subset."""
-    precision: str = "fp32"
-    """``fp32`` (TF32 off), ``tf32`` (TensorFloat-32 matmul/convolutions on GPUs) or ``bf16`` (autocast)."""
-    bn: str = "eval"
-    """``eval``: BatchNorm uses the (possibly interpolated) running statistics; ``recalibrate``: re-estimated at
-    every point from ``bn_samples`` training samples before evaluating."""
-    bn_samples: int | None = None
-    """Training samples used by ``bn='recalibrate'`` (the first N of the training split)."""
-    eig: bool = False
-    """Also compute the Hessian's largest and smallest eigenvalues at every point (``--metrics loss,eig``)."""
-    eig_tol: float = 1e-3
-    """Relative tolerance of the eigenvalues of ``eig`` (ARPACK)."""
+    model: str = option(help="zoo name (landscape-mpi models) or package.module:factory", group=DATA)
+    checkpoint: str = option(help="trained model theta*: a state_dict or a dict holding one", group=DATA)
+    x: Axis = option(Axis(-1.0, 1.0, 51), help="x axis min:max:num, an inclusive linspace (write --x=-1:1:51)",
+                     parse=_axis("x"), format=Axis.spec, group=GRID)
+    y: Axis | None = option(None, help="y axis min:max:num for a 2D surface", parse=_axis("y"), format=Axis.spec,
+                            group=GRID)
+    z: Axis | None = option(None, help="z axis min:max:num for a 3D volume (needs --y)", parse=_axis("z"),
+                            format=Axis.spec, group=GRID)
+    dataset: str = option("digits", help="digits (embedded), mnist1d (generated offline), cifar10 (from "
+                                         "--data-root), or package.module:factory where factory(split) returns "
+                                         "a torch Dataset", group=DATA)
+    data_root: str | None = option(None, help="folder holding cifar-10-batches-py/ (never downloaded)", group=DATA)
+    samples: int | None = option(None, help="evaluate on a deterministic subset of N samples per split "
+                                            "(default: all)", group=DATA)
+    splits: tuple[str, ...] = option(SPLITS, help="which sets to evaluate: train, test or train,test",
+                                     parse=comma_tuple, format=comma_join, group=DATA)
+    loss: str = option("ce", help="ce: cross-entropy on logits; mse: softmax vs one-hot", choices=LOSSES,
+                       group=DATA)
+    norm: str = option("filter", help="normalization of random directions: filter (the paper's), layer, weight "
+                                      "or none", choices=NORMS, group=GRID)
+    ignore: str = option("biasbn", help="biasbn: no perturbation of biases and BatchNorm (zero direction on "
+                                        "tensors of dim <= 1); none: d = w there (the reference code)",
+                         choices=IGNORES, group=GRID)
+    dir_space: str = option("weights", help="weights: trainable parameters; states: the whole state_dict incl. "
+                                            "BatchNorm running stats (default on the command line: states with "
+                                            "--x-target/--y-target, where interpolating running statistics gives "
+                                            "correct losses; weights otherwise)",
+                            choices=DIR_SPACES, default_from=_space_for_targets, group=GRID)
+    directions: str = option("random", help="where dx, dy come from without a target: random (filter-normalized "
+                                            "Gaussians), pca (of --trajectory), hessian (top eigenvectors of "
+                                            "--hessian-file), file (--dir-file)", choices=DIRECTION_KINDS,
+                             group=GRID)
+    trajectory: str | None = option(None, help="glob of a training run's checkpoints, e.g. 'run/epoch_*.pt' "
+                                               "(--directions pca; the final one is --checkpoint)", group=GRID)
+    hessian_file: str | None = option(None, help="a file of landscape-mpi hessian: its top two eigenvectors "
+                                                 "(--directions hessian)", group=GRID)
+    dir_file: str | None = option(None, help="an HDF5 file holding directions (--directions file)", group=GRID)
+    dir_format: str = option("native", help="native: /directions/<axis>/<key> (e.g. a surface file); reference: "
+                                            "the paper's code's file", choices=DIR_FORMATS, group=GRID)
+    x_target: str | None = option(None, help="checkpoint theta_2: the x direction is theta_2 - theta* "
+                                             "(interpolation, not normalized)", group=GRID)
+    y_target: str | None = option(None, help="checkpoint theta_3: the y direction is theta_3 - theta*", group=GRID)
+    same_dir: bool = option(False, help="use dy = dx", group=GRID)
+    seed: int = option(0, help="seed of the random directions and of the --samples subset", group=GRID)
+    precision: str = option("fp32", help="fp32 (TF32 off), tf32 (TensorFloat-32 on GPUs) or bf16 (autocast)",
+                            choices=PRECISIONS, group=DATA)
+    bn: str = option("eval", help="eval: BatchNorm running statistics (possibly interpolated); recalibrate: "
+                                  "re-estimated at every point from --bn-samples training samples",
+                     choices=BN_MODES, group=DATA)
+    bn_samples: int | None = option(None, help="training samples (the first N) that re-estimate BatchNorm "
+                                               "(--bn recalibrate)", group=DATA)
+    eig: bool = option(False, flag="--metrics", help="loss (loss and accuracy) or loss,eig (also the Hessian's "
+                                                     "largest and smallest eigenvalue at every point)",
+                       parse=parse_metrics, format=format_metrics, group=DATA)
+    eig_tol: float = option(1e-3, help="relative tolerance (ARPACK) of the eigenvalues of --metrics loss,eig",
+                            group=DATA)
 
     def __post_init__(self) -> None:
         if self.z is not None and self.y is None:
             raise UserError("--z needs --y as well: a 3D grid has x, y and z axes")
-        if self.norm not in NORMS:
-            raise UserError(f"--norm {self.norm}: choose one of {', '.join(NORMS)}")
-        if self.ignore not in IGNORES:
-            raise UserError(f"--ignore {self.ignore}: choose one of {', '.join(IGNORES)}")
-        if self.dir_space not in DIR_SPACES:
-            raise UserError(f"--dir-space {self.dir_space}: choose one of {', '.join(DIR_SPACES)}")
-        if self.loss not in LOSSES:
-            raise UserError(f"--loss {self.loss}: choose one of {', '.join(LOSSES)}")
+        check_choices(self)
         if not self.splits or any(s not in SPLITS for s in self.splits) or len(set(self.splits)) != len(self.splits):
             raise UserError(f"--splits {','.join(self.splits)}: choose train, test or train,test")
         if self.samples is not None and self.samples < 1:
             raise UserError(f"--samples {self.samples}: must be a positive number of samples")
-        if self.precision not in PRECISIONS:
-            raise UserError(f"--precision {self.precision}: choose one of {', '.join(PRECISIONS)}")
-        if self.bn not in BN_MODES:
-            raise UserError(f"--bn {self.bn}: choose one of {', '.join(BN_MODES)}")
         if self.bn == "recalibrate" and (self.bn_samples is None or self.bn_samples < 1):
             raise UserError("--bn recalibrate needs --bn-samples N (training samples that re-estimate the statistics)")
-        if self.directions not in DIRECTION_KINDS:
-            raise UserError(f"--directions {self.directions}: choose one of {', '.join(DIRECTION_KINDS)}")
         needs = {"pca": ("trajectory", "--trajectory 'DIR/epoch_*.pt'"),
                  "hessian": ("hessian_file", "--hessian-file H.h5"), "file": ("dir_file", "--dir-file F.h5")}
         if self.directions in needs and getattr(self, needs[self.directions][0]) is None:
             raise UserError(f"--directions {self.directions} needs {needs[self.directions][1]}")
         if self.directions != "random" and self.x_target is not None:
             raise UserError(f"--directions {self.directions} and --x-target contradict each other: keep one")
-        if self.dir_format not in DIR_FORMATS:
-            raise UserError(f"--dir-format {self.dir_format}: choose one of {', '.join(DIR_FORMATS)}")
         if not (0 < self.eig_tol < 1):
             raise UserError(f"--eig-tol {self.eig_tol}: must be between 0 and 1, e.g. 1e-3")
         if self.y_target is not None and self.y is None:
@@ -251,45 +263,52 @@ def config_diff(stored: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
 
 @dataclass(frozen=True)
 class RunOptions:
-    """How a run is executed; none of these change a computed value."""
+    """How a run is executed; none of these change a computed value (they may change between a run and its
+    resume)."""
 
-    out: str
-    """The surface file (HDF5)."""
-    overwrite: bool = False
-    """Start over even if `out` holds results."""
-    device: str = "auto"
-    """auto (a GPU if this rank has one, else the CPU), cuda or cpu."""
-    io: str = "single"
-    """single: one rank writes; collective: every rank writes its points through parallel HDF5."""
-    threads: int | None = None
-    """torch CPU threads per rank (None: the rank's CPU set, or the node's cores divided among its ranks)."""
-    batch_size: int | None = None
-    """Evaluation batch size (None: chosen for the device). Changes no value beyond float rounding: the loss
-    is a sample-weighted mean."""
-    engine: str = "auto"
-    """Evaluation engine: auto, or one engine forced by name (benchmarks, tests)."""
-    order: str = "coarse"
-    """Order in which points are handed out: ``coarse`` (center and corners first, then finer sub-grids) or
-    ``rows`` (flat index order)."""
-    chunk_size: int = 0
-    """Points per work assignment (0: automatic, shrinking towards the end of the grid)."""
-    flush_seconds: float = 1.0
-    """Write finished points to the file at least this often."""
-    progress_seconds: float = 30.0
-    """In a batch log (not a terminal), one progress line this often."""
+    out: str = option(help="the surface file (.h5); an existing one is resumed", group=RUN)
+    overwrite: bool = option(False, help="start over; the old file stays until the new surface is complete "
+                                         "(built in FILE.h5.new)", group=RUN)
+    device: str = option("auto", help="auto: this rank's GPU if any, else the CPU", choices=DEVICES, group=RUN)
+    io: str = option("single", help="single: one rank writes; collective: every rank writes its points through "
+                                    "parallel HDF5", choices=IO_MODES, group=RUN)
+    threads: int | None = option(None, help="torch CPU threads per rank (default: the rank's CPU set, or the "
+                                            "node's cores divided among its ranks)", group=RUN)
+    batch_size: int | None = option(None, help="evaluation batch size (default: chosen for the device); changes "
+                                               "no value beyond float rounding (the loss is a sample-weighted "
+                                               "mean), may differ on resume", group=RUN)
+    engine: str = option("auto", help="evaluation engine: auto, or one forced by name (benchmarks, tests); same "
+                                      "values", choices=ENGINES, group=RUN)
+    order: str = option("coarse", help="coarse: center, corners, then finer sub-grids; rows: flat index order",
+                        choices=ORDERS, group=RUN)
+    chunk_size: int = option(0, help="points per work assignment (0: automatic, shrinking towards the end of the "
+                                     "grid)", group=RUN)
+    flush_seconds: float = option(1.0, help="write finished points to the file at least this often", group=RUN)
+    progress_seconds: float = option(30.0, help="in a batch log (not a terminal), one progress line this often",
+                                     group=RUN)
 
     def __post_init__(self) -> None:
-        if self.device not in DEVICES:
-            raise UserError(f"--device {self.device}: choose one of {', '.join(DEVICES)}")
-        if self.io not in IO_MODES:
-            raise UserError(f"--io {self.io}: choose one of {', '.join(IO_MODES)}")
+        check_choices(self)
         if self.threads is not None and self.threads < 1:
             raise UserError(f"--threads {self.threads}: must be at least 1")
         if self.batch_size is not None and self.batch_size < 1:
             raise UserError(f"--batch-size {self.batch_size}: must be positive")
-        if self.order not in ORDERS:
-            raise UserError(f"--order {self.order}: choose one of {', '.join(ORDERS)}")
         if self.chunk_size < 0:
             raise UserError(f"--chunk-size {self.chunk_size}: must be 0 (automatic) or positive")
         if self.flush_seconds <= 0 or self.progress_seconds <= 0:
             raise UserError("--flush-seconds and --progress-seconds must be positive")
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    """`landscape-mpi demo`'s own options (besides the surface and run options it shares)."""
+
+    out_dir: str = option("landscape-demo", help="where the checkpoint and the surface go")
+    points: int = option(21, help="grid points per axis")
+    epochs: int = option(10, help="training epochs")
+
+    def __post_init__(self) -> None:
+        if self.points < 1:
+            raise UserError(f"--points {self.points}: must be at least 1")
+        if self.epochs < 1:
+            raise UserError(f"--epochs {self.epochs}: must be at least 1")

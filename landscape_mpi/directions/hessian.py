@@ -20,9 +20,9 @@ def hessian_directions(path: str, model: nn.Module, row: int = 0) -> tuple[Direc
     row, checkpoint). Raises UserError (one line) if the file is not a Hessian file, has fewer than two stored
     eigenvectors, lacks the row, or was computed for another model (names or shapes differ).
     """
-    from landscape_mpi.files import hessian_store
+    from landscape_mpi.files import reader
 
-    vectors, info = hessian_store.read_eigenvectors(path, row, 2)
+    vectors, info = reader.read_eigenvectors(path, row, 2)
     params = dict(model.named_parameters())
     trainable = {k: tuple(p.shape) for k, p in params.items() if p.requires_grad}
     stored = {k: tuple(v.shape) for k, v in vectors[0].items()}

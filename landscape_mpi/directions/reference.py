@@ -15,17 +15,13 @@ The tensors are taken as they are (the reference code had already normalized the
 
 from __future__ import annotations
 
-import os
-
-import h5py
 import numpy as np
 import torch
 from torch import nn
 
-from landscape_mpi.directions.base import Direction, space_keys
 from landscape_mpi.config.errors import UserError
-
-GROUPS = ("xdirection", "ydirection")
+from landscape_mpi.directions.base import Direction, space_keys
+from landscape_mpi.files.reader import read_reference_datasets
 
 
 def _reference_order(model: nn.Module, dir_space: str, n_datasets: int) -> list[tuple[str, bool]]:
@@ -64,42 +60,29 @@ def read_reference_directions(path: str, model: nn.Module, dir_space: str) -> li
     Raises UserError for a missing or non-HDF5 file, a file without ``xdirection``, datasets not named
     "0".."N-1", a tensor count that fits neither order, or a tensor whose shape differs from the model's.
     """
-    if not os.path.isfile(path):
-        raise UserError(f"--dir-file {path}: no such file; give the direction file written by the reference code")
-    try:
-        f = h5py.File(path, "r", locking=False)
-    except OSError as exc:
-        raise UserError(f"--dir-file {path}: not a readable HDF5 file ({exc})") from None
     state = model.state_dict()
     keys = space_keys(model, dir_space)
     out: list[Direction] = []
-    with f:
-        if GROUPS[0] not in f:
-            raise UserError(f"--dir-file {path}: no 'xdirection' group; give a direction file in the reference "
-                            f"code's layout (groups xdirection, ydirection with datasets 0..N-1)")
-        for group_name in GROUPS:
-            if group_name not in f:
-                break
-            g = f[group_name]
-            names = set(g.keys())
-            n = len(names)
-            if names != {str(i) for i in range(n)}:
-                raise UserError(f"--dir-file {path}: {group_name} holds datasets other than 0..{n - 1}; "
-                                f"give a direction file in the reference code's layout")
-            order = _reference_order(model, dir_space, n)
-            direction: Direction = {}
-            for i, (key, kept) in enumerate(order):
-                arr = np.asarray(g[str(i)][()])
-                expected = tuple(state[key].shape)
-                if tuple(arr.shape) != expected:
-                    raise UserError(f"--dir-file {path}: {group_name}/{i} has shape {tuple(arr.shape)} but {key} "
-                                    f"has {expected}; give the direction file of this model "
-                                    f"(--dir-space {dir_space} expects {len(order)} tensors in that order)")
-                if kept:
-                    direction[key] = torch.from_numpy(arr.copy()).to(state[key].dtype)
-            # A state_dict order includes only floating entries of `keys`; check nothing of the space is missing.
-            missing = [k for k in keys if k not in direction]
-            if missing:  # cannot happen for the two orders above; kept as a guard against a changed space_keys
-                raise UserError(f"--dir-file {path}: no tensor for {missing[0]}; give the direction file of this model")
-            out.append({k: direction[k] for k in keys})
+    for group_name, datasets in read_reference_datasets(path):
+        names = set(datasets)
+        n = len(names)
+        if names != {str(i) for i in range(n)}:
+            raise UserError(f"--dir-file {path}: {group_name} holds datasets other than 0..{n - 1}; "
+                            f"give a direction file in the reference code's layout")
+        order = _reference_order(model, dir_space, n)
+        direction: Direction = {}
+        for i, (key, kept) in enumerate(order):
+            arr = np.asarray(datasets[str(i)])
+            expected = tuple(state[key].shape)
+            if tuple(arr.shape) != expected:
+                raise UserError(f"--dir-file {path}: {group_name}/{i} has shape {tuple(arr.shape)} but {key} "
+                                f"has {expected}; give the direction file of this model "
+                                f"(--dir-space {dir_space} expects {len(order)} tensors in that order)")
+            if kept:
+                direction[key] = torch.from_numpy(arr.copy()).to(state[key].dtype)
+        # A state_dict order includes only floating entries of `keys`; check nothing of the space is missing.
+        missing = [k for k in keys if k not in direction]
+        if missing:  # cannot happen for the two orders above; kept as a guard against a changed space_keys
+            raise UserError(f"--dir-file {path}: no tensor for {missing[0]}; give the direction file of this model")
+        out.append({k: direction[k] for k in keys})
     return out

@@ -81,15 +81,9 @@ def build_directions(config, model: nn.Module, checkpoint_path: str | None = Non
 def _directions_from_file(config, model: nn.Module, keys: list[str]) -> list[Direction]:
     if config.dir_format == "reference":
         return read_reference_directions(config.dir_file, model, config.dir_space)
-    import h5py
+    from landscape_mpi.files.reader import read_direction_file
 
-    try:
-        with h5py.File(config.dir_file, "r", locking=False) as f:
-            group = f["directions"]
-            dirs = [{k: torch.from_numpy(group[a][k][()]) for k in group[a]} for a in ("x", "y", "z") if a in group]
-    except (OSError, KeyError) as exc:
-        raise UserError(f"--dir-file {config.dir_file}: not a readable direction file with /directions/x "
-                        f"({exc}); give a surface file or use --dir-format reference") from None
+    dirs = [{k: torch.from_numpy(v) for k, v in d.items()} for d in read_direction_file(config.dir_file)]
     state = model.state_dict()
     for d in dirs:
         bad = [k for k in keys if k not in d or tuple(d[k].shape) != tuple(state[k].shape)]

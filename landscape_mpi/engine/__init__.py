@@ -35,13 +35,13 @@ from landscape_mpi.engine.eager import EagerEngine, batchnorms, recalibrate_bn
 from landscape_mpi.engine.fast import BatchedEngine, FoldedEngine, FoldedTensors, count_flops, probe_batched
 from landscape_mpi.engine.fold import FoldError, plan_fold
 from landscape_mpi.config.errors import UserError
+from landscape_mpi.config.surface import BN_MODES, ENGINES
 
 __all__ = ["Engine", "make_engine", "KINDS", "PRECISIONS", "BN_MODES", "default_batch_size", "choose_group_size",
            "tune_cpu_allocator", "recalibrate_bn"]
 
-KINDS = ("auto", "eager", "folded", "channels_last", "compiled", "batched")
-BN_MODES = ("eval", "recalibrate")
-LOSSES = ("ce", "mse")
+#: The --engine choices, declared with the option (landscape_mpi/config/surface.py, RunOptions.engine).
+KINDS = ENGINES
 
 #: Forward FLOPs per sample under which one point per forward is dominated by per-call overhead and
 #: ``auto`` stacks K points per forward. digits_cnn: 0.16 MFLOP per sample; resnet20: 82 MFLOP, where K > 1
@@ -123,19 +123,9 @@ def make_engine(model: nn.Module, directions: list[Direction], data: list[EvalSe
     device and normalize each batch (the same values; None: on CUDA only, where device memory is the limit;
     the fast engines only). Choices and fallbacks are reported through `log`.
 
-    Raises UserError for an unknown loss, precision, bn mode or kind, a non-positive batch size, and
+    The option values are checked where they are declared (SurfaceConfig, RunOptions). Raises UserError for
     bn="recalibrate" without `bn_data` (2+ samples) or on a model without BatchNorm.
     """
-    if loss not in LOSSES:
-        raise UserError(f"--loss {loss}: choose one of {', '.join(LOSSES)}")
-    if precision not in PRECISIONS:
-        raise UserError(f"--precision {precision}: choose one of {', '.join(PRECISIONS)}")
-    if kind not in KINDS:
-        raise UserError(f"--engine {kind}: choose one of {', '.join(KINDS)}")
-    if bn not in BN_MODES:
-        raise UserError(f"--bn {bn}: choose one of {', '.join(BN_MODES)}")
-    if batch_size is not None and batch_size < 1:
-        raise UserError(f"--batch-size {batch_size}: must be positive")
     if bn == "recalibrate":
         if bn_data is None or len(bn_data) < 2:
             raise UserError("--bn recalibrate needs training samples to estimate BatchNorm statistics: "

@@ -5,7 +5,7 @@ This is the oracle every fast path of `landscape_mpi.engine` is tested against: 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -69,12 +69,3 @@ def evaluate(model: nn.Module, data: EvalSet, loss: str = "ce", batch_size: int 
         if on_batch is not None:
             on_batch()
     return total / n, correct / n
-
-
-def eager_point_values(model: nn.Module, data: Sequence[EvalSet], loss: str = "ce", batch_size: int = 1024,
-                       on_batch: Callable[[], None] | None = None) -> list[float]:
-    """[loss, accuracy] of every split in order, flattened: the plain per-point evaluation of `model` as it is."""
-    values: list[float] = []
-    for split in data:
-        values.extend(evaluate(model, split, loss, batch_size, on_batch))
-    return values

@@ -53,10 +53,6 @@ class FoldPlan:
     notes: list[str]
 
 
-def _qualified(prefix: str, name: str) -> str:
-    return f"{prefix}.{name}" if prefix else name
-
-
 class TensorShape(NamedTuple):
     shape: tuple[int, ...]
     dtype: torch.dtype

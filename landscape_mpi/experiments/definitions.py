@@ -2,7 +2,7 @@
 
 An experiment is data, not code: training runs (`TrainRun`, shared between experiments by name, so the
 depth-56 no-shortcut net of the skip experiment is also the width experiment's x1 net) and surface steps
-(`SurfaceStep`: arguments of ``landscape-mpi surface``). Four scales:
+(`SurfaceStep`: `SurfaceConfig` field values, typed). Four scales:
 
 - ``tiny``: one depth, 5x5 grids, one epoch: every experiment together runs in CI in under 3 minutes.
 - ``quick``: the small set reduced to fit under an hour on 2 heavily shared CPU cores (depths 8 and 20 only, 2,000
@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from landscape_mpi.config.errors import UserError
+from landscape_mpi.config.experiments import SCALES
+from landscape_mpi.config.surface import Axis
 
-SCALES = ("tiny", "quick", "small", "paper")
 NAMES = ("skip", "batch", "width", "trajectory")
 
 
@@ -35,15 +36,16 @@ class TrainRun:
 
 @dataclass(frozen=True)
 class SurfaceStep:
-    """One ``landscape-mpi surface`` call, writing ``OUT/<experiment>/<name>.h5`` from a run's checkpoint."""
+    """One surface, ``OUT/<experiment>/<name>.h5``, computed from a run's final checkpoint."""
 
     name: str
     run: str
-    args: tuple[str, ...]
-    """Surface options beyond --model, --checkpoint, --dataset, --data-root, --device and --out. ``{R}`` is
-    replaced by the range that covers the trajectory found in the `range_from` step's file."""
+    options: dict[str, Any]
+    """`SurfaceConfig` field values beyond model, checkpoint, dataset and data_root (which the run gives), e.g.
+    ``{"x": Axis(-1, 1, 5), "eig": True}``. ``trajectory`` is a glob inside the run's folder."""
     range_from: str | None = None
-    """A PCA step first computed on one point: its /trajectory coordinates give this step's grid range."""
+    """A PCA step first computed on one point: its /trajectory coordinates give this step's grid range R, and
+    this step's axes are in units of R (``-1:1:n`` becomes ``-R:R:n``)."""
     role: dict[str, Any] = field(default_factory=dict)
     """What the report needs to know about the file (e.g. {"kind": "loss2d", "norm": "filter"})."""
 
@@ -64,8 +66,14 @@ class Experiment:
         """The experiment as JSON-able data (written next to its files; the report reads it)."""
         return {"name": self.name, "claim": self.claim, "scale": self.scale,
                 "runs": [{"name": r.name, "config": r.config, "label": r.label} for r in self.runs],
-                "surfaces": [{"name": s.name, "run": s.run, "args": list(s.args),
+                "surfaces": [{"name": s.name, "run": s.run, "options": {k: _jsonable(v) for k, v in s.options.items()},
                               "range_from": s.range_from, "role": s.role} for s in self.surfaces]}
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Axis):
+        return value.spec()
+    return list(value) if isinstance(value, tuple) else value
 
 
 @dataclass(frozen=True)
@@ -137,7 +145,7 @@ def _resnet_run(s: Scale, depth: int, shortcut: bool, width: int = 1, epochs: in
 
 
 #: ARPACK's relative tolerance for eigenvalue maps: a colour map needs two digits, not the default three.
-EIG_TOL = "1e-2"
+EIG_TOL = 1e-2
 
 
 def _batch_model(s: Scale) -> str:
@@ -146,8 +154,13 @@ def _batch_model(s: Scale) -> str:
     return _model(s, s.batch_depth or (20 if 20 in s.depths else s.depths[0]), True)
 
 
-def _common(s: Scale, samples: int | None) -> tuple[str, ...]:
-    return ("--seed", "0") + (("--samples", str(samples)) if samples else ())
+def _common(s: Scale, samples: int | None) -> dict[str, Any]:
+    return {"seed": 0, **({"samples": samples} if samples else {})}
+
+
+def _plane(spec: str) -> dict[str, Axis]:
+    """x and y axes, both ``spec`` (min:max:num)."""
+    return {"x": Axis.parse(spec, "x"), "y": Axis.parse(spec, "y")}
 
 
 def skip(scale: str) -> Experiment:
@@ -159,11 +172,11 @@ def skip(scale: str) -> Experiment:
             runs.append(r)
             role = {"depth": depth, "shortcut": shortcut}
             surfaces.append(SurfaceStep(f"d{depth}_{'short' if shortcut else 'noshort'}", r.name,
-                                        (f"--x={s.grid2d}", f"--y={s.grid2d}") + _common(s, s.samples),
+                                        {**_plane(s.grid2d), **_common(s, s.samples)},
                                         role={"kind": "loss2d", **role}))
             surfaces.append(SurfaceStep(f"d{depth}_{'short' if shortcut else 'noshort'}_eig", r.name,
-                                        (f"--x={s.eig_grid}", f"--y={s.eig_grid}", "--metrics", "loss,eig",
-                                         "--eig-tol", EIG_TOL, "--splits", "train") + _common(s, s.eig_samples),
+                                        {**_plane(s.eig_grid), "eig": True, "eig_tol": EIG_TOL, "splits": ("train",),
+                                         **_common(s, s.eig_samples)},
                                         role={"kind": "eig2d", **role}))
     return Experiment("skip", "Without skip connections, deeper ResNets turn from near-convex to chaotic landscapes; "
                       "with skip connections they stay smooth. |lambda_min/lambda_max| is small in convex-looking "
@@ -174,7 +187,7 @@ def width(scale: str) -> Experiment:
     s = SCALE_SETTINGS[scale]
     depth = s.width_depth or max(s.depths)
     runs = [_resnet_run(s, depth, False, 1), _resnet_run(s, depth, False, s.wide)]
-    surfaces = [SurfaceStep(f"d{depth}_noshort_w{w}", r.name, (f"--x={s.grid2d}", f"--y={s.grid2d}") + _common(s, s.samples),
+    surfaces = [SurfaceStep(f"d{depth}_noshort_w{w}", r.name, {**_plane(s.grid2d), **_common(s, s.samples)},
                             role={"kind": "loss2d", "depth": depth, "width": w})
                 for r, w in zip(runs, (1, s.wide))]
     return Experiment("width", "Wider networks have smoother landscapes (here: width x1 vs x"
@@ -194,7 +207,7 @@ def batch(scale: str) -> Experiment:
             runs.append(TrainRun(name, cfg, f"batch {bs}, weight decay {wd:g}"))
             for norm, grid in (("filter", s.grid1d), ("none", s.grid1d_none)):
                 surfaces.append(SurfaceStep(f"bs{bs}_wd{wd:g}_{norm}", name,
-                                            (f"--x={grid}", "--norm", norm) + _common(s, s.samples),
+                                            {"x": Axis.parse(grid, "x"), "norm": norm, **_common(s, s.samples)},
                                             role={"kind": "loss1d", "batch": bs, "wd": wd, "norm": norm,
                                                   "large": bs == s.large_batch}))
     return Experiment("batch", "Filter-normalized plots make sharpness comparable: small-batch minima look wider than "
@@ -215,12 +228,13 @@ def trajectory(scale: str) -> Experiment:
                "save_every_iters": 6 if scale == "tiny" else 0}
         name = f"{model}_traj_wd{wd:g}_e{s.epochs}"
         runs.append(TrainRun(name, cfg, f"SGD, weight decay {wd:g}"))
-        pca = ("--directions", "pca", "--trajectory", "{RUN}/" + pattern)
+        pca = {"directions": "pca", "trajectory": pattern}
         probe = f"wd{wd:g}_probe"
-        surfaces.append(SurfaceStep(probe, name, ("--x=0:0:1", "--y=0:0:1") + pca + _common(s, s.eig_samples), role={"kind": "probe"}))
+        surfaces.append(SurfaceStep(probe, name, {**_plane("0:0:1"), **pca, **_common(s, s.eig_samples)},
+                                    role={"kind": "probe"}))
         n = s.grid2d.rsplit(":", 1)[1]
-        surfaces.append(SurfaceStep(f"wd{wd:g}_pca", name, (f"--x=-{{R}}:{{R}}:{n}", f"--y=-{{R}}:{{R}}:{n}") + pca
-                                    + _common(s, s.samples), range_from=probe, role={"kind": "pca2d", "wd": wd}))
+        surfaces.append(SurfaceStep(f"wd{wd:g}_pca", name, {**_plane(f"-1:1:{n}"), **pca, **_common(s, s.samples)},
+                                    range_from=probe, role={"kind": "pca2d", "wd": wd}))
     return Experiment("trajectory", "Optimization trajectories lie in a very low-dimensional space: the first two PCA "
                       "components explain most of the variance.", scale, tuple(runs), tuple(surfaces))
 

@@ -1,10 +1,11 @@
-"""Numbers the findings report computes from surface arrays (numpy only; NaN marks a point not computed).
+"""Numbers the findings report computes from surface arrays (numpy; NaN marks a point not computed).
 
 Coordinates are the surface's own (filter-normalized units for ``--norm filter``: a = 1 is one filter norm).
 
-- roughness: mean over both axes of |L[i-1] - 2 L[i] + L[i+1]| over every run of three finite neighbours,
-  divided by the range max L - min L of the finite values (0 for a plane, about 2 h^2 for a parabola sampled
-  with step h over [-1, 1], of order 1 when the surface jumps between neighbours).
+- roughness (`landscape_mpi.analysis.sharpness.roughness`, the one `info` reports too): mean over both axes of
+  |L[i-1] - 2 L[i] + L[i+1]| over every run of three finite neighbours, divided by the range max L - min L of the
+  finite values (0 for a plane, about 2 h^2 for a parabola sampled with step h over [-1, 1], of order 1 when the
+  surface jumps between neighbours); None where not computable.
 - nonconvex_fraction: the fraction of interior points where the 2x2 finite-difference Hessian (central second
   differences, the mixed term from the four diagonal neighbours) has a negative eigenvalue.
 - eps_sharpness: max L - L(center) over the points within Euclidean distance `radius` of the center.
@@ -20,32 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-
-def center_index(coords: list[np.ndarray]) -> tuple[int, ...]:
-    """The grid index nearest to the origin along every axis."""
-    return tuple(int(np.argmin(np.abs(c))) for c in coords)
-
-
-def roughness(values: np.ndarray) -> float:
-    """See the module docstring; NaN if fewer than three finite neighbours or a zero range."""
-    v = np.asarray(values, dtype=np.float64)
-    finite = v[np.isfinite(v)]
-    if finite.size < 3:
-        return float("nan")
-    span = float(finite.max() - finite.min())
-    diffs = []
-    for axis in range(v.ndim):
-        if v.shape[axis] < 3:
-            continue
-        lo = np.take(v, range(0, v.shape[axis] - 2), axis=axis)
-        mid = np.take(v, range(1, v.shape[axis] - 1), axis=axis)
-        hi = np.take(v, range(2, v.shape[axis]), axis=axis)
-        d = np.abs(lo - 2 * mid + hi)
-        diffs.append(d[np.isfinite(d)])
-    d = np.concatenate(diffs) if diffs else np.empty(0)
-    if d.size == 0 or span == 0:
-        return float("nan")
-    return float(d.mean() / span)
+from landscape_mpi.analysis.sharpness import center_index
 
 
 def nonconvex_fraction(values: np.ndarray, x: np.ndarray, y: np.ndarray) -> float:

@@ -1,4 +1,4 @@
-"""Run an experiment: train its models, then compute its surfaces through the ``landscape-mpi surface`` command.
+"""Run an experiment: train its models, then compute its surfaces (`run_surface`, with typed configs).
 
 Layout of ``OUT`` (``--out-dir``):
 
@@ -7,13 +7,14 @@ Layout of ``OUT`` (``--out-dir``):
     OUT/<experiment>/<step>.h5                          surface files
 
 Every step is resumable and a finished one costs nothing: a training with ``final.pt`` is not touched, a surface
-file whose ``done`` mask is full is not opened for writing. Surfaces run in this process (the command's Python
-entry point) or, with a launcher (``mpiexec -n 8``, ``srun --kill-on-bad-exit=1 --mpi=pmix``), as a subprocess
-under it, so MPI and SLURM launches work as for a direct ``landscape-mpi surface``.
+file whose ``done`` mask is full is not opened for writing. Surfaces run in this process or, with a launcher
+(``mpiexec -n 8``, ``srun --kill-on-bad-exit=1 --mpi=pmix``), as a ``landscape-mpi surface`` subprocess under it
+(its arguments from the configs: `to_argv`), so MPI and SLURM launches work as for a direct command.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -23,13 +24,16 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 
-import h5py
 import numpy as np
 import torch
 
-from landscape_mpi.config.errors import EXIT_COMPLETE, EXIT_RESUMABLE, UserError
+from landscape_mpi.config.errors import EXIT_COMPLETE, EXIT_RESUMABLE, EXIT_USER_ERROR, UserError
+from landscape_mpi.config.options import to_argv
+from landscape_mpi.config.surface import Axis, RunOptions, SurfaceConfig
+from landscape_mpi.config.train import TrainConfig
 from landscape_mpi.experiments.definitions import Experiment, SurfaceStep
-from landscape_mpi.training.train import TrainConfig, TrainingStopped, finished, train
+from landscape_mpi.files import reader
+from landscape_mpi.training.train import TrainingStopped, finished, train
 
 
 class StepFailed(Exception):
@@ -42,25 +46,19 @@ class StepFailed(Exception):
 
 def surface_complete(path: str) -> bool:
     """True if `path` is a surface file whose every point is done."""
-    if not os.path.isfile(path):
-        return False
-    try:
-        with h5py.File(path, "r", locking=False) as f:
-            return bool(np.all(f["results/done"][()]))
-    except (OSError, KeyError):
-        return False
+    return reader.is_complete(path)
 
 
-def trajectory_range(path: str) -> str:
+def trajectory_range(path: str) -> float:
     """Half-width of a grid that covers the trajectory stored in `path`: 1.25 x the largest |coordinate|,
     rounded up to two significant digits (so that reruns compute the same grid)."""
-    with h5py.File(path, "r", locking=False) as f:
-        if "trajectory" not in f:
-            raise UserError(f"{path} holds no /trajectory: compute it with surface --directions pca")
-        extent = max(float(np.max(np.abs(f["trajectory/x"][()]))), float(np.max(np.abs(f["trajectory/y"][()]))))
+    t = reader.read_trajectory(path)
+    if t is None:
+        raise UserError(f"{path} holds no /trajectory: compute it with surface --directions pca")
+    extent = max(float(np.max(np.abs(t["x"]))), float(np.max(np.abs(t["y"]))))
     r = 1.25 * max(extent, 1e-6)
     digits = 1 - int(math.floor(math.log10(r)))
-    return repr(math.ceil(r * 10 ** digits) / 10 ** digits)
+    return math.ceil(r * 10 ** digits) / 10 ** digits
 
 
 def _write_json(path: str, obj: object) -> None:
@@ -78,22 +76,29 @@ def run_dir(out_dir: str, run: str) -> str:
     return os.path.join(out_dir, "runs", run)
 
 
-def surface_argv(exp: Experiment, step: SurfaceStep, out_dir: str, device: str, data_root: str | None,
-                 grid_range: str | None = None) -> list[str]:
-    """The ``landscape-mpi surface`` arguments of one step."""
+def surface_configs(exp: Experiment, step: SurfaceStep, out_dir: str, device: str, data_root: str | None,
+                    grid_range: float | None = None) -> tuple[SurfaceConfig, RunOptions]:
+    """The surface and run options of one step: the run's model, final checkpoint and data, the step's options
+    (its trajectory glob inside the run's folder; with `grid_range` R, its axes scaled by R).
+
+    Raises UserError for an option SurfaceConfig does not have or a value it refuses.
+    """
     r = exp.run(step.run)
     rdir = run_dir(out_dir, r.name)
-    argv = ["surface", "--model", r.config["model"], "--checkpoint", os.path.join(rdir, "final.pt"),
-            "--dataset", r.config["dataset"], "--device", device,
-            "--out", os.path.join(out_dir, exp.name, f"{step.name}.h5")]
-    if data_root:
-        argv += ["--data-root", data_root]
-    for a in step.args:
-        a = a.replace("{RUN}", rdir)
-        if grid_range is not None:
-            a = a.replace("{R}", grid_range)
-        argv.append(a)
-    return argv
+    options = dict(step.options)
+    unknown = sorted(set(options) - {f.name for f in dataclasses.fields(SurfaceConfig)})
+    if unknown:
+        raise UserError(f"surface step {step.name}: no such surface option {', '.join(unknown)}")
+    if options.get("trajectory") is not None:
+        options["trajectory"] = os.path.join(rdir, options["trajectory"])
+    if grid_range is not None:
+        for name in ("x", "y", "z"):
+            axis = options.get(name)
+            if axis is not None:
+                options[name] = Axis(axis.start * grid_range, axis.stop * grid_range, axis.num)
+    config = SurfaceConfig(model=r.config["model"], checkpoint=os.path.join(rdir, "final.pt"),
+                           dataset=r.config["dataset"], data_root=data_root, **options)
+    return config, RunOptions(out=os.path.join(out_dir, exp.name, f"{step.name}.h5"), device=device)
 
 
 def _stop_if_requested() -> None:
@@ -105,13 +110,16 @@ def _stop_if_requested() -> None:
         raise StepFailed(f"stopped ({STOP.signal_name}): run the same command again to resume", EXIT_RESUMABLE)
 
 
-def _run_surface(argv: list[str], launcher: Sequence[str] | None) -> None:
+def _run_surface(config: SurfaceConfig, options: RunOptions, launcher: Sequence[str] | None) -> None:
+    argv = ["surface", *to_argv(config), *to_argv(options)]
     if launcher:
         code = subprocess.call([*launcher, sys.executable, "-m", "landscape_mpi", *argv])
     else:
-        from landscape_mpi.cli import main
+        from landscape_mpi.runtime.lifecycle import run_main
+        from landscape_mpi.surface.run import run_surface
 
-        code = main(argv)
+        # the guard of a command (one-line user errors, exit codes), around this surface alone
+        code = run_main(lambda: run_surface(config, options))
     if code != EXIT_COMPLETE:
         raise StepFailed(f"landscape-mpi {' '.join(argv)} exited {code}", code)
 
@@ -122,8 +130,8 @@ def run_experiment(exp: Experiment, out_dir: str, device: str = "auto", launcher
     """Train the experiment's models and compute its surfaces (all, or only training run number `task` and its
     surfaces: one SLURM array task). Returns the seconds spent.
 
-    Raises UserError for a bad task index or unusable folders, StepFailed if a surface command fails or a stop
-    signal arrived (code 75: rerun to resume).
+    Raises UserError for a bad task index or unusable folders, StepFailed if a step's options are refused (code 2),
+    a surface fails or a stop signal arrived (code 75: rerun to resume).
     """
     t0 = time.perf_counter()
     runs = list(exp.runs)
@@ -155,9 +163,12 @@ def run_experiment(exp: Experiment, out_dir: str, device: str = "auto", launcher
                 continue
             _stop_if_requested()
             grid_range = trajectory_range(os.path.join(exp_dir, f"{step.range_from}.h5")) if step.range_from else None
-            argv = surface_argv(exp, step, out_dir, device, data_root, grid_range)
-            log(f"experiment {exp.name}: landscape-mpi {' '.join(argv)}")
+            try:
+                config, options = surface_configs(exp, step, out_dir, device, data_root, grid_range)
+            except UserError as exc:
+                raise StepFailed(f"{step.name}: {exc}", EXIT_USER_ERROR) from None
+            log(f"experiment {exp.name}: landscape-mpi surface {' '.join(to_argv(config) + to_argv(options))}")
             t = time.perf_counter()
-            _run_surface(argv, launcher)
+            _run_surface(config, options, launcher)
             log(f"experiment {exp.name}: {step.name} in {time.perf_counter() - t:.1f} s")
     return time.perf_counter() - t0

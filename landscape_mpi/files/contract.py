@@ -1,8 +1,8 @@
 """The file contract: names and versions of everything landscape-mpi writes, importable without torch or MPI.
 
-`info`, the plotting package (which keeps its own copy of `SCHEMA_VERSION`, pinned to this one by a test) and
-every writer take their names from here. Schema 1 grows only by *optional* datasets and attributes: a reader
-never requires one that an older writer did not write.
+The writers (store.py, hessian_store.py) and the one reader (reader.py, through which `info`, `compare`, the
+analyses, the experiments' report and the plotting package read) take their names from here. Schema 1 grows
+only by *optional* datasets and attributes: a reader never requires one that an older writer did not write.
 
 Surface file (``file_kind`` absent or ``"surface"``):
 
@@ -27,6 +27,12 @@ SCHEMA_VERSION = 1
 #: Schema versions this package reads.
 READABLE_SCHEMA_VERSIONS = (1,)
 
+#: Root attributes.
+SCHEMA_VERSION_ATTR = "schema_version"
+CONFIG_ATTR = "config"
+AXES_ATTR = "axes"
+METRICS_ATTR = "metrics"
+GRID_INDEXING_ATTR = "grid_indexing"
 FILE_KIND_ATTR = "file_kind"
 KIND_SURFACE = "surface"
 KIND_HESSIAN = "hessian"
@@ -44,10 +50,23 @@ SECONDS = "results/seconds"
 EIG_MAX = "results/eig_max"
 EIG_MIN = "results/eig_min"
 EIG_ITERS = "results/eig_iters"
+#: /results datasets that are bookkeeping, not values.
+BOOKKEEPING = (DONE, RANK, SECONDS, EIG_ITERS)
 
 GRID_INDEXING = "ij"
 AXIS_NAMES = ("x", "y", "z")
 SPLITS = ("train", "test")
+
+#: The Hessian file's groups (layout: files/hessian_store.py).
+CHECKPOINTS = "checkpoints"
+EIGEN = "eigen"
+EIGENVECTORS = "eigenvectors"
+TRACE = "trace"
+DENSITY = "density"
+ADAPTIVE = "adaptive"
+
+#: The groups of a direction file of the paper's reference code (loss-landscape's net_plotter.py), x then y.
+REFERENCE_GROUPS = ("xdirection", "ydirection")
 
 #: How the eigenvectors of a Hessian file are scaled (stored in it; recorded with surfaces along them).
 EIGENVECTOR_CONVENTION = ("unit L2 norm over the whole trainable-parameter vector (named_parameters with "

@@ -1,4 +1,4 @@
-"""The Hessian file: every h5py call for it is in this module (numpy and h5py only: no torch).
+"""The Hessian file's writer (numpy and h5py only: no torch); its reader is landscape_mpi/files/reader.py.
 
 Layout (``file_kind = "hessian"``, ``schema_version`` = contract.SCHEMA_VERSION; R rows, one per checkpoint,
 k = --top-k, P = trace probes, S = SLQ runs, T = Lanczos steps, G = density grid points, M = adaptive samples):
@@ -40,16 +40,10 @@ from dataclasses import dataclass, field
 import h5py
 import numpy as np
 
-from landscape_mpi.files import contract
 from landscape_mpi.config.errors import UserError
+from landscape_mpi.files import contract
+from landscape_mpi.files.contract import ADAPTIVE, CHECKPOINTS, DENSITY, EIGEN, EIGENVECTORS, TRACE
 from landscape_mpi.files.store import fsync_file, fsync_folder
-
-CHECKPOINTS = "checkpoints"
-EIGEN = "eigen"
-EIGENVECTORS = "eigenvectors"
-TRACE = "trace"
-DENSITY = "density"
-ADAPTIVE = "adaptive"
 
 
 @dataclass
@@ -95,8 +89,8 @@ def write_hessian_file(path: str, rows: list[HessianRow], config: dict, attrs: d
     try:
         with h5py.File(tmp, "w", libver="earliest") as f:
             f.attrs[contract.FILE_KIND_ATTR] = contract.KIND_HESSIAN
-            f.attrs["schema_version"] = contract.SCHEMA_VERSION
-            f.attrs["config"] = json.dumps(config, sort_keys=True)
+            f.attrs[contract.SCHEMA_VERSION_ATTR] = contract.SCHEMA_VERSION
+            f.attrs[contract.CONFIG_ATTR] = json.dumps(config, sort_keys=True)
             f.attrs["versions"] = json.dumps(versions)
             f.attrs["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
             f.attrs["rows"] = len(rows)
@@ -163,56 +157,3 @@ def write_hessian_file(path: str, rows: list[HessianRow], config: dict, attrs: d
         if os.path.exists(tmp):
             os.remove(tmp)
         raise UserError(f"--out {path}: cannot write the Hessian file ({exc}); choose another --out") from None
-
-
-def open_hessian(path: str) -> h5py.File:
-    """Open a Hessian file read-only; raises UserError (one line) if it is missing or not a Hessian file."""
-    if not os.path.isfile(path):
-        raise UserError(f"--hessian-file {path}: no such file; compute it with landscape-mpi hessian")
-    try:
-        f = h5py.File(path, "r", locking=False)
-    except OSError as exc:
-        raise UserError(f"--hessian-file {path}: not a readable HDF5 file ({exc}); recompute it") from None
-    kind = f.attrs.get(contract.FILE_KIND_ATTR)
-    if kind != contract.KIND_HESSIAN:
-        f.close()
-        raise UserError(f"--hessian-file {path}: not a Hessian file (file_kind {kind!r}); give a file written by "
-                        f"landscape-mpi hessian")
-    version = int(f.attrs.get("schema_version", -1))
-    if version not in contract.READABLE_SCHEMA_VERSIONS:
-        f.close()
-        raise UserError(f"--hessian-file {path}: schema_version {version}, this landscape-mpi reads "
-                        f"{contract.READABLE_SCHEMA_VERSIONS}; use the landscape-mpi version that wrote it")
-    return f
-
-
-def read_eigenvectors(path: str, row: int, count: int) -> tuple[list[dict[str, np.ndarray]], dict]:
-    """The first `count` stored eigenvectors of `row` (name -> float64 array) and info: eigenvalues, checkpoint.
-
-    Raises UserError if the row does not exist or fewer than `count` eigenvectors were stored.
-    """
-    with open_hessian(path) as f:
-        rows = int(f.attrs["rows"])
-        if not 0 <= row < rows:
-            raise UserError(f"--hessian-file {path} has rows 0..{rows - 1} (one per checkpoint), not row {row}; "
-                            f"choose one of those")
-        group = f[EIGENVECTORS][f"row_{row:03d}"]
-        if len(group) < count:
-            raise UserError(f"--hessian-file {path} stores {len(group)} eigenvector(s) per row, {count} needed; "
-                            f"recompute it with --top-k {count} or more")
-        vectors = [{name: ds[()] for name, ds in group[str(j)].items()} for j in range(count)]
-        info = {"eigenvalues": f[EIGEN]["values"][row], "checkpoint": f[CHECKPOINTS]["path"].asstr()[row]}
-    return vectors, info
-
-
-def read_hessian_file(path: str) -> dict:
-    """Every dataset (except eigenvectors) as {"group/name": array} plus "attrs" and "config" (for info and tests)."""
-    out: dict = {}
-    with open_hessian(path) as f:
-        out["attrs"] = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
-        out["config"] = json.loads(out["attrs"]["config"])
-        for gname in (CHECKPOINTS, EIGEN, TRACE, DENSITY, ADAPTIVE):
-            if gname in f:
-                for name, ds in f[gname].items():
-                    out[f"{gname}/{name}"] = ds.asstr()[()] if ds.dtype.kind == "O" else ds[()]
-    return out

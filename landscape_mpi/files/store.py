@@ -1,4 +1,5 @@
-"""The surface file: every h5py call of the package is in this module.
+"""The surface file's writer: create it, write finished points durably (single or collective MPI-IO), the run
+lock. Its reader is landscape_mpi/files/reader.py; these two and hessian_store.py are the package's h5py calls.
 
 Layout (schema_version 1; README.md documents it as a table):
 
@@ -30,9 +31,7 @@ import glob
 import json
 import os
 import platform
-import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import h5py
 import numpy as np
@@ -44,8 +43,6 @@ from landscape_mpi.config.surface import SurfaceConfig
 from landscape_mpi.config.errors import UserError
 
 SCHEMA_VERSION = contract.SCHEMA_VERSION
-#: A direction as stored: state_dict key -> array (torch tensors are accepted when writing).
-StoredDirection = dict[str, np.ndarray]
 
 
 def package_versions() -> dict[str, str]:
@@ -100,6 +97,11 @@ def fsync_file(path: str) -> None:
         os.close(fd)
 
 
+def as_array(tensor) -> np.ndarray:
+    """A direction tensor as the file stores it (a torch tensor or array-like, on the CPU, in its dtype)."""
+    return tensor.detach().cpu().numpy() if hasattr(tensor, "detach") else np.asarray(tensor)
+
+
 def create_surface_file(path: str, config: SurfaceConfig, directions: dict,
                         attrs: dict[str, str], data_indices: dict[str, np.ndarray | None],
                         trajectory: dict | None = None) -> None:
@@ -122,34 +124,33 @@ def create_surface_file(path: str, config: SurfaceConfig, directions: dict,
         # HDF5's own file locking is best effort: file systems without flock (some NFS, Lustre with
         # localflock) would refuse it; two writers are kept apart by `RunLock` instead.
         with h5py.File(tmp, "w", libver="earliest", locking="best-effort") as f:
-            f.attrs["schema_version"] = SCHEMA_VERSION
+            f.attrs[contract.SCHEMA_VERSION_ATTR] = SCHEMA_VERSION
             f.attrs[contract.FILE_KIND_ATTR] = contract.KIND_SURFACE
-            f.attrs["config"] = config.to_json()
-            f.attrs["grid_indexing"] = "ij"
-            f.attrs["axes"] = json.dumps(list(config.axes))
-            f.attrs["metrics"] = json.dumps(config.metrics)
+            f.attrs[contract.CONFIG_ATTR] = config.to_json()
+            f.attrs[contract.GRID_INDEXING_ATTR] = contract.GRID_INDEXING
+            f.attrs[contract.AXES_ATTR] = json.dumps(list(config.axes))
+            f.attrs[contract.METRICS_ATTR] = json.dumps(config.metrics)
             f.attrs["versions"] = json.dumps(package_versions())
             f.attrs["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
             for k, v in attrs.items():
                 f.attrs[k] = v
-            coords = f.create_group("coords")
+            coords = f.create_group(contract.COORDS)
             for name, axis in config.axes.items():
                 coords.create_dataset(name, data=axis.values())
-            results = f.create_group("results")
+            f.create_group(contract.RESULTS)
             # Written in full now (contiguous, allocated): a run later only overwrites raw bytes in place.
             for metric in config.metrics:
-                results.create_dataset(metric, data=np.full(shape, np.nan))
-            results.create_dataset("rank", data=np.full(shape, -1, dtype=np.int32))
-            results.create_dataset("seconds", data=np.full(shape, np.nan))
-            results.create_dataset("done", data=np.zeros(shape, dtype=np.uint8))
+                f.create_dataset(f"{contract.RESULTS}/{metric}", data=np.full(shape, np.nan))
+            f.create_dataset(contract.RANK, data=np.full(shape, -1, dtype=np.int32))
+            f.create_dataset(contract.SECONDS, data=np.full(shape, np.nan))
+            f.create_dataset(contract.DONE, data=np.zeros(shape, dtype=np.uint8))
             if config.eig:
-                results.create_dataset("eig_iters", data=np.full(shape, -1, dtype=np.int32))
-            group = f.create_group("directions")
+                f.create_dataset(contract.EIG_ITERS, data=np.full(shape, -1, dtype=np.int32))
+            group = f.create_group(contract.DIRECTIONS)
             for axis, direction in directions.items():
                 g = group.create_group(axis)
                 for key, tensor in direction.items():
-                    array = tensor.detach().cpu().numpy() if hasattr(tensor, "detach") else np.asarray(tensor)
-                    g.create_dataset(key, data=array)
+                    g.create_dataset(key, data=as_array(tensor))
             if trajectory is not None:
                 t = f.create_group(contract.TRAJECTORY)
                 for key, value in trajectory.items():
@@ -158,7 +159,7 @@ def create_surface_file(path: str, config: SurfaceConfig, directions: dict,
                     else:
                         t.attrs[key] = value
             if any(v is not None for v in data_indices.values()):
-                data = f.create_group("data")
+                data = f.create_group(contract.DATA)
                 for split, idx in data_indices.items():
                     if idx is not None:
                         data.create_dataset(f"{split}_indices", data=np.asarray(idx, dtype=np.int64))
@@ -173,101 +174,31 @@ def create_surface_file(path: str, config: SurfaceConfig, directions: dict,
         raise UserError(f"--out {path}: cannot write the surface file ({exc}); {hint}") from None
 
 
-def open_read(path: str) -> h5py.File:
-    """Open read-only, without file locking, so that a file being written by a running job can be read."""
-    if not os.path.isfile(path):
-        raise UserError(f"{path}: no such file")
-    try:
-        f = h5py.File(path, "r", locking=False)
-    except OSError as exc:
-        raise UserError(f"{path}: not a readable HDF5 surface file ({exc}); recompute it with --overwrite") from None
-    if "schema_version" not in f.attrs or "config" not in f.attrs:
-        f.close()
-        raise UserError(f"{path}: an HDF5 file but not a landscape-mpi surface file (no schema_version/config)")
-    if int(f.attrs["schema_version"]) not in contract.READABLE_SCHEMA_VERSIONS:
-        version = int(f.attrs["schema_version"])
-        f.close()
-        raise UserError(f"{path}: schema_version {version}, this landscape-mpi reads {SCHEMA_VERSION}; "
-                        f"use the landscape-mpi version that wrote it")
-    kind = f.attrs.get(contract.FILE_KIND_ATTR, contract.KIND_SURFACE)
-    if isinstance(kind, bytes):
-        kind = kind.decode()
-    if kind != contract.KIND_SURFACE:
-        f.close()
-        raise UserError(f"{path}: a {kind} file, not a surface file")
-    return f
-
-
-@dataclass
-class SurfaceSummary:
-    """What `info` and resume need to know of a file."""
-
-    attrs: dict
-    config: dict
-    shape: tuple[int, ...]
-    done: np.ndarray
-    metrics: dict[str, np.ndarray]
-    ranks: np.ndarray | None
-    coords: dict[str, np.ndarray]
-    data_indices: dict[str, np.ndarray]
-
-
-def read_summary(path: str, with_values: bool = True, with_ranks: bool = True) -> SurfaceSummary:
-    """Attributes, done mask and coordinates; values and ranks only if asked (they are the big datasets)."""
-    with open_read(path) as f:
-        attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
-        done = f["results/done"][()]  # read before the values: any point marked done has its values
-        metrics = {}
-        if with_values:
-            for m in json.loads(attrs["metrics"]):
-                metrics[m] = f["results"][m][()]
-        ranks = f["results/rank"][()] if with_ranks else None
-        coords = {k: f["coords"][k][()] for k in f["coords"]}
-        indices = {}
-        if "data" in f:
-            indices = {k[:-len("_indices")]: f["data"][k][()] for k in f["data"] if k.endswith("_indices")}
-    return SurfaceSummary(attrs, json.loads(attrs["config"]), tuple(done.shape), done.astype(bool), metrics, ranks,
-                          coords, indices)
-
-
-def read_directions(path: str, axes: Sequence[str]) -> list[StoredDirection]:
-    """The stored directions (numpy arrays), one per axis: the source of truth for every rank and resume."""
-    sys.audit("landscape_mpi.read", path, "directions")  # lets tests count who reads what
-    out = []
-    with open_read(path) as f:
-        for axis in axes:
-            g = f["directions"][axis]
-            out.append({k: g[k][()] for k in g})
-    return out
-
-
-def read_coords(path: str) -> list[np.ndarray]:
-    """The file's grid coordinates, one array per axis in x, y, z order: new points are evaluated there."""
-    sys.audit("landscape_mpi.read", path, "coords")
-    with open_read(path) as f:
-        axes = json.loads(f.attrs["axes"])
-        return [f["coords"][a][()] for a in axes]
-
-
 def write_run_ranks(path: str, hosts: Sequence[str], devices: Sequence[str]) -> None:
-    """Record which host and device each MPI rank of the current run has (/ranks/host, /ranks/device).
+    """Record which host and device each MPI rank of the current run has (/ranks/host, /ranks/device), durably.
 
-    Called by the single writer before any point of the run is written; /results/rank then tells which device
-    computed each point. A later run (a resume on other nodes) replaces the table and keeps the older ones
-    as /ranks/run_<k>_host, /ranks/run_<k>_device.
+    For --io collective, by rank 0 before the collective open (parallel HDF5 writes no variable-length strings);
+    a single writer records them itself (`ResultWriter(..., ranks=)`). Either way before any point of the run
+    is written: /results/rank then tells which device computed each point.
     """
     with h5py.File(path, "r+", locking=False) as f:
-        g = f.require_group(contract.RANKS)
-        if "host" in g:
-            k = 0
-            while f"run_{k}_host" in g:
-                k += 1
-            g.move("host", f"run_{k}_host")
-            g.move("device", f"run_{k}_device")
-        g.create_dataset("host", data=np.array(list(hosts), dtype=h5py.string_dtype()))
-        g.create_dataset("device", data=np.array(list(devices), dtype=h5py.string_dtype()))
+        _record_ranks(f, hosts, devices)
         f.flush()
     fsync_file(path)
+
+
+def _record_ranks(f: h5py.File, hosts: Sequence[str], devices: Sequence[str]) -> None:
+    """Write /ranks/host and /ranks/device; a later run (a resume on other nodes) replaces the table and keeps
+    the older ones as /ranks/run_<k>_host, /ranks/run_<k>_device."""
+    g = f.require_group(contract.RANKS)
+    if "host" in g:
+        k = 0
+        while f"run_{k}_host" in g:
+            k += 1
+        g.move("host", f"run_{k}_host")
+        g.move("device", f"run_{k}_device")
+    g.create_dataset("host", data=np.array(list(hosts), dtype=h5py.string_dtype()))
+    g.create_dataset("device", data=np.array(list(devices), dtype=h5py.string_dtype()))
 
 
 class RunLock:
@@ -305,7 +236,7 @@ class RunLock:
 
 def result_columns(config: SurfaceConfig) -> list[str]:
     """The per-point columns a run writes, in the order of the evaluator's values."""
-    return config.metrics + (["eig_iters"] if config.eig else [])
+    return config.metrics + ([contract.EIG_ITERS.split("/")[-1]] if config.eig else [])
 
 
 class ResultWriter:
@@ -316,9 +247,13 @@ class ResultWriter:
     (a collective open and close) and writes in collective write phases (`write` must then be called by every
     rank the same number of times, a rank with nothing to write included); H5Fflush under MPI-IO is
     MPI_File_sync, collective too.
+
+    `ranks` (io='single' only): (hosts, devices) of the run's ranks, recorded durably (`write_run_ranks`) once
+    the file is open, before any point is written: the run's one open of its file for writing.
     """
 
-    def __init__(self, path: str, columns: Sequence[str], io: str = "single", comm=None) -> None:
+    def __init__(self, path: str, columns: Sequence[str], io: str = "single", comm=None,
+                 ranks: tuple[Sequence[str], Sequence[str]] | None = None) -> None:
         self.path = path
         self.columns = list(columns)
         self.io = io
@@ -334,11 +269,15 @@ class ResultWriter:
         except OSError as exc:
             raise UserError(f"--out {path}: cannot open for writing ({exc})") from None
         self._fd = self.file.id.get_vfd_handle() if io == "single" else None
-        results = self.file["results"]
-        self.dsets = {m: results[m] for m in self.columns}
-        self.rank_dset = results["rank"]
-        self.seconds_dset = results["seconds"]
-        self.done_dset = results["done"]
+        if ranks is not None:
+            if io != "single":
+                raise ValueError("ranks are recorded by write_run_ranks before a collective open")
+            _record_ranks(self.file, *ranks)
+            self.sync()
+        self.dsets = {m: self.file[f"{contract.RESULTS}/{m}"] for m in self.columns}
+        self.rank_dset = self.file[contract.RANK]
+        self.seconds_dset = self.file[contract.SECONDS]
+        self.done_dset = self.file[contract.DONE]
         self.shape = self.done_dset.shape
 
     def _write_points(self, dset: h5py.Dataset, coords: np.ndarray, values: np.ndarray) -> None:
@@ -385,6 +324,11 @@ class ResultWriter:
 
     def close(self) -> None:
         self.file.close()
+
+
+def parallel_hdf5() -> bool:
+    """Whether h5py was built with parallel HDF5 (the MPI-IO driver that --io collective needs)."""
+    return bool(h5py.get_config().mpi)
 
 
 def mpio_hints() -> dict:

@@ -9,25 +9,14 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from landscape_mpi.models.resnet_small import SmallBlock
 
-class BasicBlock(nn.Module):
+
+class BasicBlock(SmallBlock):
+    """The CIFAR ResNet's block: `SmallBlock` over images (the same layers, names and initialization order)."""
+
     def __init__(self, in_planes: int, planes: int, stride: int, shortcut: bool) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.use_shortcut = shortcut
-        self.shortcut = nn.Sequential()
-        if shortcut and (stride != 1 or in_planes != planes):
-            self.shortcut = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        if self.use_shortcut:
-            out = out + self.shortcut(x)
-        return F.relu(out)
+        super().__init__(2, in_planes, planes, stride, shortcut)
 
 
 class CifarResNet(nn.Module):

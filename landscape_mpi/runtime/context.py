@@ -1,6 +1,8 @@
 """Discover the launch (MPI or not), this rank's place on its node, and its device.
 
-Everything else receives the resulting `RunContext`; nothing else imports mpi4py at module level.
+Everything else receives the resulting `RunContext`: its communicator (mpi4py's COMM_WORLD, or `comm.SELF` for
+a process started without an MPI launcher) and its fault points (`faults.NO_FAULTS` unless a test set them);
+nothing else imports mpi4py at module level or reads the test variables.
 """
 
 from __future__ import annotations
@@ -14,6 +16,9 @@ from dataclasses import dataclass
 import torch
 
 from landscape_mpi.config.errors import UserError
+from landscape_mpi.runtime.comm import SELF
+from landscape_mpi.runtime.faults import NO_FAULTS, Faults
+from landscape_mpi.runtime.sharing import node_comm
 
 # Variables that MPI launchers set in every rank's environment.
 _MPI_ENV = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "PMI_RANK", "MPI_LOCALNRANKS", "HYDRA_CONTROL_FD")
@@ -23,8 +28,8 @@ _MPI_ENV = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "PMI_RANK", "MPI_LO
 class RunContext:
     """Where this process stands: its rank among `size`, its place on its node, and its device."""
 
-    comm: object | None
-    """The MPI communicator (mpi4py COMM_WORLD), or None for a plain single process."""
+    comm: object
+    """The run's communicator: mpi4py's COMM_WORLD under an MPI launcher, else `comm.SELF` (one rank)."""
     rank: int = 0
     size: int = 1
     local_rank: int = 0
@@ -33,6 +38,8 @@ class RunContext:
     host: str = ""
     device: torch.device = torch.device("cpu")
     threads: int = 1
+    faults: Faults = NO_FAULTS
+    """This rank's fault points (`Faults.from_environment`): `NO_FAULTS` outside the test suite."""
 
     @property
     def is_master(self) -> bool:
@@ -76,17 +83,13 @@ def make_context(device: str = "auto", threads: int | None = None) -> RunContext
             naming that rank and its host (`internal` for a GPU that cannot be selected, else a user error).
         RuntimeError: in a single process, a GPU that cannot be selected.
     """
-    comm = _mpi_comm() if launched_under_mpi() else None
-    rank, size, local_rank, local_size = 0, 1, 0, 1
+    comm = _mpi_comm() if launched_under_mpi() else SELF
+    rank, size = comm.Get_rank(), comm.Get_size()
     cpus = _affinity()
-    node_cpus: list[frozenset[int]] = [cpus]
-    if comm is not None:
-        from mpi4py import MPI
-
-        rank, size = comm.Get_rank(), comm.Get_size()
-        node = comm.Split_type(MPI.COMM_TYPE_SHARED, key=rank)
-        local_rank, local_size = node.Get_rank(), node.Get_size()
-        node_cpus = node.allgather(cpus)  # which ranks of this node share a CPU set
+    node = node_comm(comm)
+    local_rank, local_size = node.Get_rank(), node.Get_size()
+    node_cpus = node.allgather(cpus)  # which ranks of this node share a CPU set
+    if node is not comm:
         node.Free()
     slurm_tasks = int(os.environ.get("SLURM_STEP_NUM_TASKS", "1") or 1)
     if size == 1 and slurm_tasks > 1:
@@ -103,9 +106,7 @@ def make_context(device: str = "auto", threads: int | None = None) -> RunContext
         error = ("user", str(exc))
     except Exception as exc:  # noqa: BLE001  (a broken GPU on one rank must reach every rank)
         error = ("internal", f"{type(exc).__name__}: {exc}")
-    ranks = [(dev.type, host, error)]
-    if comm is not None:
-        ranks = comm.allgather((dev.type, host, error))
+    ranks = comm.allgather((dev.type, host, error))
     failed = [(r, h, e) for r, (_, h, e) in enumerate(ranks) if e is not None]
     if failed:
         r, h, (kind, message) = failed[0]
@@ -120,7 +121,7 @@ def make_context(device: str = "auto", threads: int | None = None) -> RunContext
 
     threads = threads or default_threads(cpus, node_cpus)
     torch.set_num_threads(threads)
-    return RunContext(comm, rank, size, local_rank, local_size, host, dev, threads)
+    return RunContext(comm, rank, size, local_rank, local_size, host, dev, threads, Faults.from_environment(rank))
 
 
 def choose_device(device: str, local_rank: int) -> torch.device:

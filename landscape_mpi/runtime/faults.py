@@ -1,16 +1,19 @@
-"""Fault injection and synchronization points for the test suite, read from the environment.
+"""Fault injection and synchronization points for the test suite: one `Faults` object per process.
 
-Nothing here runs unless a `LANDSCAPE_MPI_TEST_*` variable is set; production runs pay one dictionary lookup
-per stage. The hooks let tests *wait for events* (a file the program writes, a file the test releases)
-instead of time windows, and fail a chosen rank at a chosen stage of a run.
+The environment is read once, where the run context is made (`Faults.from_environment`, called by
+`context.make_context` and by the commands that train without one); the object then travels with the context
+(`RunContext.faults`) to every place that has a fault point, the way the communicator does. Without a
+`LANDSCAPE_MPI_TEST_*` variable it is `NO_FAULTS`, whose every method returns at once. The points let tests
+*wait for events* (a file the program writes, a file the test releases) instead of time windows, and fail a
+chosen rank at a chosen stage of a run (docs/testing.md#test-hooks-the-landscape_mpi_test_-variables).
 
-Variables (documented in README.md, "Testing"):
+Variables:
 
 ``LANDSCAPE_MPI_TEST_FAIL_AT="STAGE:RANK[,STAGE:RANK...]"``
     rank RANK raises `InjectedFault` when it reaches STAGE (RANK ``*``: every rank).
 ``LANDSCAPE_MPI_TEST_GATE="STAGE:PATH"``
     every rank that reaches STAGE creates ``PATH.reached.<rank>`` and then waits until PATH exists (the test
-    creates it). Lets a test signal or kill a job at an exact moment.
+    creates it). Lets a test signal or kill a job at an exact moment. (``batch:K:PATH``, ``train_step:K:PATH``.)
 ``LANDSCAPE_MPI_TEST_FAIL="R:N"``
     rank R raises after evaluating N points.
 ``LANDSCAPE_MPI_TEST_DELAY="S"`` or ``"S,R:S2"``
@@ -32,6 +35,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Mapping
 
 FAIL_AT = "LANDSCAPE_MPI_TEST_FAIL_AT"
 GATE = "LANDSCAPE_MPI_TEST_GATE"
@@ -44,36 +48,11 @@ STAGES = ("context", "lock", "preflight", "file", "engine", "writer_open", "firs
 
 
 class InjectedFault(RuntimeError):
-    """Raised by a test hook; never a user error, so it exercises the internal-failure path."""
+    """Raised at a fault point; never a user error, so it exercises the internal-failure path."""
 
 
-def active() -> bool:
-    return any(os.environ.get(v) for v in ALL)
-
-
-def reached(stage: str, rank: int) -> None:
-    """Called by the run at every stage; fails or waits there if a test asked for it."""
-    spec = os.environ.get(FAIL_AT, "")
-    for part in filter(None, spec.split(",")):
-        s, _, r = part.rpartition(":")
-        if s == stage and r in ("*", str(rank)):
-            raise InjectedFault(f"test hook: rank {rank} fails at stage {stage}")
-    gate = os.environ.get(GATE, "")
-    if gate:
-        head, _, path = gate.partition(":")
-        if head in ("batch", "train_step"):  # batch:K:PATH, train_step:K:PATH
-            k, _, path = path.partition(":")
-            head = f"{head}:{k}"
-        if head == stage:
-            with open(f"{path}.reached.{rank}", "w") as f:
-                f.write(str(os.getpid()))
-            while not os.path.exists(path):
-                time.sleep(0.01)
-
-
-def delay_for(variable: str, rank: int) -> float:
-    """Seconds this rank sleeps per point (DELAY) or per batch (BATCH_DELAY)."""
-    spec = os.environ.get(variable, "")
+def _delay(spec: str, rank: int) -> float:
+    """Seconds for `rank` from ``"S"`` or ``"S,R:S2"`` (S2 on rank R, S on the others)."""
     delay = 0.0
     for part in filter(None, spec.split(",")):
         if ":" in part:
@@ -85,43 +64,93 @@ def delay_for(variable: str, rank: int) -> float:
     return delay
 
 
-def fail_after_points(rank: int) -> int | None:
-    spec = os.environ.get(FAIL_POINTS, "")
-    if spec and int(spec.split(":")[0]) == rank:
-        return int(spec.split(":")[1])
-    return None
+class Faults:
+    """The fault points of one rank, parsed once from the `LANDSCAPE_MPI_TEST_*` variables.
+
+    `enabled` is False only for `NO_FAULTS` (no variable set): every method then returns at once.
+    """
+
+    def __init__(self, rank: int = 0, environ: Mapping[str, str] | None = None) -> None:
+        env = {} if environ is None else environ
+        self.rank = rank
+        self.enabled = any(env.get(v) for v in ALL)
+        #: the stages where this rank raises
+        self.fail_at = set()
+        for part in filter(None, env.get(FAIL_AT, "").split(",")):
+            stage, _, r = part.rpartition(":")
+            if r in ("*", str(rank)):
+                self.fail_at.add(stage)
+        #: (stage, path) of the gate, or None
+        self.gate: tuple[str, str] | None = None
+        spec = env.get(GATE, "")
+        if spec:
+            head, _, path = spec.partition(":")
+            if head in ("batch", "train_step"):  # batch:K:PATH, train_step:K:PATH
+                k, _, path = path.partition(":")
+                head = f"{head}:{k}"
+            self.gate = (head, path)
+        fail = env.get(FAIL_POINTS, "")
+        #: the number of points after which this rank raises, or None
+        self.fail_after = int(fail.split(":")[1]) if fail and int(fail.split(":")[0]) == rank else None
+        self.delay = _delay(env.get(DELAY, ""), rank)
+        self.batch_delay = _delay(env.get(BATCH_DELAY, ""), rank)
+        #: one point per evaluator call while per-point faults are set
+        self.single_points = bool(env.get(DELAY) or env.get(FAIL_POINTS))
+
+    @classmethod
+    def from_environment(cls, rank: int, environ: Mapping[str, str] | None = None) -> Faults:
+        """This rank's fault points from `environ` (default: the process's environment); `NO_FAULTS` when no
+        `LANDSCAPE_MPI_TEST_*` variable is set."""
+        env = os.environ if environ is None else environ
+        if not any(env.get(v) for v in ALL):
+            return NO_FAULTS
+        return cls(rank, env)
+
+    def reached(self, stage: str) -> None:
+        """Called by the run at every stage; fails or waits there if a test asked for it."""
+        if not self.enabled:
+            return
+        if stage in self.fail_at:
+            raise InjectedFault(f"test hook: rank {self.rank} fails at stage {stage}")
+        if self.gate is not None and self.gate[0] == stage:
+            path = self.gate[1]
+            with open(f"{path}.reached.{self.rank}", "w") as f:
+                f.write(str(os.getpid()))
+            while not os.path.exists(path):
+                time.sleep(0.01)
+
+    def batch_hooks(self) -> BatchHooks:
+        """Fresh per-batch and per-point hooks of this rank (their counters start at 0)."""
+        return BatchHooks(self)
 
 
 class BatchHooks:
-    """The per-batch and per-point hooks of one rank, composed into the evaluator's callbacks."""
+    """The per-batch and per-point fault points of one rank, composed into the evaluator's callbacks."""
 
-    def __init__(self, rank: int) -> None:
-        self.rank = rank
-        self.delay = delay_for(DELAY, rank)
-        self.batch_delay = delay_for(BATCH_DELAY, rank)
-        self.fail_after = fail_after_points(rank)
-        #: one point per evaluator call while per-point hooks are set
-        self.single_points = bool(os.environ.get(DELAY) or os.environ.get(FAIL_POINTS))
+    def __init__(self, faults: Faults) -> None:
+        self.faults = faults
+        self.enabled = faults.enabled
+        self.single_points = faults.single_points
         self.batches = 0
         self.points = 0
-        self.enabled = active()
 
     def on_batch(self) -> None:
         if not self.enabled:
             return
         self.batches += 1
-        if self.batch_delay:
-            time.sleep(self.batch_delay)
-        reached(f"batch:{self.batches}", self.rank)
+        if self.faults.batch_delay:
+            time.sleep(self.faults.batch_delay)
+        self.faults.reached(f"batch:{self.batches}")
 
     def before_points(self, n: int) -> None:
         if not self.enabled:
             return
-        if self.fail_after is not None and self.points >= self.fail_after:
-            raise InjectedFault(f"test hook: rank {self.rank} fails after {self.fail_after} points")
-        reached("first_point" if self.points == 0 else "point", self.rank)
-        if self.delay:
-            time.sleep(self.delay * n)
+        fail_after = self.faults.fail_after
+        if fail_after is not None and self.points >= fail_after:
+            raise InjectedFault(f"test hook: rank {self.faults.rank} fails after {fail_after} points")
+        self.faults.reached("first_point" if self.points == 0 else "point")
+        if self.faults.delay:
+            time.sleep(self.faults.delay * n)
 
     def after_points(self, n: int) -> None:
         if not self.enabled:
@@ -129,4 +158,8 @@ class BatchHooks:
         first = self.points == 0
         self.points += n
         if first:
-            reached("mid_run", self.rank)
+            self.faults.reached("mid_run")
+
+
+#: No fault points: what every production run carries.
+NO_FAULTS = Faults()

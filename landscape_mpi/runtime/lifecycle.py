@@ -23,6 +23,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from landscape_mpi.config.errors import EXIT_FAILURE, EXIT_USER_ERROR, UserError
+from landscape_mpi.runtime.comm import SELF
 
 T = TypeVar("T")
 
@@ -66,11 +67,6 @@ class StopFlag:
                 self._previous[s] = signal.signal(s, self._handle)
         return self
 
-    def uninstall(self) -> None:
-        for s, handler in self._previous.items():
-            signal.signal(s, handler)
-        self._previous.clear()
-
     def request(self, reason: str) -> None:
         """Ask for a stop from code (the coordinator's STOP message)."""
         self.requested = True
@@ -100,8 +96,8 @@ class AgreedError(UserError):
 def agree(comm, step: Callable[[], T], rank: int = 0) -> T:
     """Run `step` on every rank; if it fails anywhere, raise the first failure on every rank (`AgreedError`).
 
-    `comm` is the MPI communicator (None: one process). A user error keeps its one-line message; an internal
-    error carries the failing rank's traceback and ``internal=True`` (exit code 1).
+    `comm`: the run's communicator (`comm.SELF` for one process). A user error keeps its one-line message; an
+    internal error carries the failing rank's traceback and ``internal=True`` (exit code 1).
     """
     result, error = None, None
     try:
@@ -112,14 +108,12 @@ def agree(comm, step: Callable[[], T], rank: int = 0) -> T:
         error = ("user", str(exc))
     except Exception as exc:  # noqa: BLE001  (any failure must reach the other ranks)
         error = ("internal", f"rank {rank}: {type(exc).__name__}: {exc}\n{traceback.format_exc()}")
-    if comm is not None and comm.Get_size() > 1:
-        errors = comm.allgather(error)
-        failed = [(r, e) for r, e in enumerate(errors) if e is not None]
-        error = None
-        if failed:
-            r, (kind, msg) = failed[0]
-            prefix = f"rank {r}: " if kind == "user" and r != 0 else ""
-            error = (kind, prefix + msg)
+    failed = [(r, e) for r, e in enumerate(comm.allgather(error)) if e is not None]
+    error = None
+    if failed:
+        r, (kind, msg) = failed[0]
+        prefix = f"rank {r}: " if kind == "user" and r != 0 else ""
+        error = (kind, prefix + msg)
     if error is not None:
         kind, msg = error
         raise AgreedError(msg, internal=(kind == "internal"))
@@ -127,16 +121,15 @@ def agree(comm, step: Callable[[], T], rank: int = 0) -> T:
 
 
 def world():
-    """mpi4py's COMM_WORLD if this process initialized MPI, else None (never imports mpi4py itself)."""
+    """mpi4py's COMM_WORLD if this process initialized MPI, else `comm.SELF` (never imports mpi4py itself)."""
     mpi = sys.modules.get("mpi4py.MPI")
     if mpi is None or not mpi.Is_initialized() or mpi.Is_finalized():
-        return None
+        return SELF
     return mpi.COMM_WORLD
 
 
 def world_rank() -> int:
-    comm = world()
-    return comm.Get_rank() if comm is not None else 0
+    return world().Get_rank()
 
 
 #: Seconds between a failing rank's message and its MPI_Abort.
@@ -155,9 +148,8 @@ def abort(message: str, code: int = EXIT_FAILURE) -> None:
     """Print ``landscape-mpi: rank R: message`` from this rank and end every rank of the job (MPI_Abort);
     in a single process, just print it (the caller returns `code`)."""
     comm = world()
-    rank = comm.Get_rank() if comm is not None else 0
-    say(f"landscape-mpi: rank {rank}: {message}")
-    if comm is not None and comm.Get_size() > 1:
+    say(f"landscape-mpi: rank {comm.Get_rank()}: {message}")
+    if comm.Get_size() > 1:  # one rank alone needs no MPI_Abort: the caller returns `code`
         abort_after_grace(comm, code)
 
 
@@ -186,20 +178,17 @@ def run_main(body: Callable[[], int]) -> int:
             say(f"landscape-mpi: error: {exc}")
         return EXIT_FAILURE if exc.internal else EXIT_USER_ERROR
     except UserError as exc:
-        comm = world()
-        if comm is not None and comm.Get_size() > 1:  # found by this rank alone: the others must not wait
+        if world().Get_size() > 1:  # found by this rank alone: the others must not wait
             abort(f"error: {exc}", EXIT_USER_ERROR)
         say(f"landscape-mpi: error: {exc}")
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
-        comm = world()
-        if comm is not None and comm.Get_size() > 1:
+        if world().Get_size() > 1:
             abort("interrupted", 130)
         say("landscape-mpi: interrupted")
         return 130
     except Exception as exc:  # noqa: BLE001
-        comm = world()
-        if comm is not None and comm.Get_size() > 1:
+        if world().Get_size() > 1:
             abort(f"internal error: {type(exc).__name__}: {exc}\n{traceback.format_exc()}", EXIT_FAILURE)
         traceback.print_exc()
         say(f"landscape-mpi: internal error: {exc}")

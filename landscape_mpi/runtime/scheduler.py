@@ -247,18 +247,24 @@ def auto_chunk(left: int, size: int, group: int) -> int:
 
 # ------------------------------------------------------------------------------------------ master
 class Master:
-    """Rank 0: hands out chunks on demand, evaluates points itself in between, collects every result."""
+    """Rank 0: hands out chunks on demand, evaluates points itself in between, collects every result.
 
-    def __init__(self, comm, todo: np.ndarray, evaluate: PointEvaluator | None, sink: ResultSink,
+    With a communicator of one rank (`comm.SELF`, or an MPI job of one rank) there is nobody to serve: rank 0
+    evaluates every point alone, and a failure is raised to the caller (no MPI_Abort).
+    """
+
+    def __init__(self, comm, todo: np.ndarray, evaluate: PointEvaluator, sink: ResultSink,
                  stop: StopFlag, chunk_size: int = 0, on_progress: Callable[[int], None] | None = None,
-                 collective: bool = False, stats: RankStats | None = None, evaluates: bool = True,
+                 collective: bool = False, stats: RankStats | None = None,
                  on_tick: Callable[[float], None] | None = None) -> None:
         self.comm = comm
-        self.size = comm.Get_size() if comm is not None else 1
+        self.size = comm.Get_size()
+        #: other ranks to serve (False: evaluates alone, without touching MPI)
+        self.has_workers = self.size > 1
         self.todo = Todo(todo)
         self.n_todo = len(self.todo)
         self.evaluate = evaluate
-        self.group = max(1, getattr(evaluate, "group_size", 1)) if evaluate is not None else 1
+        self.group = max(1, getattr(evaluate, "group_size", 1))
         # a small grid is shared by every rank rather than taken by the first groups
         self.group = min(self.group, max(1, math.ceil(len(self.todo) / self.size)))
         self.sink = sink
@@ -272,11 +278,8 @@ class Master:
         self.stop_reason = ""
         self.computed = 0
         self.workers_running = self.size - 1
-        self.outbox = Outbox(comm) if comm is not None else None
+        self.outbox = Outbox(comm)
         self.phase = 0
-        # evaluates=False: a dedicated coordinator that only serves (used by the benchmark); a single process
-        # always evaluates.
-        self.evaluates = (evaluates or self.size == 1) and evaluate is not None
 
     def next_chunk(self) -> np.ndarray:
         if self.stopping or not len(self.todo):
@@ -339,7 +342,7 @@ class Master:
     def tick(self, fraction: float = 0.0) -> None:
         """Called between evaluation batches of rank 0's own points: serve workers, write due results, and
         abandon the group in progress if a stop was asked for."""
-        if self.comm is not None:
+        if self.has_workers:
             self.serve()
         if self.sink.due():
             self.write_phase()
@@ -354,7 +357,7 @@ class Master:
                 self.sink.flush()
         finally:
             say(f"landscape-mpi: rank 0: error: {message}\n{detail}".rstrip())
-            if self.comm is not None:
+            if self.has_workers:
                 abort_after_grace(self.comm, 1)
 
     def run(self) -> Outcome:
@@ -363,11 +366,11 @@ class Master:
         waiter = Waiter()
         try:
             while True:
-                if self.comm is not None and self.serve():
+                if self.has_workers and self.serve():
                     waiter.reset()
                 if self.stop.requested:
                     self.begin_stop(f"rank 0 caught {self.stop.signal_name}")
-                if self.evaluates and not self.stopping and len(self.todo):
+                if not self.stopping and len(self.todo):
                     flats = self.todo.take(self.group)
                     try:
                         results = evaluate_group(self.evaluate, flats)
@@ -382,7 +385,7 @@ class Master:
                     if self.sink.due():
                         self.write_phase()
                     continue
-                if self.workers_running == 0 and (self.evaluates or not len(self.todo) or self.stopping):
+                if self.workers_running == 0:
                     break
                 if self.sink.due():
                     self.write_phase()
@@ -392,7 +395,7 @@ class Master:
             else:
                 self.sink.flush()
         except BaseException:
-            if self.comm is None:
+            if not self.has_workers:  # alone: write what is finished and let the caller report it
                 if not self.collective:
                     self.sink.flush()
                 raise
@@ -401,10 +404,9 @@ class Master:
         own.cpu_seconds = time.process_time() - cpu0
         # Complete only if every point came back (chunks handed to a worker that stopped did not).
         status = STATUS_COMPLETE if self.computed == self.n_todo else STATUS_STOPPED
-        if self.outbox is not None:
-            for r in range(1, self.size):
-                self.outbox.send(status, dest=r, tag=TAG_FINAL)
-            self.outbox.drain()
+        for r in range(1, self.size):
+            self.outbox.send(status, dest=r, tag=TAG_FINAL)
+        self.outbox.drain()
         stats = [self.stats[r] for r in sorted(self.stats)]
         return Outcome(status, self.computed, stats, self.stop_reason)
 

@@ -3,7 +3,7 @@ receive the result over the node's shared-memory communicator.
 
 N ranks per node would otherwise read the checkpoint, the evaluation data and the directions N times each,
 which on a parallel file system under a large job is the slowest part of the start-up. Bytes read per node are
-then independent of the ranks per node (README.md, "Running with MPI").
+then independent of the ranks per node (docs/mpi.md#ranks-scheduling-devices).
 """
 
 from __future__ import annotations
@@ -18,9 +18,10 @@ T = TypeVar("T")
 
 
 def node_comm(comm):
-    """The communicator of this rank's node (MPI shared-memory split), or None for a single process."""
-    if comm is None or comm.Get_size() == 1:
-        return None
+    """The communicator of this rank's node (an MPI shared-memory split); `comm` itself when it has one rank
+    (no split, and no mpi4py import, for a single process). Free it only if it is not `comm`."""
+    if comm.Get_size() == 1:
+        return comm
     from mpi4py import MPI
 
     return comm.Split_type(MPI.COMM_TYPE_SHARED, key=comm.Get_rank())
@@ -55,7 +56,7 @@ def share_per_node(node, read: Callable[[], T]) -> Shared:
         except Exception as exc:  # noqa: BLE001  (the node's other ranks must hear of it)
             return Shared("internal", f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}")
 
-    if node is None or node.Get_size() == 1:
+    if node.Get_size() == 1:  # the reading rank is alone on its node: nothing to hand over
         return attempt()
     from mpi4py.util import pkl5
 

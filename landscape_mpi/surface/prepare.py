@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
-from landscape_mpi.files import store
+from landscape_mpi.files import reader, store
 from landscape_mpi.config.surface import RunOptions, SurfaceConfig, config_diff
 from landscape_mpi.directions.sources import build_directions
 from landscape_mpi.config.errors import UserError
@@ -65,7 +65,7 @@ def input_hashes(config: SurfaceConfig) -> dict[str, str]:
     return out
 
 
-def identity_mismatch(summary: store.SurfaceSummary, config: SurfaceConfig, inputs: Inputs) -> list[str]:
+def identity_mismatch(summary: reader.SurfaceSummary, config: SurfaceConfig, inputs: Inputs) -> list[str]:
     """Every way in which the file is not this command's surface, one phrase each (empty: resume it)."""
     diff = config_diff(summary.config, config.to_dict())
     wanted = input_hashes(config)
@@ -101,26 +101,50 @@ def identity_mismatch(summary: store.SurfaceSummary, config: SurfaceConfig, inpu
 
 
 @dataclass
+class Opened:
+    """What rank 0's file step read (or wrote) of the file, kept so that the run opens it only once more, to write."""
+
+    done: np.ndarray
+    """bool, grid-shaped: the points already computed."""
+    inputs: reader.RunInputs
+    """(directions, coordinates) as `reader.read_run_inputs` gives them."""
+
+
+@dataclass
 class Prepared:
     path: str
     """The file this run computes into (``--out``, or ``--out``.new under --overwrite)."""
     message: str
     todo: int
     """Points not done yet."""
+    opened: Opened | None = None
+    """Rank 0's (None once `broadcastable`, and when nothing is left to compute)."""
+
+    def broadcastable(self) -> Prepared:
+        """Without `opened` (the directions are shared once per node, not broadcast to every rank)."""
+        return replace(self, opened=None)
 
 
 def prepare_file(config: SurfaceConfig, options: RunOptions, inputs: Inputs) -> Prepared:
-    """Create the file (or the --overwrite work file), or check the existing one may be resumed."""
+    """Create the file (or the --overwrite work file), or check the existing one may be resumed.
+
+    Opens the file once: an existing one is read (summary, and where points are left, directions and
+    coordinates) and checked; a new one is written under a temporary name and renamed into place, and what was
+    written is returned as it would be read back (`Opened`).
+    """
     out = options.out
     store.check_out_path(out)
     path = overwrite_path(out) if options.overwrite else out
+    axes = list(config.axes)
     if os.path.exists(path):
-        summary = store.read_summary(path, with_values=False, with_ranks=False)
-        diff = identity_mismatch(summary, config, inputs)
-        if not diff:
+        with reader.open_surface(path) as f:
+            summary = f.summary(with_values=False, with_ranks=False)
+            diff = identity_mismatch(summary, config, inputs)
             left = int((~summary.done).sum())
+            opened = Opened(summary.done, f.run_inputs(axes)) if not diff and left else None
+        if not diff:
             return Prepared(path, f"resuming {path}: {summary.done.size - left}/{summary.done.size} points done",
-                            left)
+                            left, opened)
         if not options.overwrite:
             raise UserError(f"--out {out} holds a surface of another configuration ({'; '.join(diff)}); rerun "
                             f"with the file's settings to resume, choose another --out, or add --overwrite")
@@ -132,7 +156,17 @@ def prepare_file(config: SurfaceConfig, options: RunOptions, inputs: Inputs) -> 
     store.create_surface_file(path, config, directions, attrs, indices, trajectory)
     total = int(np.prod(config.shape))
     verb = f"building the replacement of {out} in" if options.overwrite else "created"
-    return Prepared(path, f"{verb} {path}: grid {'x'.join(map(str, config.shape))} = {total} points", total)
+    opened = Opened(np.zeros(config.shape, dtype=bool), as_read_back(config, directions))
+    return Prepared(path, f"{verb} {path}: grid {'x'.join(map(str, config.shape))} = {total} points", total,
+                    opened)
+
+
+def as_read_back(config: SurfaceConfig, directions: dict) -> reader.RunInputs:
+    """The (directions, coordinates) that `reader.read_run_inputs` gives of a file just created from `directions`
+    (`store.create_surface_file`), without reading it: keys in HDF5's name order, arrays in the dtypes written."""
+    axes = list(config.axes)
+    stored = [{k: np.array(store.as_array(directions[a][k])) for k in sorted(directions[a])} for a in axes]
+    return stored, [config.axes[a].values() for a in axes]
 
 
 def finish_overwrite(options: RunOptions, path: str) -> None:

@@ -5,9 +5,12 @@ step (`lifecycle.agree`): a failure anywhere ends every rank with the same messa
   1. ranks and devices (`context`); stop signals are already caught (`lifecycle.STOP`, installed by the CLI);
   2. rank 0 takes the run lock of the file (a second job on the same file is refused);
   3. pre-flight on every rank: model at theta*, evaluation data, one forward per split (`inputs`);
-  4. rank 0 creates the file, or checks that the existing one is this command's, to resume (`prepare`);
-  5. every rank reads the directions and coordinates *from the file* and builds its evaluation engine;
-  6. the writer opens (rank 0 alone, or every rank under --io collective);
+  4. rank 0 creates the file, or checks that the existing one is this command's, to resume (`prepare`), and
+     keeps what it read: the done mask, directions and coordinates;
+  5. every rank gets the directions and coordinates *of the file* (rank 0 from step 4, shared with its node;
+     one rank of every other node reads them) and builds its evaluation engine;
+  6. the writer opens (rank 0 alone, which records the run's ranks in that open, or every rank under
+     --io collective): rank 0's second and last open of the file;
   7. the master hands out the points not yet done, every rank evaluates, results are written durably;
   8. the writer closes; an --overwrite run that completed replaces the old file; every rank exits with the
      same status.
@@ -23,10 +26,11 @@ import numpy as np
 import torch
 
 from landscape_mpi.runtime import scheduler as sched
-from landscape_mpi.files import store
-from landscape_mpi.runtime import faults as testhooks
+from landscape_mpi.files import reader, store
 from landscape_mpi.config.surface import RunOptions, SurfaceConfig
+from landscape_mpi.runtime.comm import mpi_communicator
 from landscape_mpi.runtime.context import RunContext, make_context
+from landscape_mpi.runtime.faults import BatchHooks
 from landscape_mpi.directions.base import PointSetter, space_keys
 from landscape_mpi.config.errors import EXIT_COMPLETE, EXIT_RESUMABLE, UserError
 from landscape_mpi.surface.inputs import Inputs, load_inputs, read_inputs
@@ -45,23 +49,26 @@ def log(ctx: RunContext, message: str) -> None:
 
 
 def run_surface(config: SurfaceConfig, options: RunOptions, ctx: RunContext | None = None) -> int:
-    """Compute (or resume) the surface; returns the process exit code (0 complete, 75 stopped, resumable)."""
-    STOP.install()
+    """Compute (or resume) the surface; returns the process exit code (0 complete, 75 stopped, resumable).
+
+    Stop signals must already be caught (`lifecycle.STOP`, installed by `lifecycle.run_main` around every
+    command)."""
     # 1. ranks and devices. make_context is collective (an MPI split); a rank that fails in it alone (a broken
     #    GPU) raises, and the CLI's guard aborts the whole job with that rank's message.
     ctx = ctx or make_context(options.device, options.threads)
-    testhooks.reached("context", ctx.rank)
+    ctx.faults.reached("context")
     if ctx.device.type == "cpu":
         from landscape_mpi.engine import tune_cpu_allocator
 
-        tune_cpu_allocator()  # malloc keeps activation buffers: no page faults per batch (README, "Speed")
+        # malloc keeps activation buffers: no page faults per batch (docs/performance.md#the-evaluation-engine)
+        tune_cpu_allocator()
     comm = ctx.comm
     if options.io == "collective":
         agree(comm, check_collective_io, ctx.rank)
 
     # 2. rank 0 holds FILE.h5.lock for the whole run: a second job on the same file is refused.
     def take_lock():
-        testhooks.reached("lock", ctx.rank)
+        ctx.faults.reached("lock")
         return store.RunLock(options.out) if ctx.is_master else None
 
     lock = agree(comm, take_lock, ctx.rank)
@@ -82,35 +89,34 @@ def _run_locked(config: SurfaceConfig, options: RunOptions, ctx: RunContext) -> 
     read = share_per_node(node, lambda: read_inputs(config))
 
     def preflight() -> Inputs:
-        testhooks.reached("preflight", ctx.rank)
+        ctx.faults.reached("preflight")
         return load_inputs(config, read.get())
 
     inputs = agree(comm, preflight, ctx.rank)
 
     # 4. the file: created complete, or checked to be this command's.
     def file_step() -> Prepared | None:
-        testhooks.reached("file", ctx.rank)
+        ctx.faults.reached("file")
         return prepare_file(config, options, inputs) if ctx.is_master else None
 
-    prepared = agree(comm, file_step, ctx.rank)
-    if comm is not None:
-        prepared = comm.bcast(prepared, root=0)
+    mine = agree(comm, file_step, ctx.rank)
+    opened = mine.opened if mine is not None else None  # rank 0: what its file step read (or wrote) of the file
+    prepared = comm.bcast(mine.broadcastable() if mine is not None else None, root=0)
     log(ctx, prepared.message)
     if prepared.todo == 0:
         agree(comm, lambda: finish_overwrite(options, prepared.path) if ctx.is_master else None, ctx.rank)
         log(ctx, f"{options.out} is complete: nothing to compute")
         return EXIT_COMPLETE
 
-    # 5. directions and coordinates from the file (the source of truth on every rank and resume), engine.
-    hooks = testhooks.BatchHooks(ctx.rank)
-
+    # 5. directions and coordinates from the file (the source of truth on every rank and resume), engine. Rank 0
+    #    has them from its file step (shared with its node); the first rank of every other node reads them.
     axes = list(config.axes)
-    stored = share_per_node(node, lambda: (store.read_directions(prepared.path, axes),
-                                           store.read_coords(prepared.path)))
+    stored = share_per_node(node, lambda: opened.inputs if opened is not None
+                            else reader.read_run_inputs(prepared.path, axes))
 
     def engine_step() -> GridEvaluator:
-        testhooks.reached("engine", ctx.rank)
-        return GridEvaluator(config, options, inputs, stored.get(), ctx, hooks)
+        ctx.faults.reached("engine")
+        return GridEvaluator(config, options, inputs, stored.get(), ctx, ctx.faults.batch_hooks())
 
     evaluator = agree(comm, engine_step, ctx.rank)  # make_engine logs the engine it chose
     if config.eig:
@@ -118,25 +124,20 @@ def _run_locked(config: SurfaceConfig, options: RunOptions, ctx: RunContext) -> 
 
     # 6. the writer: rank 0 alone, or every rank (a collective open) under --io collective.
     collective = options.io == "collective"
-    comm_io = comm
-    if collective and comm_io is None:
-        from mpi4py import MPI
-
-        comm_io = MPI.COMM_SELF
-
     hosts, devices = gather_ranks(ctx)
 
     def before_writer() -> None:
-        testhooks.reached("writer_open", ctx.rank)
-        if ctx.is_master:
+        ctx.faults.reached("writer_open")
+        if ctx.is_master and collective:  # a single writer records them in its own open
             store.write_run_ranks(prepared.path, hosts, devices)
 
     agree(comm, before_writer, ctx.rank)
     if collective:  # a collective open: every rank (a failure in it raises, and the CLI aborts the job)
-        writer = store.ResultWriter(prepared.path, store.result_columns(config), "collective", comm_io)
+        writer = store.ResultWriter(prepared.path, store.result_columns(config), "collective",
+                                    mpi_communicator(comm))  # parallel HDF5 needs mpi4py's (COMM_SELF alone)
     else:
-        writer = agree(comm, lambda: store.ResultWriter(prepared.path, store.result_columns(config), "single")
-                       if ctx.is_master else None, ctx.rank)
+        writer = agree(comm, lambda: store.ResultWriter(prepared.path, store.result_columns(config), "single",
+                                                        ranks=(hosts, devices)) if ctx.is_master else None, ctx.rank)
 
     # 7. scheduling.
     sink = sched.ResultSink(writer.write if writer else None, len(store.result_columns(config)),
@@ -145,9 +146,8 @@ def _run_locked(config: SurfaceConfig, options: RunOptions, ctx: RunContext) -> 
     status = sched.STATUS_STOPPED
     try:
         if ctx.is_master:
-            summary = store.read_summary(prepared.path, with_values=False, with_ranks=False)
-            todo = sched.point_order(summary.shape, summary.done, options.order)
-            total = int(summary.done.size)
+            todo = sched.point_order(opened.done.shape, opened.done, options.order)
+            total = int(opened.done.size)
             log(ctx, f"{len(todo)} points to compute on {ctx.size} rank(s), io={options.io}, order={options.order}, "
                      f"rank 0 on {ctx.device} with {ctx.threads} thread(s)")
             progress = Progress(total, total - len(todo), options.progress_seconds)
@@ -166,9 +166,9 @@ def _run_locked(config: SurfaceConfig, options: RunOptions, ctx: RunContext) -> 
     finally:
         # 8. close (a collective close under --io collective: every rank reaches it, the run having ended
         #    the same way on every rank; an exception above aborts the job instead).
-        testhooks.reached("close", ctx.rank)
+        ctx.faults.reached("close")
         if writer is not None:
-            if collective and comm is not None:  # every rank took part in every phase: show it
+            if collective and ctx.size > 1:  # every rank took part in every phase: show it
                 phases = comm.gather(writer.writes, root=0)
                 log(ctx, f"collective write phases per rank: {phases}")
             writer.close()
@@ -183,11 +183,12 @@ def _run_locked(config: SurfaceConfig, options: RunOptions, ctx: RunContext) -> 
 # ----------------------------------------------------------------------------------- evaluation
 class GridEvaluator:
     """Flat grid indices in, the file's columns out: the engine's [loss, acc] per split at the file's exact
-    coordinates, and with --metrics ...,eig the Hessian's extreme eigenvalues and their iteration count."""
+    coordinates, and with --metrics ...,eig the Hessian's extreme eigenvalues and the Hessian-vector products they took."""
 
     def __init__(self, config: SurfaceConfig, options: RunOptions, inputs: Inputs, stored: tuple, ctx: RunContext,
-                 hooks: testhooks.BatchHooks) -> None:
-        """`stored`: the file's (directions, coordinates), as `store.read_directions` and `read_coords` give them."""
+                 hooks: BatchHooks) -> None:
+        """`stored`: the file's (directions, coordinates), as `reader.read_run_inputs` gives them;
+        `hooks`: this rank's per-batch and per-point fault points (`ctx.faults.batch_hooks()`)."""
         from landscape_mpi.engine import make_engine
 
         stored, self.coords = stored
@@ -256,9 +257,7 @@ class CurvatureAtPoint:
 
 # ------------------------------------------------------------------------------------------ helpers
 def check_collective_io() -> None:
-    import h5py
-
-    if not h5py.get_config().mpi:
+    if not store.parallel_hdf5():
         raise UserError("--io collective needs h5py built with parallel HDF5 (h5py.get_config().mpi is False): "
                         "conda install -c conda-forge 'h5py=*=mpi*', or build it: CC=mpicc HDF5_MPI=ON "
                         "pip install --no-binary=h5py --no-build-isolation h5py (see README); or use --io single")
@@ -273,7 +272,7 @@ def device_name(device: torch.device) -> str:
 def gather_ranks(ctx: RunContext) -> tuple[list[str], list[str]]:
     """(hosts, device names) of every rank, on every rank (collective)."""
     mine = (ctx.host, device_name(ctx.device))
-    everyone = ctx.comm.allgather(mine) if ctx.comm is not None else [mine]
+    everyone = ctx.comm.allgather(mine)
     return [h for h, _ in everyone], [d for _, d in everyone]
 
 

@@ -21,7 +21,7 @@ import re
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, fields
 from typing import Any
 
 import torch
@@ -29,7 +29,8 @@ import torch.nn.functional as F
 
 from landscape_mpi.data.datasets import load_eval_set
 from landscape_mpi.config.errors import UserError
-from landscape_mpi.runtime import faults as testhooks
+from landscape_mpi.config.train import TrainConfig
+from landscape_mpi.runtime.faults import NO_FAULTS, Faults
 from landscape_mpi.runtime.lifecycle import STOP, StopRequested
 from landscape_mpi.engine.evaluate import evaluate
 from landscape_mpi.models import build_model
@@ -43,43 +44,6 @@ STOPPED = "stopped"
 
 class TrainingStopped(StopRequested):
     """A stop signal arrived during training: every step taken is in a checkpoint, the same command resumes."""
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    model: str
-    out_dir: str
-    dataset: str = "digits"
-    data_root: str | None = None
-    samples: int | None = None
-    """Train on a deterministic subset of this many training samples."""
-    epochs: int = 10
-    batch_size: int = 128
-    optimizer: str = "sgd"
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    schedule: str = "cosine"
-    """none, step (x0.1 at 50% and 75% of the epochs) or cosine (per epoch)."""
-    augment: bool = True
-    """Random crop (pad 4) and horizontal flip, on the device (CIFAR-10 only)."""
-    seed: int = 0
-    save_every_iters: int = 0
-    """Also save ``iter_NNNNNNN.pt`` every this many optimizer steps (0: only per epoch)."""
-
-    def __post_init__(self) -> None:
-        if self.epochs < 1:
-            raise UserError(f"--epochs {self.epochs}: must be at least 1")
-        if self.batch_size < 1:
-            raise UserError(f"--batch-size {self.batch_size}: must be positive")
-        if self.lr <= 0:
-            raise UserError(f"--lr {self.lr}: must be positive")
-        if self.optimizer not in ("sgd", "adam"):
-            raise UserError(f"--optimizer {self.optimizer}: choose sgd or adam")
-        if self.schedule not in ("none", "step", "cosine"):
-            raise UserError(f"--schedule {self.schedule}: choose none, step or cosine")
-        if self.save_every_iters < 0:
-            raise UserError(f"--save-every-iters {self.save_every_iters}: must be 0 (off) or positive")
 
 
 def _augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -151,10 +115,13 @@ def finished(cfg: TrainConfig) -> str | None:
     return final
 
 
-def train(cfg: TrainConfig, device: torch.device | None = None, quiet: bool = False) -> str:
+def train(cfg: TrainConfig, device: torch.device | None = None, quiet: bool = False,
+          faults: Faults = NO_FAULTS) -> str:
     """Train (or resume, or find finished) and save checkpoints; returns the path of ``final.pt``.
 
     `device`: where the model, the data and the augmentation live (default: CUDA if available, else CPU).
+    `faults`: the test suite's fault points, ``train_step:K`` after the K-th step
+    (docs/testing.md#test-hooks-the-landscape_mpi_test_-variables).
     Raises UserError for an unusable --out-dir or a resume whose stored config differs.
     """
     done = finished(cfg)
@@ -236,7 +203,6 @@ def train(cfg: TrainConfig, device: torch.device | None = None, quiet: bool = Fa
         if not quiet:
             print(f"resuming {cfg.out_dir} from {os.path.basename(latest)} (step {step})", file=sys.stderr, flush=True)
 
-    hooks = testhooks.active()
     while epoch <= cfg.epochs:
         t0 = time.perf_counter()
         model.train()
@@ -257,8 +223,8 @@ def train(cfg: TrainConfig, device: torch.device | None = None, quiet: bool = Fa
             F.cross_entropy(model(xb), yb).backward()
             opt.step()
             step += 1
-            if hooks:
-                testhooks.reached(f"train_step:{step}", 0)
+            if faults.enabled:
+                faults.reached(f"train_step:{step}")
             if cfg.save_every_iters and step % cfg.save_every_iters == 0:
                 save(f"iter_{step:07d}.pt", epoch - 1, step, order, b + 1, {})
                 model.train()

@@ -1,0 +1,58 @@
+"""`landscape-mpi info FILE [--json]`: a surface file's summary (landscape_mpi/analysis/summary.py), printed.
+
+Imports neither torch nor MPI: it reads files only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from landscape_mpi.config.errors import EXIT_COMPLETE
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("info", help="summarize a surface file: config, points done, value ranges")
+    p.add_argument("file")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_info)
+
+
+def cmd_info(a: argparse.Namespace) -> int:
+    from landscape_mpi.analysis.summary import describe
+
+    info = describe(a.file)
+    if a.json:
+        print(json.dumps(info, indent=2))
+        return EXIT_COMPLETE
+    for line in summary_lines(info):
+        print(line)
+    return EXIT_COMPLETE
+
+
+def summary_lines(info: dict) -> list[str]:
+    """The text form of `describe`'s dict."""
+    c = info["config"]
+    axes = "  ".join(f"{n}={c[n]}" for n in ("x", "y", "z") if c.get(n))
+    lines = [f"{info['file']}  (schema {info['schema_version']}, created {info['created']})",
+             f"  model      {c['model']}  checkpoint {info['checkpoint']}",
+             f"  data       {c['dataset']}  splits {','.join(c['splits'])}  samples {c['samples'] or 'all'}  "
+             f"loss {c['loss']}",
+             f"  directions norm={c['norm']} ignore={c['ignore']} space={c['dir_space']} seed={c['seed']}"
+             + (f" x-target={c['x_target']}" if c.get("x_target") else "") + (" same-dir" if c.get("same_dir") else ""),
+             f"  grid       {axes}  ({'x'.join(map(str, info['shape']))})",
+             f"  progress   {info['done']}/{info['total']} points done" + ("  (complete)" if info["complete"] else "")]
+    for name, r in info["metrics"].items():
+        extra = f"  ({r['nonfinite']} NaN/inf)" if r["nonfinite"] else ""
+        if r["min"] is None:
+            lines.append(f"  {name:<11}no finite values yet{extra}")
+        else:
+            lines.append(f"  {name:<11}{r['min']:.6g} .. {r['max']:.6g}{extra}")
+    sharp = info.get("sharpness") or {}
+    if "unavailable" not in sharp:
+        from landscape_mpi.analysis.sharpness import format_sharpness
+
+        for metric, numbers in sharp.items():
+            lines.append(f"  sharpness of {metric}:")
+            lines += [f"    {line}" for line in format_sharpness(numbers)]
+    return lines

@@ -1,0 +1,59 @@
+"""Options of `landscape-mpi experiments run | report | list` (landscape_mpi/experiments runs them)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from landscape_mpi.config.options import check_choices, option
+from landscape_mpi.config.surface import DEVICES
+
+#: tiny: CI-sized; quick: the small set reduced to about an hour on 2 cores; small: MNIST-1D on a few CPU cores;
+#: paper: CIFAR-10 (landscape_mpi/experiments/definitions.py sizes each).
+SCALES = ("tiny", "quick", "small", "paper")
+DEFAULT_OUT_DIR = "experiments-out"
+
+
+@dataclass(frozen=True)
+class ExperimentsRun:
+    """`experiments run`: train and compute the surfaces of one experiment or all (resumable)."""
+
+    name: str = option(help="skip, batch, width, trajectory, a comma-separated list, or all", positional=True)
+    scale: str = option("small", help="tiny: CI-sized; quick: the small set reduced to about an hour on 2 cores; "
+                                      "small: MNIST-1D on a few CPU cores; paper: CIFAR-10 (--data-root)",
+                        choices=SCALES)
+    tiny: bool = option(False, help="the same as --scale tiny")
+    out_dir: str = option(DEFAULT_OUT_DIR, help="where runs and surface files go")
+    device: str = option("auto", help="auto: a GPU if any, else the CPU", choices=DEVICES)
+    launcher: str = option("", help="run each surface under this launcher, e.g. 'mpiexec -n 8' or "
+                                    "'srun --kill-on-bad-exit=1 --mpi=pmix' (default: in this process)")
+    task: int | None = option(None, help="only training run number TASK and its surfaces (a SLURM array index)")
+    data_root: str | None = option(None, help="folder holding cifar-10-batches-py/ (paper scale)")
+
+    def __post_init__(self) -> None:
+        check_choices(self)
+
+    @property
+    def scale_name(self) -> str:
+        """The scale, --tiny included."""
+        return "tiny" if self.tiny else self.scale
+
+
+@dataclass(frozen=True)
+class ExperimentsReport:
+    """`experiments report`: the findings report from the experiments' HDF5 files."""
+
+    out_dir: str = option(DEFAULT_OUT_DIR, help="the experiments' folder (as given to run)")
+    out: str = option("docs/findings.md", help="the report (markdown)")
+    figures: str | None = option(None, help="folder for the figures (default: findings/ beside --out)")
+
+
+@dataclass(frozen=True)
+class ExperimentsList:
+    """`experiments list`: the experiments, their training runs (array tasks) and surfaces."""
+
+    scale: str = option("small", help="the scale whose runs are listed", choices=SCALES)
+    count: str | None = option(None, help="print only the number of training runs (array tasks) of this "
+                                          "experiment")
+
+    def __post_init__(self) -> None:
+        check_choices(self)

@@ -1,0 +1,62 @@
+"""`TrainConfig`: a training (`landscape-mpi train`, the demo, the experiments); each field is its option."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from landscape_mpi.config.errors import UserError
+from landscape_mpi.config.options import check_choices, option
+from landscape_mpi.config.surface import DEVICES
+
+OPTIMIZERS = ("sgd", "adam")
+SCHEDULES = ("none", "step", "cosine")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """What a training computes (stored as JSON in its checkpoints); landscape_mpi/training/train.py runs it."""
+
+    model: str = option(help="zoo name (landscape-mpi models) or package.module:factory")
+    out_dir: str = option(help="folder for epoch_NNN.pt, iter_NNNNNNN.pt and final.pt; an unfinished training "
+                               "there is resumed")
+    dataset: str = option("digits", help="digits, mnist1d, cifar10 or package.module:factory")
+    data_root: str | None = option(None, help="folder holding cifar-10-batches-py/ (never downloaded)")
+    samples: int | None = option(None, help="train on a deterministic subset of N training samples "
+                                            "(default: all)")
+    epochs: int = option(10, help="training epochs")
+    batch_size: int = option(128, help="samples per optimizer step")
+    optimizer: str = option("sgd", help="sgd (with --momentum) or adam", choices=OPTIMIZERS)
+    lr: float = option(0.1, help="learning rate")
+    momentum: float = option(0.9, help="SGD momentum")
+    weight_decay: float = option(5e-4, help="L2 weight decay")
+    schedule: str = option("cosine", help="learning-rate schedule: none, step (x0.1 at 50% and 75% of the "
+                                          "epochs) or cosine (per epoch)", choices=SCHEDULES)
+    augment: bool = option(True, help="no random crop (pad 4) and horizontal flip (CIFAR-10)")
+    seed: int = option(0, help="seed of the initialization, the sample order and the augmentation")
+    save_every_iters: int = option(0, help="also save iter_NNNNNNN.pt every N optimizer steps (trajectories at a "
+                                           "finer grain; 0: only per epoch)")
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise UserError(f"--epochs {self.epochs}: must be at least 1")
+        if self.batch_size < 1:
+            raise UserError(f"--batch-size {self.batch_size}: must be positive")
+        if self.lr <= 0:
+            raise UserError(f"--lr {self.lr}: must be positive")
+        if self.optimizer not in OPTIMIZERS:
+            raise UserError(f"--optimizer {self.optimizer}: choose sgd or adam")
+        if self.schedule not in SCHEDULES:
+            raise UserError(f"--schedule {self.schedule}: choose none, step or cosine")
+        if self.save_every_iters < 0:
+            raise UserError(f"--save-every-iters {self.save_every_iters}: must be 0 (off) or positive")
+        check_choices(self)
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """How `landscape-mpi train` runs (changes no weight)."""
+
+    device: str = option("auto", help="auto: a GPU if any, else the CPU", choices=DEVICES)
+
+    def __post_init__(self) -> None:
+        check_choices(self)
