@@ -50,7 +50,6 @@ def test_cifar_model_with_digits_data_is_one_line_and_no_file(tmp_path, resnet20
 
 
 def test_too_few_outputs_for_the_labels(tmp_path):
-    from landscape_mpi.models import build_model  # noqa: F401  (the toy is built by the CLI, by import path)
     import identity_toys
 
     ckpt = tmp_path / "two.pt"

@@ -30,12 +30,12 @@ from torch import nn
 
 from landscape_mpi.data.datasets import EvalSet
 from landscape_mpi.directions.base import Direction
-from landscape_mpi.engine.common import PRECISIONS, Engine, data_to_device, set_precision
+from landscape_mpi.engine.common import Engine, data_to_device, set_precision
 from landscape_mpi.engine.eager import EagerEngine, batchnorms, recalibrate_bn
 from landscape_mpi.engine.fast import BatchedEngine, FoldedEngine, FoldedTensors, count_flops, probe_batched
 from landscape_mpi.engine.fold import FoldError, plan_fold
 from landscape_mpi.config.errors import UserError
-from landscape_mpi.config.surface import BN_MODES, ENGINES
+from landscape_mpi.config.surface import BN_MODES, ENGINES, PRECISIONS
 
 __all__ = ["Engine", "make_engine", "KINDS", "PRECISIONS", "BN_MODES", "default_batch_size", "choose_group_size",
            "tune_cpu_allocator", "recalibrate_bn"]

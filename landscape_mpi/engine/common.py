@@ -10,7 +10,6 @@ import torch
 
 from landscape_mpi.data.datasets import EvalSet, decode_images
 
-PRECISIONS = ("fp32", "tf32", "bf16")
 
 
 class Engine:

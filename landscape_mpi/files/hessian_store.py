@@ -32,7 +32,6 @@ The file is written complete under a temporary name, then renamed onto its path:
 from __future__ import annotations
 
 import datetime
-import glob
 import json
 import os
 from dataclasses import dataclass, field
@@ -43,7 +42,7 @@ import numpy as np
 from landscape_mpi.config.errors import UserError
 from landscape_mpi.files import contract
 from landscape_mpi.files.contract import ADAPTIVE, CHECKPOINTS, DENSITY, EIGEN, EIGENVECTORS, TRACE
-from landscape_mpi.files.store import fsync_file, fsync_folder
+from landscape_mpi.files.store import fresh_temporary, fsync_file, fsync_folder
 
 
 @dataclass
@@ -79,12 +78,7 @@ def write_hessian_file(path: str, rows: list[HessianRow], config: dict, attrs: d
     `config`: every setting (stored as JSON and the main ones as attributes); `attrs`: further root attributes.
     Raises UserError if the folder cannot be written.
     """
-    for stale in glob.glob(glob.escape(path) + ".tmp-*"):  # left by a run killed while writing
-        try:
-            os.remove(stale)
-        except OSError:
-            pass
-    tmp = f"{path}.tmp-{os.getpid()}"
+    tmp = fresh_temporary(path)
     str_dt = h5py.string_dtype()
     try:
         with h5py.File(tmp, "w", libver="earliest") as f:

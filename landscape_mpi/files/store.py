@@ -102,6 +102,17 @@ def as_array(tensor) -> np.ndarray:
     return tensor.detach().cpu().numpy() if hasattr(tensor, "detach") else np.asarray(tensor)
 
 
+def fresh_temporary(path: str) -> str:
+    """The name under which `path` is written complete before its rename, after removing the temporaries that
+    runs killed while writing `path` left behind."""
+    for stale in glob.glob(glob.escape(path) + ".tmp-*"):
+        try:
+            os.remove(stale)
+        except OSError:
+            pass
+    return f"{path}.tmp-{os.getpid()}"
+
+
 def create_surface_file(path: str, config: SurfaceConfig, directions: dict,
                         attrs: dict[str, str], data_indices: dict[str, np.ndarray | None],
                         trajectory: dict | None = None) -> None:
@@ -113,12 +124,7 @@ def create_surface_file(path: str, config: SurfaceConfig, directions: dict,
     further attributes, stored under /trajectory.
     """
     check_out_path(path)
-    for stale in glob.glob(glob.escape(path) + ".tmp-*"):  # left by a run killed while creating
-        try:
-            os.remove(stale)
-        except OSError:
-            pass
-    tmp = f"{path}.tmp-{os.getpid()}"
+    tmp = fresh_temporary(path)
     shape = config.shape
     try:
         # HDF5's own file locking is best effort: file systems without flock (some NFS, Lustre with
