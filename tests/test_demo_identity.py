@@ -1,7 +1,8 @@
 """The embedded default's surface file is the one the code wrote before the redesign of the layout.
 
 tests/data/demo_surface_reference.npz was written from `landscape-mpi demo` at commit 1014897 (the last commit
-before the layout changed), on this project's CI machine kind (2 cores, torch 2.14.1): coordinates, the stored
+before the layout changed), on this project's CI machine kind (2 cores, torch 2.14.1), with OMP_NUM_THREADS=1 as
+the tests run it (the thread count changes the last bits of training and evaluation): coordinates, the stored
 directions, every value of the 21 x 21 grid and the file's configuration attributes (timestamps, package
 versions, the checkpoint's path and hash aside). A refactoring that changes what is computed, in what order
 values are reduced, or what is recorded, fails here.
@@ -48,10 +49,14 @@ def test_demo_file_equals_the_reference_written_before_the_redesign(tmp_path):
     names = sorted(n for n in reference.files if n != "attrs")
     assert sorted(arrays) == names
     differing = [n for n in names if not np.array_equal(arrays[n], reference[n])]
-    # Bit-identical is what the redesign delivers on the machine kind the reference was written on; another CPU
-    # (other SIMD paths in oneDNN) may change the last bits of a 10-epoch training, so the values are also
-    # compared at float32 round-off, and the report says which held.
+    # Bit-identical is what the redesign delivers on the machine kind the reference was written on (checked when
+    # it was written); another CPU (other SIMD paths in oneDNN) may change the last bits of a 10-epoch training,
+    # so differing arrays are compared at float32 round-off (accuracies: at most one sample of 360 at a point),
+    # and the report says which held.
     for n in differing:
-        np.testing.assert_allclose(arrays[n], reference[n], rtol=2e-5, atol=1e-6, err_msg=n)
+        if n.endswith("_acc"):
+            np.testing.assert_allclose(arrays[n], reference[n], rtol=0, atol=1.01 / 360, err_msg=n)
+        else:
+            np.testing.assert_allclose(arrays[n], reference[n], rtol=2e-5, atol=1e-6, err_msg=n)
     print(f"demo file: {len(names) - len(differing)} of {len(names)} arrays bit-identical to the reference; "
           f"differing at round-off: {differing}")
