@@ -4,7 +4,8 @@ A user account without privileges copies the project, runs `LANDSCAPE_SKIP_APT=1
 an environment of its own (no apt-get: the MPI on PATH, PyPI's serial h5py), and computes a small surface on two
 ranks with `--io single`. PyTorch itself is taken from the suite's environment (LANDSCAPE_SHARE_SITE, the
 script's way to reuse a shared PyTorch install) rather than copied again: it is the same pip command on both
-paths, and installing it costs minutes and gigabytes.
+paths, and installing it costs minutes and gigabytes. The user's interpreter is the system's `python3` (the
+suite's own may live in root's home, which the user cannot enter).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import tempfile
 
 import h5py
 import numpy as np
@@ -34,14 +36,15 @@ def _as_user(cmd: list[str], home: str, timeout: float, **extra) -> subprocess.C
 
 
 @pytest.fixture(scope="module")
-def nonroot_home(tmp_path_factory):
+def nonroot_home():
     if os.geteuid() != 0:
         pytest.skip("needs root to create the user without root that runs this test")
     try:
         pwd.getpwnam(USER)
     except KeyError:
         subprocess.run(["useradd", "--no-create-home", "--shell", "/bin/sh", USER], check=True)
-    home = str(tmp_path_factory.mktemp("nonroot"))
+    # pytest's own temporary folders are private to root (mode 700 up the tree): the user gets one of its own
+    home = tempfile.mkdtemp(prefix="landscape-nonroot-", dir="/tmp")
     os.chmod(home, 0o755)
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
                            text=True, check=True).stdout.split("\n")
@@ -50,14 +53,15 @@ def nonroot_home(tmp_path_factory):
             os.makedirs(os.path.join(home, "src", os.path.dirname(rel)), exist_ok=True)
             shutil.copy2(os.path.join(ROOT, rel), os.path.join(home, "src", rel))
     subprocess.run(["chown", "-R", USER, home], check=True)
-    return home
+    yield home
+    shutil.rmtree(home, ignore_errors=True)
 
 
 def test_install_without_root_then_a_surface_on_two_ranks(nonroot_home):
     home = nonroot_home
     shared = sysconfig.get_paths()["purelib"]
     p = _as_user(["bash", f"{home}/src/scripts/install.sh"], home, 600, LANDSCAPE_SKIP_APT="1",
-                 LANDSCAPE_VENV=f"{home}/venv", LANDSCAPE_SHARE_SITE=shared, PYTHON=sys.executable)
+                 LANDSCAPE_VENV=f"{home}/venv", LANDSCAPE_SHARE_SITE=shared)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     assert "installed: torch" in p.stdout and "parallel HDF5: False" in p.stdout, p.stdout[-2000:]
     assert not os.path.exists(os.path.join(home, "src", ".venv-mpich"))  # the root path's second environment

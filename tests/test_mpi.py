@@ -184,15 +184,23 @@ def test_exception_on_one_rank_ends_job_with_message(tmp_path, reference, failin
 
 
 def test_idle_ranks_do_not_spin(tmp_path):
-    """While the workers take 1.5 s for their points, the coordinator, its own short points done, waits: it must
-    use little CPU doing so. (Its first point, 0.3 s, outlasts the workers' first requests, so each worker gets a
-    point whatever the order: at most one of the 3 points is rank 0's.)"""
+    """While the workers take 1.5 s for their points, the coordinator, its own short points (0.3 s) done, waits:
+    it must use little CPU doing so. Which rank gets which point depends on when the workers' first requests
+    arrive; on a loaded machine rank 0 may do every point itself and never wait. The test needs the event "rank
+    0 waited at least 1 s" to have happened: it runs the job until it has (at most 5 times), then checks the CPU
+    time of that wait."""
     cmd = mpiexec(3) + [sys.executable, str(ROOT / "benchmarks" / "bench_scheduler.py"), "--points", "3",
                         "--chunk-size", "1", "--sleep", "1.5,0:0.3", "--json"]
-    report = json.loads(run(cmd, timeout=120).stdout.strip().splitlines()[-1])
-    master = report["stats"][0]
-    waiting = master["wall_seconds"] - master["busy_seconds"]
-    assert master["points"] <= 1 and waiting >= 1.0, master
+    attempts = []
+    for _ in range(5):
+        report = json.loads(run(cmd, timeout=120).stdout.strip().splitlines()[-1])
+        master = report["stats"][0]
+        waiting = master["wall_seconds"] - master["busy_seconds"]
+        attempts.append(master)
+        if waiting >= 1.0:
+            break
+    else:
+        raise AssertionError(f"rank 0 never waited 1 s for its workers in 5 runs: {attempts}")
     assert master["cpu_seconds"] < 0.25 * waiting, master
 
 
