@@ -14,7 +14,6 @@ import os
 import pwd
 import shutil
 import subprocess
-import sys
 import sysconfig
 import tempfile
 
