@@ -371,6 +371,13 @@ def slurm():
 
 
 @pytest.fixture(scope="session")
+def demo_run(tmp_path_factory) -> tuple[str, subprocess.CompletedProcess]:
+    """`landscape-mpi demo --out-dir DIR`, run once for the tests that read what it made: (DIR, the process)."""
+    out_dir = str(tmp_path_factory.mktemp("demo") / "demo")
+    return out_dir, run(cli("demo", "--out-dir", out_dir), timeout=300)
+
+
+@pytest.fixture(scope="session")
 def digits_ckpt(tmp_path_factory) -> str:
     """A digits_cnn trained 2 epochs (with BatchNorm and conv filters)."""
     from landscape_mpi.training.train import TrainConfig, train

@@ -173,9 +173,9 @@ def test_info_json_and_text(tmp_path, digits_ckpt):
     one_line_error(p, "no such file")
 
 
-def test_demo_completes(tmp_path):
-    p = run(cli("demo", "--out-dir", str(tmp_path / "demo")), timeout=300)
-    path = tmp_path / "demo" / "surface.h5"
+def test_demo_completes(tmp_path, demo_run):
+    out_dir, p = demo_run
+    path = os.path.join(out_dir, "surface.h5")
     info = json.loads(run(cli("info", str(path), "--json")).stdout)
     assert info["complete"] and info["total"] == 21 * 21
     assert "landscape-plot" in p.stderr

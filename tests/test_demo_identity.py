@@ -16,7 +16,6 @@ import os
 import h5py
 import numpy as np
 
-from conftest import cli, run
 
 REFERENCE = os.path.join(os.path.dirname(__file__), "data", "demo_surface_reference.npz")
 IGNORED_ATTRS = ("created", "versions", "checkpoint", "checkpoint_sha256")
@@ -38,9 +37,8 @@ def _file_contents(path: str, out_dir: str) -> tuple[dict, dict]:
     return attrs, arrays
 
 
-def test_demo_file_equals_the_reference_written_before_the_redesign(tmp_path):
-    out_dir = str(tmp_path / "demo")
-    run(cli("demo", "--out-dir", out_dir), timeout=300)
+def test_demo_file_equals_the_reference_written_before_the_redesign(demo_run):
+    out_dir, _ = demo_run
     attrs, arrays = _file_contents(os.path.join(out_dir, "surface.h5"), out_dir)
     reference = np.load(REFERENCE)
     expected_attrs = json.loads(str(reference["attrs"]))
