@@ -31,11 +31,16 @@ def build_parser() -> Parser:
     p.add_argument("files", nargs="+", help="surface files; several: 1D overlay or side-by-side comparison")
     p.add_argument("--kind", action="append", choices=KINDS,
                    help="what to draw (repeatable); default: every kind that fits the file(s)")
-    p.add_argument("--metric", default="train_loss", help="train_loss (default), test_loss, train_acc, test_acc, ...")
+    p.add_argument("--metric", default="train_loss",
+                   help="train_loss (default), test_loss, train_acc, test_acc, ... (the file's <split>_<metric>)")
     p.add_argument("--out", help="output folder (default: figures/ beside the first file)")
     p.add_argument("--format", default="png", choices=("png", "pdf", "svg"))
     p.add_argument("--dpi", type=int, default=200)
-    p.add_argument("--log", action="store_true", help="log scale: log-spaced levels, log10 heights, 1D log loss axis")
+    p.add_argument("--scale", default="auto", choices=("auto", "linear", "log"),
+                   help="auto (default): log-spaced levels and log10 heights in the 2D and 3D figures when the "
+                        "values span two decades or more (figures.spans_decades), else linear; linear; log (also "
+                        "the 1D loss axis and the exports)")
+    p.add_argument("--log", action="store_true", help="the same as --scale log")
     p.add_argument("--vmin", type=float, help="lowest level / color (default: data minimum)")
     p.add_argument("--vmax", type=float, help="highest level / color (default: data maximum)")
     p.add_argument("--levels", type=int, default=30, help="number of contour levels (default 30)")
@@ -68,7 +73,7 @@ def default_kinds(surfaces: list[Surface]) -> list[str]:
 def needed_metrics(surface: Surface, kind: str, metric: str) -> list[str]:
     """The metrics a figure kind reads (so that only those datasets are read from the file)."""
     if kind == "1d":
-        return [m for m in surface.available if m.endswith(("_loss", "_acc"))]
+        return [m for m in surface.available if m.startswith(("train_", "test_"))]
     if kind == "vti":
         return [m for m in surface.available if m != "eig_ratio"]
     if kind == "eig_ratio":
@@ -78,9 +83,24 @@ def needed_metrics(surface: Surface, kind: str, metric: str) -> list[str]:
     return [metric]
 
 
+#: The figures whose scale --scale auto chooses from the data (the others follow --scale log only).
+AUTO_SCALED = ("contour", "contourf", "heatmap", "surface3d", "trajectory", "compare")
+
+
+def use_log(surfaces: list[Surface], kind: str, a: argparse.Namespace) -> bool:
+    """Whether `kind` is drawn on a log scale: --log / --scale log, or --scale auto on a metric whose values
+    span two decades or more (the loss around a minimum: linear levels leave the basin one empty ring)."""
+    if a.log or a.scale == "log":
+        return True
+    if a.scale == "linear" or kind not in AUTO_SCALED:
+        return False
+    return figures.spans_decades([x.metric(a.metric) for x in surfaces], a.vmin, a.vmax)
+
+
 def draw(surfaces: list[Surface], kind: str, a: argparse.Namespace, out_dir: str) -> str:
     s = surfaces[0]
     stem = os.path.splitext(os.path.basename(s.path))[0]
+    a = argparse.Namespace(**{**vars(a), "log": use_log(surfaces, kind, a)})
     if kind == "1d":
         name = f"{stem}_1d" if len(surfaces) == 1 else "overlay_1d"
         return figures.save(figures.plot_1d(surfaces, a.log), os.path.join(out_dir, f"{name}.{a.format}"), a.dpi)

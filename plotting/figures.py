@@ -8,6 +8,7 @@ blank here (masked cells), never drawn as zero.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 
 import matplotlib
@@ -62,6 +63,18 @@ def levels_for(arrays: Sequence[np.ndarray], vmin: float | None = None, vmax: fl
     return np.geomspace(lo, hi, n) if log else np.linspace(lo, hi, n)
 
 
+def spans_decades(arrays: Sequence[np.ndarray], vmin: float | None = None, vmax: float | None = None,
+                  decades: float = 2.0) -> bool:
+    """True if every finite value (within --vmin/--vmax where given) is positive and the largest is at least
+    10**decades times the smallest: levels and colors then belong on a log scale."""
+    finite = np.concatenate([a[np.isfinite(a)].ravel() for a in arrays]) if arrays else np.array([])
+    lo = float(vmin) if vmin is not None else (float(finite.min()) if finite.size else np.nan)
+    hi = float(vmax) if vmax is not None else (float(finite.max()) if finite.size else np.nan)
+    if not (np.isfinite(lo) and np.isfinite(hi)) or lo <= 0 or (finite.size and finite.min() <= 0 and vmin is None):
+        return False
+    return hi / lo >= 10.0 ** decades
+
+
 def _norm(levels: np.ndarray, log: bool) -> colors.Normalize:
     return colors.LogNorm(levels[0], levels[-1]) if log else colors.Normalize(levels[0], levels[-1])
 
@@ -89,11 +102,21 @@ def _finish_2d(fig: Figure, ax, surface: Surface, metric: str, what: str) -> Fig
 
 
 # ------------------------------------------------------------------------------------------------ 1D
+def second_metric(surface: Surface, split: str) -> str | None:
+    """The task's second metric of `split` that the file holds (classify: acc; lm: ppl; regress: r2), in the
+    order the writer declared its metrics."""
+    declared = json.loads(surface.attrs.get("metrics", "[]") or "[]") or list(surface.values)
+    return next((m for m in declared if m.startswith(f"{split}_") and m != f"{split}_loss" and m in surface.values),
+                None)
+
+
 def plot_1d(surfaces: Sequence[Surface], log: bool = False) -> Figure:
-    """Loss (left axis, solid) and accuracy (right axis, dashed) against the coordinate, train and test;
-    several files are overlaid, each labeled from its config (the paper's small- vs large-batch figure)."""
+    """Loss (left axis, solid) and the task's second metric (right axis, dashed: accuracy in % for a
+    classifier) against the coordinate, train and test; several files are overlaid, each labeled from its
+    config (the paper's small- vs large-batch figure)."""
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     acc_ax = ax.twinx()
+    right = None
     for k, (s, name) in enumerate(zip(surfaces, legend_labels(list(surfaces)))):
         if s.ndim != 1:
             raise PlotError(f"{s.path} is a {s.ndim}D grid; the 1D figure needs a 1D surface")
@@ -103,9 +126,14 @@ def plot_1d(surfaces: Sequence[Surface], log: bool = False) -> Figure:
             if f"{split}_loss" in s.values:
                 loss = s.values[f"{split}_loss"]
                 ax.plot(x, loss, color=color, lw=width, label=f"{name} {split} loss")
-                if f"{split}_acc" in s.values:
-                    acc_ax.plot(x, 100 * s.values[f"{split}_acc"], color=color, lw=width, ls="--",
-                                label=f"{name} {split} accuracy")
+                second = second_metric(s, split)
+                if second is not None:
+                    metric = second[len(split) + 1:]
+                    right = right or metric
+                    scale = 100 if metric.endswith("acc") else 1
+                    shown = "accuracy" if metric == "acc" else metric
+                    acc_ax.plot(x, scale * s.values[second], color=color, lw=width, ls="--",
+                                label=f"{name} {split} {shown}")
                 filled = s.interpolated.get(f"{split}_loss")
                 if filled is not None:  # --fill-missing: the computed points as dots on the line
                     ax.plot(x[~filled], loss[~filled], ".", color="k", ms=3)
@@ -113,8 +141,11 @@ def plot_1d(surfaces: Sequence[Surface], log: bool = False) -> Figure:
         ax.set_yscale("log")
     ax.set_xlabel("x (direction 1)" if surfaces[0].config.get("x_target") is None else "interpolation coefficient")
     ax.set_ylabel("loss")
-    acc_ax.set_ylabel("accuracy (%)")
-    acc_ax.set_ylim(0, 100)
+    if right is None or right.endswith("acc"):
+        acc_ax.set_ylabel("accuracy (%)" if right in (None, "acc") else f"{right} (%)")
+        acc_ax.set_ylim(0, 100)
+    else:
+        acc_ax.set_ylabel(right)
     handles = ax.get_legend_handles_labels()
     handles2 = acc_ax.get_legend_handles_labels()
     ax.legend(handles[0] + handles2[0], handles[1] + handles2[1], fontsize=7, loc="upper center")
@@ -137,6 +168,7 @@ def plot_contour(surface: Surface, metric: str, levels: np.ndarray, log: bool = 
     cs = ax.contour(X, Y, Z, levels=levels, cmap=CMAP, norm=_norm(levels, log), linewidths=0.9)
     ax.clabel(cs, cs.levels[::2], inline=True, fontsize=6, fmt="%.3g")
     ax.plot([0], [0], "k+", ms=8)
+    fig.colorbar(cs, ax=ax, label=metric, shrink=0.85, format="%.3g")
     return _finish_2d(fig, ax, surface, metric, f"{metric} contours")
 
 
@@ -159,6 +191,16 @@ def plot_heatmap(surface: Surface, metric: str, levels: np.ndarray, log: bool = 
     return _finish_2d(fig, ax, surface, metric, metric)
 
 
+def view_azimuth(X: np.ndarray, Y: np.ndarray, z: np.ndarray) -> float:
+    """The camera's azimuth (degrees) that puts the grid's lowest corner nearest the viewer, 15 degrees off its
+    diagonal: a high corner in front would hide the basin behind it (matplotlib draws faces in depth order, and
+    the tall near faces cover the far ones)."""
+    corners = [(0, 0), (0, -1), (-1, 0), (-1, -1)]
+    heights = [z[i, j] if np.isfinite(z[i, j]) else np.inf for i, j in corners]
+    i, j = corners[int(np.argmin(heights))]
+    return float(np.degrees(np.arctan2(np.sign(Y[i, j]) or 1.0, np.sign(X[i, j]) or 1.0))) - 15.0
+
+
 def plot_surface3d(surface: Surface, metric: str, levels: np.ndarray, log: bool = False) -> Figure:
     """A 3D surface (z = the metric, log10 with `log`); missing points leave holes."""
     X, Y, Z = _grid(surface, metric)
@@ -171,6 +213,7 @@ def plot_surface3d(surface: Surface, metric: str, levels: np.ndarray, log: bool 
     fig = plt.figure(figsize=(6.4, 5.2))
     ax = fig.add_subplot(projection="3d")
     ax.plot_surface(X, Y, z, cmap=CMAP, vmin=lo, vmax=hi, rstride=1, cstride=1, linewidth=0, antialiased=True)
+    ax.view_init(elev=30, azim=view_azimuth(X, Y, z))
     ax.set_xlabel("x")
     ax.set_ylabel("y")
     ax.set_zlabel(f"log10 {metric}" if log else metric)

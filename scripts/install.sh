@@ -3,7 +3,8 @@
 #
 #   As root, on a fresh Debian/Ubuntu machine (the README's commands, what CI runs):   bash scripts/install.sh
 #     Open MPI, parallel HDF5, SLURM and munge from apt; ./.venv with h5py built against parallel HDF5 (so
-#     --io collective works), PyTorch, the package and its test extra; ./.venv-mpich beside it, which runs the
+#     --io collective works), PyTorch, the package with its test and hf extras (hf: Hugging Face transformers,
+#     optional for users, needed by tests/test_hf.py); ./.venv-mpich beside it, which runs the
 #     same packages under MPICH (PyPI's mpich + mpi4py) so that the tests cover both MPI implementations.
 #
 #   Without root (a cluster login node):   LANDSCAPE_SKIP_APT=1 bash scripts/install.sh
@@ -57,11 +58,12 @@ elif ! "$VPY" -c 'import h5py,sys; sys.exit(0 if h5py.get_config().mpi else 1)' 
   rm -f "$cfg"
 fi
 
-# torch + torchvision as a matched pair (docs/install.md), then the package and its test extra.
+# torch + torchvision as a matched pair (docs/install.md), then the package, its test extra and the optional hf
+# extra (transformers, for Hugging Face models by import path; tests/test_hf.py needs it).
 if [ -z "${LANDSCAPE_SHARE_SITE:-}" ]; then
   "$VPY" -m pip install -q "torch>=2.1" "torchvision>=0.16"
   "$VPY" -m pip install -q "setuptools>=77.0.1" wheel
-  "$VPY" -m pip install -q --no-build-isolation -e ".[test]"
+  "$VPY" -m pip install -q --no-build-isolation -e ".[test,hf]"
 else
   # The package from this folder, then everything else from the shared site (its .pth files included), both
   # after this environment's own packages (.pth files are read in name order). Written last, so that pip

@@ -47,6 +47,19 @@ def test_nonconvex_fraction_and_sharpness():
     assert measures.eig_ratio_mean(np.array([-1.0, 0.0, np.nan]), np.array([2.0, 4.0, 1.0])) == pytest.approx(0.25)
 
 
+def test_random_walk_baseline_takes_the_runs_step_sizes():
+    """With the run's step norms, the walk follows them: one big first step and tiny ones after is nearly a
+    line (PC1+PC2 close to 1), far above the equal-step walk; wrong lengths are refused."""
+    n = 20
+    line = measures.random_walk_explained(n, dim=500, trials=20, step_norms=np.r_[100.0, np.full(n - 2, 1e-3)])
+    equal = measures.random_walk_explained(n, dim=500, trials=20, step_norms=np.ones(n - 1))
+    gaussian = measures.random_walk_explained(n, dim=500, trials=20)
+    assert line[0] > 0.999 and equal[0] < 0.9
+    assert abs(equal[0] - gaussian[0]) < 0.05  # equal lengths: the isotropic Gaussian walk, up to length noise
+    with pytest.raises(ValueError):
+        measures.random_walk_explained(n, step_norms=np.ones(n))
+
+
 def test_random_walk_baseline():
     """A walk in many more dimensions than points concentrates on its expected spectrum: the eigenvalues of
     H L L^T H (L: lower-triangular ones, the cumulative sum; H: centering), which for long walks give

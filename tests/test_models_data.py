@@ -14,7 +14,7 @@ from landscape_mpi.config.errors import UserError
 from landscape_mpi.models import INPUT_SHAPES, ZOO, build_model, load_checkpoint, read_state_dict
 
 
-@pytest.mark.parametrize("name", list(ZOO))
+@pytest.mark.parametrize("name", [n for n in ZOO if ZOO[n][1] != "text"])  # gpt_tiny: tests/test_gpt_text.py
 def test_zoo_models_forward(name):
     model = build_model(name).eval()
     x = torch.randn(2, *INPUT_SHAPES[ZOO[name][1]])

@@ -201,13 +201,17 @@ def test_demo_builds_its_configs_without_touching_the_namespace():
 
     a = parse("demo", "--out-dir", "d", "--points", "5", "--seed", "2", "--device", "cpu")
     before = dict(vars(a))
-    demo, config, options = configs(a)
+    demo, training, config, options = configs(a)
     assert vars(a) == before
-    assert (demo.out_dir, demo.points, demo.epochs) == ("d", 5, 10)
+    assert (demo.out_dir, demo.points, training.epochs, training.model) == ("d", 5, 10, "digits_cnn")
     assert config == SurfaceConfig(model="digits_cnn", checkpoint="d/digits_cnn/final.pt", x=Axis(-1, 1, 5),
                                    y=Axis(-1, 1, 5), seed=2)
     assert options == RunOptions(out="d/surface.h5", device="cpu")
-    assert configs(parse("demo", "--out", "x.h5"))[2].out == "x.h5"
+    assert configs(parse("demo", "--out", "x.h5"))[3].out == "x.h5"
+    demo, training, config, options = configs(parse("demo", "--out-dir", "d", "--task", "lm"))
+    assert (training.model, training.dataset, training.epochs, training.optimizer) == ("gpt_tiny", "text", 3, "adam")
+    assert (config.model, config.task, config.samples, options.out) == ("gpt_tiny", "lm", 128, "d/surface-lm.h5")
+    assert config.x == config.y == Axis(-1, 1, 13)
 
 
 def test_declaration_helper_on_a_small_class():
@@ -231,3 +235,12 @@ def test_declaration_helper_on_a_small_class():
     assert from_args(Opts, p.parse_args(["n"]), count=9).count == 9
     with pytest.raises(UserError, match="no option nope"):
         from_args(Opts, p.parse_args(["n"]), nope=1)
+
+
+def test_hessian_top_k_1_needs_no_store_vectors():
+    """--store-vectors follows --top-k when it is smaller than the default 2 (hessian --top-k 1 alone works)."""
+    from landscape_mpi.config.hessian import HessianConfig
+
+    assert HessianConfig(model="m", checkpoint="c", out="o", top_k=1).store_vectors == 1
+    assert HessianConfig(model="m", checkpoint="c", out="o").store_vectors == 2
+    assert HessianConfig(model="m", checkpoint="c", out="o", top_k=4, store_vectors=0).store_vectors == 0

@@ -140,6 +140,61 @@ def test_log_levels_and_explicit_range(partial2d):
     np.testing.assert_allclose(levels, [0.1, 1, 10, 100])
 
 
+def test_scale_follows_the_data_by_default(tmp_path, capsys):
+    """--scale auto: a loss spanning two decades or more (a trained minimum: 0.01 at the centre, 20 at the
+    corners) gets log-spaced levels, so the basin is not one empty ring; a loss within one decade stays linear;
+    --scale linear forces linear. The contour figure has a colorbar."""
+    from plotting import cli as plot_cli
+
+    XX, YY = np.meshgrid(X, Y, indexing="ij")
+    done = np.ones(XX.shape, bool)
+    deep = write_file(tmp_path / "deep.h5", {"x": X, "y": Y}, {"train_loss": 0.01 + 8.0 * (XX ** 2 + YY ** 2)}, done)
+    shallow = write_file(tmp_path / "shallow.h5", {"x": X, "y": Y}, {"train_loss": f(XX, YY)}, done)
+    assert figures.spans_decades([read_surface(deep).metric("train_loss")])
+    assert not figures.spans_decades([read_surface(shallow).metric("train_loss")])
+    assert not figures.spans_decades([np.array([-1.0, 500.0])])  # log needs positive values
+
+    def levels(path, *extra):
+        fig = {}
+        real_save = figures.save
+
+        def keep(figure, out, dpi=200):
+            fig["f"] = figure
+            return real_save(figure, out, dpi)
+
+        figures.save = keep
+        try:
+            assert plot_cli.main([path, "--kind", "contour", "--out", str(tmp_path / "figs"), *extra]) == 0
+        finally:
+            figures.save = real_save
+        ax = fig["f"].axes[0]
+        assert len(fig["f"].axes) == 2 and fig["f"].axes[1].get_ylabel() == "train_loss"  # the colorbar
+        return np.asarray(contour_set(ax).levels)
+
+    capsys.readouterr()
+    log_levels = levels(deep)
+    ratios = log_levels[1:] / log_levels[:-1]
+    np.testing.assert_allclose(ratios, ratios[0], rtol=1e-9)  # geometric: log-spaced
+    assert ratios[0] > 1.2
+    for linear in (levels(shallow), levels(deep, "--scale", "linear")):
+        np.testing.assert_allclose(np.diff(linear), np.diff(linear)[0], rtol=1e-9)  # arithmetic: linear
+
+
+def test_surface3d_looks_over_its_lowest_corner(tmp_path):
+    """The camera stands nearest the grid's lowest corner (a high corner in front would hide the basin)."""
+    XX, YY = np.meshgrid(X, Y, indexing="ij")
+    done = np.ones(XX.shape, bool)
+    for corner in [(1, 1), (1, -1), (-1, 1), (-1, -1)]:
+        tilt = 3.0 + 0.5 * (corner[0] * -XX + corner[1] * -(YY - 0.5))  # lowest at `corner` of the grid
+        path = write_file(tmp_path / f"tilt{corner}.h5", {"x": X, "y": Y}, {"train_loss": tilt}, done)
+        surface = read_surface(path)
+        levels = figures.levels_for([surface.metric("train_loss")])
+        ax = figures.plot_surface3d(surface, "train_loss", levels).axes[0]
+        eye = np.array([np.cos(np.radians(ax.azim)), np.sin(np.radians(ax.azim))])  # matplotlib's camera azimuth
+        nearest = max([(1, 1), (1, -1), (-1, 1), (-1, -1)], key=lambda c: float(np.dot(eye, c)))
+        assert nearest == corner, (corner, ax.azim)
+
+
 def test_heatmap_blank_cells_where_missing(partial2d):
     path, loss, done = partial2d
     s = read_surface(path)

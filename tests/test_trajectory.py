@@ -92,6 +92,13 @@ def test_residual_measures_distance_off_the_plane():
     assert np.argmax(r.residual) == 2 and r.residual[2] > 0.02  # the tilted plane absorbs part of the 0.05
 
 
+def test_step_norms_are_the_distances_between_consecutive_checkpoints():
+    final, ckpts, *_ = plane_trajectory(noise=1e-3)
+    r = pca_directions(final, ckpts, KEYS, "biasbn", "exact")
+    rows = np.stack([flat(c) for c in ckpts])  # the weights of every checkpoint (biases left out by biasbn)
+    np.testing.assert_allclose(r.step_norms, np.linalg.norm(np.diff(rows, axis=0), axis=1), rtol=1e-10)
+
+
 def test_against_numpy_svd_uncentered_and_ignore_none():
     rng = np.random.default_rng(1)
     final = {k: torch.tensor(rng.standard_normal(s)) for k, s in SHAPES.items()}

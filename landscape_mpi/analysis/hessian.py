@@ -25,13 +25,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from landscape_mpi.data.datasets import EvalSet
-from landscape_mpi.directions.base import PointSetter, random_direction
+from landscape_mpi.directions.base import PointSetter, filter_dims, random_direction
 from landscape_mpi.config.errors import UserError
-from landscape_mpi.engine.evaluate import batch_loss_sum
+from landscape_mpi.tasks import Task, as_task
+from landscape_mpi.tasks.classify import loss_sum as classify_loss_sum
 from landscape_mpi.analysis.krylov import Matvec, extreme_pair
 from landscape_mpi.runtime.comm import SELF
 
@@ -87,20 +87,8 @@ class ParamSpace:
 
 
 def loss_sum(logits: torch.Tensor, labels: torch.Tensor, loss: str) -> torch.Tensor:
-    """Sum over the batch of the per-sample loss, as evaluate.batch_loss_sum, but kept in float64 for a float64 model.
-
-    evaluate.batch_loss_sum casts logits to float32 (right for its speed-oriented evaluation); here a float64 run
-    (``--precision float64``) must stay float64 end to end, so the same two formulas are applied without the cast.
-    """
-    if logits.dtype != torch.float64:
-        return batch_loss_sum(logits, labels, loss)
-    if loss == "ce":
-        return F.cross_entropy(logits, labels, reduction="sum")
-    if loss == "mse":
-        probs = torch.softmax(logits, dim=1)
-        onehot = F.one_hot(labels, probs.shape[1]).to(probs.dtype)
-        return ((probs - onehot) ** 2).mean(dim=1).sum()
-    raise ValueError(loss)
+    """classify's loss sum, float64 kept for a float64 model (`tasks.classify.loss_sum`)."""
+    return classify_loss_sum(logits, labels, loss)
 
 
 def shard(data: EvalSet | Sequence[EvalSet], rank: int, size: int) -> list[EvalSet]:
@@ -110,7 +98,7 @@ def shard(data: EvalSet | Sequence[EvalSet], rank: int, size: int) -> list[EvalS
     for s in sets:
         n = len(s)
         lo, hi = n * rank // size, n * (rank + 1) // size
-        out.append(EvalSet(s.name, s.inputs[lo:hi], s.labels[lo:hi], s.indices))
+        out.append(s.part(lo, hi))
     return out
 
 
@@ -118,15 +106,18 @@ def shard(data: EvalSet | Sequence[EvalSet], rank: int, size: int) -> list[EvalS
 class HessianOperator:
     """Products with the Hessian of the mean loss at the model's current weights.
 
+    The mean loss is the task's (`loss`: a Task, or "ce" | "mse" for classify): its loss sums over every
+    rank's batches divided by its count over all samples (classify: samples, float64 kept for a float64 model).
+
     All ranks of `comm` construct it with the *full* evaluation set(s) and the same model; each keeps its shard.
     `product` is collective: under MPI call it only inside `drive` (rank 0) -- the other ranks serve it there.
     `comm`: the ranks that share the samples (default `comm.SELF`: this process holds them all).
     """
 
-    def __init__(self, model: nn.Module, data: EvalSet | Sequence[EvalSet], loss: str,
+    def __init__(self, model: nn.Module, data: EvalSet | Sequence[EvalSet], loss: str | Task,
                  batch_size: int = DEFAULT_BATCH_SIZE, comm=SELF) -> None:
         self.model = model
-        self.loss = loss
+        self.task = as_task(loss)
         self.batch_size = batch_size
         self.comm = comm
         rank, size = comm.Get_rank(), comm.Get_size()
@@ -135,9 +126,14 @@ class HessianOperator:
         self.params = [p for _, p in model.named_parameters() if p.requires_grad]
         self.local = shard(data, rank, size)
         # Every rank holds every sample (shards are cut here), so the global count is known without communication.
-        self.n_samples = sum(len(s) for s in ([data] if isinstance(data, EvalSet) else data))
+        every = [data] if isinstance(data, EvalSet) else list(data)
+        self.n_samples = sum(len(s) for s in every)
         if self.n_samples == 0:
             raise UserError("the evaluation set is empty; check --samples and --splits")
+        # What the loss is a mean over (classify: samples; lm: predicted tokens; regress: target elements).
+        self.count = sum(self.task.count(*s.rows(0, len(s))) for s in every)
+        if self.count == 0:
+            raise UserError(f"the evaluation set has nothing to predict for --task {self.task.name}")
         self.products = 0
         """Hessian-vector products computed so far (counted on rank 0, the one that drives)."""
 
@@ -153,10 +149,9 @@ class HessianOperator:
         total = np.zeros(self.n)
         for s in self.local:
             for start in range(0, len(s), self.batch_size):
-                x = s.inputs[start:start + self.batch_size]
-                y = s.labels[start:start + self.batch_size]
+                x, y = s.rows(start, start + self.batch_size)
                 with torch.enable_grad():
-                    value = loss_sum(self.model(x), y, self.loss)
+                    value = self.task.loss_sum(self.task.forward(self.model, x), x, y)
                     grads = torch.autograd.grad(value, self.params, create_graph=True, allow_unused=True)
                     dot = sum((g * u).sum() for g, u in zip(grads, vs) if g is not None)
                     if not torch.is_tensor(dot) or not dot.requires_grad:  # the loss is linear in every parameter
@@ -175,12 +170,12 @@ class HessianOperator:
 
     def _reduce(self, local: np.ndarray) -> np.ndarray:
         if self.size == 1:  # this rank's sum is the total (and one process never imports mpi4py)
-            return local / self.n_samples
+            return local / self.count
         from mpi4py import MPI
 
         total = np.empty_like(local)
         self.comm.Allreduce(local, total, op=MPI.SUM)
-        return total / self.n_samples
+        return total / self.count
 
     def serve(self) -> None:
         """On ranks other than 0: compute products for rank 0 until it says stop."""
@@ -203,8 +198,8 @@ class HessianOperator:
         with torch.no_grad():
             for s in self.local:
                 for start in range(0, len(s), self.batch_size):
-                    out = self.model(s.inputs[start:start + self.batch_size])
-                    total += float(loss_sum(out, s.labels[start:start + self.batch_size], self.loss).double())
+                    x, y = s.rows(start, start + self.batch_size)
+                    total += float(self.task.loss_sum(self.task.forward(self.model, x), x, y).double())
         return float(self._reduce(np.array([total]))[0])
 
 
@@ -276,7 +271,7 @@ def adaptive_sharpness(op: HessianOperator, rho: float, samples: int, seed: int)
     base = op.mean_loss()
     values = np.empty(samples)
     for m in range(samples):
-        direction = random_direction(state, keys, generator, "filter", "biasbn")
+        direction = random_direction(state, keys, generator, "filter", "biasbn", filter_dims(model))
         setter = PointSetter(model, [direction])
         setter.set([rho])
         try:
@@ -288,7 +283,7 @@ def adaptive_sharpness(op: HessianOperator, rho: float, samples: int, seed: int)
 
 
 # ---------------------------------------------------------------------------- curvature at a grid point
-def eig_extremes(model: nn.Module, data: list[EvalSet] | EvalSet, loss: str, *, tol: float, maxiter: int,
+def eig_extremes(model: nn.Module, data: list[EvalSet] | EvalSet, loss: str | Task, *, tol: float, maxiter: int,
                  comm=SELF, batch_size: int = DEFAULT_BATCH_SIZE) -> tuple[float, float, int]:
     """(lambda_max, lambda_min, Hessian-vector products spent) of the mean loss at the model's CURRENT weights.
 

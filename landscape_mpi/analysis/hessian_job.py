@@ -23,7 +23,8 @@ from landscape_mpi.analysis import hessian as hs
 from landscape_mpi.analysis import krylov
 from landscape_mpi.config.errors import EXIT_COMPLETE, UserError
 from landscape_mpi.config.hessian import HessianConfig
-from landscape_mpi.data.datasets import EvalSet, load_eval_set
+from landscape_mpi.data.datasets import EvalSet, load_eval_set, map_inputs
+from landscape_mpi.tasks import make_task
 from landscape_mpi.files import hessian_store
 from landscape_mpi.files.contract import EIGENVECTOR_CONVENTION
 from landscape_mpi.files.store import check_out_path, package_versions
@@ -36,7 +37,7 @@ GLOB_CHARS = "*?["
 def resolve_checkpoints(spec: str) -> list[str]:
     """The checkpoint files: `spec` itself, or every file matching it if it is a glob (natural name order)."""
     if not any(c in spec for c in GLOB_CHARS):
-        if not os.path.isfile(spec):
+        if not (os.path.isfile(spec) or os.path.isdir(spec)):  # a folder: save_pretrained (models.weight_file)
             raise UserError(f"--checkpoint {spec}: no such file; give the path of a saved model (torch.save)")
         return [spec]
     paths = sorted((p for p in glob.glob(spec) if os.path.isfile(p)), key=natural_key)
@@ -93,10 +94,14 @@ def run_hessian(cfg: HessianConfig, ctx) -> int:
         if cfg.top_k >= space.n:
             raise UserError(f"--top-k {cfg.top_k}: must be less than the number of parameters ({space.n})")
         data = [load_eval_set(cfg.dataset, s, cfg.data_root, cfg.samples, cfg.seed) for s in cfg.splits]
-        data = [EvalSet(d.name, d.inputs.to(ctx.device, dtype), d.labels.to(ctx.device), d.indices) for d in data]
+        # real-valued tensors in the model's dtype (token ids stay integers)
+        data = [EvalSet(d.name, map_inputs(d.inputs, lambda t: t.to(ctx.device, dtype if t.is_floating_point() else None)),
+                        d.labels.to(ctx.device, dtype if d.labels.is_floating_point() else None)
+                        if d.labels is not None else None, d.indices) for d in data]
         return model, space, data
 
     model, space, data = on_every_rank(load)
+    objective = on_every_rank(lambda: make_task(cfg.task, cfg.loss))  # the task whose mean loss is measured
     n_samples = sum(len(d) for d in data)
     log(f"{len(paths)} checkpoint(s), {space.n} parameters, {n_samples} samples ({','.join(cfg.splits)}), "
         f"{ctx.size} rank(s), {cfg.precision} on {ctx.device}")
@@ -111,7 +116,7 @@ def run_hessian(cfg: HessianConfig, ctx) -> int:
 
         sha, epoch, epoch_source = on_every_rank(load_row)
         model.to(device=ctx.device, dtype=dtype)
-        op = hs.HessianOperator(model, data, cfg.loss, cfg.batch_size, ctx.comm)
+        op = hs.HessianOperator(model, data, objective, cfg.batch_size, ctx.comm)
         loss = op.mean_loss()
 
         def task(matvec: krylov.Matvec) -> tuple:
@@ -151,7 +156,9 @@ def run_hessian(cfg: HessianConfig, ctx) -> int:
     # 4. the file
     def write() -> None:
         if ctx.is_master:
-            attrs = {"model": cfg.model, "loss": cfg.loss, "splits": ",".join(cfg.splits),
+            # "loss": classify's --loss; another task's loss is its own (named by the task)
+            attrs = {"model": cfg.model, "task": cfg.task, "loss": cfg.loss if cfg.task == "classify" else cfg.task,
+                     "splits": ",".join(cfg.splits),
                      "samples": -1 if cfg.samples is None else cfg.samples, "n_params": space.n,
                      "n_samples": n_samples, "precision": cfg.precision, "bn_mode": "eval",
                      "ranks": ctx.size, "eigenvector_convention": EIGENVECTOR_CONVENTION,

@@ -37,7 +37,7 @@ def summary_lines(info: dict) -> list[str]:
     lines = [f"{info['file']}  (schema {info['schema_version']}, created {info['created']})",
              f"  model      {c['model']}  checkpoint {info['checkpoint']}",
              f"  data       {c['dataset']}  splits {','.join(c['splits'])}  samples {c['samples'] or 'all'}  "
-             f"loss {c['loss']}",
+             + (f"task {c['task']}" if c.get("task") else f"loss {c['loss']}"),
              f"  directions norm={c['norm']} ignore={c['ignore']} space={c['dir_space']} seed={c['seed']}"
              + (f" x-target={c['x_target']}" if c.get("x_target") else "") + (" same-dir" if c.get("same_dir") else ""),
              f"  grid       {axes}  ({'x'.join(map(str, info['shape']))})",
@@ -47,7 +47,7 @@ def summary_lines(info: dict) -> list[str]:
         if r["min"] is None:
             lines.append(f"  {name:<11}no finite values yet{extra}")
         else:
-            lines.append(f"  {name:<11}{r['min']:.6g} .. {r['max']:.6g}{extra}")
+            lines.append(f"  {name + ' ':<11}{r['min']:.6g} .. {r['max']:.6g}{extra}")
     sharp = info.get("sharpness") or {}
     if "unavailable" not in sharp:
         from landscape_mpi.analysis.sharpness import format_sharpness

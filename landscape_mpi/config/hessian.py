@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from landscape_mpi.config.errors import UserError
 from landscape_mpi.config.options import check_choices, comma_join, comma_tuple, option
-from landscape_mpi.config.surface import DEVICES, LOSSES, SPLITS
+from landscape_mpi.config.surface import DEFAULT_TASK, DEVICES, LOSSES, SPLITS, check_task
 
 #: Arithmetic of the Hessian products (not the evaluation precisions fp32/tf32/bf16 of a surface).
 HESSIAN_DTYPES = ("float32", "float64")
@@ -32,15 +32,18 @@ class HessianConfig:
     splits: tuple[str, ...] = option(("train",), help="train, test or train,test: the loss is the mean over the "
                                                       "samples of these splits pooled",
                                      parse=comma_tuple, format=comma_join, group=DATA)
-    loss: str = option("ce", help="ce or mse, as in surface", choices=LOSSES, group=DATA)
+    loss: str = option("ce", help="ce or mse, as in surface (--task classify)", choices=LOSSES, group=DATA)
+    task: str = option(DEFAULT_TASK, help="classify, lm, regress or package.module:factory, as in surface: the "
+                                          "Hessian of the task's mean loss (sum / count)", group=DATA)
     batch_size: int = option(1024, help="samples per double-backprop batch (memory: about 3x a forward pass of "
                                         "this many samples)", group=DATA)
     precision: str = option("float32", help="float32: the model as trained; float64: model and data cast to "
                                             "float64 (slower, for exact comparisons)", choices=HESSIAN_DTYPES,
                             group=DATA)
     top_k: int = option(5, help="largest eigenvalues to compute (ARPACK which='LA')", group=ANALYSES)
-    store_vectors: int = option(2, help="eigenvectors stored per row, the largest ones (at most --top-k; 2 for "
-                                        "surface --directions hessian)", group=ANALYSES)
+    store_vectors: int | None = option(None, help="eigenvectors stored per row, the largest ones (default: 2, "
+                                                   "or --top-k if smaller; 2 for surface --directions hessian)",
+                                       group=ANALYSES)
     tol: float = option(1e-6, help="ARPACK relative tolerance of each eigenvalue", group=ANALYSES)
     maxiter: int = option(1000, help="ARPACK restart limit per eigsh call", group=ANALYSES)
     trace_probes: int = option(100, help="Rademacher probes of the Hutchinson trace (0: skip)", group=ANALYSES)
@@ -60,6 +63,7 @@ class HessianConfig:
 
     def __post_init__(self) -> None:
         check_choices(self)
+        check_task(self.task, self.loss)
         if not self.splits or any(s not in SPLITS for s in self.splits):
             raise UserError(f"--splits {','.join(self.splits)}: choose train, test or train,test")
         positive = {"--batch-size": self.batch_size, "--top-k": self.top_k, "--maxiter": self.maxiter,
@@ -73,6 +77,8 @@ class HessianConfig:
                 raise UserError(f"{flag} {value}: must be 0 (skip) or more")
         if self.samples is not None and self.samples < 1:
             raise UserError(f"--samples {self.samples}: must be at least 1")
+        if self.store_vectors is None:  # frozen: the resolved default is what the file records
+            object.__setattr__(self, "store_vectors", min(2, self.top_k))
         if not 0 <= self.store_vectors <= self.top_k:
             raise UserError(f"--store-vectors {self.store_vectors}: must be between 0 and --top-k {self.top_k}")
         if not (self.tol >= 0 and self.slq_sigma > 0 and self.adaptive_rho > 0):
@@ -82,6 +88,8 @@ class HessianConfig:
         d = dataclasses.asdict(self)
         d["splits"] = list(self.splits)
         del d["overwrite"]
+        if d["task"] == DEFAULT_TASK:  # a classifier's stored config stays what it was before tasks existed
+            del d["task"]
         return d
 
 

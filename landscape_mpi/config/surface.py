@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from landscape_mpi.config.errors import UserError
+from landscape_mpi.config.imports import import_object
 from landscape_mpi.config.options import check_choices, comma_join, comma_tuple, option
 
 AXIS_NAMES = ("x", "y", "z")
@@ -31,6 +32,9 @@ BN_MODES = ("eval", "recalibrate")
 DIRECTION_KINDS = ("random", "pca", "hessian", "file")
 DIR_FORMATS = ("native", "reference")
 ORDERS = ("coarse", "rows")
+#: The built-in tasks (landscape_mpi/tasks) and their metrics; the results are ``<split>_<metric>``.
+TASK_METRICS = {"classify": ("loss", "acc"), "lm": ("loss", "ppl", "token_acc"), "regress": ("loss", "r2")}
+DEFAULT_TASK = "classify"
 #: Evaluation engines (landscape_mpi/engine); auto chooses one.
 ENGINES = ("auto", "eager", "folded", "channels_last", "compiled", "batched")
 
@@ -89,6 +93,22 @@ def format_metrics(eig: bool) -> str:
     return "loss,eig" if eig else "loss"
 
 
+def check_task(task: str, loss: str) -> None:
+    """--task is a built-in or package.module:factory; --loss (ce|mse) is classify's only."""
+    if task not in TASK_METRICS and ":" not in task:
+        raise UserError(f"--task {task}: choose {', '.join(TASK_METRICS)} or package.module:factory")
+    if task != DEFAULT_TASK and loss != "ce":
+        raise UserError(f"--loss {loss} is an option of --task classify; --task {task} defines its own loss: "
+                        f"drop --loss")
+
+
+def task_metrics(task: str) -> tuple[str, ...]:
+    """The metric names of a task (a user task's factory is imported and called)."""
+    if task in TASK_METRICS:
+        return TASK_METRICS[task]
+    return tuple(import_object(task, "--task")().metrics)
+
+
 def _axis(name: str):
     return lambda spec: Axis.parse(spec, name)
 
@@ -108,7 +128,7 @@ class SurfaceConfig:
     the file; a resume must match it. Each field is its option: flag, default, choices and help."""
 
     model: str = option(help="zoo name (landscape-mpi models) or package.module:factory", group=DATA)
-    checkpoint: str = option(help="trained model theta*: a state_dict or a dict holding one", group=DATA)
+    checkpoint: str = option(help="trained model theta*: a state_dict, a dict holding one, or a save_pretrained folder", group=DATA)
     x: Axis = option(Axis(-1.0, 1.0, 51), help="x axis min:max:num, an inclusive linspace (write --x=-1:1:51)",
                      parse=_axis("x"), format=Axis.spec, group=GRID)
     y: Axis | None = option(None, help="y axis min:max:num for a 2D surface", parse=_axis("y"), format=Axis.spec,
@@ -123,7 +143,11 @@ class SurfaceConfig:
                                             "(default: all)", group=DATA)
     splits: tuple[str, ...] = option(SPLITS, help="which sets to evaluate: train, test or train,test",
                                      parse=comma_tuple, format=comma_join, group=DATA)
-    loss: str = option("ce", help="ce: cross-entropy on logits; mse: softmax vs one-hot", choices=LOSSES,
+    loss: str = option("ce", help="ce: cross-entropy on logits; mse: softmax vs one-hot (--task classify)",
+                       choices=LOSSES, group=DATA)
+    task: str = option(DEFAULT_TASK, help="what a point evaluates: classify (logits vs class labels; metrics "
+                                          "loss, acc), lm (next-token prediction; loss, ppl, token_acc), regress "
+                                          "(real targets; loss, r2) or package.module:factory (a user Task)",
                        group=DATA)
     norm: str = option("filter", help="normalization of random directions: filter (the paper's), layer, weight "
                                       "or none", choices=NORMS, group=GRID)
@@ -168,6 +192,7 @@ class SurfaceConfig:
         if self.z is not None and self.y is None:
             raise UserError("--z needs --y as well: a 3D grid has x, y and z axes")
         check_choices(self)
+        check_task(self.task, self.loss)
         if not self.splits or any(s not in SPLITS for s in self.splits) or len(set(self.splits)) != len(self.splits):
             raise UserError(f"--splits {','.join(self.splits)}: choose train, test or train,test")
         if self.samples is not None and self.samples < 1:
@@ -202,7 +227,7 @@ class SurfaceConfig:
     @property
     def metrics(self) -> list[str]:
         """Result dataset names, e.g. train_loss, train_acc, test_loss, test_acc (and eig_max, eig_min)."""
-        names = [f"{s}_{m}" for s in self.splits for m in ("loss", "acc")]
+        names = [f"{s}_{m}" for s in self.splits for m in task_metrics(self.task)]
         return names + (["eig_max", "eig_min"] if self.eig else [])
 
     def target(self, axis: str) -> str | None:
@@ -212,11 +237,15 @@ class SurfaceConfig:
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, full: bool = False) -> dict[str, Any]:
+        """The stored form. `task` only when it is not classify (a classifier's stored config stays what it
+        was before tasks existed, byte for byte); `full`: every field."""
         d = dataclasses.asdict(self)
         for name in AXIS_NAMES:
             d[name] = getattr(self, name).spec() if getattr(self, name) is not None else None
         d["splits"] = list(self.splits)
+        if not full and d["task"] == DEFAULT_TASK:
+            del d["task"]
         return d
 
     @classmethod
@@ -246,7 +275,8 @@ def config_diff(stored: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
     version stored but that no longer determine values (``batch_size``) are ignored. Location fields are
     compared only as given / not given (their content is compared by sha256); axes by their coordinates.
     """
-    stored = SurfaceConfig.from_dict(stored).to_dict()
+    stored = SurfaceConfig.from_dict(stored).to_dict(full=True)
+    wanted = {**wanted, "task": wanted.get("task", DEFAULT_TASK)}
     lines = []
     for key in sorted(set(stored) | set(wanted)):
         if key in AXIS_FIELDS:
@@ -304,11 +334,13 @@ class DemoOptions:
     """`landscape-mpi demo`'s own options (besides the surface and run options it shares)."""
 
     out_dir: str = option("landscape-demo", help="where the checkpoint and the surface go")
-    points: int = option(21, help="grid points per axis")
-    epochs: int = option(10, help="training epochs")
+    points: int | None = option(None, help="grid points per axis (default: 21 for the digits CNN, 13 for the "
+                                           "language model of --task lm)")
+    epochs: int | None = option(None, help="training epochs (default: 10 for the digits CNN, 3 for the language "
+                                           "model of --task lm)")
 
     def __post_init__(self) -> None:
-        if self.points < 1:
+        if self.points is not None and self.points < 1:
             raise UserError(f"--points {self.points}: must be at least 1")
-        if self.epochs < 1:
+        if self.epochs is not None and self.epochs < 1:
             raise UserError(f"--epochs {self.epochs}: must be at least 1")

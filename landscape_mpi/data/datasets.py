@@ -1,5 +1,5 @@
-"""Datasets: the embedded digits, MNIST-1D (generated offline), CIFAR-10 from a local folder, and user datasets
-by import path.
+"""Datasets: the embedded digits, MNIST-1D (generated offline), CIFAR-10 from a local folder, the built-in text
+corpus for language models (`landscape_mpi.data.text`), and user datasets by import path.
 
 Evaluation data is prepared once per process and kept on the device as two tensors (`EvalSet`), so
 evaluating a grid point is a plain loop over tensor slices: no DataLoader, no per-point transforms.
@@ -12,7 +12,9 @@ import json
 import os
 import pickle
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Union
 
 import numpy as np
 import torch
@@ -52,23 +54,57 @@ class CompactImages:
         return CompactImages(self.raw[idx].contiguous(), self.mean, self.std)
 
 
+#: A split's inputs: one tensor (B, ...), or a dict of tensors with the same first dimension (keyword
+#: arguments of the model's forward, e.g. input_ids and attention_mask).
+Inputs = Union[torch.Tensor, dict]
+
+
+def map_inputs(inputs: Inputs, fn: Callable[[torch.Tensor], torch.Tensor]) -> Inputs:
+    """`fn` applied to the tensor, or to every tensor of a dict (keys kept in order)."""
+    if isinstance(inputs, dict):
+        return {k: fn(v) for k, v in inputs.items()}
+    return fn(inputs)
+
+
+def first_tensor(inputs: Inputs) -> torch.Tensor:
+    return next(iter(inputs.values())) if isinstance(inputs, dict) else inputs
+
+
 @dataclass
 class EvalSet:
     """One split's inputs and labels, as tensors on the evaluation device."""
 
     name: str
-    inputs: torch.Tensor
-    labels: torch.Tensor
+    inputs: Inputs
+    labels: torch.Tensor | None
+    """None where the task needs none (token sequences: the targets are the inputs shifted)."""
     indices: np.ndarray | None = None
     """Which samples of the split were kept by --samples (None: all)."""
     compact: CompactImages | None = None
     """The same inputs as uint8 images (CIFAR-10), from which `inputs` was decoded; None for other data."""
 
     def __len__(self) -> int:
-        return int(self.labels.shape[0])
+        if self.labels is not None:
+            return int(self.labels.shape[0])
+        return int(first_tensor(self.inputs).shape[0])
 
     def to(self, device: torch.device) -> "EvalSet":
-        return EvalSet(self.name, self.inputs.to(device), self.labels.to(device), self.indices)
+        return EvalSet(self.name, map_inputs(self.inputs, lambda t: t.to(device)),
+                       self.labels.to(device) if self.labels is not None else None, self.indices)
+
+    def rows(self, start: int, stop: int) -> tuple[Inputs, torch.Tensor | None]:
+        """(inputs, labels) of samples start..stop-1 (views)."""
+        return (map_inputs(self.inputs, lambda t: t[start:stop]),
+                self.labels[start:stop] if self.labels is not None else None)
+
+    def part(self, start: int, stop: int, indices: np.ndarray | None = None) -> "EvalSet":
+        """Samples start..stop-1 as an EvalSet of their own (contiguous copies where sliced)."""
+        x, y = self.rows(start, stop)
+        return EvalSet(self.name, x, y, self.indices if indices is None else indices)
+
+    def select(self, idx: torch.Tensor) -> tuple[Inputs, torch.Tensor | None]:
+        """(inputs, labels) of the samples `idx` (an index tensor)."""
+        return map_inputs(self.inputs, lambda t: t[idx]), (self.labels[idx] if self.labels is not None else None)
 
 
 def load_split(dataset: str, split: str, data_root: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -77,7 +113,7 @@ def load_split(dataset: str, split: str, data_root: str | None = None) -> tuple[
     return x, y
 
 
-def _load(dataset: str, split: str, data_root: str | None) -> tuple[torch.Tensor, torch.Tensor, CompactImages | None]:
+def _load(dataset: str, split: str, data_root: str | None) -> tuple[Inputs, torch.Tensor | None, CompactImages | None]:
     if split not in ("train", "test"):
         raise ValueError(split)
     if dataset == "digits":
@@ -86,22 +122,28 @@ def _load(dataset: str, split: str, data_root: str | None) -> tuple[torch.Tensor
         return (*_mnist1d(split), None)
     if dataset == "cifar10":
         return _cifar10(split, data_root)
+    if dataset == "text":
+        from landscape_mpi.data.text import text_split
+
+        return (*text_split(split), None)
     if ":" in dataset:
         return (*_user_dataset(dataset, split), None)
-    raise UserError(f"--dataset {dataset}: unknown dataset; choose digits, mnist1d, cifar10 or package.module:factory")
+    raise UserError(f"--dataset {dataset}: unknown dataset; choose digits, mnist1d, cifar10, text or package.module:factory")
 
 
 def load_eval_set(dataset: str, split: str, data_root: str | None, samples: int | None, seed: int) -> EvalSet:
     """The evaluation set of one split, reduced to a deterministic subset of `samples` if asked."""
     x, y, compact = _load(dataset, split, data_root)
+    data = EvalSet(split, x, y)
     indices = None
-    if samples is not None and samples < len(y):
+    if samples is not None and samples < len(data):
         # A seeded permutation, sorted: the same subset on every rank, machine and rerun.
-        indices = np.sort(np.random.RandomState(seed).permutation(len(y))[:samples])
+        indices = np.sort(np.random.RandomState(seed).permutation(len(data))[:samples])
         idx = torch.from_numpy(indices)
-        x, y = x[idx], y[idx]
+        x, y = data.select(idx)
         compact = compact.subset(idx) if compact is not None else None
-    return EvalSet(split, x.contiguous(), y.contiguous(), indices, compact)
+    return EvalSet(split, map_inputs(x, torch.Tensor.contiguous), y.contiguous() if y is not None else None,
+                   indices, compact)
 
 
 def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
@@ -213,7 +255,11 @@ def _cifar10(split: str, root: str | None) -> tuple[torch.Tensor, torch.Tensor, 
     return x, y, compact
 
 
-def _user_dataset(spec: str, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+#: The key of a dict item that holds the labels (the other keys are inputs).
+LABEL_KEYS = ("labels", "label")
+
+
+def _user_dataset(spec: str, split: str) -> tuple[Inputs, torch.Tensor | None]:
     from landscape_mpi.config.imports import import_object
 
     factory = import_object(spec, "--dataset")
@@ -224,7 +270,62 @@ def _user_dataset(spec: str, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         raise UserError(f"--dataset {spec}: factory({split!r}) must return a map-style torch Dataset with len()") from None
     if n == 0:
         raise UserError(f"--dataset {spec}: the {split} split is empty")
-    xs, ys = zip(*(ds[i] for i in range(n)))
-    x = torch.stack([torch.as_tensor(v, dtype=torch.float32) for v in xs])
-    y = torch.as_tensor([int(v) for v in ys], dtype=torch.int64)
-    return x, y
+    items = [ds[i] for i in range(n)]
+    try:
+        return collate(items)
+    except (TypeError, ValueError, RuntimeError, KeyError, IndexError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise UserError(f"--dataset {spec}: cannot read the {split} items ({first}); an item is (x, y), "
+                        f"a dict of tensors (labels under 'labels'), or a LongTensor of token ids") from None
+
+
+def _stack_inputs(values: list) -> torch.Tensor:
+    """Inputs of every item, stacked: int64 token ids stay int64 (int32 too), anything else float32 as always."""
+    first = values[0]
+    if isinstance(first, torch.Tensor) and first.dtype in (torch.int64, torch.int32):
+        return torch.stack([torch.as_tensor(v).long() for v in values])
+    return torch.stack([torch.as_tensor(v, dtype=torch.float32) for v in values])
+
+
+def _stack_labels(values: list) -> torch.Tensor:
+    """Labels of every item: integers (class labels) int64 as always; real values (regression targets) float32;
+    tensors of any shape stacked (token labels (T,), targets (k,))."""
+    first = values[0]
+    if isinstance(first, torch.Tensor) and first.dim() > 0 or isinstance(first, np.ndarray) and first.ndim > 0:
+        stacked = torch.stack([torch.as_tensor(v) for v in values])
+        return stacked.float() if stacked.is_floating_point() else stacked.long()
+    real = (isinstance(first, (float, np.floating)) or (isinstance(first, torch.Tensor) and first.is_floating_point())
+            or (isinstance(first, np.ndarray) and first.dtype.kind == "f"))
+    if real:
+        return torch.as_tensor([float(v) for v in values], dtype=torch.float32)
+    return torch.as_tensor([int(v) for v in values], dtype=torch.int64)
+
+
+def collate(items: list) -> tuple[Inputs, torch.Tensor | None]:
+    """A user dataset's items as (inputs, labels) tensors, in item order.
+
+    An item is (x, y) (a tuple or list), a dict (``labels`` or ``label``: the labels; every other key an
+    input: one key is the input tensor, several are the model's keyword arguments), or a single integer tensor
+    of token ids (no labels: language modelling). ValueError for anything else."""
+    first = items[0]
+    if isinstance(first, torch.Tensor):
+        if first.is_floating_point():
+            raise ValueError(f"a single tensor item must be integer token ids, found {first.dtype}")
+        return torch.stack([torch.as_tensor(v).long() for v in items]), None
+    if isinstance(first, dict):
+        label_key = next((k for k in LABEL_KEYS if k in first), None)
+        keys = [k for k in first if k != label_key]
+        if not keys:
+            raise ValueError(f"a dict item needs an input besides {label_key!r}")
+        inputs = {k: _stack_inputs([item[k] for item in items]) for k in keys}
+        labels = _stack_labels([item[label_key] for item in items]) if label_key else None
+        return (inputs[keys[0]] if len(keys) == 1 else inputs), labels
+    if isinstance(first, (tuple, list)) and len(first) == 2:
+        xs, ys = zip(*items)
+        if isinstance(xs[0], dict):
+            inputs = {k: _stack_inputs([x[k] for x in xs]) for k in xs[0]}
+            x = inputs if len(inputs) > 1 else next(iter(inputs.values()))
+        else:
+            x = _stack_inputs(list(xs))
+        return x, _stack_labels(list(ys))
+    raise ValueError(f"an item is a {type(first).__name__}")

@@ -8,7 +8,7 @@ The weights at grid point (a, b, c) are ``theta* + a*dx + b*dy + c*dz``, recompu
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
@@ -40,13 +40,34 @@ def space_keys(model: nn.Module, dir_space: str) -> list[str]:
     raise ValueError(dir_space)
 
 
-def normalize(d: torch.Tensor, w: torch.Tensor, norm: str) -> torch.Tensor:
+def filter_dims(model: nn.Module) -> dict[str, int]:
+    """state_dict key -> the dimension of its output filters, for the weights whose filters are not along dim 0.
+
+    Every torch layer stores a weight (out, in, ...), filters along dim 0, and is left out. Hugging Face's
+    ``Conv1D`` (GPT-2's attention and MLP projections; ``y = x @ W + b``) stores the transpose, (in, out): its
+    output filters are the columns, dim 1. Recognized by the class name ``Conv1D`` with a 2-dim weight whose
+    second size is the layer's ``nf`` (its number of outputs), so ``transformers`` is never imported here.
+    docs/method.md#transformer-layers.
+    """
+    out = {}
+    for name, module in model.named_modules():
+        w = getattr(module, "weight", None)
+        if (type(module).__name__ == "Conv1D" and isinstance(w, torch.Tensor) and w.dim() == 2
+                and getattr(module, "nf", None) == w.shape[1]):
+            out[f"{name}.weight" if name else "weight"] = 1
+    return out
+
+
+def normalize(d: torch.Tensor, w: torch.Tensor, norm: str, dim: int = 0) -> torch.Tensor:
     """Scale a random direction tensor `d` like the weight tensor `w` (new tensor; inputs untouched).
 
-    filter: each slice along dim 0 (an output channel / output row) gets the norm of the matching slice of w.
+    filter: each slice along `dim` (an output channel / output row: dim 0 for every torch layer, 1 for a
+    Hugging Face Conv1D, `filter_dims`) gets the norm of the matching slice of w.
     layer: the whole tensor gets the norm of w.  weight: d * w elementwise.  none: d unchanged.
     """
     if norm == "filter":
+        if dim != 0:
+            return normalize(d.movedim(dim, 0), w.movedim(dim, 0), norm).movedim(0, dim).contiguous()
         dn = d.flatten(1).norm(dim=1)
         wn = w.flatten(1).norm(dim=1)
         scale = wn / (dn + 1e-10)
@@ -61,14 +82,16 @@ def normalize(d: torch.Tensor, w: torch.Tensor, norm: str) -> torch.Tensor:
 
 
 def random_direction(state: dict[str, torch.Tensor], keys: Sequence[str], generator: torch.Generator,
-                     norm: str, ignore: str) -> Direction:
+                     norm: str, ignore: str, dims: Mapping[str, int] | None = None) -> Direction:
     """A seeded Gaussian direction, normalized per tensor.
 
-    Tensors of dim <= 1 (biases, BatchNorm weights and statistics) get a zero direction with
+    Tensors of dim <= 1 (biases, BatchNorm and LayerNorm weights and statistics) get a zero direction with
     ``ignore='biasbn'`` (the paper's choice), and ``d = w`` with ``ignore='none'`` (the reference code's).
     Gaussians are drawn on the CPU in float32, tensor by tensor in `keys` order, so the same seed gives
-    bit-identical directions on every machine, device and rank.
+    bit-identical directions on every machine, device and rank. `dims`: the output-filter dimension of keys
+    whose filters are not along dim 0 (`filter_dims`; only ``norm='filter'`` reads it).
     """
+    dims = dims or {}
     out: Direction = {}
     for k in keys:
         w = state[k]
@@ -76,7 +99,7 @@ def random_direction(state: dict[str, torch.Tensor], keys: Sequence[str], genera
             out[k] = torch.zeros_like(w) if ignore == "biasbn" else w.detach().clone()
             continue
         d = torch.randn(w.shape, generator=generator, dtype=torch.float32).to(w.dtype)
-        out[k] = normalize(d, w.detach().cpu(), norm)
+        out[k] = normalize(d, w.detach().cpu(), norm, dims.get(k, 0))
     return out
 
 

@@ -78,6 +78,10 @@ class PCAResult:
     """(n_checkpoints,) int64 epoch of each row where known (from the file names), else None."""
     sources: list[str] | None = None
     """The checkpoint files of the rows, in order, where they came from files."""
+    step_norms: np.ndarray | None = None
+    """(n_checkpoints - 1,) float64: ``||theta_{i+1} - theta_i||`` over the direction space (biases and
+    BatchNorm left out under --ignore biasbn, as in the rows): the run's own step sizes, which the random-walk
+    baseline of the trajectory experiment reuses."""
 
 
 def _space_dim(final: dict[str, torch.Tensor], keys: Sequence[str]) -> int:
@@ -197,6 +201,7 @@ def pca_directions(final: dict[str, torch.Tensor], checkpoints: Sequence[dict[st
     coords = torch.stack([rows @ v1, rows @ v2], dim=1)
     off_plane = rows - coords[:, :1] * v1 - coords[:, 1:] * v2
     residual = off_plane.norm(dim=1)
+    step_norms = (rows[1:] - rows[:-1]).norm(dim=1)
     ratios = (float(s[0]) ** 2 / total, float(s[1]) ** 2 / total)
 
     def unflatten(v: torch.Tensor) -> Direction:
@@ -211,7 +216,7 @@ def pca_directions(final: dict[str, torch.Tensor], checkpoints: Sequence[dict[st
     return PCAResult(dx=unflatten(v1), dy=unflatten(v2), explained_variance=ratios,
                      explained_total=ratios[0] + ratios[1], coords=coords.numpy(), residual=residual.numpy(),
                      method=method, tol=used_tol, iterations=iters, centered=center,
-                     singular_values=(float(s[0]), float(s[1])))
+                     singular_values=(float(s[0]), float(s[1])), step_norms=step_norms.numpy())
 
 
 # --------------------------------------------------------------------------------------------- files

@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from landscape_mpi.config.errors import UserError
-from landscape_mpi.directions.base import (Direction, check_running_var, random_direction, space_keys,
-                                           target_direction)
+from landscape_mpi.directions.base import (Direction, check_running_var, filter_dims, random_direction,
+                                           space_keys, target_direction)
 from landscape_mpi.directions.hessian import hessian_directions
 from landscape_mpi.directions.pca import pca_from_files
 from landscape_mpi.directions.reference import read_reference_directions
@@ -42,6 +42,7 @@ def build_directions(config, model: nn.Module, checkpoint_path: str | None = Non
         trajectory = {"x": np.asarray(pca.coords[:, 0], dtype=np.float64),
                       "y": np.asarray(pca.coords[:, 1], dtype=np.float64),
                       "residual": np.asarray(pca.residual, dtype=np.float64),
+                      "step_norms": np.asarray(pca.step_norms, dtype=np.float64),
                       "epochs": (np.asarray(pca.epochs, dtype=np.int64) if pca.epochs is not None
                                  else np.arange(len(pca.residual), dtype=np.int64)),
                       "explained_variance": list(map(float, pca.explained_variance)),
@@ -72,7 +73,8 @@ def build_directions(config, model: nn.Module, checkpoint_path: str | None = Non
                 out[axis] = target_direction(state, read_state_dict(target, f"--{axis}-target"), keys,
                                              f"--{axis}-target {target}")
             else:
-                out[axis] = random_direction(state, keys, generator, config.norm, config.ignore)
+                out[axis] = random_direction(state, keys, generator, config.norm, config.ignore,
+                                             filter_dims(model))
     corners = list(itertools.product(*[(a.start, a.stop) for a in config.axes.values()]))
     check_running_var(state, list(out.values()), corners)
     return out, trajectory, attrs

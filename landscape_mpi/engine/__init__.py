@@ -1,7 +1,10 @@
-"""The evaluation engine: loss and accuracy at grid points, behind one interface, chosen in one place.
+"""The evaluation engine: the task's metrics at grid points, behind one interface, chosen in one place.
 
-``make_engine(...)`` returns an `Engine`; ``engine.evaluate(coords)`` maps coordinates (K, n_axes) to
-``[loss, acc]`` per split. Implementations (``kind``):
+``make_engine(...)`` returns an `Engine`; ``engine.evaluate(coords)`` maps coordinates (K, n_axes) to the
+task's metrics per split (classify: ``[loss, acc]``). Implementations (``kind``); every one evaluates any task
+(``lm``, ``regress``, a user task) whose model is called on a tensor of inputs (`Task.forward`): classify sums
+its loss and hits on the device, another task runs its own `batch_sums` on the fast forward's output. A task
+with its own ``forward``, or dict inputs, is evaluated by the eager engine (with a note).
 
 - ``eager``: the oracle (`engine.eager`): weights set in place, plain NCHW forward, BatchNorm as its own
   pass, today's `evaluate.evaluate` per split. Also the only engine that recalibrates BatchNorm.
@@ -34,6 +37,7 @@ from landscape_mpi.engine.common import Engine, data_to_device, set_precision
 from landscape_mpi.engine.eager import EagerEngine, batchnorms, recalibrate_bn
 from landscape_mpi.engine.fast import BatchedEngine, FoldedEngine, FoldedTensors, count_flops, probe_batched
 from landscape_mpi.engine.fold import FoldError, plan_fold
+from landscape_mpi.tasks import Task, as_task, has_own_forward, is_classify
 from landscape_mpi.config.errors import UserError
 from landscape_mpi.config.surface import BN_MODES, ENGINES, PRECISIONS
 
@@ -108,14 +112,15 @@ def _activation_bytes_per_sample(module: torch.fx.GraphModule, batch: int) -> fl
     return total / batch
 
 
-def make_engine(model: nn.Module, directions: list[Direction], data: list[EvalSet], *, loss: str,
+def make_engine(model: nn.Module, directions: list[Direction], data: list[EvalSet], *, loss: str | Task,
                 device: torch.device, precision: str = "fp32", batch_size: int | None = None,
                 bn: str = "eval", bn_data: EvalSet | None = None, kind: str = "auto",
                 compact: bool | None = None, log: Callable[[str], None] = print) -> Engine:
     """The engine that evaluates `model` (at theta*, on the CPU) moved along `directions` on `data`.
 
     `directions`: one dict per axis, state_dict key -> CPU tensor (a subset of the keys). `data`: the
-    evaluation splits (CPU), results in this order. `loss`: "ce" | "mse". `precision`: "fp32" (TF32 off)
+    evaluation splits (CPU), results in this order. `loss`: a Task (`landscape_mpi.tasks`), or "ce" | "mse"
+    (the classify task with that loss); a task with its own ``forward`` is evaluated by the eager engine. `precision`: "fp32" (TF32 off)
     | "tf32" | "bf16" (autocast); sets torch's backend flags. `batch_size`: samples per forward (None: per
     device, `default_batch_size`); any value gives the same results up to rounding. `bn`: "eval" (the
     running statistics at each point) | "recalibrate" (re-estimated at each point from `bn_data`).
@@ -137,21 +142,30 @@ def make_engine(model: nn.Module, directions: list[Direction], data: list[EvalSe
     bs = batch_size or default_batch_size(device)
     n_axes = len(directions)
 
+    task = as_task(loss)
+
     def eager(note: str = "") -> Engine:
         if note:
             log(f"engine: {note}; using the eager engine")
-        e = EagerEngine(model, directions, data, loss=loss, device=device, precision=precision, batch_size=bs,
+        e = EagerEngine(model, directions, data, loss=task, device=device, precision=precision, batch_size=bs,
                         bn=bn, bn_data=bn_data)
         log(e.describe())
         return e
 
     if kind == "eager":
         return eager()
+    generic = None if is_classify(task) else task  # None: classify's device-side sums
+    if generic is not None and has_own_forward(task):
+        return eager(f"task {task.name} calls the model its own way (its forward), which the fast paths do not "
+                     f"trace")
+    loss = task.loss if generic is None else "task"
     if bn == "recalibrate":
         return eager(f"--bn recalibrate needs train-mode BatchNorm at every point ({kind} evaluates eval mode only)"
                      if kind != "auto" else "")
     if len(data) == 0 or len(data[0]) == 0:
         return eager("no evaluation data to trace the model with")
+    if isinstance(data[0].inputs, dict):
+        return eager("inputs are a dict of tensors (keyword arguments), which the fast paths do not trace")
     example = data[0].inputs[:2]
     try:
         plan = plan_fold(model, example)
@@ -180,8 +194,9 @@ def make_engine(model: nn.Module, directions: list[Direction], data: list[EvalSe
         log(f"engine: {', '.join(tensors.unused[:5])} not used by the forward: moving them changes nothing")
     if compact is None:
         compact = device.type == "cuda"
-    compact = compact and any(s.compact is not None for s in data)
-    device_data = data_to_device(data, device, memory_format, compact)
+    compact = compact and generic is None and any(s.compact is not None for s in data)
+    device_data = (data_to_device(data, device, memory_format, compact) if generic is None
+                   else [task.to_device(s, device) for s in data])
     if compact:
         log("engine: evaluation images kept as uint8 on the device, normalized per batch")
     if device.type == "cuda":
@@ -191,7 +206,7 @@ def make_engine(model: nn.Module, directions: list[Direction], data: list[EvalSe
         param_bytes = sum(t.numel() * t.element_size() for t in tensors.family.bases.values())
         k = choose_group_size(_activation_bytes_per_sample(plan.module, example.shape[0]), param_bytes, bs, device)
         engine = BatchedEngine(tensors, device_data, n_axes, loss=loss, device=device, precision=precision,
-                               batch_size=bs, k=k)
+                               batch_size=bs, k=k, task=generic)
         why = probe_batched(engine, gm, device_data[0].inputs[:4], n_axes)
         if not why:
             log(engine.describe() + f", {flops / 1e6:.2f} MFLOP per sample")
@@ -199,6 +214,7 @@ def make_engine(model: nn.Module, directions: list[Direction], data: list[EvalSe
         log(f"engine: {why}; evaluating one point per forward")
         kind = "folded"
     engine = FoldedEngine(tensors, device_data, n_axes, loss=loss, device=device, precision=precision,
-                          batch_size=bs, channels_last=channels_last, compile=(kind == "compiled"), log=log)
+                          batch_size=bs, channels_last=channels_last, compile=(kind == "compiled"), log=log,
+                          task=generic)
     log(engine.describe() + f", {flops / 1e6:.2f} MFLOP per sample")
     return engine

@@ -8,12 +8,12 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from landscape_mpi.data.datasets import EvalSet, decode_images
+from landscape_mpi.data.datasets import EvalSet, decode_images, map_inputs
 
 
 
 class Engine:
-    """Evaluates grid points: coordinates in, [loss, acc] per split out.
+    """Evaluates grid points: coordinates in, the task's metrics per split out (classify: [loss, acc]).
 
     Subclasses set `name` (recorded in the log), `group_size` (grid points it prefers per call: 1 for a
     per-point engine, K for one that stacks K points per forward) and implement `evaluate`.
@@ -27,7 +27,8 @@ class Engine:
     usable, because every call recomputes the weights from theta* before evaluating."""
 
     def evaluate(self, coords: np.ndarray) -> np.ndarray:
-        """coords float64 (K, n_axes) -> float64 (K, 2 * n_splits): per split in order [loss, accuracy]."""
+        """coords float64 (K, n_axes) -> float64 (K, n_metrics * n_splits): per split in order the task's
+        metrics (classify: [loss, accuracy])."""
         raise NotImplementedError
 
     def describe(self) -> str:
@@ -180,12 +181,14 @@ def data_to_device(data: Sequence[EvalSet], device: torch.device,
     `DecodedImages` (normalized per batch); sets without one are copied as they are."""
     out = []
     for s in data:
-        y = _to(s.labels, device)
+        y = _to(s.labels, device) if s.labels is not None else None
         if compact and s.compact is not None:
             raw = _to(s.compact.raw, device)
             if memory_format is not None and raw.dim() == 4:
                 raw = raw.contiguous(memory_format=memory_format)
             x = DecodedImages(raw, s.compact.mean.to(device), s.compact.std.to(device))
+        elif isinstance(s.inputs, dict):
+            x = map_inputs(s.inputs, lambda t: _to(t, device))
         else:
             x = _to(s.inputs, device)
             if memory_format is not None and x.dim() == 4:

@@ -1,7 +1,8 @@
 """The eager engine: today's per-point semantics, kept plain as the oracle of every fast path.
 
 Per point: the model's tensors are set in place to ``theta* + sum_a c_a d_a`` (`directions.PointSetter`),
-BatchNorm statistics are re-estimated if asked (`recalibrate_bn`), then `evaluate.evaluate` runs each split.
+BatchNorm statistics are re-estimated if asked (`recalibrate_bn`), then `evaluate.evaluate_task` runs each split
+through the task (`landscape_mpi.tasks`): the one engine that evaluates any task.
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from landscape_mpi.data.datasets import EvalSet
+from landscape_mpi.data.datasets import EvalSet, first_tensor
 from landscape_mpi.directions.base import Direction, PointSetter
 from landscape_mpi.engine.common import Engine, Progress, as_coords, autocast, data_to_device
-from landscape_mpi.engine.evaluate import evaluate
+from landscape_mpi.engine.evaluate import evaluate_task
+from landscape_mpi.tasks import Task, as_task, call_model, is_classify
 
 
 def batchnorms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
@@ -74,9 +76,9 @@ def recalibrate_bn(model: nn.Module, data: EvalSet, batch_size: int, precision: 
     for m in layers:
         m.train()
     try:
-        with autocast(precision, data.inputs.device):
+        with autocast(precision, first_tensor(data.inputs).device):
             for start, stop in recalibration_batches(len(data), batch_size):
-                model(data.inputs[start:stop])
+                call_model(model, data.rows(start, stop)[0])
                 if on_batch is not None:
                     on_batch()
     finally:
@@ -91,20 +93,24 @@ def recalibrate_bn(model: nn.Module, data: EvalSet, batch_size: int, precision: 
 
 
 class EagerEngine(Engine):
-    """One point at a time: set the weights in place, (recalibrate BatchNorm,) run `evaluate` per split."""
+    """One point at a time: set the weights in place, (recalibrate BatchNorm,) run the task's evaluation per split.
+
+    `loss`: a Task, or "ce" | "mse" (the classify task)."""
 
     name = "eager"
     group_size = 1
 
-    def __init__(self, model: nn.Module, directions: Sequence[Direction], data: Sequence[EvalSet], *, loss: str,
+    def __init__(self, model: nn.Module, directions: Sequence[Direction], data: Sequence[EvalSet], *, loss: str | Task,
                  device: torch.device, precision: str, batch_size: int, bn: str = "eval",
                  bn_data: EvalSet | None = None) -> None:
         # A private copy: the caller's model stays at theta* whatever happens here.
         self.model = copy.deepcopy(model).to(device).eval()
         self.n_axes = len(directions)
         self.setter = PointSetter(self.model, [{k: v.to(device) for k, v in d.items()} for d in directions])
-        self.data = data_to_device(data, device)
-        self.loss = loss
+        self.task = as_task(loss)
+        # classify: pinned, non-blocking copies as always; another task moves its own batches (Task.to_device)
+        self.data = (data_to_device(data, device) if is_classify(self.task)
+                     else [self.task.to_device(s, device) for s in data])
         self.device = device
         self.precision = precision
         self.batch_size = batch_size
@@ -123,7 +129,8 @@ class EagerEngine(Engine):
 
     def evaluate(self, coords: np.ndarray) -> np.ndarray:
         c = as_coords(coords, self.n_axes)
-        out = np.empty((c.shape[0], 2 * len(self.data)), dtype=np.float64)
+        m = len(self.task.metrics)
+        out = np.empty((c.shape[0], m * len(self.data)), dtype=np.float64)
         progress = Progress(self, self._batches() * c.shape[0])
         step = lambda: progress.step(1)  # noqa: E731
         for i, point in enumerate(c):
@@ -132,5 +139,5 @@ class EagerEngine(Engine):
                 recalibrate_bn(self.model, self.bn_data, self.batch_size, self.precision, step)
             for j, split in enumerate(self.data):
                 with autocast(self.precision, self.device):
-                    out[i, 2 * j:2 * j + 2] = evaluate(self.model, split, self.loss, self.batch_size, step)
+                    out[i, m * j:m * j + m] = evaluate_task(self.model, split, self.task, self.batch_size, step)
         return out

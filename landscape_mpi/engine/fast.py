@@ -1,8 +1,10 @@
 """The fast engines: BatchNorm folded, channels-last, compiled, and K grid points per forward (vmap).
 
 Every one evaluates the same math as the eager engine (`engine.eager`) and differs only by rounding: loss
-within relative 1e-5 and the same accuracy counts in fp32 (tested in tests/test_engine.py). Loss sums and
-hit counts are accumulated on the device and read back once per split per point (one host sync).
+within relative 1e-5 and the same accuracy counts in fp32 (tested in tests/test_engine.py). Classify: loss sums
+and hit counts are accumulated on the device and read back once per split per point (one host sync). Another
+task (`task`, e.g. ``lm``): its `batch_sums` per batch (and per point of a batched group), finished as the eager
+engine finishes them (tests/test_tasks.py).
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from landscape_mpi.data.datasets import EvalSet
 from landscape_mpi.directions.base import Direction
 from landscape_mpi.engine.common import AffineFamily, Engine, Progress, as_coords, autocast
 from landscape_mpi.engine.fold import FoldPlan, _scale_shift, fold_tensors
-from landscape_mpi.engine.evaluate import batch_loss_sum, per_sample_loss
+from landscape_mpi.engine.evaluate import batch_loss_sum, evaluate_task, per_sample_loss
+from landscape_mpi.tasks import Task, add_sums, model_output
 
 
 class FoldedTensors:
@@ -106,7 +109,9 @@ class _OnFoldedModel(Engine):
     """What the fast engines share: the folded model with its tensors, the splits, and the split loop's size."""
 
     def __init__(self, tensors: FoldedTensors, data: Sequence[EvalSet], n_axes: int, *, loss: str,
-                 device: torch.device, precision: str, batch_size: int) -> None:
+                 device: torch.device, precision: str, batch_size: int, task: Task | None = None) -> None:
+        self.task = task  # None: classify with `loss` (the device-side sums); else the task's own sums
+        self.n_metrics = 2 if task is None else len(task.metrics)
         self.tensors = tensors
         self.module = tensors.module
         self.data = list(data)
@@ -115,6 +120,10 @@ class _OnFoldedModel(Engine):
         self.device = device
         self.precision = precision
         self.batch_size = batch_size
+
+    def _sync(self) -> str:
+        """How often the engine reads values back (for `describe`)."""
+        return "one host sync per split" if self.task is None else f"task {self.task.name}: its sums per batch"
 
     def _batches_per_pass(self) -> int:
         """Forward calls of one pass over every split (the progress unit)."""
@@ -128,8 +137,9 @@ class FoldedEngine(_OnFoldedModel):
 
     def __init__(self, tensors: FoldedTensors, data: Sequence[EvalSet], n_axes: int, *, loss: str,
                  device: torch.device, precision: str, batch_size: int, channels_last: bool = False,
-                 compile: bool = False, log: Callable[[str], None] = print) -> None:
-        super().__init__(tensors, data, n_axes, loss=loss, device=device, precision=precision, batch_size=batch_size)
+                 compile: bool = False, log: Callable[[str], None] = print, task: Task | None = None) -> None:
+        super().__init__(tensors, data, n_axes, loss=loss, device=device, precision=precision, batch_size=batch_size,
+                         task=task)
         self.channels_last = channels_last
         self.log = log
         self.name = "folded" + ("+channels_last" if channels_last else "") + ("+compiled" if compile else "")
@@ -139,7 +149,7 @@ class FoldedEngine(_OnFoldedModel):
             self.forward = torch.compile(self.module, dynamic=False)
 
     def describe(self) -> str:
-        return (f"engine {self.name} (BatchNorm folded, one host sync per split), batch {self.batch_size}, "
+        return (f"engine {self.name} (BatchNorm folded, {self._sync()}), batch {self.batch_size}, "
                 f"precision {self.precision}")
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -170,14 +180,21 @@ class FoldedEngine(_OnFoldedModel):
         values = torch.stack([total, hits.double()]).cpu()  # the one host sync of this split
         return float(values[0]) / n, float(values[1]) / n
 
+    def _task_split(self, split: EvalSet, progress: Progress) -> list[float]:
+        """Another task's metrics of one split: the eager engine's loop (`evaluate_task`) on this forward."""
+        with autocast(self.precision, self.device):
+            return evaluate_task(self._forward, split, self.task, self.batch_size, lambda: progress.step(1))
+
     def evaluate(self, coords: np.ndarray) -> np.ndarray:
         c = as_coords(coords, self.n_axes)
-        out = np.empty((c.shape[0], 2 * len(self.data)), dtype=np.float64)
+        m = self.n_metrics
+        out = np.empty((c.shape[0], m * len(self.data)), dtype=np.float64)
         progress = Progress(self, self._batches_per_pass() * c.shape[0])
+        split_values = self._split if self.task is None else self._task_split
         for i, point in enumerate(c):
             self.tensors.write([float(v) for v in point])
             for j, split in enumerate(self.data):
-                out[i, 2 * j:2 * j + 2] = self._split(split, progress)
+                out[i, m * j:m * j + m] = split_values(split, progress)
         return out
 
 
@@ -189,8 +206,9 @@ class BatchedEngine(_OnFoldedModel):
     name = "batched"
 
     def __init__(self, tensors: FoldedTensors, data: Sequence[EvalSet], n_axes: int, *, loss: str,
-                 device: torch.device, precision: str, batch_size: int, k: int) -> None:
-        super().__init__(tensors, data, n_axes, loss=loss, device=device, precision=precision, batch_size=batch_size)
+                 device: torch.device, precision: str, batch_size: int, k: int, task: Task | None = None) -> None:
+        super().__init__(tensors, data, n_axes, loss=loss, device=device, precision=precision, batch_size=batch_size,
+                         task=task)
         self.group_size = k
 
         def one(params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
@@ -199,8 +217,8 @@ class BatchedEngine(_OnFoldedModel):
         self.vmapped = torch.func.vmap(one, in_dims=(0, None))
 
     def describe(self) -> str:
-        return (f"engine batched ({self.group_size} points per forward, BatchNorm folded, one host sync per "
-                f"split), batch {self.batch_size} samples, precision {self.precision}")
+        return (f"engine batched ({self.group_size} points per forward, BatchNorm folded, {self._sync()}), "
+                f"batch {self.batch_size} samples, precision {self.precision}")
 
     @torch.no_grad()
     def logits(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
@@ -209,7 +227,27 @@ class BatchedEngine(_OnFoldedModel):
             return self.vmapped(params, x)
 
     @torch.no_grad()
+    def _task_group(self, coords: np.ndarray, progress: Progress) -> np.ndarray:
+        """Another task: the K points' outputs of each batch, each through the task's `batch_sums` (per point
+        per batch, as the eager engine sums them), finished per point and split."""
+        params = self.tensors.stacked(coords)
+        k = coords.shape[0]
+        out = []
+        for split in self.data:
+            sums: list[dict] = [{} for _ in range(k)]
+            for start in range(0, len(split), self.batch_size):
+                x, y = split.rows(start, start + self.batch_size)
+                outputs = model_output(self.logits(params, x))
+                for i in range(k):
+                    add_sums(sums[i], self.task.batch_sums(outputs[i], x, y))
+                progress.step(1)
+            out.append(np.array([self.task.finish(s) for s in sums], dtype=np.float64).reshape(k, self.n_metrics))
+        return np.concatenate(out, axis=1)
+
+    @torch.no_grad()
     def _group(self, coords: np.ndarray, progress: Progress) -> np.ndarray:
+        if self.task is not None:
+            return self._task_group(coords, progress)
         params = self.tensors.stacked(coords)
         k = coords.shape[0]
         sums = []
@@ -245,13 +283,13 @@ def probe_batched(engine: BatchedEngine, reference: Callable[[torch.Tensor], tor
     coords = np.zeros((2, n_axes))
     coords[1, 0] = 0.5
     try:
-        got = engine.logits(engine.tensors.stacked(coords), x)
+        got = model_output(engine.logits(engine.tensors.stacked(coords), x))
     except Exception as exc:  # vmap lacks batching rules for some ops: fall back, do not fail
         return f"vmap cannot run this model ({type(exc).__name__}: {str(exc).strip().splitlines()[0][:120] if str(exc).strip() else ''})"
     for i in range(2):
         engine.tensors.write([float(v) for v in coords[i]])
         with torch.no_grad(), autocast(engine.precision, engine.device):
-            want = reference(x)
+            want = model_output(reference(x))
         if got.shape[1:] != want.shape or not torch.allclose(got[i].float(), want.float(), rtol=1e-3, atol=1e-4):
             return "vmap's output differs from the per-point forward"
     return ""

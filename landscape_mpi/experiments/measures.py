@@ -90,15 +90,25 @@ def spearman(a: list[float], b: list[float]) -> float:
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
-def random_walk_explained(points: int, dim: int = 2000, trials: int = 200, seed: int = 0) -> tuple[float, float]:
+def random_walk_explained(points: int, dim: int = 2000, trials: int = 200, seed: int = 0,
+                          step_norms: np.ndarray | None = None) -> tuple[float, float]:
     """(mean, 95th percentile) over `trials` seeded random walks of `points` positions in `dim` dimensions of the
-    fraction of variance the first two components of the centered PCA explain (NaN for fewer than 3 points)."""
+    fraction of variance the first two components of the centered PCA explain (NaN for fewer than 3 points).
+
+    `step_norms` (points - 1 values): the walk takes these step lengths in isotropic random directions (the
+    training run's own schedule: large early steps, small late ones under a cosine schedule); None: Gaussian
+    steps of equal expected length."""
     if points < 3:
         return float("nan"), float("nan")
+    if step_norms is not None and len(step_norms) != points - 1:
+        raise ValueError(f"{len(step_norms)} step norms for {points} points")
     rng = np.random.default_rng(seed)
     out = np.empty(trials)
     for t in range(trials):
-        walk = np.cumsum(rng.standard_normal((points, dim)), axis=0)
+        steps = rng.standard_normal((points, dim))
+        if step_norms is not None:
+            steps[1:] *= (np.asarray(step_norms, dtype=np.float64) / np.linalg.norm(steps[1:], axis=1))[:, None]
+        walk = np.cumsum(steps, axis=0)
         centered = walk - walk.mean(axis=0)
         # squared singular values = eigenvalues of the small points x points Gram matrix (cheaper than an SVD)
         ev = np.sort(np.linalg.eigvalsh(centered @ centered.T))[::-1]

@@ -194,7 +194,9 @@ def trajectory_section(s: Section) -> None:
         # distance of each checkpoint from the final model: in-plane part and residual are orthogonal
         dist = np.sqrt(x**2 + y**2 + res**2) if res.size == x.size else np.empty(0)
         rel = float(np.max(res) / np.max(dist)) if dist.size and np.max(dist) > 0 else float("nan")
-        walk_mean, walk_q95 = measures.random_walk_explained(len(x), trials=RANDOM_WALK_TRIALS)
+        step_norms = t.get("step_norms")  # the run's own step sizes (files written before they were stored: none)
+        walk_mean, walk_q95 = measures.random_walk_explained(len(x), trials=RANDOM_WALK_TRIALS,
+                                                             step_norms=step_norms)
         evs.append(e1 + e2)
         walks.append((walk_mean, walk_q95))
         rows.append([fmt(st["role"]["wd"]), e1, e2, e1 + e2, walk_mean, walk_q95, len(x),
@@ -207,9 +209,11 @@ def trajectory_section(s: Section) -> None:
     s.lines += table(["weight decay", "PC1 explained", "PC2 explained", "PC1+PC2", "random walk: mean",
                       "random walk: 95th pct", "checkpoints", "max residual off the plane",
                       "max residual / max distance to final", "train loss at center"], rows) + [""]
-    s.lines += [f"Random walk: PC1+PC2 of the same centered PCA over {RANDOM_WALK_TRIALS} seeded isotropic Gaussian "
-                "walks with as many points (a long walk gives 0.76, Antognini and Sohl-Dickstein 2018): a path is "
-                "low-dimensional only if it explains more than a random walk does.", ""]
+    s.lines += [f"Random walk: PC1+PC2 of the same centered PCA over {RANDOM_WALK_TRIALS} seeded random walks with "
+                "as many points, each step in an isotropic random direction with the length of the run's own step "
+                "between the same two checkpoints (so the walk follows the run's learning-rate schedule; a long "
+                "walk of equal Gaussian steps gives 0.76, Antognini and Sohl-Dickstein 2018): a path is "
+                "low-dimensional only if it explains more than such a walk does.", ""]
     trajectory_verdict(s, evs, walks)
 
 

@@ -16,7 +16,8 @@ Surface file (``file_kind`` absent or ``"surface"``):
     /data/<split>_indices               int64 (only with --samples)
     /data/<split>_fingerprint           attribute: sha256 of the split's evaluation tensors
     /ranks/host, /ranks/device          strings, one per MPI rank of each run (optional; latest run)
-    /trajectory/x, y, epochs, residual  the training path projected on the PCA plane (optional)
+    /trajectory/x, y, epochs, residual  the training path projected on the PCA plane (optional), and
+    /trajectory/step_norms              the distances between consecutive checkpoints (optional)
 
 Hessian file (``file_kind = "hessian"``): see `landscape_mpi/files/hessian_store.py`.
 """

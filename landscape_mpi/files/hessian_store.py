@@ -4,7 +4,8 @@ Layout (``file_kind = "hessian"``, ``schema_version`` = contract.SCHEMA_VERSION;
 k = --top-k, P = trace probes, S = SLQ runs, T = Lanczos steps, G = density grid points, M = adaptive samples):
 
     root attributes                   file_kind, schema_version, config (JSON of every setting), created, versions,
-                                      model, loss, splits, samples, n_params, n_samples, precision, bn_mode ("eval"),
+                                      model, task, loss (classify's --loss; another task: its name), splits,
+                                      samples, n_params, n_samples, precision, bn_mode ("eval"),
                                       eigenvector_convention, rows
     /checkpoints/path, sha256         strings (R,)
     /checkpoints/epoch                float64 (R,): the checkpoint's "epoch", else the number in its file name,

@@ -1,8 +1,14 @@
 """Model zoo, user models by import path, and checkpoint loading.
 
 A model is named either by a zoo name (`ZOO`) or by ``package.module:factory``, where ``factory()``
-returns an ``nn.Module``. Checkpoints are a plain state_dict or a dict holding one under ``state_dict``,
-``model_state_dict``, ``model`` or ``net``; they are always loaded with ``weights_only=True``.
+returns an ``nn.Module`` (a Hugging Face ``transformers`` model built from its config, say: the ``hf`` extra).
+Checkpoints are a file holding a plain state_dict or a dict holding one under ``state_dict``,
+``model_state_dict``, ``model`` or ``net`` (always loaded with ``weights_only=True``), or a folder written by
+Hugging Face's ``save_pretrained``: its ``model.safetensors`` (read with ``safetensors``, imported only then) or
+else its ``pytorch_model.bin``. A checkpoint's sha256 is that of the one weight file it is read from (for a
+folder: that file's bytes, so config.json and other files of the folder do not count). Keys of tied tensors
+that a checkpoint leaves out (``save_pretrained`` stores a tied output head once, under the embedding's name)
+are filled from the tensor they are tied to.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from torch import nn
 from landscape_mpi.config.errors import UserError
 from landscape_mpi.config.imports import import_object
 from landscape_mpi.models.cifar import VGG9, CifarResNet, DenseNet
+from landscape_mpi.models.gpt import TinyGPT
 from landscape_mpi.models.resnet_small import SmallResNet, zoo_entries
 from landscape_mpi.models.small import DigitsCNN, DigitsMLP
 
@@ -40,15 +47,19 @@ ZOO: dict[str, tuple[Callable[[], nn.Module], str]] = {
     "wrn110_4_noshort": (partial(CifarResNet, 110, width=4, shortcut=False), "cifar10"),
     "vgg9": (VGG9, "cifar10"),
     "densenet121": (DenseNet, "cifar10"),
+    "gpt_tiny": (TinyGPT, "text"),  # a causal language model: int64 token ids (B, 64) -> logits (B, 64, 97)
 }
 # Small ResNets for small-scale science: resnet1d_* on MNIST-1D signals, resnet2d_* on digits images.
 ZOO.update({name: (partial(SmallResNet, dim, depth, width, shortcut), "mnist1d" if dim == 1 else "digits")
             for name, (dim, depth, width, shortcut) in zoo_entries().items()})
 
-#: one sample's input shape for each dataset a zoo model is built for
-INPUT_SHAPES: dict[str, tuple[int, ...]] = {"digits": (1, 8, 8), "mnist1d": (1, 40), "cifar10": (3, 32, 32)}
+#: one sample's input shape for each dataset a zoo model is built for (text: int64 token ids, not floats)
+INPUT_SHAPES: dict[str, tuple[int, ...]] = {"digits": (1, 8, 8), "mnist1d": (1, 40), "cifar10": (3, 32, 32),
+                                           "text": (64,)}
 
 STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "net")
+#: the weight files of a ``save_pretrained`` folder, in the order they are looked for
+PRETRAINED_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
 def build_model(name: str) -> nn.Module:
@@ -70,26 +81,57 @@ def natural_key(path: str) -> list:
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", os.path.basename(path))] + [path]
 
 
-def _require_checkpoint_file(path: str, option: str) -> None:
+def weight_file(path: str, option: str = "--checkpoint") -> str:
+    """The file a checkpoint is read from: `path` itself, or a ``save_pretrained`` folder's weight file
+    (`PRETRAINED_FILES`, the first one present)."""
+    if os.path.isdir(path):
+        for name in PRETRAINED_FILES:
+            if os.path.isfile(os.path.join(path, name)):
+                return os.path.join(path, name)
+        sharded = [n for n in sorted(os.listdir(path)) if n.endswith(".index.json")]
+        found = f"only a sharded checkpoint ({sharded[0]})" if sharded else "neither"
+        raise UserError(f"{option} {path}: a folder without model weights: expected {' or '.join(PRETRAINED_FILES)} "
+                        f"(as save_pretrained writes them), found {found}; save with "
+                        f"save_pretrained(path, max_shard_size=...) large enough for one file, or give a state_dict file")
     if not os.path.isfile(path):
-        raise UserError(f"{option} {path}: no such file; give the path of a saved model (torch.save)")
+        raise UserError(f"{option} {path}: no such file; give the path of a saved model (torch.save) or a "
+                        f"save_pretrained folder")
+    return path
 
 
 def checkpoint_sha256(path: str, option: str = "--checkpoint") -> str:
-    """sha256 of a checkpoint file (what a resume must find unchanged)."""
-    _require_checkpoint_file(path, option)
+    """sha256 of a checkpoint's weight file (`weight_file`: the file itself, or a save_pretrained folder's
+    model.safetensors / pytorch_model.bin): what a resume must find unchanged."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open(weight_file(path, option), "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
 
 
-def read_state_dict(path: str, option: str = "--checkpoint") -> dict[str, torch.Tensor]:
-    """The state_dict stored in a checkpoint file (tensors on the CPU)."""
-    _require_checkpoint_file(path, option)
+def _read_safetensors(path: str, option: str) -> dict[str, torch.Tensor]:
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        from safetensors.torch import load_file
+    except ImportError:
+        raise UserError(f"{option} {path}: reading model.safetensors needs the safetensors package "
+                        f"(pip install safetensors, or the hf extra: pip install 'landscape-mpi[hf]')") from None
+    try:
+        return load_file(path, device="cpu")
+    except Exception as exc:  # noqa: BLE001  (safetensors raises its own types for a damaged file)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"{option} {path}: not a readable safetensors file ({first[:160]})") from None
+
+
+def read_state_dict(path: str, option: str = "--checkpoint") -> dict[str, torch.Tensor]:
+    """The state_dict stored in a checkpoint file or save_pretrained folder (tensors on the CPU)."""
+    file = weight_file(path, option)
+    if file.endswith(".safetensors"):
+        obj = _read_safetensors(file, option)
+        if not obj:
+            raise UserError(f"{option} {path}: holds no tensors")
+        return obj
+    try:
+        obj = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a damaged or foreign file
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"{option} {path}: not a readable PyTorch checkpoint ({first[:160]}); "
@@ -108,10 +150,29 @@ def read_state_dict(path: str, option: str = "--checkpoint") -> dict[str, torch.
     return obj
 
 
+def tied_keys(model: nn.Module) -> dict[str, str]:
+    """state_dict key -> the first key of the same tensor, for every key that is not its tensor's first name
+    (tied weights: one tensor under several names)."""
+    first: dict[tuple, str] = {}
+    out: dict[str, str] = {}
+    for k, v in model.state_dict(keep_vars=True).items():
+        if not v.numel():
+            continue
+        ident = (v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape), tuple(v.stride()))
+        if ident in first:
+            out[k] = first[ident]
+        else:
+            first[ident] = k
+    return out
+
+
 def load_checkpoint(model: nn.Module, path: str, option: str = "--checkpoint") -> None:
     """Load a checkpoint into `model`, naming missing, unexpected and mis-shaped keys if it does not fit."""
     state = read_state_dict(path, option)
     expected = model.state_dict()
+    for k, source in tied_keys(model).items():  # a tied tensor saved once (save_pretrained does that)
+        if k not in state and source in state:
+            state[k] = state[source]
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     shapes = [f"{k} {tuple(state[k].shape)} vs model {tuple(v.shape)}"

@@ -18,6 +18,8 @@ from landscape_mpi.config.surface import SurfaceConfig
 from landscape_mpi.data.datasets import EvalSet, load_eval_set
 from landscape_mpi.config.errors import UserError
 from landscape_mpi.models import build_model, load_checkpoint
+from landscape_mpi.tasks import ClassifyTask, Task, make_task
+from landscape_mpi.tasks.base import describe
 
 
 @dataclass
@@ -30,39 +32,51 @@ class Inputs:
     """Training samples that re-estimate BatchNorm statistics (``--bn recalibrate``)."""
     fingerprints: dict[str, str] = field(default_factory=dict)
     """split -> sha256 of its evaluation tensors (what a resume must find unchanged)."""
+    task: Task = field(default_factory=ClassifyTask)
+    """What a point evaluates (--task, with classify's --loss)."""
 
 
 def data_fingerprint(data: EvalSet) -> str:
-    """sha256 of a split's evaluation inputs and labels (content, shape and dtype; not where they came from)."""
+    """sha256 of a split's evaluation inputs and labels (content, shape and dtype; not where they came from).
+
+    A dict of inputs: each tensor after its key, keys sorted; no labels: nothing for them."""
     h = hashlib.sha256()
-    for t in (data.inputs, data.labels):
+    if isinstance(data.inputs, dict):
+        tensors = []
+        for key in sorted(data.inputs):
+            h.update(f"{key}:".encode())
+            tensors.append(data.inputs[key])
+    else:
+        tensors = [data.inputs]
+    if data.labels is not None:
+        tensors.append(data.labels)
+    for t in tensors:
         t = t.detach().cpu().contiguous()
         h.update(f"{t.dtype}{tuple(t.shape)}".encode())
         h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
     return h.hexdigest()
 
 
-def check_fit(model: nn.Module, data: EvalSet, config: SurfaceConfig) -> None:
-    """One forward on two samples: the output must be (batch, classes) logits with a class for every label."""
-    x = data.inputs[:2]
-    where = f"--model {config.model} with --dataset {config.dataset} ({data.name} inputs {tuple(x.shape[1:])})"
+def check_fit(model: nn.Module, data: EvalSet, config: SurfaceConfig, task: Task | None = None) -> None:
+    """One forward on two samples: the task (`config.task`) must be able to read the output and the data."""
+    task = task if task is not None else make_task(config.task, config.loss)
+    x, y = data.rows(0, 2)
+    shape = tuple(x.shape[1:]) if isinstance(x, torch.Tensor) else describe(x)
+    where = f"--model {config.model} with --dataset {config.dataset} ({data.name} inputs {shape})"
     try:
         with torch.inference_mode():
-            out = model(x)
+            out = task.forward(model, x)
     except Exception as exc:  # noqa: BLE001  (any failure of the user's forward is a mismatch to report)
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         raise UserError(f"{where}: the forward fails ({first}); choose a model built for this dataset "
                         f"(landscape-mpi models lists each zoo model's dataset)") from None
-    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != x.shape[0]:
-        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise UserError(f"{where}: the model returns {shape}, expected logits of shape (batch, classes)")
-    if not out.is_floating_point():
-        raise UserError(f"{where}: the model returns {out.dtype} values, expected floating-point logits")
-    n_classes = int(out.shape[1])
-    top = int(data.labels.max()) if len(data) else 0
-    if top >= n_classes or int(data.labels.min()) < 0:
-        raise UserError(f"{where}: labels go up to {top} but the model has {n_classes} outputs; "
-                        f"choose a model with one output per class")
+    try:
+        problem = task.check(out, x, y, data)
+    except Exception as exc:  # noqa: BLE001  (a user task's check that fails is a mismatch too)
+        problem = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+    if problem:
+        named = "" if config.task == "classify" else f", --task {config.task}"
+        raise UserError(f"{where}{named}: {problem}")
 
 
 def read_inputs(config: SurfaceConfig) -> tuple[dict[str, torch.Tensor], list[EvalSet], EvalSet | None]:
@@ -76,7 +90,7 @@ def read_inputs(config: SurfaceConfig) -> tuple[dict[str, torch.Tensor], list[Ev
     if config.bn == "recalibrate":
         train = load_eval_set(config.dataset, "train", config.data_root, None, config.seed)
         n = min(config.bn_samples or len(train), len(train))
-        bn_data = EvalSet("bn", train.inputs[:n].contiguous(), train.labels[:n].contiguous(), np.arange(n))
+        bn_data = train.part(0, n, np.arange(n))
     return state, data, bn_data
 
 
@@ -90,9 +104,10 @@ def load_inputs(config: SurfaceConfig, read: tuple | None = None) -> Inputs:
     model = build_model(config.model)
     model.load_state_dict(state)
     model.eval()
+    task = make_task(config.task, config.loss)
     for d in data:
-        check_fit(model, d, config)
+        check_fit(model, d, config, task)
     if config.eig and not any(p.requires_grad for p in model.parameters()):
         raise UserError(f"--metrics eig: --model {config.model} has no trainable parameter, so no Hessian; "
                         f"drop eig from --metrics")
-    return Inputs(model, data, bn_data, {d.name: data_fingerprint(d) for d in data})
+    return Inputs(model, data, bn_data, {d.name: data_fingerprint(d) for d in data}, task)

@@ -182,7 +182,7 @@ def _run_locked(config: SurfaceConfig, options: RunOptions, ctx: RunContext) -> 
 
 # ----------------------------------------------------------------------------------- evaluation
 class GridEvaluator:
-    """Flat grid indices in, the file's columns out: the engine's [loss, acc] per split at the file's exact
+    """Flat grid indices in, the file's columns out: the engine's task metrics per split at the file's exact
     coordinates, and with --metrics ...,eig the Hessian's extreme eigenvalues and the Hessian-vector products they took."""
 
     def __init__(self, config: SurfaceConfig, options: RunOptions, inputs: Inputs, stored: tuple, ctx: RunContext,
@@ -201,7 +201,7 @@ class GridEvaluator:
         self.shape = tuple(len(c) for c in self.coords)
         self.hooks = hooks
         self.on_batch: Callable[[float], None] | None = None
-        self.engine = make_engine(inputs.model, directions, inputs.data, loss=config.loss, device=ctx.device,
+        self.engine = make_engine(inputs.model, directions, inputs.data, loss=inputs.task, device=ctx.device,
                                   precision=config.precision, batch_size=options.batch_size, bn=config.bn,
                                   bn_data=inputs.bn_data, kind=options.engine,
                                   log=lambda m: log(ctx, m))
@@ -241,7 +241,7 @@ class CurvatureAtPoint:
         self.setter = PointSetter(self.model, [{k: v.to(device) for k, v in d.items()} for d in directions])
         split = next((d for d in inputs.data if d.name == "train"), inputs.data[0])
         self.data = split.to(device)
-        self.loss = config.loss
+        self.loss = inputs.task
         self.tol = config.eig_tol
         self.batch_size = batch_size
 

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from landscape_mpi.data.datasets import load_eval_set
+from landscape_mpi.data.datasets import EvalSet, load_eval_set
 from landscape_mpi.config.errors import UserError
 from landscape_mpi.config.train import TrainConfig
 from landscape_mpi.runtime.faults import NO_FAULTS, Faults
@@ -65,6 +65,32 @@ def _augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return padded[batch, chan, rows[:, None, :, None], cols[:, None, None, :]]
 
 
+# ------------------------------------------------------------ causal language models (the `text` dataset)
+#: datasets of token sequences: the model is trained on the next-token loss (labels equal the inputs)
+LM_DATASETS = ("text",)
+
+
+def lm_loss(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Next-token cross-entropy, the mean over the predicted tokens: ``logits[:, :-1]`` predict ``ids[:, 1:]``
+    (logits (B, T, V), ids (B, T))."""
+    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), ids[:, 1:].flatten())
+
+
+@torch.inference_mode()
+def lm_evaluate(model: torch.nn.Module, data: EvalSet, batch_size: int = 512) -> tuple[float, float]:
+    """(next-token loss, next-token accuracy) over every predicted token of `data`, model in eval mode."""
+    model.eval()
+    total, correct, count = 0.0, 0, 0
+    for start in range(0, len(data), batch_size):
+        ids = data.inputs[start:start + batch_size]
+        logits, target = model(ids)[:, :-1], ids[:, 1:]
+        total += float(F.cross_entropy(logits.flatten(0, 1).float(), target.flatten(), reduction="sum").double())
+        correct += int((logits.argmax(dim=-1) == target).sum())
+        count += target.numel()
+    return total / count, correct / count
+
+
+# ------------------------------------------------------------------------------------------ training
 def _config_diff(stored: dict[str, Any], cfg: TrainConfig) -> list[str]:
     wanted = asdict(cfg)
     names = [f.name for f in fields(TrainConfig) if f.name not in RESUME_FREE_FIELDS]
@@ -152,6 +178,8 @@ def train(cfg: TrainConfig, device: torch.device | None = None, quiet: bool = Fa
     else:
         sched = None
     augment = cfg.augment and cfg.dataset == "cifar10"
+    lm = cfg.dataset in LM_DATASETS
+    loss_fn, score = (lm_loss, lm_evaluate) if lm else (F.cross_entropy, evaluate)  # score: (loss, accuracy)
 
     def save(name: str, epochs_done: int, step: int, order: torch.Tensor, next_batch: int, metrics: dict) -> str:
         """Write one checkpoint atomically (temporary file, then rename: a kill never leaves half a file).
@@ -174,8 +202,8 @@ def train(cfg: TrainConfig, device: torch.device | None = None, quiet: bool = Fa
         return path
 
     def measure() -> dict:
-        tl, ta = evaluate(model, train_dev)
-        vl, va = evaluate(model, test_dev)
+        tl, ta = score(model, train_dev)
+        vl, va = score(model, test_dev)
         return {"train_loss": tl, "train_acc": ta, "test_loss": vl, "test_acc": va}
 
     # Resume from the latest checkpoint, or start from epoch 0 (whose file is the initialization).
@@ -220,7 +248,7 @@ def train(cfg: TrainConfig, device: torch.device | None = None, quiet: bool = Fa
             if augment:
                 xb = _augment(xb, generator)
             opt.zero_grad(set_to_none=True)
-            F.cross_entropy(model(xb), yb).backward()
+            loss_fn(model(xb), yb).backward()
             opt.step()
             step += 1
             if faults.enabled:
