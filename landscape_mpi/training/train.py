@@ -34,6 +34,7 @@ from landscape_mpi.runtime.faults import NO_FAULTS, Faults
 from landscape_mpi.runtime.lifecycle import STOP, StopRequested
 from landscape_mpi.engine.evaluate import evaluate
 from landscape_mpi.models import build_model
+from landscape_mpi.tasks.lm import LanguageModelTask
 
 #: TrainConfig fields that never change the weights, so they may differ on resume.
 RESUME_FREE_FIELDS = ("out_dir", "data_root", "save_every_iters")
@@ -76,18 +77,11 @@ def lm_loss(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), ids[:, 1:].flatten())
 
 
-@torch.inference_mode()
-def lm_evaluate(model: torch.nn.Module, data: EvalSet, batch_size: int = 512) -> tuple[float, float]:
-    """(next-token loss, next-token accuracy) over every predicted token of `data`, model in eval mode."""
-    model.eval()
-    total, correct, count = 0.0, 0, 0
-    for start in range(0, len(data), batch_size):
-        ids = data.inputs[start:start + batch_size]
-        logits, target = model(ids)[:, :-1], ids[:, 1:]
-        total += float(F.cross_entropy(logits.flatten(0, 1).float(), target.flatten(), reduction="sum").double())
-        correct += int((logits.argmax(dim=-1) == target).sum())
-        count += target.numel()
-    return total / count, correct / count
+def lm_evaluate(model: torch.nn.Module, data: EvalSet) -> tuple[float, float]:
+    """(next-token loss, token accuracy) over every predicted token of `data`: the lm task's own evaluation
+    (landscape_mpi/tasks/lm.py), the numbers a surface of the model reports at its centre."""
+    loss, _, token_acc = evaluate(model, data, LanguageModelTask(), batch_size=512)
+    return loss, token_acc
 
 
 # ------------------------------------------------------------------------------------------ training
