@@ -93,7 +93,7 @@ def loss_sum(logits: torch.Tensor, labels: torch.Tensor, loss: str) -> torch.Ten
 
 def shard(data: EvalSet | Sequence[EvalSet], rank: int, size: int) -> list[EvalSet]:
     """This rank's contiguous share of every evaluation set (array_split: sizes differ by at most one)."""
-    sets = [data] if isinstance(data, EvalSet) else list(data)
+    sets = [data] if hasattr(data, "rows") else list(data)  # one split (in memory or streamed) or several
     out = []
     for s in sets:
         n = len(s)
@@ -126,12 +126,12 @@ class HessianOperator:
         self.params = [p for _, p in model.named_parameters() if p.requires_grad]
         self.local = shard(data, rank, size)
         # Every rank holds every sample (shards are cut here), so the global count is known without communication.
-        every = [data] if isinstance(data, EvalSet) else list(data)
+        every = [data] if hasattr(data, "rows") else list(data)
         self.n_samples = sum(len(s) for s in every)
         if self.n_samples == 0:
             raise UserError("the evaluation set is empty; check --samples and --splits")
         # What the loss is a mean over (classify: samples; lm: predicted tokens; regress: target elements).
-        self.count = sum(self.task.count(*s.rows(0, len(s))) for s in every)
+        self.count = sum(self.task.count(*s.rows(a, a + batch_size)) for s in every for a in range(0, len(s), batch_size))
         if self.count == 0:
             raise UserError(f"the evaluation set has nothing to predict for --task {self.task.name}")
         self.products = 0

@@ -8,6 +8,7 @@ I/O mode, threads, ...): those may change between a run and its resume without c
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 from dataclasses import dataclass
@@ -102,8 +103,9 @@ def check_task(task: str, loss: str) -> None:
                         f"drop --loss")
 
 
+@functools.lru_cache(maxsize=None)
 def task_metrics(task: str) -> tuple[str, ...]:
-    """The metric names of a task (a user task's factory is imported and called)."""
+    """The metric names of a task (a user task's factory is imported and called once per process)."""
     if task in TASK_METRICS:
         return TASK_METRICS[task]
     return tuple(import_object(task, "--task")().metrics)
@@ -307,6 +309,10 @@ class RunOptions:
     batch_size: int | None = option(None, help="evaluation batch size (default: chosen for the device); changes "
                                                "no value beyond float rounding (the loss is a sample-weighted "
                                                "mean), may differ on resume", group=RUN)
+    stream_data: bool = option(False, help="read a user dataset (--dataset package.module:factory) in batches at "
+                                           "every point instead of holding the split: memory per rank bounded by "
+                                           "the batch, same values (an iterable dataset is always read so)",
+                               group=RUN)
     engine: str = option("auto", help="evaluation engine: auto, or one forced by name (benchmarks, tests); same "
                                       "values", choices=ENGINES, group=RUN)
     order: str = option("coarse", help="coarse: center, corners, then finer sub-grids; rows: flat index order",

@@ -1,8 +1,9 @@
 """Datasets: the embedded digits, MNIST-1D (generated offline), CIFAR-10 from a local folder, the built-in text
 corpus for language models (`landscape_mpi.data.text`), and user datasets by import path.
 
-Evaluation data is prepared once per process and kept on the device as two tensors (`EvalSet`), so
-evaluating a grid point is a plain loop over tensor slices: no DataLoader, no per-point transforms.
+Evaluation data is prepared once per process and kept on the device as tensors (`items.EvalSet`), so
+evaluating a grid point is a plain loop over tensor slices: no DataLoader, no per-point transforms. A user
+dataset too large for that is read in batches instead (`stream.StreamedSplit`, --stream-data).
 """
 
 from __future__ import annotations
@@ -12,14 +13,15 @@ import json
 import os
 import pickle
 import random
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Union
 
 import numpy as np
 import torch
 
 from landscape_mpi.config.errors import UserError
+from landscape_mpi.data.items import (  # noqa: F401  (re-exported: the split types live in items)
+    LABEL_KEYS, CompactImages, EvalSet, Inputs, collate, collate_user_items, decode_images, first_tensor, map_inputs,
+    open_user_dataset, subset_indices)
+from landscape_mpi.data.stream import open_streamed
 
 CIFAR_FOLDER = "cifar-10-batches-py"
 CIFAR_FILES = ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch",
@@ -31,80 +33,6 @@ DIGITS_TRAIN = 1437  # of 1797: an 80/20 split of a fixed permutation
 #: MNIST-1D generation arguments (mnist1d.data.get_dataset_args() defaults: 5,000 signals of 40 samples, 4,000
 #: train / 1,000 test, seed 42); the cache file name is keyed by a hash of these and the package version.
 MNIST1D_CACHE_ENV = "LANDSCAPE_MPI_CACHE"
-
-
-def decode_images(raw: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """uint8 images (N, C, H, W) -> float32 normalized ``(raw / 255 - mean) / std`` (mean, std: (1, C, 1, 1)).
-
-    The one definition of the normalization: the float inputs are computed with it at load time, and an engine
-    that keeps the uint8 images on its device computes each batch with it, so both give the same bits (every
-    step is one correctly rounded IEEE operation per element, on any device)."""
-    return (raw.float().div_(255.0) - mean) / std
-
-
-@dataclass
-class CompactImages:
-    """The uint8 form of an image split (a quarter of the float32 bytes) and its normalization."""
-
-    raw: torch.Tensor
-    mean: torch.Tensor
-    std: torch.Tensor
-
-    def subset(self, idx: torch.Tensor) -> "CompactImages":
-        return CompactImages(self.raw[idx].contiguous(), self.mean, self.std)
-
-
-#: A split's inputs: one tensor (B, ...), or a dict of tensors with the same first dimension (keyword
-#: arguments of the model's forward, e.g. input_ids and attention_mask).
-Inputs = Union[torch.Tensor, dict]
-
-
-def map_inputs(inputs: Inputs, fn: Callable[[torch.Tensor], torch.Tensor]) -> Inputs:
-    """`fn` applied to the tensor, or to every tensor of a dict (keys kept in order)."""
-    if isinstance(inputs, dict):
-        return {k: fn(v) for k, v in inputs.items()}
-    return fn(inputs)
-
-
-def first_tensor(inputs: Inputs) -> torch.Tensor:
-    return next(iter(inputs.values())) if isinstance(inputs, dict) else inputs
-
-
-@dataclass
-class EvalSet:
-    """One split's inputs and labels, as tensors on the evaluation device."""
-
-    name: str
-    inputs: Inputs
-    labels: torch.Tensor | None
-    """None where the task needs none (token sequences: the targets are the inputs shifted)."""
-    indices: np.ndarray | None = None
-    """Which samples of the split were kept by --samples (None: all)."""
-    compact: CompactImages | None = None
-    """The same inputs as uint8 images (CIFAR-10), from which `inputs` was decoded; None for other data."""
-
-    def __len__(self) -> int:
-        if self.labels is not None:
-            return int(self.labels.shape[0])
-        return int(first_tensor(self.inputs).shape[0])
-
-    def to(self, device: torch.device) -> "EvalSet":
-        return EvalSet(self.name, map_inputs(self.inputs, lambda t: t.to(device)),
-                       self.labels.to(device) if self.labels is not None else None, self.indices)
-
-    def rows(self, start: int, stop: int) -> tuple[Inputs, torch.Tensor | None]:
-        """(inputs, labels) of samples start..stop-1 (views)."""
-        return (map_inputs(self.inputs, lambda t: t[start:stop]),
-                self.labels[start:stop] if self.labels is not None else None)
-
-    def part(self, start: int, stop: int, indices: np.ndarray | None = None) -> "EvalSet":
-        """Samples start..stop-1 as an EvalSet of their own (contiguous copies where sliced)."""
-        x, y = self.rows(start, stop)
-        return EvalSet(self.name, x, y, self.indices if indices is None else indices)
-
-    def select(self, idx: torch.Tensor) -> tuple[Inputs, torch.Tensor | None]:
-        """(inputs, labels) of the samples `idx` (an index tensor)."""
-        return map_inputs(self.inputs, lambda t: t[idx]), (self.labels[idx] if self.labels is not None else None)
 
 
 def load_split(dataset: str, split: str, data_root: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -131,14 +59,24 @@ def _load(dataset: str, split: str, data_root: str | None) -> tuple[Inputs, torc
     raise UserError(f"--dataset {dataset}: unknown dataset; choose digits, mnist1d, cifar10, text or package.module:factory")
 
 
-def load_eval_set(dataset: str, split: str, data_root: str | None, samples: int | None, seed: int) -> EvalSet:
-    """The evaluation set of one split, reduced to a deterministic subset of `samples` if asked."""
-    x, y, compact = _load(dataset, split, data_root)
+def load_eval_set(dataset: str, split: str, data_root: str | None, samples: int | None, seed: int,
+                  stream: bool = False):
+    """The evaluation set of one split, reduced to a deterministic subset of `samples` if asked.
+
+    `stream`: a user dataset is read in batches (`landscape_mpi.data.stream.StreamedSplit`); an iterable user
+    dataset is always read that way, and collated into one `EvalSet` here unless `stream`."""
+    compact = None
+    if ":" in dataset:
+        ds, n = open_user_dataset(dataset, split)
+        if stream or n is None:
+            streamed = open_streamed(dataset, split, samples, seed, opened=(ds, n))
+            return streamed if stream else streamed.materialize()
+        x, y = collate_user_items(dataset, split, [ds[i] for i in range(n)])
+    else:
+        x, y, compact = _load(dataset, split, data_root)
     data = EvalSet(split, x, y)
-    indices = None
-    if samples is not None and samples < len(data):
-        # A seeded permutation, sorted: the same subset on every rank, machine and rerun.
-        indices = np.sort(np.random.RandomState(seed).permutation(len(data))[:samples])
+    indices = subset_indices(len(data), samples, seed)
+    if indices is not None:
         idx = torch.from_numpy(indices)
         x, y = data.select(idx)
         compact = compact.subset(idx) if compact is not None else None
@@ -255,77 +193,6 @@ def _cifar10(split: str, root: str | None) -> tuple[torch.Tensor, torch.Tensor, 
     return x, y, compact
 
 
-#: The key of a dict item that holds the labels (the other keys are inputs).
-LABEL_KEYS = ("labels", "label")
-
-
 def _user_dataset(spec: str, split: str) -> tuple[Inputs, torch.Tensor | None]:
-    from landscape_mpi.config.imports import import_object
-
-    factory = import_object(spec, "--dataset")
-    ds = factory(split)
-    try:
-        n = len(ds)
-    except TypeError:
-        raise UserError(f"--dataset {spec}: factory({split!r}) must return a map-style torch Dataset with len()") from None
-    if n == 0:
-        raise UserError(f"--dataset {spec}: the {split} split is empty")
-    items = [ds[i] for i in range(n)]
-    try:
-        return collate(items)
-    except (TypeError, ValueError, RuntimeError, KeyError, IndexError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise UserError(f"--dataset {spec}: cannot read the {split} items ({first}); an item is (x, y), "
-                        f"a dict of tensors (labels under 'labels'), or a LongTensor of token ids") from None
-
-
-def _stack_inputs(values: list) -> torch.Tensor:
-    """Inputs of every item, stacked: int64 token ids stay int64 (int32 too), anything else float32 as always."""
-    first = values[0]
-    if isinstance(first, torch.Tensor) and first.dtype in (torch.int64, torch.int32):
-        return torch.stack([torch.as_tensor(v).long() for v in values])
-    return torch.stack([torch.as_tensor(v, dtype=torch.float32) for v in values])
-
-
-def _stack_labels(values: list) -> torch.Tensor:
-    """Labels of every item: integers (class labels) int64 as always; real values (regression targets) float32;
-    tensors of any shape stacked (token labels (T,), targets (k,))."""
-    first = values[0]
-    if isinstance(first, torch.Tensor) and first.dim() > 0 or isinstance(first, np.ndarray) and first.ndim > 0:
-        stacked = torch.stack([torch.as_tensor(v) for v in values])
-        return stacked.float() if stacked.is_floating_point() else stacked.long()
-    real = (isinstance(first, (float, np.floating)) or (isinstance(first, torch.Tensor) and first.is_floating_point())
-            or (isinstance(first, np.ndarray) and first.dtype.kind == "f"))
-    if real:
-        return torch.as_tensor([float(v) for v in values], dtype=torch.float32)
-    return torch.as_tensor([int(v) for v in values], dtype=torch.int64)
-
-
-def collate(items: list) -> tuple[Inputs, torch.Tensor | None]:
-    """A user dataset's items as (inputs, labels) tensors, in item order.
-
-    An item is (x, y) (a tuple or list), a dict (``labels`` or ``label``: the labels; every other key an
-    input: one key is the input tensor, several are the model's keyword arguments), or a single integer tensor
-    of token ids (no labels: language modelling). ValueError for anything else."""
-    first = items[0]
-    if isinstance(first, torch.Tensor):
-        if first.is_floating_point():
-            raise ValueError(f"a single tensor item must be integer token ids, found {first.dtype}")
-        return torch.stack([torch.as_tensor(v).long() for v in items]), None
-    if isinstance(first, dict):
-        label_key = next((k for k in LABEL_KEYS if k in first), None)
-        keys = [k for k in first if k != label_key]
-        if not keys:
-            raise ValueError(f"a dict item needs an input besides {label_key!r}")
-        inputs = {k: _stack_inputs([item[k] for item in items]) for k in keys}
-        labels = _stack_labels([item[label_key] for item in items]) if label_key else None
-        return (inputs[keys[0]] if len(keys) == 1 else inputs), labels
-    if isinstance(first, (tuple, list)) and len(first) == 2:
-        xs, ys = zip(*items)
-        if isinstance(xs[0], dict):
-            inputs = {k: _stack_inputs([x[k] for x in xs]) for k in xs[0]}
-            x = inputs if len(inputs) > 1 else next(iter(inputs.values()))
-        else:
-            x = _stack_inputs(list(xs))
-        return x, _stack_labels(list(ys))
-    raise ValueError(f"an item is a {type(first).__name__}")
+    d = load_eval_set(spec, split, None, None, 0)
+    return d.inputs, d.labels

@@ -164,6 +164,9 @@ def make_engine(model: nn.Module, directions: list[Direction], data: list[EvalSe
                      if kind != "auto" else "")
     if len(data) == 0 or len(data[0]) == 0:
         return eager("no evaluation data to trace the model with")
+    if any(s.streamed for s in data):
+        return eager("the evaluation data is streamed (--stream-data or an iterable dataset): the fast paths keep "
+                     "the split on the device")
     if isinstance(data[0].inputs, dict):
         return eager("inputs are a dict of tensors (keyword arguments), which the fast paths do not trace")
     example = data[0].inputs[:2]

@@ -181,6 +181,9 @@ def data_to_device(data: Sequence[EvalSet], device: torch.device,
     `DecodedImages` (normalized per batch); sets without one are copied as they are."""
     out = []
     for s in data:
+        if s.streamed:  # read in batches: each batch goes to the device as it is read
+            out.append(s.to(device))
+            continue
         y = _to(s.labels, device) if s.labels is not None else None
         if compact and s.compact is not None:
             raw = _to(s.compact.raw, device)

@@ -76,7 +76,7 @@ def recalibrate_bn(model: nn.Module, data: EvalSet, batch_size: int, precision: 
     for m in layers:
         m.train()
     try:
-        with autocast(precision, first_tensor(data.inputs).device):
+        with autocast(precision, first_tensor(data.rows(0, 1)[0]).device):
             for start, stop in recalibration_batches(len(data), batch_size):
                 call_model(model, data.rows(start, stop)[0])
                 if on_batch is not None:

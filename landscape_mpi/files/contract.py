@@ -14,10 +14,10 @@ Surface file (``file_kind`` absent or ``"surface"``):
     /results/eig_iters                  int32 (optional), Hessian-vector products the point's two eigenvalues took
     /directions/<axis>/<state_dict key> the stored directions (the source of truth for every rank and resume)
     /data/<split>_indices               int64 (only with --samples)
-    /data/<split>_fingerprint           attribute: sha256 of the split's evaluation tensors
     /ranks/host, /ranks/device          strings, one per MPI rank of each run (optional; latest run)
     /trajectory/x, y, epochs, residual  the training path projected on the PCA plane (optional), and
     /trajectory/step_norms              the distances between consecutive checkpoints (optional)
+    root attribute <split>_data_sha256  sha256 of the split's evaluation tensors (in memory or streamed: the same)
 
 Hessian file (``file_kind = "hessian"``): see `landscape_mpi/files/hessian_store.py`.
 """

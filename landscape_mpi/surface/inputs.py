@@ -39,7 +39,10 @@ class Inputs:
 def data_fingerprint(data: EvalSet) -> str:
     """sha256 of a split's evaluation inputs and labels (content, shape and dtype; not where they came from).
 
-    A dict of inputs: each tensor after its key, keys sorted; no labels: nothing for them."""
+    A dict of inputs: each tensor after its key, keys sorted; no labels: nothing for them. A streamed split
+    (`data.stream`) carries the same hash, computed batch by batch when it was opened."""
+    if data.streamed:
+        return data.fingerprint
     h = hashlib.sha256()
     if isinstance(data.inputs, dict):
         tensors = []
@@ -79,16 +82,19 @@ def check_fit(model: nn.Module, data: EvalSet, config: SurfaceConfig, task: Task
         raise UserError(f"{where}{named}: {problem}")
 
 
-def read_inputs(config: SurfaceConfig) -> tuple[dict[str, torch.Tensor], list[EvalSet], EvalSet | None]:
+def read_inputs(config: SurfaceConfig, stream: bool = False) -> tuple[dict[str, torch.Tensor], list[EvalSet], EvalSet | None]:
     """What comes from the file system: theta*'s state_dict (checked against the model), the evaluation
-    splits and the BatchNorm recalibration samples. Done by one rank per node (`sharing`)."""
+    splits and the BatchNorm recalibration samples. Done by one rank per node (`sharing`). `stream`
+    (--stream-data): user splits are read in batches at every point; here only their length, subset and
+    fingerprint are read (one pass), which the node's other ranks receive."""
     model = build_model(config.model)
     load_checkpoint(model, config.checkpoint)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    data = [load_eval_set(config.dataset, s, config.data_root, config.samples, config.seed) for s in config.splits]
+    data = [load_eval_set(config.dataset, s, config.data_root, config.samples, config.seed, stream)
+            for s in config.splits]
     bn_data = None
     if config.bn == "recalibrate":
-        train = load_eval_set(config.dataset, "train", config.data_root, None, config.seed)
+        train = load_eval_set(config.dataset, "train", config.data_root, None, config.seed, stream)
         n = min(config.bn_samples or len(train), len(train))
         bn_data = train.part(0, n, np.arange(n))
     return state, data, bn_data

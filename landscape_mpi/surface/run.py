@@ -86,7 +86,7 @@ def _run_locked(config: SurfaceConfig, options: RunOptions, ctx: RunContext) -> 
     # 3. pre-flight: nothing is written before every rank has its model and data and they fit. The node's
     #    first rank reads the files (a node collective, reached by every rank: nothing before it can fail);
     #    each rank then checks what it got inside the agree-or-fail step.
-    read = share_per_node(node, lambda: read_inputs(config))
+    read = share_per_node(node, lambda: read_inputs(config, options.stream_data))
 
     def preflight() -> Inputs:
         ctx.faults.reached("preflight")

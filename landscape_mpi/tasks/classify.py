@@ -100,8 +100,9 @@ class ClassifyTask(Task):
             found = "no labels" if labels is None else f"labels {describe(labels)}"
             return f"{found}, expected integer class labels (B,)"
         n_classes = int(output.shape[1])
-        top = int(split.labels.max()) if len(split) else 0
-        if top >= n_classes or int(split.labels.min()) < 0:
+        bounds = split.label_range() or (0, 0)
+        top = int(bounds[1])
+        if top >= n_classes or int(bounds[0]) < 0:
             return (f"labels go up to {top} but the model has {n_classes} outputs; "
                     f"choose a model with one output per class")
         return None
