@@ -38,6 +38,8 @@ TASK_METRICS = {"classify": ("loss", "acc"), "lm": ("loss", "ppl", "token_acc"),
 DEFAULT_TASK = "classify"
 #: Evaluation engines (landscape_mpi/engine); auto chooses one.
 ENGINES = ("auto", "eager", "folded", "channels_last", "compiled", "batched")
+#: How a group of ranks shares a point (--ranks-per-point G > 1; landscape_mpi/engine/group.py).
+GROUP_MODES = ("shard", "data")
 
 
 @dataclass(frozen=True)
@@ -319,6 +321,14 @@ class RunOptions:
                         choices=ORDERS, group=RUN)
     chunk_size: int = option(0, help="points per work assignment (0: automatic, shrinking towards the end of the "
                                      "grid)", group=RUN)
+    ranks_per_point: int = option(1, help="G ranks of one node evaluate each point together (a model sharded "
+                                          "over them, or the data divided; see --group-mode); same values, "
+                                          "and a file resumes with any G", group=RUN)
+    group_mode: str = option("shard", help="with --ranks-per-point G > 1: shard (FSDP2: each rank holds 1/G of "
+                                           "the parameters and directions) or data (each rank the whole model, "
+                                           "1/G of each batch)", choices=GROUP_MODES, group=RUN)
+    group_timeout: float = option(600.0, help="seconds a collective of a group may wait for a member before "
+                                              "the job ends (a member that died)", group=RUN)
     flush_seconds: float = option(1.0, help="write finished points to the file at least this often", group=RUN)
     progress_seconds: float = option(30.0, help="in a batch log (not a terminal), one progress line this often",
                                      group=RUN)
@@ -333,6 +343,26 @@ class RunOptions:
             raise UserError(f"--chunk-size {self.chunk_size}: must be 0 (automatic) or positive")
         if self.flush_seconds <= 0 or self.progress_seconds <= 0:
             raise UserError("--flush-seconds and --progress-seconds must be positive")
+        if self.ranks_per_point < 1:
+            raise UserError(f"--ranks-per-point {self.ranks_per_point}: must be at least 1")
+        if self.group_timeout <= 0:
+            raise UserError(f"--group-timeout {self.group_timeout}: must be positive")
+
+
+def check_groups(config: SurfaceConfig, options: RunOptions) -> None:
+    """What a group of ranks per point does not do (yet): one line each, before anything runs."""
+    if options.ranks_per_point == 1:
+        return
+    flag = f"--ranks-per-point {options.ranks_per_point}"
+    if config.eig:
+        raise UserError(f"{flag}: --metrics loss,eig is computed by one rank per point; drop --ranks-per-point "
+                        f"for the eigenvalue maps, or drop eig")
+    if config.bn == "recalibrate":
+        raise UserError(f"{flag}: --bn recalibrate is done by one rank per point; drop --ranks-per-point or use "
+                        f"--bn eval")
+    if options.engine not in ("auto", "eager"):
+        raise UserError(f"{flag}: --engine {options.engine} evaluates a point on one rank; a group uses its own "
+                        f"(--group-mode); drop --engine")
 
 
 @dataclass(frozen=True)

@@ -27,14 +27,15 @@ import torch
 
 from landscape_mpi.runtime import scheduler as sched
 from landscape_mpi.files import reader, store
-from landscape_mpi.config.surface import RunOptions, SurfaceConfig
+from landscape_mpi.config.surface import RunOptions, SurfaceConfig, check_groups
 from landscape_mpi.runtime.comm import mpi_communicator
 from landscape_mpi.runtime.context import RunContext, make_context
 from landscape_mpi.runtime.faults import BatchHooks
 from landscape_mpi.directions.base import PointSetter, space_keys
 from landscape_mpi.config.errors import EXIT_COMPLETE, EXIT_RESUMABLE, UserError
 from landscape_mpi.surface.inputs import Inputs, load_inputs, read_inputs
-from landscape_mpi.runtime.lifecycle import STOP, agree
+from landscape_mpi.runtime.groups import Followers, RankGroup, follow, init_process_group, make_groups
+from landscape_mpi.runtime.lifecycle import STOP, StopRequested, agree
 from landscape_mpi.surface.prepare import Prepared, finish_overwrite, prepare_file
 from landscape_mpi.runtime.progress import Progress
 from landscape_mpi.runtime.sharing import node_comm, share_per_node
@@ -55,6 +56,7 @@ def run_surface(config: SurfaceConfig, options: RunOptions, ctx: RunContext | No
     command)."""
     # 1. ranks and devices. make_context is collective (an MPI split); a rank that fails in it alone (a broken
     #    GPU) raises, and the CLI's guard aborts the whole job with that rank's message.
+    check_groups(config, options)
     ctx = ctx or make_context(options.device, options.threads)
     ctx.faults.reached("context")
     if ctx.device.type == "cpu":
@@ -82,6 +84,12 @@ def run_surface(config: SurfaceConfig, options: RunOptions, ctx: RunContext | No
 def _run_locked(config: SurfaceConfig, options: RunOptions, ctx: RunContext) -> int:
     comm = ctx.comm
     node = node_comm(comm)  # one rank per node reads the inputs; the node's other ranks receive them
+    group = None
+    if options.ranks_per_point > 1:  # groups of G ranks of a node, each with its torch.distributed group
+        group = make_groups(comm, node, options.ranks_per_point)
+        backend = init_process_group(group, ctx.device.type, options.group_timeout)
+        log(ctx, f"{ctx.size // group.size} group(s) of {group.size} ranks per point, --group-mode "
+                 f"{options.group_mode}, {backend}")
 
     # 3. pre-flight: nothing is written before every rank has its model and data and they fit. The node's
     #    first rank reads the files (a node collective, reached by every rank: nothing before it can fail);
@@ -116,15 +124,17 @@ def _run_locked(config: SurfaceConfig, options: RunOptions, ctx: RunContext) -> 
 
     def engine_step() -> GridEvaluator:
         ctx.faults.reached("engine")
-        return GridEvaluator(config, options, inputs, stored.get(), ctx, ctx.faults.batch_hooks())
+        return GridEvaluator(config, options, inputs, stored.get(), ctx, ctx.faults.batch_hooks(), group)
 
     evaluator = agree(comm, engine_step, ctx.rank)  # make_engine logs the engine it chose
     if config.eig:
         log(ctx, "eig_max and eig_min at every point (ARPACK on Hessian-vector products, one point per call)")
 
-    # 6. the writer: rank 0 alone, or every rank (a collective open) under --io collective.
+    # 6. the writer: rank 0 alone, or every rank (every group's leader) under --io collective (a collective open).
     collective = options.io == "collective"
     hosts, devices = gather_ranks(ctx)
+    follower = group is not None and not group.is_leader
+    sched_comm = comm if group is None else group.leaders  # the ranks that talk to the master (None: a follower)
 
     def before_writer() -> None:
         ctx.faults.reached("writer_open")
@@ -132,26 +142,34 @@ def _run_locked(config: SurfaceConfig, options: RunOptions, ctx: RunContext) -> 
             store.write_run_ranks(prepared.path, hosts, devices)
 
     agree(comm, before_writer, ctx.rank)
-    if collective:  # a collective open: every rank (a failure in it raises, and the CLI aborts the job)
+    if collective and not follower:  # a collective open (a failure in it raises, and the CLI aborts the job)
         writer = store.ResultWriter(prepared.path, store.result_columns(config), "collective",
-                                    mpi_communicator(comm))  # parallel HDF5 needs mpi4py's (COMM_SELF alone)
+                                    mpi_communicator(sched_comm))  # parallel HDF5 needs mpi4py's (COMM_SELF alone)
+    elif collective:
+        writer = None
     else:
         writer = agree(comm, lambda: store.ResultWriter(prepared.path, store.result_columns(config), "single",
                                                         ranks=(hosts, devices)) if ctx.is_master else None, ctx.rank)
 
-    # 7. scheduling.
+    # 7. scheduling: the master hands points to ranks (or to groups: their leaders); a group's other members
+    #    evaluate what their leader names.
     sink = sched.ResultSink(writer.write if writer else None, len(store.result_columns(config)),
                             options.flush_seconds)
     stats = sched.RankStats(ctx.rank, ctx.host, str(ctx.device))
     status = sched.STATUS_STOPPED
+    followers = Followers(group) if group is not None and group.is_leader else None
     try:
-        if ctx.is_master:
+        if follower:
+            status = follow(group, evaluator, StopRequested, sched.Waiter().pause)
+        elif ctx.is_master:
             todo = sched.point_order(opened.done.shape, opened.done, options.order)
             total = int(opened.done.size)
-            log(ctx, f"{len(todo)} points to compute on {ctx.size} rank(s), io={options.io}, order={options.order}, "
+            where = (f"{ctx.size} rank(s)" if group is None
+                     else f"{sched_comm.Get_size()} group(s) of {group.size} ranks")
+            log(ctx, f"{len(todo)} points to compute on {where}, io={options.io}, order={options.order}, "
                      f"rank 0 on {ctx.device} with {ctx.threads} thread(s)")
             progress = Progress(total, total - len(todo), options.progress_seconds)
-            master = sched.Master(comm, todo, evaluator, sink, STOP, options.chunk_size, progress.update,
+            master = sched.Master(sched_comm, todo, evaluator, sink, STOP, options.chunk_size, progress.update,
                                   collective=collective, stats=stats, on_tick=progress.partial)
             # keep serving, writing and watching for stops while rank 0 evaluates a long point
             evaluator.on_batch = master.tick
@@ -160,16 +178,19 @@ def _run_locked(config: SurfaceConfig, options: RunOptions, ctx: RunContext) -> 
             print_summary(ctx, options, outcome)
             status = outcome.status
         else:
-            worker = sched.Worker(comm, evaluator, STOP, sink if collective else None, stats, options.flush_seconds)
+            worker = sched.Worker(sched_comm, evaluator, STOP, sink if collective else None, stats,
+                                  options.flush_seconds)
             evaluator.on_batch = worker.tick
             status = worker.run()
+        if followers is not None:
+            followers.end(status)
     finally:
-        # 8. close (a collective close under --io collective: every rank reaches it, the run having ended
-        #    the same way on every rank; an exception above aborts the job instead).
+        # 8. close (a collective close under --io collective: every writing rank reaches it, the run having
+        #    ended the same way on every rank; an exception above aborts the job instead).
         ctx.faults.reached("close")
         if writer is not None:
-            if collective and ctx.size > 1:  # every rank took part in every phase: show it
-                phases = comm.gather(writer.writes, root=0)
+            if collective and sched_comm.Get_size() > 1:  # every rank took part in every phase: show it
+                phases = sched_comm.gather(writer.writes, root=0)
                 log(ctx, f"collective write phases per rank: {phases}")
             writer.close()
     if status == sched.STATUS_COMPLETE:
@@ -186,9 +207,10 @@ class GridEvaluator:
     coordinates, and with --metrics ...,eig the Hessian's extreme eigenvalues and the Hessian-vector products they took."""
 
     def __init__(self, config: SurfaceConfig, options: RunOptions, inputs: Inputs, stored: tuple, ctx: RunContext,
-                 hooks: BatchHooks) -> None:
+                 hooks: BatchHooks, group: RankGroup | None = None) -> None:
         """`stored`: the file's (directions, coordinates), as `reader.read_run_inputs` gives them;
-        `hooks`: this rank's per-batch and per-point fault points (`ctx.faults.batch_hooks()`)."""
+        `hooks`: this rank's per-batch and per-point fault points (`ctx.faults.batch_hooks()`); `group`: this
+        rank's group under --ranks-per-point G > 1 (a leader names the points to its followers)."""
         from landscape_mpi.engine import make_engine
 
         stored, self.coords = stored
@@ -201,10 +223,22 @@ class GridEvaluator:
         self.shape = tuple(len(c) for c in self.coords)
         self.hooks = hooks
         self.on_batch: Callable[[float], None] | None = None
-        self.engine = make_engine(inputs.model, directions, inputs.data, loss=inputs.task, device=ctx.device,
-                                  precision=config.precision, batch_size=options.batch_size, bn=config.bn,
-                                  bn_data=inputs.bn_data, kind=options.engine,
-                                  log=lambda m: log(ctx, m))
+        self.followers = Followers(group) if group is not None and group.is_leader else None
+        if group is not None:
+            from landscape_mpi.engine import default_batch_size
+            from landscape_mpi.engine.group import GroupEngine
+
+            self.engine = GroupEngine(inputs.model, directions, inputs.data, task=inputs.task, device=ctx.device,
+                                      precision=config.precision,
+                                      batch_size=options.batch_size or default_batch_size(ctx.device),
+                                      mode=options.group_mode, stop=StopRequested,
+                                      check_stop=None if group.is_leader else STOP.check)
+            log(ctx, self.engine.describe())
+        else:
+            self.engine = make_engine(inputs.model, directions, inputs.data, loss=inputs.task, device=ctx.device,
+                                      precision=config.precision, batch_size=options.batch_size, bn=config.bn,
+                                      bn_data=inputs.bn_data, kind=options.engine,
+                                      log=lambda m: log(ctx, m))
         self.engine.on_batch = self._batch
         self.group_size = max(1, int(getattr(self.engine, "group_size", 1)))
         if config.eig or hooks.single_points:
@@ -222,7 +256,13 @@ class GridEvaluator:
         self.hooks.before_points(len(flats))
         index = np.unravel_index(np.asarray(flats, dtype=np.int64), self.shape)
         coords = np.stack([c[i] for c, i in zip(self.coords, index)], axis=1)
-        values = np.asarray(self.engine.evaluate(coords), dtype=np.float64)
+        if self.followers is not None:
+            self.followers.points(flats)
+        try:
+            values = np.asarray(self.engine.evaluate(coords), dtype=np.float64)
+        except StopRequested as exc:  # the group agreed on a stop another member caught: this rank stops too
+            STOP.request(str(exc) or "stop")
+            raise
         if self.eig is not None:
             values = np.concatenate([values, np.array([self.eig(p) for p in coords])], axis=1)
         self.hooks.after_points(len(flats))

@@ -1,0 +1,258 @@
+"""A grid point evaluated by a group of ranks (--ranks-per-point G) over torch.distributed.
+
+Two modes (docs/mpi.md#groups-of-ranks-per-point):
+
+- ``shard``: the model is sharded over the group with FSDP2 (`torch.distributed.fsdp.fully_shard`, one unit per
+  module that owns parameters no other module shares, the rest in the root unit): each member holds its rows
+  (dim 0) of every parameter, and the same rows of every direction, so theta* + sum c_i d_i is set on each
+  shard where it lives; a forward all-gathers one unit at a time and frees it after.
+- ``data``: every member holds the whole model (the eager engine's per-point set-up).
+
+In both, each batch of a split (the batches a one-rank run reads) is divided among the members, each member
+runs the forward on its rows and adds up the task's sums (`Task.batch_sums`); at the end of the split the sums
+are added over the group (one all-reduce in float64) and the task finishes its metrics: the values of the
+one-rank run up to the order of float64 additions. A member whose share of a short last batch is empty runs the
+forward on one row anyway (a sharded forward is a collective) and drops its sums.
+
+A stop (signal, the master's STOP) is agreed on by the group at every batch boundary: one all-reduce of a flag,
+so that no member is left inside a collective that the others have abandoned.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from landscape_mpi.config.errors import UserError
+from landscape_mpi.data.items import EvalSet
+from landscape_mpi.directions.base import Direction, PointSetter
+from landscape_mpi.engine.common import Engine, as_coords, autocast, set_precision
+from landscape_mpi.tasks import Task
+from landscape_mpi.tasks.base import add_sums
+
+GROUP_MODES = ("shard", "data")
+
+
+def shard_units(model: nn.Module) -> list[nn.Module]:
+    """The modules that become FSDP units of their own, as torchtitan shards a transformer block by block: the
+    members of every ``nn.ModuleList`` / ``nn.Sequential`` (the repeated blocks; the layers of a Sequential
+    model), outermost first, each only if no module outside it uses its parameters (a tied embedding and output
+    head stay together in the root's unit). The rest (embeddings, final norms, heads) is the root's unit."""
+    owners: dict[int, set[str]] = {}
+    for name, module in model.named_modules(remove_duplicate=False):
+        for p in module.parameters(recurse=False):
+            owners.setdefault(id(p), set()).add(name)
+    units: list[nn.Module] = []
+    inside_unit: set[str] = set()
+    for name, module in model.named_modules():
+        if not isinstance(module, (nn.ModuleList, nn.Sequential)) or any(
+                name == u or name.startswith(u + ".") for u in inside_unit):
+            continue
+        for child_name, child in module.named_children():
+            full = f"{name}.{child_name}" if name else child_name
+            params = list(child.parameters())
+            if params and all(all(o == full or o.startswith(full + ".") for o in owners[id(p)]) for p in params):
+                units.append(child)
+                inside_unit.add(full)
+    return units
+
+
+class ShardSetter:
+    """theta* + sum c_i d_i on the local shard of every sharded tensor (dim-0 rows, as FSDP2 cuts them) and on
+    the whole of every replicated one (buffers), in place."""
+
+    def __init__(self, model: nn.Module, directions: Sequence[Direction], rank: int, size: int) -> None:
+        self.targets: list[tuple[torch.Tensor, torch.Tensor, list[torch.Tensor | None]]] = []
+        for key, t in model.state_dict(keep_vars=True).items():
+            local = t.to_local() if hasattr(t, "to_local") else t
+            ds = []
+            for d in directions:
+                full = d.get(key)
+                if full is None or not bool(full.any()):
+                    ds.append(None)
+                    continue
+                part = local_rows(full, rank, size) if hasattr(t, "to_local") else full
+                if tuple(part.shape) != tuple(local.shape):
+                    raise RuntimeError(f"{key}: the direction's shard {tuple(part.shape)} does not match the "
+                                       f"parameter's {tuple(local.shape)}")
+                ds.append(part.to(local.device, local.dtype).clone())
+            if any(d is not None for d in ds):
+                self.targets.append((local, local.detach().clone(), ds))
+
+    def nbytes(self) -> int:
+        """Bytes of the shards this member holds: theta*'s copy and the directions' (the parameters themselves
+        are FSDP's)."""
+        return sum(b.numel() * b.element_size() + sum(d.numel() * d.element_size() for d in ds if d is not None)
+                   for _, b, ds in self.targets)
+
+    @torch.no_grad()
+    def set(self, coords: Sequence[float]) -> None:
+        for local, base, ds in self.targets:
+            local.copy_(base)
+            for c, d in zip(coords, ds):
+                if d is not None and c != 0.0:
+                    local.add_(d, alpha=float(c))
+
+
+def local_rows(full: torch.Tensor, rank: int, size: int) -> torch.Tensor:
+    """This member's rows of `full` as FSDP2's Shard(0) cuts them (torch.chunk: ceil(n / size) rows per rank,
+    the last ones shorter or empty)."""
+    chunks = torch.chunk(full, size, dim=0)
+    if rank < len(chunks):
+        return chunks[rank]
+    return full.new_empty((0, *full.shape[1:]))
+
+
+def member_rows(start: int, stop: int, rank: int, size: int) -> tuple[int, int]:
+    """This member's rows of the batch start..stop-1 (contiguous, sizes differ by at most one)."""
+    n = stop - start
+    return start + n * rank // size, start + n * (rank + 1) // size
+
+
+class GroupEngine(Engine):
+    """Per point, the group together: the weights set (sharded or whole), each batch divided among the
+    members, the task's sums added over the group."""
+
+    group_size = 1
+
+    def __init__(self, model: nn.Module, directions: Sequence[Direction], data: Sequence[EvalSet], *, task: Task,
+                 device: torch.device, precision: str, batch_size: int, mode: str, stop: type[BaseException],
+                 check_stop: Callable[[], None] | None = None) -> None:
+        """`stop`: the exception a stop raises from `on_batch` (or from `check_stop`, a follower's own signal
+        check); the group agrees on it at each batch boundary and every member raises it."""
+        if mode not in GROUP_MODES:
+            raise UserError(f"--group-mode {mode}: choose {' or '.join(GROUP_MODES)}")
+        self.rank, self.size = dist.get_rank(), dist.get_world_size()
+        self.mode, self.task, self.device = mode, task, device
+        self.precision, self.batch_size = precision, batch_size
+        self.stop, self.check_stop = stop, check_stop
+        self.n_axes = len(directions)
+        self.name = f"group-{mode}"
+        set_precision(precision, device)
+        self.model = copy.deepcopy(model).to(device).eval()
+        if mode == "shard":
+            from torch.distributed.device_mesh import init_device_mesh
+            from torch.distributed.fsdp import fully_shard
+
+            mesh = init_device_mesh(device.type, (self.size,))
+            pristine = self.model
+            self.units = shard_units(self.model)
+            self.note = ""
+            for attempt in ("units", "root"):
+                self.model = copy.deepcopy(pristine) if attempt == "units" else pristine
+                for module in (self.units if attempt == "units" else []):
+                    fully_shard(module, mesh=mesh)
+                fully_shard(self.model, mesh=mesh)
+                problem = self._probe(data)
+                if not problem or attempt == "root":
+                    break
+                # a unit's parameter used outside its module's forward (e.g. `self.pos.weight[:t]` in the root's
+                # forward) is still sharded there: shard the whole model as one unit instead
+                self.units = []
+                self.note = f"; one unit (per-block sharding failed: {problem})"
+            if problem:
+                raise RuntimeError(f"--group-mode shard: the sharded forward fails ({problem}); use --group-mode data")
+            del pristine
+            self.setter = ShardSetter(self.model, directions, self.rank, self.size)
+        else:
+            self.units = []
+            self.setter = PointSetter(self.model, [{k: v.to(device) for k, v in d.items()} for d in directions])
+        self.data = [task.to_device(s, device) for s in data]
+
+    def _reshard(self) -> None:
+        """Free every unsharded parameter FSDP2 keeps after a forward (the root unit's, by its heuristic for
+        training), so that the weights set on the shards are the ones the next forward gathers."""
+        if self.mode != "shard":
+            return
+        from torch.distributed.fsdp import FSDPModule
+
+        for module in self.model.modules():
+            if isinstance(module, FSDPModule):
+                module.reshard()
+
+    def _probe(self, data: Sequence[EvalSet]) -> str:
+        """One sharded forward on one sample, agreed by the group: '' if it runs on every member, else the
+        first line of the error."""
+        problem = ""
+        try:
+            x, _ = data[0].rows(0, 1)
+            x = x.to(self.device) if isinstance(x, torch.Tensor) else {k: v.to(self.device) for k, v in x.items()}
+            with torch.no_grad():
+                self.task.forward(self.model, x)
+        except Exception as exc:  # noqa: BLE001  (reported, and the group falls back together)
+            problem = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        flag = torch.tensor([1.0 if problem else 0.0], dtype=torch.float64, device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return problem or ("another member's forward failed" if flag.item() > 0 else "")
+
+    def describe(self) -> str:
+        how = (f"FSDP2 over {self.size} ranks, {len(self.units)} unit(s) + the root{self.note}" if self.mode == "shard"
+               else f"the model on each of {self.size} ranks")
+        return (f"engine group-{self.mode} (a point per group of {self.size}: {how}; each batch divided among "
+                f"the members, {dist.get_backend()}), batch {self.batch_size}, precision {self.precision}")
+
+    def _agree_on_stop(self, fraction: float) -> None:
+        """Every member learns whether any member must stop, at the same batch boundary."""
+        stopping = 0.0
+        try:
+            if self.on_batch is not None:
+                self.on_batch(fraction)
+            if self.check_stop is not None:
+                self.check_stop()
+        except self.stop:
+            stopping = 1.0
+        flag = torch.tensor([stopping], dtype=torch.float64, device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        if flag.item() > 0:
+            raise self.stop("the group stops")
+
+    def _split(self, split: EvalSet, done: int, total: int) -> tuple[list[float], int]:
+        sums: dict = {}
+        n = len(split)
+        for start in range(0, n, self.batch_size):
+            stop = min(start + self.batch_size, n)
+            lo, hi = member_rows(start, stop, self.rank, self.size)
+            empty = lo == hi
+            if empty and self.mode == "data":
+                pass  # nothing to compute, and the forward is no collective
+            else:
+                x, y = split.rows(start, start + 1) if empty else split.rows(lo, hi)
+                with torch.no_grad(), autocast(self.precision, self.device):  # no inference_mode: FSDP2 all-gathers
+                    out = self.task.forward(self.model, x)
+                    if not empty:
+                        add_sums(sums, self.task.batch_sums(out, x, y))
+            done += 1
+            self._agree_on_stop(done / total)
+        return list(self.task.finish(self._group_sums(sums))), done
+
+    def _group_sums(self, sums: dict) -> dict:
+        """The task's sums over the group: one all-reduce in float64 (counts exact below 2**53)."""
+        keys = dist_keys(sums, self.size)
+        values = torch.tensor([float(sums.get(k, 0.0)) for k in keys], dtype=torch.float64, device=self.device)
+        dist.all_reduce(values, op=dist.ReduceOp.SUM)
+        return dict(zip(keys, values.tolist()))
+
+    def evaluate(self, coords: np.ndarray) -> np.ndarray:
+        c = as_coords(coords, self.n_axes)
+        m = len(self.task.metrics)
+        out = np.empty((c.shape[0], m * len(self.data)), dtype=np.float64)
+        total = sum(-(-len(s) // self.batch_size) for s in self.data) * c.shape[0]
+        done = 0
+        for i, point in enumerate(c):
+            self._reshard()  # the next forward gathers the shards set here, not a copy left from the last one
+            self.setter.set([float(v) for v in point])
+            for j, split in enumerate(self.data):
+                out[i, m * j:m * j + m], done = self._split(split, done, total)
+        return out
+
+
+def dist_keys(sums: dict, size: int) -> list[str]:
+    """The union of every member's sum names (a member without rows has none): gathered once per split."""
+    gathered: list = [None] * size
+    dist.all_gather_object(gathered, sorted(sums))
+    return sorted({k for names in gathered for k in names})

@@ -1,0 +1,124 @@
+"""Groups of ranks per grid point (--ranks-per-point G): the world split into groups of G ranks on one node.
+
+Each group evaluates a point together (the model sharded over the group, or the split divided among it:
+`landscape_mpi.engine.group`). Its first rank, the leader, is the group's voice: the leaders form the
+communicator the master/worker scheduler runs on (`leaders`), so the master hands points to groups, and the
+leader writes. The other members (followers) wait for their leader's next command (`Followers`, `follow`).
+
+Inside a group, the tensors travel over a torch.distributed process group (gloo on CPU, NCCL on GPU) built
+from the MPI launch: the leader opens a TCP store on the loopback address (a group never leaves its node), the
+members join it, and every collective has the `--group-timeout`, so a member that died cannot leave the others
+waiting forever (and `mpiexec` ends the job when a rank dies). The MPI group communicator carries the
+commands (which points, or the end and the run's status).
+"""
+
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass
+
+import numpy as np
+
+from landscape_mpi.config.errors import UserError
+
+TAG_GROUP = 31
+#: Commands a leader sends its followers.
+POINTS, END = "points", "end"
+
+
+@dataclass
+class RankGroup:
+    """This rank's group: its MPI communicator, its rank in it, and the leaders' communicator (leaders only)."""
+
+    comm: object
+    rank: int
+    size: int
+    index: int
+    """The group's number (0 holds world rank 0, the master)."""
+    leaders: object | None
+    """The communicator of the groups' leaders (None on a follower)."""
+    backend: str = ""
+
+    @property
+    def is_leader(self) -> bool:
+        return self.rank == 0
+
+
+def make_groups(comm, node, size: int) -> RankGroup:
+    """Split `comm` (the world) into groups of `size` consecutive ranks of one node (`node`: the node's
+    communicator). Collective over `comm`. UserError on every rank when a node's ranks do not divide into
+    groups of `size`."""
+    from mpi4py import MPI
+
+    local, per_node = node.Get_rank(), node.Get_size()
+    counts = comm.allgather(per_node)
+    if any(c % size for c in counts):
+        bad = sorted({c for c in counts if c % size})
+        raise UserError(f"--ranks-per-point {size}: a group stays on one node, and a node runs {bad[0]} rank(s); "
+                        f"launch a multiple of {size} ranks per node (e.g. mpiexec --map-by ppr:{size}:node)")
+    # colour: (first world rank of the node, block of the node) -> groups numbered in world order
+    node_first = node.allreduce(comm.Get_rank(), op=MPI.MIN)
+    colour = node_first * per_node + local // size
+    group = comm.Split(colour, key=comm.Get_rank())
+    rank = group.Get_rank()
+    leaders = comm.Split(0 if rank == 0 else MPI.UNDEFINED, key=comm.Get_rank())
+    index = group.bcast(leaders.Get_rank() if rank == 0 else None, root=0)
+    return RankGroup(group, rank, size, index, leaders if rank == 0 else None)
+
+
+def init_process_group(group: RankGroup, device_type: str, timeout_s: float) -> str:
+    """The torch.distributed default process group of this rank's group (gloo on CPU, NCCL on CUDA), from the
+    MPI group: a TCP store on the leader's loopback address. Returns the backend's name."""
+    import torch.distributed as dist
+
+    backend = "nccl" if device_type == "cuda" else "gloo"
+    timeout = datetime.timedelta(seconds=timeout_s)
+    if group.is_leader:
+        store = dist.TCPStore("127.0.0.1", 0, group.size, is_master=True, timeout=timeout, wait_for_workers=False)
+        group.comm.bcast(store.port, root=0)
+    else:
+        port = group.comm.bcast(None, root=0)
+        store = dist.TCPStore("127.0.0.1", port, group.size, is_master=False, timeout=timeout)
+    dist.init_process_group(backend, store=store, rank=group.rank, world_size=group.size, timeout=timeout)
+    group.backend = backend
+    return backend
+
+
+def close_process_group() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+class Followers:
+    """The leader's side: tell the group's other members which points to evaluate, or that the run ended."""
+
+    def __init__(self, group: RankGroup) -> None:
+        self.group = group
+
+    def points(self, flats: np.ndarray) -> None:
+        for r in range(1, self.group.size):
+            self.group.comm.send((POINTS, np.asarray(flats, dtype=np.int64)), dest=r, tag=TAG_GROUP)
+
+    def end(self, status: str) -> None:
+        for r in range(1, self.group.size):
+            self.group.comm.send((END, status), dest=r, tag=TAG_GROUP)
+
+
+def follow(group: RankGroup, evaluate, stopped_exception: type[BaseException], pause) -> str:
+    """A follower's loop: evaluate the points the leader names (with the group: `evaluate(flats)`), until the
+    leader sends the end; returns the run's status. A stop the group agreed on mid-point (`stopped_exception`)
+    abandons the point, as on the leader. `pause()` waits a little between two polls (no busy spin)."""
+    from mpi4py import MPI
+
+    while True:
+        while not group.comm.Iprobe(source=0, tag=TAG_GROUP):
+            pause()
+        kind, value = group.comm.recv(source=0, tag=TAG_GROUP, status=MPI.Status())
+        if kind == END:
+            return value
+        try:
+            evaluate(value)
+        except stopped_exception:
+            pass
