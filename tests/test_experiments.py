@@ -33,7 +33,7 @@ def test_roughness_of_known_surfaces():
     assert roughness(with_gap) == pytest.approx(2 * h**2, rel=1e-12)
 
 
-def test_nonconvex_fraction_and_sharpness():
+def test_nonconvex_fraction_and_max_rise():
     x = np.linspace(-1, 1, 11)
     X, Y = np.meshgrid(x, x, indexing="ij")
     assert measures.nonconvex_fraction(X**2 + 2 * Y**2, x, x) == 0
@@ -41,10 +41,62 @@ def test_nonconvex_fraction_and_sharpness():
     assert measures.nonconvex_fraction(X * Y, x, x) == 1  # Hessian [[0, 1], [1, 0]]: eigenvalue -1
     # within radius 0.45 of the center of x^2 + 2 y^2 (grid step 0.2), the highest points are (+-0.2, +-0.4),
     # at distance 0.447: 0.04 + 0.32; radius 0.4 keeps only (0, +-0.4): 0.32
-    assert measures.eps_sharpness(X**2 + 2 * Y**2, [x, x], 0.45) == pytest.approx(0.36)
-    assert measures.eps_sharpness(X**2 + 2 * Y**2, [x, x], 0.4) == pytest.approx(0.32)
+    assert measures.grid_max_rise(X**2 + 2 * Y**2, [x, x], 0.45) == pytest.approx(0.36)
+    assert measures.grid_max_rise(X**2 + 2 * Y**2, [x, x], 0.4) == pytest.approx(0.32)
     assert measures.curvature_1d(3 * x**2 + x + 1, x, 0.5) == pytest.approx(6.0)
-    assert measures.eig_ratio_mean(np.array([-1.0, 0.0, np.nan]), np.array([2.0, 4.0, 1.0])) == pytest.approx(0.25)
+
+
+def test_eig_ratio_median_by_hand():
+    """Ratios 0.5, 0, 1 (5e8 clipped), 1 (3 clipped); a point not computed and a 0/0 are left out: median 0.75."""
+    eig_max = np.array([2.0, 4.0, 1e-9, np.nan, 0.0, -1.0])
+    eig_min = np.array([-1.0, 0.0, -0.5, -1.0, 0.0, -3.0])
+    assert measures.eig_ratio_median(eig_min, eig_max) == pytest.approx(0.75)
+    assert np.isnan(measures.eig_ratio_median(np.array([np.nan, 0.0]), np.array([1.0, 0.0])))
+
+
+def test_median_and_old_mean_differ_on_a_near_zero_lambda_max():
+    """A 5x5 map of ratio 0.2 with one point where lambda_max is 1e-6: the unclipped mean (the report's summary
+    before, computed here) is dominated by that point, the median clipped ratio is not."""
+    eig_max, eig_min = np.ones((5, 5)), np.full((5, 5), -0.2)
+    assert measures.eig_ratio_median(eig_min, eig_max) == pytest.approx(0.2)
+    eig_max[2, 3] = 1e-6
+    old_mean = float(np.mean(np.abs(eig_min / eig_max)))
+    assert old_mean == pytest.approx((24 * 0.2 + 0.2e6) / 25) and old_mean > 1000
+    assert measures.eig_ratio_median(eig_min, eig_max) == pytest.approx(0.2)
+
+
+def test_convexity_split_by_construction():
+    """L = (x - 1/6)^3 + y^2 on a 7x7 grid (step 1/3): the central second difference of the cubic is exactly
+    6 (x - 1/6), that of y^2 is 2, the mixed one 0, so the surface is locally non-convex exactly at the interior
+    points with x <= 0 (3 columns x 5 rows) and convex at the 10 others. The ratios are set per point, so both
+    groups are known."""
+    x = np.linspace(-1, 1, 7)
+    X, Y = np.meshgrid(x, x, indexing="ij")
+    loss = (X - 1 / 6) ** 3 + Y**2
+    below = X < 0.1  # the non-convex columns
+    rng = np.random.RandomState(1)
+    ratio = rng.rand(7, 7) * 0.6
+    ratio[below] += 0.3  # larger ratios where the surface is non-convex, overlapping the convex ones
+    ratio[4, 5] = 7.0  # a convex point above 1: clipped to 1
+    eig_max = np.ones((7, 7))
+    eig_min = -ratio
+    eig_max[5, 2] = np.nan  # a convex point not computed: left out
+    sp = measures.convexity_split(loss, x, x, eig_min, eig_max)
+    inner = (slice(1, 6), slice(1, 6))
+    nonconvex_mask = below[inner]
+    defined = np.isfinite(eig_max)[inner]
+    nc = np.minimum(ratio[inner][nonconvex_mask & defined], 1)
+    c = np.minimum(ratio[inner][~nonconvex_mask & defined], 1)
+    assert (sp.nonconvex, sp.convex) == (15, 9) == (nc.size, c.size)
+    assert sp.median_nonconvex == pytest.approx(np.median(nc)) and sp.median_convex == pytest.approx(np.median(c))
+    u = scipy.stats.mannwhitneyu(nc, c, alternative="two-sided").statistic  # U of the first sample
+    assert sp.rank_biserial == pytest.approx(2 * u / (nc.size * c.size) - 1)
+    assert 0 < sp.rank_biserial < 1
+    # separated groups give +1 and -1; an empty group gives NaN
+    assert measures.convexity_split(loss, x, x, -np.where(below, 0.9, 0.1), np.ones((7, 7))).rank_biserial == 1
+    assert measures.convexity_split(loss, x, x, -np.where(below, 0.1, 0.9), np.ones((7, 7))).rank_biserial == -1
+    empty = measures.convexity_split(X**2 + Y**2, x, x, eig_min, eig_max)
+    assert empty.nonconvex == 0 and np.isnan(empty.rank_biserial) and np.isnan(empty.median_nonconvex)
 
 
 def test_random_walk_baseline_takes_the_runs_step_sizes():
@@ -265,10 +317,21 @@ def test_report_has_every_section_figure_and_number(tiny_run, tmp_path):
         assert f"(findings/{fig}.png)" in text and (tmp_path / "docs" / "findings" / f"{fig}.png").is_file(), fig
     assert "Not computed" not in text and "missing" not in text
     assert text.count("- **") == 2 * 10  # 10 verdicts, in the summary and in their sections
+    assert "eps-sharpness |" not in text and "| grid max-rise |" in text and "not its maximisation" in text
     # numbers recomputed here from the files by hand (independent of measures.py)
     with h5py.File(out / "skip" / "d8_noshort_eig.h5", "r") as f:
-        ratio = np.mean(np.abs(f["results/eig_min"][()] / f["results/eig_max"][()]))
+        hi, lo, loss = f["results/eig_max"][()], f["results/eig_min"][()], f["results/train_loss"][()]
+    ratio = np.median(np.minimum(np.abs(lo / hi), 1))
     assert "| 8 | no |" in text and f" {ratio:.4g} |" in text
+    # the exploratory within-map split: the one interior point of the 3x3 map, convex or not by its 2x2 Hessian
+    (hx,), (hy,) = np.diff(np.linspace(-1, 1, 3)[:2]), np.diff(np.linspace(-1, 1, 3)[:2])
+    hess = [[(loss[2, 1] - 2 * loss[1, 1] + loss[0, 1]) / hx**2,
+             (loss[2, 2] - loss[2, 0] - loss[0, 2] + loss[0, 0]) / (4 * hx * hy)],
+            [0.0, (loss[1, 2] - 2 * loss[1, 1] + loss[1, 0]) / hy**2]]
+    hess[1][0] = hess[0][1]
+    n_nc = int(np.linalg.eigvalsh(np.array(hess))[0] < 0)
+    assert "Exploratory (added after the results were seen; no verdict):" in text
+    assert f"| 8 | no | {n_nc} | {1 - n_nc} |" in text
     for wd in ("0", "0.0005"):
         with h5py.File(out / "trajectory" / f"wd{wd}_pca.h5", "r") as f:
             e1, e2 = (float(v) for v in f["trajectory"].attrs["explained_variance"])

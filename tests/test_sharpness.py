@@ -13,7 +13,7 @@ import pytest
 
 from conftest import ROOT, cli, run
 from landscape_mpi.config.errors import UserError
-from landscape_mpi.analysis.sharpness import sharpness, sharpness_for_info
+from landscape_mpi.analysis.sharpness import clipped_ratio, format_sharpness, sharpness, sharpness_for_info
 
 A, B = 2.0, 0.5
 
@@ -42,7 +42,7 @@ def quadratic_file(path, x, y, x0=0.0, done=None):
     return write_surface(path, {"x": x, "y": y}, {"train_loss": 1.0 + A * (XX - x0) ** 2 + B * YY ** 2}, done)
 
 
-def test_quadratic_minimum_curvature_eps_sharpness(tmp_path):
+def test_quadratic_minimum_curvature_max_rise(tmp_path):
     x = np.linspace(-1, 1, 41)  # step 0.05: 0.3 and -0.25 are grid points
     y = np.linspace(-1, 1, 21)  # non-square
     s = sharpness(quadratic_file(tmp_path / "q.h5", x, y, x0=0.3), radius=0.25)
@@ -52,10 +52,11 @@ def test_quadratic_minimum_curvature_eps_sharpness(tmp_path):
     assert s["center"]["value"] == pytest.approx(1.0 + A * 0.09)
     # L(x, y) - L(0) = A x^2 - 0.6 A x + B y^2 is largest on the disk of radius 0.25 at (-0.25, 0):
     # on the circle it is (A - B) x^2 - 0.6 A x + B r^2, increasing as x decreases.
-    assert s["eps_sharpness"]["value"] == pytest.approx(A * 0.0625 + 0.6 * A * 0.25)
-    np.testing.assert_allclose(s["eps_sharpness"]["at"], [-0.25, 0.0], atol=1e-12)
+    assert s["max_rise"]["value"] == pytest.approx(A * 0.0625 + 0.6 * A * 0.25)
+    np.testing.assert_allclose(s["max_rise"]["at"], [-0.25, 0.0], atol=1e-12)
     l0 = 1.0 + A * 0.09
-    assert s["eps_sharpness"]["relative_percent"] == pytest.approx(100 * 0.425 / (1 + l0))
+    assert s["max_rise"]["relative_percent"] == pytest.approx(100 * 0.425 / (1 + l0))
+    assert s["eps_sharpness"] == s["max_rise"]  # the deprecated name still reads the same numbers
     # d2L/dx2 = 2A, d2L/dy2 = 2B; dL/dx at 0 = -0.6 A
     assert s["curvature"]["x"]["value"] == pytest.approx(2 * A, rel=1e-9)
     assert s["curvature"]["y"]["value"] == pytest.approx(2 * B, rel=1e-9)
@@ -95,7 +96,7 @@ def test_partial_file_counts_done_points_only(tmp_path):
     # the lowest done point: |x| = 0.3 (A x^2 = 0.18) or |y| = 0.3 (B y^2 = 0.045) -> (0, +-0.3)
     assert s["minimum"]["value"] == pytest.approx(1.0 + B * 0.09)
     assert abs(s["minimum"]["coords"][1]) == pytest.approx(0.3) and s["minimum"]["coords"][0] == pytest.approx(0.0)
-    assert s["center"]["value"] is None and s["eps_sharpness"]["value"] is None
+    assert s["center"]["value"] is None and s["max_rise"]["value"] is None
     assert s["curvature"]["x"]["value"] is None and s["basin"][0]["fraction"] is None
 
 
@@ -124,7 +125,34 @@ def test_eigenvalue_figures(tmp_path):
     # the 15 ratios 0.1 (1 + y^2) / (1 + x^2), by hand: x^2 in {1, 0.25, 0, 0.25, 1}, y^2 in {1, 0, 1}
     ratios = [0.1 * (1 + yy) / (1 + xx) for xx in (1, 0.25, 0, 0.25, 1) for yy in (1, 0, 1)]
     assert e["mean_abs_ratio"] == pytest.approx(sum(ratios) / 15)
+    assert e["median_clipped_ratio"] == pytest.approx(sorted(ratios)[7]) and e["points"] == 15  # all below 1
     assert e["center"] == pytest.approx({"eig_max": 1.0, "eig_min": -0.1, "abs_ratio": 0.1})
+
+
+def test_clipped_ratio_by_hand():
+    """min(|eig_min / eig_max|, 1), NaN where a point is not computed or 0/0; x/0 and |eig_min| > |eig_max| give 1."""
+    eig_max = np.array([2.0, 4.0, 1e-9, np.nan, 0.0, -1.0, 0.0])
+    eig_min = np.array([-1.0, 0.0, -0.5, -1.0, 0.0, -3.0, -2.0])
+    np.testing.assert_array_equal(clipped_ratio(eig_min, eig_max), [0.5, 0.0, 1.0, np.nan, np.nan, 1.0, 1.0])
+
+
+def test_eig_summary_is_the_median_of_the_clipped_ratio(tmp_path):
+    """One point with eig_max near 0 (ratio 2e5) dominates the unclipped mean but leaves the median at 0.2: the two
+    summaries differ on this map, and `info` reports the median."""
+    x = np.linspace(-1, 1, 5)
+    eig_max, eig_min = np.ones((5, 5)), np.full((5, 5), -0.2)
+    eig_max[4, 4] = 1e-6
+    done = np.ones((5, 5), bool)
+    done[0, 0] = False  # not computed: left out of both
+    path = write_surface(tmp_path / "eig.h5", {"x": x, "y": x},
+                         {"train_loss": np.zeros((5, 5)), "eig_max": eig_max, "eig_min": eig_min}, done)
+    e = sharpness(path, radius=0.5)["eig"]
+    old_mean = (23 * 0.2 + 0.2 / 1e-6) / 24  # the unclipped mean over the 24 computed points, by hand
+    assert e["mean_abs_ratio"] == pytest.approx(old_mean) and old_mean > 8000
+    assert e["median_clipped_ratio"] == pytest.approx(0.2) and e["points"] == 24
+    text = "\n".join(format_sharpness(sharpness(path, radius=0.5)))
+    assert "median clipped |eig_min/eig_max| 0.2;" in text and "grid max-rise (r=0.5) 0 " in text
+    assert "eps-sharpness (" not in text and "sampled lower bound of eps-sharpness" in text
 
 
 def test_user_errors(tmp_path):
@@ -154,8 +182,8 @@ def test_compare_cli_table_json_and_errors(tmp_path):
     rows = json.loads(run(cli("compare", sharp, flat, "--json", "--radius", "0.3")).stdout)
     assert [r["file"] for r in rows] == [sharp, flat]
     assert rows[0]["curvature"]["x"]["value"] == pytest.approx(2 * A) and rows[1]["curvature"]["y"]["value"] == pytest.approx(0.2)
-    assert rows[0]["eps_sharpness"]["radius"] == 0.3
-    assert rows[0]["eps_sharpness"]["value"] > rows[1]["eps_sharpness"]["value"]
+    assert rows[0]["max_rise"]["radius"] == 0.3 and rows[0]["eps_sharpness"] == rows[0]["max_rise"]
+    assert rows[0]["max_rise"]["value"] > rows[1]["max_rise"]["value"]
     for args, msg in ((["--metric", "nope"], "no metric 'nope'"), (["--radius", "0.01"], "smaller than the grid step"),
                       (["--levels", "a,b"], "comma-separated")):
         p = run(cli("compare", sharp, *args), check_rc=2)

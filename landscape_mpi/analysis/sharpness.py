@@ -1,5 +1,7 @@
 """Sharpness numbers computed from a surface file alone (no model, no torch): what `info`, `info --json` and
-`landscape-mpi compare` report. Definitions, formulas and sources: docs/method.md#sharpness-numbers.
+`landscape-mpi compare` report. Definitions, formulas and sources: docs/method.md#sharpness-numbers; what each
+name promises (the grid max-rise is a sampled lower bound of eps-sharpness, not its maximisation):
+docs/analyses.md#what-the-names-promise.
 
 All numbers use the file's own coordinates. For random directions those are filter-normalized (a = 1 is
 one filter norm per filter, docs/method.md#directions), which is what makes them comparable across models
@@ -22,7 +24,7 @@ import numpy as np
 from landscape_mpi.config.errors import UserError
 from landscape_mpi.files import reader
 
-#: Radius of the epsilon-sharpness ball, in the file's (filter-normalized) coordinates.
+#: Radius of the grid max-rise disk (ball in 3D), in the file's (filter-normalized) coordinates.
 DEFAULT_RADIUS = 0.25
 #: Basin levels: loss increases over the center's loss.
 DEFAULT_LEVELS = (0.1, 0.5, 1.0)
@@ -149,13 +151,15 @@ def sharpness(path: str, metric: str = "train_loss", radius: float = DEFAULT_RAD
     """Sharpness numbers of one metric of a surface file (JSON-serializable dict; None = not computable yet).
 
     Keys: file, metric, shape, done, total, complete, finite (done points with a finite value);
-    minimum {value, coords}; center {coords, value}; eps_sharpness {radius, value, relative_percent, at,
-    points} (max of L - L(center) over the done points within Euclidean distance `radius` of the center;
-    relative_percent is Keskar et al.'s 100 (max - L0) / (1 + L0)); curvature {axis: {value, slope, points}};
+    minimum {value, coords}; center {coords, value}; max_rise {radius, value, relative_percent, at, points}
+    (the grid max-rise: max of L - L(center) over the done grid points within Euclidean distance `radius` of the
+    center, a sampled lower bound of eps-sharpness, not its maximisation; relative_percent is Keskar et al.'s
+    normalisation 100 (max - L0) / (1 + L0) of it); eps_sharpness: the same dict under its old name (deprecated,
+    kept for readers of earlier output); curvature {axis: {value, slope, points}};
     basin [{level, threshold, fraction, area}] (share of the done points with L <= L(center) + level, and that
     share times the box's area/length/volume); roughness; barrier {value, max, at, endpoints, points} for a 1D
-    interpolation file (config x_target set) else None; eig {mean_abs_ratio, points, center} where the file
-    holds eig_max/eig_min, else None.
+    interpolation file (config x_target set) else None; eig {median_clipped_ratio, mean_abs_ratio,
+    max_abs_ratio, points, center} where the file holds eig_max/eig_min, else None (see `_eig`).
 
     Raises UserError for an unreadable file, an unknown metric, a radius <= 0 or smaller than the grid step
     (no neighbour of the center could be inside), or a level <= 0.
@@ -185,19 +189,20 @@ def sharpness(path: str, metric: str = "train_loss", radius: float = DEFAULT_RAD
     out["center"] = {"coords": _point(grid, center), "value": _num(l0)}
     center_ok = bool(np.isfinite(l0))
 
-    # Epsilon-sharpness: the Euclidean ball of `radius` around the center point.
+    # Grid max-rise: the done grid points in the Euclidean ball of `radius` around the center point.
     mesh = np.meshgrid(*grid.coords, indexing="ij")
     dist = np.sqrt(sum((m - grid.coords[k][center[k]]) ** 2 for k, m in enumerate(mesh)))
     ball = (dist <= radius * (1 + 1e-9)) & grid.done
-    eps = {"radius": float(radius), "value": None, "relative_percent": None, "at": None,
-           "points": int(ball.sum())}
+    rise_of = {"radius": float(radius), "value": None, "relative_percent": None, "at": None,
+               "points": int(ball.sum())}
     if center_ok:
         # NaN inside is skipped; +inf wins (a diverged neighbour is infinitely sharp).
         inside = np.where(ball & ~np.isnan(v), v, -np.inf)
         i_max = np.unravel_index(int(np.argmax(inside)), v.shape)
         rise = float(v[i_max] - l0)
-        eps.update(value=rise, relative_percent=100.0 * rise / (1.0 + float(l0)), at=_point(grid, i_max))
-    out["eps_sharpness"] = eps
+        rise_of.update(value=rise, relative_percent=100.0 * rise / (1.0 + float(l0)), at=_point(grid, i_max))
+    out["max_rise"] = rise_of
+    out["eps_sharpness"] = rise_of  # deprecated name of max_rise, kept for readers of earlier output
 
     out["curvature"] = {name: (axis_curvature(grid, center, k) if center_ok else
                                {"value": None, "slope": None, "points": 0})
@@ -236,15 +241,32 @@ def _barrier(grid: MetricGrid) -> dict:
             "endpoints": ends, "points": int(on_path.sum())}
 
 
+def clipped_ratio(eig_min: np.ndarray, eig_max: np.ndarray) -> np.ndarray:
+    """``min(|eig_min / eig_max|, 1)`` per point (Li et al. 2018, section 7), NaN where it is undefined.
+
+    NaN: a point not computed (either eigenvalue NaN) or 0 / 0. A point with eig_max = 0 and eig_min != 0, or with
+    |eig_min| > |eig_max| (eig_max < 0: a maximum), gives 1. Clipping keeps one point with eig_max near 0 (ratio
+    far above 1) from outweighing the map: 1 already says "no convex direction dominates"."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.abs(np.asarray(eig_min, dtype=np.float64) / np.asarray(eig_max, dtype=np.float64))
+    return np.minimum(ratio, 1.0)  # NaN stays NaN, inf becomes 1
+
+
 def _eig(grid: MetricGrid, center: tuple[int, ...]) -> dict | None:
-    """|lambda_min / lambda_max| over the done points (Li et al. 2018, section 7) and both values at the center."""
+    """The eigenvalue-ratio map's summary: median_clipped_ratio, the median of `clipped_ratio` over the done points
+    where it is defined (points); mean_abs_ratio and max_abs_ratio, the unclipped mean and max over the points
+    where |eig_min / eig_max| is finite (the mean can be dominated by one point with eig_max near 0: kept for
+    readers of earlier output); both eigenvalues and the unclipped ratio at the center."""
     if grid.eig_max is None or grid.eig_min is None:
         return None
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.abs(grid.eig_min / grid.eig_max)
     ok = np.isfinite(ratio)
-    return {"mean_abs_ratio": float(ratio[ok].mean()) if ok.any() else None,
-            "max_abs_ratio": float(ratio[ok].max()) if ok.any() else None, "points": int(ok.sum()),
+    clipped = clipped_ratio(grid.eig_min, grid.eig_max)
+    defined = ~np.isnan(clipped)
+    return {"median_clipped_ratio": float(np.median(clipped[defined])) if defined.any() else None,
+            "mean_abs_ratio": float(ratio[ok].mean()) if ok.any() else None,
+            "max_abs_ratio": float(ratio[ok].max()) if ok.any() else None, "points": int(defined.sum()),
             "center": {"eig_max": _num(grid.eig_max[center]), "eig_min": _num(grid.eig_min[center]),
                        "abs_ratio": _num(ratio[center]) if ok[center] else None}}
 
@@ -286,14 +308,15 @@ def format_sharpness(s: dict) -> list[str]:
     if m:
         lines.append(f"minimum {g(m['value'])} at {tuple(round(c, 6) for c in m['coords'])}; "
                      f"center {g(s['center']['value'])}")
-    e = s["eps_sharpness"]
-    lines.append(f"eps-sharpness (r={e['radius']:g}) {g(e['value'])}  ({g(e['relative_percent'])}% Keskar)")
+    e = s["max_rise"]
+    lines.append(f"grid max-rise (r={e['radius']:g}) {g(e['value'])}  (relative {g(e['relative_percent'])}%; "
+                 "a sampled lower bound of eps-sharpness)")
     lines.append("curvature at center " + ", ".join(f"{k} {g(c['value'])}" for k, c in s["curvature"].items()))
     lines.append("basin fraction " + ", ".join(f"+{b['level']:g}: {g(b['fraction'])}" for b in s["basin"]))
     lines.append(f"roughness {g(s['roughness'])}")
     if s["barrier"] is not None:
         lines.append(f"barrier {g(s['barrier']['value'])} (max {g(s['barrier']['max'])} at a={g(s['barrier']['at'])})")
     if s["eig"] is not None:
-        lines.append(f"mean |eig_min/eig_max| {g(s['eig']['mean_abs_ratio'])}; at center "
+        lines.append(f"median clipped |eig_min/eig_max| {g(s['eig']['median_clipped_ratio'])}; at center "
                      f"eig_max {g(s['eig']['center']['eig_max'])}, eig_min {g(s['eig']['center']['eig_min'])}")
     return lines

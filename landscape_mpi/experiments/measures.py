@@ -7,10 +7,14 @@ Coordinates are the surface's own (filter-normalized units for ``--norm filter``
   finite values (0 for a plane, about 2 h^2 for a parabola sampled with step h over [-1, 1], of order 1 when the
   surface jumps between neighbours); None where not computable.
 - nonconvex_fraction: the fraction of interior points where the 2x2 finite-difference Hessian (central second
-  differences, the mixed term from the four diagonal neighbours) has a negative eigenvalue.
-- eps_sharpness: max L - L(center) over the points within Euclidean distance `radius` of the center.
+  differences, the mixed term from the four diagonal neighbours) has a negative eigenvalue (`surface_min_curvature`).
+- grid_max_rise: max L - L(center) over the grid points within Euclidean distance `radius` of the center: a
+  sampled lower bound of eps-sharpness (Keskar et al. 2017), not its maximisation (docs/analyses.md#what-the-names-promise).
 - curvature_1d: 2 c2 of the least-squares fit c0 + c1 a + c2 a^2 over the points with |a| <= radius.
-- eig_ratio_mean: the mean over computed points of |lambda_min / lambda_max|.
+- eig_ratio_median: the median over the points where it is defined of min(|lambda_min / lambda_max|, 1)
+  (`landscape_mpi.analysis.sharpness.clipped_ratio`).
+- convexity_split (exploratory): within one map, the clipped ratio at the points where the loss surface is
+  locally non-convex against those where it is locally convex, as a rank-biserial correlation.
 - random_walk_explained: what PC1+PC2 explain for an isotropic Gaussian random walk with as many points as a
   trajectory (centered PCA, as for the training path). A long random walk gives 6/pi^2 (1 + 1/4) = 0.76
   (Antognini and Sohl-Dickstein 2018, "PCA of high dimensional random walks"): a training path is only
@@ -19,28 +23,38 @@ Coordinates are the surface's own (filter-normalized units for ``--norm filter``
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
-from landscape_mpi.analysis.sharpness import center_index
+from landscape_mpi.analysis.sharpness import center_index, clipped_ratio
 
 
-def nonconvex_fraction(values: np.ndarray, x: np.ndarray, y: np.ndarray) -> float:
-    """See the module docstring (2D only); NaN if no interior point is finite."""
+def surface_min_curvature(values: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """The smallest eigenvalue of the 2x2 finite-difference Hessian [[Lxx, Lxy], [Lxy, Lyy]] at every interior
+    point, shape (nx - 2, ny - 2): Lxx = (L[i+1,j] - 2 L[i,j] + L[i-1,j]) / hx^2, Lyy likewise,
+    Lxy = (L[i+1,j+1] - L[i+1,j-1] - L[i-1,j+1] + L[i-1,j-1]) / (4 hx hy); NaN where a neighbour is not finite.
+    Negative: the surface curves down in some direction there (locally non-convex)."""
     v = np.asarray(values, dtype=np.float64)
     hx, hy = float(x[1] - x[0]), float(y[1] - y[0])
     c = v[1:-1, 1:-1]
     lxx = (v[2:, 1:-1] - 2 * c + v[:-2, 1:-1]) / hx**2
     lyy = (v[1:-1, 2:] - 2 * c + v[1:-1, :-2]) / hy**2
     lxy = (v[2:, 2:] - v[2:, :-2] - v[:-2, 2:] + v[:-2, :-2]) / (4 * hx * hy)
-    ok = np.isfinite(lxx) & np.isfinite(lyy) & np.isfinite(lxy)
+    # smallest eigenvalue of [[a, b], [b, d]]: (a + d)/2 - sqrt(((a - d)/2)^2 + b^2); NaN propagates
+    return (lxx + lyy) / 2 - np.sqrt(((lxx - lyy) / 2) ** 2 + lxy**2)
+
+
+def nonconvex_fraction(values: np.ndarray, x: np.ndarray, y: np.ndarray) -> float:
+    """See the module docstring (2D only); NaN if no interior point is finite."""
+    lam_min = surface_min_curvature(values, x, y)
+    ok = np.isfinite(lam_min)
     if not ok.any():
         return float("nan")
-    # smallest eigenvalue of [[a, b], [b, d]]: (a + d)/2 - sqrt(((a - d)/2)^2 + b^2)
-    lam_min = (lxx + lyy) / 2 - np.sqrt(((lxx - lyy) / 2) ** 2 + lxy**2)
     return float(np.mean(lam_min[ok] < 0))
 
 
-def eps_sharpness(values: np.ndarray, coords: list[np.ndarray], radius: float) -> float:
+def grid_max_rise(values: np.ndarray, coords: list[np.ndarray], radius: float) -> float:
     """See the module docstring; NaN if the center is not finite."""
     v = np.asarray(values, dtype=np.float64)
     center = v[center_index(coords)]
@@ -62,12 +76,46 @@ def curvature_1d(values: np.ndarray, x: np.ndarray, radius: float) -> float:
     return float(2 * c2)
 
 
-def eig_ratio_mean(eig_min: np.ndarray, eig_max: np.ndarray) -> float:
-    """Mean of |eig_min / eig_max| over the finite points; NaN if none."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        r = np.abs(np.asarray(eig_min, dtype=np.float64) / np.asarray(eig_max, dtype=np.float64))
-    r = r[np.isfinite(r)]
-    return float(r.mean()) if r.size else float("nan")
+def eig_ratio_median(eig_min: np.ndarray, eig_max: np.ndarray) -> float:
+    """Median of min(|eig_min / eig_max|, 1) over the points where it is defined (not computed and 0/0 left out);
+    NaN if none. Unlike the unclipped mean, one point with eig_max near 0 moves it by at most one rank."""
+    r = clipped_ratio(eig_min, eig_max)
+    r = r[~np.isnan(r)]
+    return float(np.median(r)) if r.size else float("nan")
+
+
+@dataclass(frozen=True)
+class ConvexitySplit:
+    """The clipped eigenvalue ratio of one map, split by the local convexity of the loss surface on that map."""
+
+    nonconvex: int
+    """Interior points where `surface_min_curvature` < 0 and the ratio is defined."""
+    convex: int
+    """Interior points where `surface_min_curvature` >= 0 and the ratio is defined."""
+    median_nonconvex: float
+    median_convex: float
+    rank_biserial: float
+    """P(r_nc > r_c) - P(r_nc < r_c) over all (non-convex, convex) pairs = 2 U / (n_nc n_c) - 1, U the
+    Mann-Whitney statistic of the non-convex group (ties count 1/2). +1: every non-convex point has the larger
+    ratio (the paper's relation); 0: no relation; NaN if a group is empty."""
+
+
+def convexity_split(values: np.ndarray, x: np.ndarray, y: np.ndarray, eig_min: np.ndarray,
+                    eig_max: np.ndarray) -> ConvexitySplit:
+    """`ConvexitySplit` over the interior points of a 2D map where both the loss `values` (on the same grid as the
+    eigenvalues) give `surface_min_curvature` and `clipped_ratio` is defined. No p-value: neighbouring grid points
+    are not independent samples."""
+    lam_min = surface_min_curvature(values, x, y)
+    ratio = clipped_ratio(eig_min, eig_max)[1:-1, 1:-1]
+    ok = np.isfinite(lam_min) & ~np.isnan(ratio)
+    nc, c = ratio[ok & (lam_min < 0)], ratio[ok & (lam_min >= 0)]
+    nan = float("nan")
+    if not (nc.size and c.size):
+        return ConvexitySplit(int(nc.size), int(c.size), float(np.median(nc)) if nc.size else nan,
+                              float(np.median(c)) if c.size else nan, nan)
+    u = float(np.sum(nc[:, None] > c[None, :]) + 0.5 * np.sum(nc[:, None] == c[None, :]))
+    return ConvexitySplit(int(nc.size), int(c.size), float(np.median(nc)), float(np.median(c)),
+                          2.0 * u / (nc.size * c.size) - 1.0)
 
 
 def spearman(a: list[float], b: list[float]) -> float:

@@ -21,9 +21,9 @@ from landscape_mpi.experiments import figures as draw
 from landscape_mpi.experiments import measures
 from landscape_mpi.experiments.definitions import NAMES
 from landscape_mpi.experiments.surface_data import SurfaceData, read_surface
-from landscape_mpi.experiments.verdicts import (MEASURES_2D, RADIUS_FRACTION, RANDOM_WALK_TRIALS, batch_verdicts,
-                                                eig_verdict, fmt, skip_verdict, trajectory_verdict, untrained,
-                                                width_verdict)
+from landscape_mpi.experiments.verdicts import (EXPLORATORY, MEASURES_2D, RADIUS_FRACTION, RANDOM_WALK_TRIALS,
+                                                batch_verdicts, eig_verdict, fmt, skip_verdict, trajectory_verdict,
+                                                untrained, width_verdict)
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> list[str]:
@@ -85,13 +85,24 @@ class Section:
 ROUGHNESS_NOTE = ("Two measures of chaos, each with its own verdict: roughness (mean abs second difference divided by "
                   "the loss range on the grid, so a loss that explodes at the grid's edge makes it small) and the "
                   "non-convex fraction (share of interior points where the surface curves down in some direction).")
+MAX_RISE_NOTE = ("grid max-rise: the largest L - L(center) among the grid points within {f} x the grid's half-width "
+                 "of the center, a sampled lower bound of eps-sharpness (Keskar et al. 2017), not its maximisation "
+                 "(docs/analyses.md#what-the-names-promise).")
+EIG_RATIO_NOTE = ("eig ratio: per map, the median over its computed points of abs(eig_min/eig_max) clipped to [0, 1] "
+                  "(it replaced the unclipped mean, which one point with eig_max near 0 can dominate).")
+SPLIT_NOTE = ("Within each eigenvalue map, the clipped ratio at the interior points where the map's own train-loss "
+              "surface is locally non-convex (its 2x2 finite-difference Hessian has a negative eigenvalue) against "
+              "the points where it is locally convex. Rank-biserial r = P(non-convex ratio > convex ratio) - "
+              "P(<) over all pairs (2 U / (n1 n2) - 1, U of Mann-Whitney): +1 if every non-convex point has the "
+              "larger ratio, as the paper's relation says; 0 no relation; n/a if a group is empty. No p-value: "
+              "neighbouring grid points are not independent samples.")
 
 
 # ------------------------------------------------------------------------------------------- sections
 def skip_section(s: Section) -> None:
     loss = s.steps("loss2d")
     eig = {(st["role"]["depth"], st["role"]["shortcut"]): d for st, d in s.steps("eig2d")}
-    rows, rough_of, nonconvex, ratio = [], {}, {}, {}
+    rows, rough_of, nonconvex, ratio, split_rows = [], {}, {}, {}, []
     for st, d in sorted(loss, key=lambda p: (p[0]["role"]["depth"], not p[0]["role"]["shortcut"])):
         key = (st["role"]["depth"], st["role"]["shortcut"])
         if d is None:
@@ -101,11 +112,15 @@ def skip_section(s: Section) -> None:
         rough_of[key] = rough(v)
         nonconvex[key] = measures.nonconvex_fraction(v, x, y)
         e = eig.get(key)
-        ratio[key] = (measures.eig_ratio_mean(e.values["eig_min"], e.values["eig_max"])
-                      if e is not None and "eig_min" in e.values else float("nan"))
+        has_eig = e is not None and "eig_min" in e.values and "eig_max" in e.values
+        ratio[key] = measures.eig_ratio_median(e.values["eig_min"], e.values["eig_max"]) if has_eig else float("nan")
         rows.append([str(key[0]), "yes" if key[1] else "no", d.at_center("train_loss"), 1 - d.at_center("test_acc"),
                      float(np.nanmax(v)), rough_of[key], nonconvex[key],
-                     measures.eps_sharpness(v, d.coords, RADIUS_FRACTION * float(np.max(np.abs(x)))), ratio[key]])
+                     measures.grid_max_rise(v, d.coords, RADIUS_FRACTION * float(np.max(np.abs(x)))), ratio[key]])
+        if has_eig and "train_loss" in e.values:
+            sp = measures.convexity_split(e.values["train_loss"], *e.coords, e.values["eig_min"], e.values["eig_max"])
+            split_rows.append(rows[-1][:2] + [sp.nonconvex, sp.convex, sp.median_nonconvex, sp.median_convex,
+                                              sp.rank_biserial])
     panels = [(f"depth {st['role']['depth']}, {'short' if st['role']['shortcut'] else 'no short'}", d)
               for st, d in sorted(loss, key=lambda p: (not p[0]["role"]["shortcut"], p[0]["role"]["depth"]))]
     fig = draw.contours(s, panels, "skip_surfaces", "train loss surfaces with and without shortcuts")
@@ -117,14 +132,19 @@ def skip_section(s: Section) -> None:
     if eig_fig:
         s.lines += ["|lambda_min / lambda_max| of the Hessian (0: locally convex-looking; 1 clipped):", "", eig_fig, ""]
     s.lines += table(["depth", "shortcuts", "train loss at center", "test error", "largest train loss on the grid",
-                      "roughness", "non-convex fraction", "eps-sharpness", "mean abs(eig_min/eig_max)"], rows) + [""]
-    s.lines += [ROUGHNESS_NOTE, ""]
+                      "roughness", "non-convex fraction", "grid max-rise", "median clipped abs(eig_min/eig_max)"],
+                     rows) + [""]
+    s.lines += [ROUGHNESS_NOTE, "", MAX_RISE_NOTE.format(f=RADIUS_FRACTION), "", EIG_RATIO_NOTE, ""]
     weak = untrained({f"depth {k[0]} {'short' if k[1] else 'no short'}": row[2] for k, row in zip(rough_of, rows)})
     chaos = {"roughness": rough_of, "non-convex fraction": nonconvex}
     for measure in MEASURES_2D:
         skip_verdict(s, measure, chaos[measure], weak)
     for measure in MEASURES_2D:
         eig_verdict(s, measure, chaos[measure], ratio, weak)
+    if split_rows:
+        s.lines += ["", f"{EXPLORATORY}: {SPLIT_NOTE}", ""]
+        s.lines += table(["depth", "shortcuts", "non-convex points", "convex points", "median ratio, non-convex",
+                          "median ratio, convex", "rank-biserial r"], split_rows)
 
 
 def width_section(s: Section) -> None:
@@ -155,28 +175,29 @@ def batch_section(s: Section) -> None:
     steps = s.steps("loss1d")
     data = {(st["role"]["wd"], st["role"]["large"], st["role"]["norm"]): (st, d) for st, d in steps}
     wds = sorted({k[0] for k in data})
-    rows, sharp, err = [], {}, {}
+    rows, rise, err = [], {}, {}
     for (wd, large, norm), (st, d) in sorted(data.items()):
         if d is None:
             continue
         x = d.coords[0]
         radius = RADIUS_FRACTION * float(np.max(np.abs(x)))
         v = d.values["train_loss"]
-        sharp[(wd, large, norm)] = measures.eps_sharpness(v, d.coords, radius)
+        rise[(wd, large, norm)] = measures.grid_max_rise(v, d.coords, radius)
         err[(wd, large)] = 1 - d.at_center("test_acc")
         rows.append([str(st["role"]["batch"]), fmt(wd), norm, d.at_center("train_loss"), err[(wd, large)],
-                     sharp[(wd, large, norm)], measures.curvature_1d(v, x, radius), d.weight_norm])
+                     rise[(wd, large, norm)], measures.curvature_1d(v, x, radius), d.weight_norm])
     weak = untrained({f"batch {st['role']['batch']} wd {fmt(k[0])}": d.at_center("train_loss")
                       for k, (st, d) in data.items() if d is not None and k[2] == "filter"})
     fig = draw.batch_lines(s, data, wds)
     if fig:
         s.lines += ["Train (solid) and test (dashed) loss along one random direction, with and without filter "
                     "normalization:", "", fig, ""]
-    s.lines += table(["batch", "weight decay", "norm", "train loss at center", "test error", "eps-sharpness",
+    s.lines += table(["batch", "weight decay", "norm", "train loss at center", "test error", "grid max-rise",
                       "curvature", "weight norm"], rows)
-    s.lines += ["", f"eps-sharpness and curvature use the points within {RADIUS_FRACTION} x the grid's half-width of "
-                "the center; weight norm is that of the conv/linear weights (from the filter-normalized direction).", ""]
-    batch_verdicts(s, sharp, err, wds, weak)
+    s.lines += ["", MAX_RISE_NOTE.format(f=RADIUS_FRACTION) + f" Curvature uses the same points (within "
+                f"{RADIUS_FRACTION} x the half-width); weight norm is that of the conv/linear weights (from the "
+                "filter-normalized direction).", ""]
+    batch_verdicts(s, rise, err, wds, weak)
 
 
 def trajectory_section(s: Section) -> None:

@@ -2,7 +2,8 @@
 below) as reproduced, not reproduced, or inconclusive at this scale. Claims: docs/method.md#the-papers-claims.
 
 A verdict function takes the report's section (anything with ``verdict(claim, verdict, reason)``) and the numbers
-(`measures`, read from the files by `surface_data`), and records one line per claim.
+(`measures`, read from the files by `surface_data`), and records one line per claim. Numbers added after the
+results were seen get no verdict: the report shows them under the `EXPLORATORY` label.
 """
 
 from __future__ import annotations
@@ -16,21 +17,24 @@ from landscape_mpi.experiments import measures
 ROUGHER = 1.5
 #: width: the wide net's roughness at most 1/WIDER of the narrow one's for "reproduced".
 WIDER = 1.5
-#: eig ratio vs roughness: Spearman correlation over at least EIG_MIN_MODELS models.
+#: eig ratio (per map: median of the ratio clipped to [0, 1]) vs a chaos measure: Spearman correlation over at
+#: least EIG_MIN_MODELS models.
 EIG_RHO, EIG_MIN_MODELS = 0.5, 4
-#: batch: Spearman correlation of sharpness and test error over the four models.
+#: batch: Spearman correlation of the grid max-rise and test error over the four models.
 TRACK_RHO = 0.8
 #: trajectory: the first two PCA components explain at least this fraction ("most") of the variance.
 EXPLAINED = 0.5
 #: ... and more than the 95th percentile of a random walk with as many points (measures.random_walk_explained).
 RANDOM_WALK_TRIALS = 200
-#: epsilon-sharpness and curvature radius, as a fraction of the grid's half-width (filter norm: 0.5).
+#: grid max-rise and curvature radius, as a fraction of the grid's half-width (filter norm: 0.5).
 RADIUS_FRACTION = 0.5
 #: a model whose train loss at the center is above this (half the loss of chance-level guessing on 10 classes,
 #: ln 10 / 2) did not train; a comparison involving it is inconclusive.
 UNTRAINED_LOSS = float(np.log(10) / 2)
 
 REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE = "reproduced", "not reproduced", "inconclusive at this scale"
+#: The label of a number added after the results were seen: shown, never judged by a threshold.
+EXPLORATORY = "Exploratory (added after the results were seen; no verdict)"
 
 #: The two measures of a 2D surface's chaos every "smoother" claim is judged by, each in its own verdict (they can
 #: disagree: roughness is normalized by the grid's loss range, which a loss exploding at the grid's edge
@@ -83,19 +87,22 @@ def skip_verdict(s, measure: str, m: dict, weak: str | None) -> None:
 
 
 def eig_verdict(s, measure: str, m: dict, ratio: dict, weak: str | None) -> None:
-    """The eigenvalue-ratio claim: the Spearman correlation of one chaos measure and the mean ratio."""
+    """The eigenvalue-ratio claim: the Spearman correlation of one chaos measure and the per-map median of the
+    clipped ratio (`ratio`: key -> measures.eig_ratio_median)."""
     claim = f"|lambda_min/lambda_max| is larger where the landscape is chaotic ({measure})"
     keys = [k for k in m if np.isfinite(m[k]) and np.isfinite(ratio.get(k, float("nan")))]
     rho = measures.spearman([m[k] for k in keys], [ratio[k] for k in keys])
     if weak:  # eigenvalues away from a minimum (an untrained net) say nothing about the minimizer's landscape
         s.verdict(claim, INCONCLUSIVE,
-                  weak + f" (Spearman correlation of {measure} and mean ratio over {len(keys)} models: {fmt(rho)}.)")
+                  weak + f" (Spearman correlation of {measure} and median clipped ratio over {len(keys)} models: "
+                  f"{fmt(rho)}.)")
     elif len(keys) < EIG_MIN_MODELS:
         s.verdict(claim, INCONCLUSIVE,
                   f"eigenvalue maps of {len(keys)} models (at least {EIG_MIN_MODELS} needed for a rank correlation).")
     else:
         v = REPRODUCED if rho >= EIG_RHO else (NOT_REPRODUCED if rho <= 0 else INCONCLUSIVE)
-        s.verdict(claim, v, f"Spearman correlation of {measure} and mean ratio over {len(keys)} models: {fmt(rho)} "
+        s.verdict(claim, v, f"Spearman correlation of {measure} and median clipped ratio over {len(keys)} models: "
+                  f"{fmt(rho)} "
                   f"(threshold {EIG_RHO}).")
 
 
@@ -119,7 +126,7 @@ def width_verdict(s, measure: str, m: dict, weak: str | None) -> None:
 
 
 def batch_verdicts(s, sharp: dict, err: dict, wds: list[float], weak: str | None) -> None:
-    """The three batch claims from eps-sharpness ((wd, large, norm) -> value) and test error ((wd, large) -> value)."""
+    """The three batch claims from the grid max-rise ((wd, large, norm) -> value) and test error ((wd, large) -> value)."""
     # (a) small batch wider than large batch, filter-normalized, in each weight-decay setting
     ok = [(wd, sharp.get((wd, False, "filter")), sharp.get((wd, True, "filter"))) for wd in wds]
     ok = [(wd, a, b) for wd, a, b in ok if a is not None and b is not None and np.isfinite(a) and np.isfinite(b)]
@@ -129,8 +136,8 @@ def batch_verdicts(s, sharp: dict, err: dict, wds: list[float], weak: str | None
         s.verdict("Small-batch minima are wider (filter-normalized)", INCONCLUSIVE, weak or "a surface is missing.")
     else:
         v = REPRODUCED if len(wins) == len(ok) else (NOT_REPRODUCED if not wins else INCONCLUSIVE)
-        s.verdict("Small-batch minima are wider (filter-normalized)", v, f"eps-sharpness {detail}.")
-    # (b) sharpness tracks test error
+        s.verdict("Small-batch minima are wider (filter-normalized)", v, f"grid max-rise {detail}.")
+    # (b) sharpness (here: the grid max-rise) tracks test error
     keys = [(wd, large) for wd in wds for large in (False, True)
             if np.isfinite(sharp.get((wd, large, "filter"), float("nan"))) and np.isfinite(err.get((wd, large), float("nan")))]
     rho = measures.spearman([sharp[(k[0], k[1], "filter")] for k in keys], [err[k] for k in keys])
@@ -141,7 +148,7 @@ def batch_verdicts(s, sharp: dict, err: dict, wds: list[float], weak: str | None
                   + ("" if np.isfinite(rho) else " or no rank variation") + ".")
     else:
         v = REPRODUCED if rho >= TRACK_RHO else (NOT_REPRODUCED if rho <= 0 else INCONCLUSIVE)
-        s.verdict("Sharpness tracks test error", v, f"Spearman correlation of filter-normalized eps-sharpness and "
+        s.verdict("Sharpness tracks test error", v, f"Spearman correlation of the filter-normalized grid max-rise and "
                   f"test error over {len(keys)} models: {fmt(rho)} (threshold {TRACK_RHO}).")
     # (c) without normalization, weight decay flips the comparison
     wd = max(wds) if wds else None
