@@ -14,6 +14,7 @@ import sys
 import time
 
 import h5py
+import numpy as np
 import pytest
 
 from conftest import (BIN, ONE_POINT_AT_A_TIME, ROOT, assert_same_results, cli, env, read_results, run,
@@ -219,3 +220,21 @@ def test_srun_without_pmi_plugin_is_refused_with_the_fix(slurm, tmp_path, digits
     assert p.returncode != 0
     assert "add --mpi=pmix (Open MPI) or --mpi=pmi2 (MPICH)" in p.stderr
     assert not (tmp_path / "s.h5").exists()
+
+
+def test_sharded_job_one_group_per_node_equals_direct_run(slurm, tmp_path, direct):
+    """jobs/surface_sharded.sbatch on this one node: its 2 tasks form one group (--ranks-per-point = tasks per
+    node), the model sharded over them; values as the direct one-process run's (a group adds its float64
+    sums in another order: losses to 1e-6 relative, accuracies identical)."""
+    args, ref = direct
+    out = tmp_path / "sharded.h5"
+    jobid = sbatch("surface_sharded.sbatch", [*args, "--out", str(out)], tmp_path, sbatch_opts=["--nodes=1"])
+    wait_job(jobid)
+    log = (tmp_path / f"landscape-{jobid}.out").read_text()
+    assert "groups of 2" in log and "1 group(s) of 2 ranks per point, --group-mode shard" in log, log
+    got, want = read_results(out), read_results(ref)
+    assert got["done"].all()
+    for k in ("train_loss", "test_loss"):
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-6, atol=0, err_msg=k)
+    for k in ("train_acc", "test_acc"):
+        assert np.array_equal(got[k], want[k]), k

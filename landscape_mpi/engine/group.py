@@ -141,11 +141,11 @@ class GroupEngine(Engine):
 
             mesh = init_device_mesh(device.type, (self.size,))
             pristine = self.model
-            self.units = shard_units(self.model)
             self.note = ""
             for attempt in ("units", "root"):
                 self.model = copy.deepcopy(pristine) if attempt == "units" else pristine
-                for module in (self.units if attempt == "units" else []):
+                self.units = shard_units(self.model) if attempt == "units" else []
+                for module in self.units:
                     fully_shard(module, mesh=mesh)
                 fully_shard(self.model, mesh=mesh)
                 problem = self._probe(data)
@@ -153,7 +153,6 @@ class GroupEngine(Engine):
                     break
                 # a unit's parameter used outside its module's forward (e.g. `self.pos.weight[:t]` in the root's
                 # forward) is still sharded there: shard the whole model as one unit instead
-                self.units = []
                 self.note = f"; one unit (per-block sharding failed: {problem})"
             if problem:
                 raise RuntimeError(f"--group-mode shard: the sharded forward fails ({problem}); use --group-mode data")

@@ -44,18 +44,20 @@ class RankGroup:
         return self.rank == 0
 
 
+def check_layout(ranks_per_node: list[int], size: int) -> None:
+    """UserError unless every node's ranks (`ranks_per_node`, one entry per rank) divide into groups of `size`."""
+    bad = sorted({c for c in ranks_per_node if c % size})
+    if bad:
+        raise UserError(f"--ranks-per-point {size}: a group stays on one node, and a node runs {bad[0]} rank(s); "
+                        f"launch a multiple of {size} ranks per node (e.g. mpiexec --map-by ppr:{size}:node)")
+
+
 def make_groups(comm, node, size: int) -> RankGroup:
     """Split `comm` (the world) into groups of `size` consecutive ranks of one node (`node`: the node's
-    communicator). Collective over `comm`. UserError on every rank when a node's ranks do not divide into
-    groups of `size`."""
+    communicator; `check_layout` passed). Collective over `comm`."""
     from mpi4py import MPI
 
     local, per_node = node.Get_rank(), node.Get_size()
-    counts = comm.allgather(per_node)
-    if any(c % size for c in counts):
-        bad = sorted({c for c in counts if c % size})
-        raise UserError(f"--ranks-per-point {size}: a group stays on one node, and a node runs {bad[0]} rank(s); "
-                        f"launch a multiple of {size} ranks per node (e.g. mpiexec --map-by ppr:{size}:node)")
     # colour: (first world rank of the node, block of the node) -> groups numbered in world order
     node_first = node.allreduce(comm.Get_rank(), op=MPI.MIN)
     colour = node_first * per_node + local // size

@@ -34,7 +34,8 @@ from landscape_mpi.runtime.faults import BatchHooks
 from landscape_mpi.directions.base import PointSetter, space_keys
 from landscape_mpi.config.errors import EXIT_COMPLETE, EXIT_RESUMABLE, UserError
 from landscape_mpi.surface.inputs import Inputs, load_inputs, read_inputs
-from landscape_mpi.runtime.groups import Followers, RankGroup, follow, init_process_group, make_groups
+from landscape_mpi.runtime.groups import (Followers, RankGroup, check_layout, follow, init_process_group,
+                                          make_groups)
 from landscape_mpi.runtime.lifecycle import STOP, StopRequested, agree
 from landscape_mpi.surface.prepare import Prepared, finish_overwrite, prepare_file
 from landscape_mpi.runtime.progress import Progress
@@ -86,6 +87,8 @@ def _run_locked(config: SurfaceConfig, options: RunOptions, ctx: RunContext) -> 
     node = node_comm(comm)  # one rank per node reads the inputs; the node's other ranks receive them
     group = None
     if options.ranks_per_point > 1:  # groups of G ranks of a node, each with its torch.distributed group
+        ranks_per_node = comm.allgather(node.Get_size())
+        agree(comm, lambda: check_layout(ranks_per_node, options.ranks_per_point), ctx.rank)
         group = make_groups(comm, node, options.ranks_per_point)
         backend = init_process_group(group, ctx.device.type, options.group_timeout)
         log(ctx, f"{ctx.size // group.size} group(s) of {group.size} ranks per point, --group-mode "
