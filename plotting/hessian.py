@@ -3,7 +3,8 @@
 - ``<name>_density.<fmt>``: the eigenvalue spectral density (stochastic Lanczos quadrature) on a log-density axis,
   as papers show it (Ghorbani et al. 2019), one curve per checkpoint.
 - ``<name>_sharpness.<fmt>`` (files with several checkpoints): top eigenvalue (and lambda_min), Hutchinson trace and
-  adaptive sharpness against the epoch, with +-1 standard error bars.
+  average adaptive rise (stored as /adaptive/sharpness; docs/analyses.md#what-the-names-promise) against the epoch,
+  with +-1 standard error bars.
 
 Reads the file through landscape_mpi's files layer (landscape_mpi/files/reader.py; numpy, matplotlib): nothing
 from torch, MPI or the rest of landscape_mpi.
@@ -73,7 +74,7 @@ def density_figure(h: dict) -> Figure:
 
 
 def sharpness_figure(h: dict) -> Figure:
-    """Top eigenvalue / lambda_min, trace and adaptive sharpness against the epoch (one panel each present)."""
+    """Top eigenvalue / lambda_min, trace and average adaptive rise against the epoch (one panel each present)."""
     epoch = h["epoch"]
     order = np.argsort(epoch, kind="stable")
     e = epoch[order]
@@ -92,7 +93,7 @@ def sharpness_figure(h: dict) -> Figure:
         else:
             ax.errorbar(e, h["adaptive_sharpness"][order], yerr=h["adaptive_stderr"][order], fmt="o-", capsize=3)
             a = h["adaptive_attrs"]
-            ax.set_title(f"adaptive sharpness (rho {float(a['rho']):g}, {int(a['samples'])} samples)", fontsize=9)
+            ax.set_title(f"average adaptive rise (rho {float(a['rho']):g}, {int(a['samples'])} samples)", fontsize=9)
         ax.set_xlabel("epoch")
     fig.suptitle(f"{h['model']}: curvature over training", fontsize=10)
     fig.tight_layout()

@@ -193,7 +193,7 @@ def test_hessian_file_matches_exact_hessian(hfile, ckpt_dir):
     assert c["slq_sigma"] == 0.01 and c["adaptive_rho"] == 0.05 and c["seed"] == 0
 
 
-def test_adaptive_sharpness_matches_direct_perturbations(hfile, ckpt_dir):
+def test_average_adaptive_rise_matches_direct_perturbations(hfile, ckpt_dir):
     """The stored values are the loss increases of the documented perturbations, recomputed here by hand:
     per output row i of each weight matrix, rho * ||w_i|| * g_i / ||g_i||, g from the seeded generator."""
     h = read_hessian_file(hfile)
@@ -393,7 +393,7 @@ def test_plots_of_a_hessian_file(hfile, tmp_path):
     fig = sharpness_figure(h)
     titles = [ax.get_title() for ax in fig.axes]
     assert len(titles) == 3 and titles[0] == "extreme eigenvalues", titles  # eigen, trace, adaptive panels
-    assert titles[1].startswith("trace (Hutchinson") and titles[2].startswith("adaptive sharpness"), titles
+    assert titles[1].startswith("trace (Hutchinson") and titles[2].startswith("average adaptive rise ("), titles
     lmax = fig.axes[0].lines[0]
     assert lmax.get_label() == r"$\lambda_{max}$" and list(lmax.get_xdata()) == [5.0, 40.0]
     assert list(lmax.get_ydata()) == list(h["eigenvalues"][:, 0])

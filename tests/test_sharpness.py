@@ -56,7 +56,7 @@ def test_quadratic_minimum_curvature_max_rise(tmp_path):
     np.testing.assert_allclose(s["max_rise"]["at"], [-0.25, 0.0], atol=1e-12)
     l0 = 1.0 + A * 0.09
     assert s["max_rise"]["relative_percent"] == pytest.approx(100 * 0.425 / (1 + l0))
-    assert s["eps_sharpness"] == s["max_rise"]  # the deprecated name still reads the same numbers
+    assert "eps_sharpness" not in s  # the old key is gone: the number is the grid max-rise
     # d2L/dx2 = 2A, d2L/dy2 = 2B; dL/dx at 0 = -0.6 A
     assert s["curvature"]["x"]["value"] == pytest.approx(2 * A, rel=1e-9)
     assert s["curvature"]["y"]["value"] == pytest.approx(2 * B, rel=1e-9)
@@ -153,6 +153,10 @@ def test_eig_summary_is_the_median_of_the_clipped_ratio(tmp_path):
     text = "\n".join(format_sharpness(sharpness(path, radius=0.5)))
     assert "median clipped |eig_min/eig_max| 0.2;" in text and "grid max-rise (r=0.5) 0 " in text
     assert "eps-sharpness (" not in text and "sampled lower bound of eps-sharpness" in text
+    # compare's eig column is the same median, not the unclipped mean (8000+ here)
+    out = run(cli("compare", "--radius", "0.5", path)).stdout.strip().splitlines()
+    col = out[1].index("med clip ratio")
+    assert out[2][col:].split()[0] == "0.2", out
 
 
 def test_user_errors(tmp_path):
@@ -179,10 +183,12 @@ def test_compare_cli_table_json_and_errors(tmp_path):
     p = run(cli("compare", sharp, flat))
     lines = p.stdout.strip().splitlines()
     assert len(lines) == 4 and "sharp.h5" in lines[2] and "flat.h5" in lines[3]
+    assert lines[0].startswith("metric train_loss, grid max-rise radius 0.25 (sampled lower bound of eps-sharpness)")
+    assert "max-rise(r=0.25)" in lines[1].split() and "med clip ratio" in lines[1] and "eps(" not in lines[1], lines[1]
     rows = json.loads(run(cli("compare", sharp, flat, "--json", "--radius", "0.3")).stdout)
     assert [r["file"] for r in rows] == [sharp, flat]
     assert rows[0]["curvature"]["x"]["value"] == pytest.approx(2 * A) and rows[1]["curvature"]["y"]["value"] == pytest.approx(0.2)
-    assert rows[0]["max_rise"]["radius"] == 0.3 and rows[0]["eps_sharpness"] == rows[0]["max_rise"]
+    assert rows[0]["max_rise"]["radius"] == 0.3 and "eps_sharpness" not in rows[0]
     assert rows[0]["max_rise"]["value"] > rows[1]["max_rise"]["value"]
     for args, msg in ((["--metric", "nope"], "no metric 'nope'"), (["--radius", "0.01"], "smaller than the grid step"),
                       (["--levels", "a,b"], "comma-separated")):

@@ -1,4 +1,4 @@
-"""Hessian of the mean loss: products, eigenvalues, trace, spectral density, adaptive sharpness (docs/method.md#hessian).
+"""Hessian of the mean loss: products, eigenvalues, trace, spectral density, average adaptive rise (docs/method.md#hessian).
 
 The function whose curvature is measured is exactly the loss a surface point reports (landscape_mpi/engine/evaluate.py):
 the **sample-weighted mean** loss over every sample of the evaluation set(s), ``L(theta) = (1/N) sum_s l_s(theta)``,
@@ -244,10 +244,13 @@ def drive(op: HessianOperator, task: Callable[[Matvec], object]) -> object:
     return result
 
 
-# --------------------------------------------------------------------------------- adaptive sharpness
+# ----------------------------------------------------------------------------- average adaptive rise
 @dataclass
 class AdaptiveSharpness:
-    """Average-case adaptive sharpness: mean over M perturbations of loss(theta + delta) - loss(theta)."""
+    """The average adaptive rise: mean over M random perturbations of loss(theta + delta) - loss(theta).
+
+    A lower bound of the filter-wise worst case that Kwon et al. 2021 (ASAM) call adaptive sharpness, not that
+    maximisation (docs/analyses.md#what-the-names-promise); the class and function keep their earlier names."""
 
     mean: float
     stderr: float

@@ -4,7 +4,7 @@ The orchestration (`run_hessian`) reads top to bottom in the order things happen
   1. discover ranks and devices; resolve the checkpoint glob; check --out;
   2. every rank builds the model and loads the full evaluation set(s) (each keeps its shard for products);
   3. per checkpoint (one row): loss, top-k eigenpairs, lambda_min, Hutchinson trace, SLQ density (rank 0 drives,
-     the others serve products), then adaptive sharpness (every rank, deterministic perturbations);
+     the others serve products), then the average adaptive rise (every rank, deterministic perturbations);
   4. rank 0 writes the file complete under a temporary name and renames it; every rank exits with the same code.
 The math is in landscape_mpi/analysis/hessian.py, the file layout in landscape_mpi/files/hessian_store.py.
 """
@@ -150,7 +150,7 @@ def run_hessian(cfg: HessianConfig, ctx) -> int:
             (density.products if density else 0)
         log(f"row {index + 1}/{len(paths)} epoch {epoch:g}: loss {loss:.6g}, lambda_max {top.values[0]:.6g}, "
             f"lambda_min {row.lambda_min:.6g}" + (f", trace {trace.estimate:.6g} +- {trace.stderr:.2g}" if trace else "")
-            + (f", adaptive sharpness {adaptive.mean:.4g}" if adaptive else "")
+            + (f", average adaptive rise {adaptive.mean:.4g}" if adaptive else "")
             + f" ({products} Hessian-vector products, {row.seconds:.1f} s)")
 
     # 4. the file

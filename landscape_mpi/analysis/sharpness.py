@@ -154,8 +154,8 @@ def sharpness(path: str, metric: str = "train_loss", radius: float = DEFAULT_RAD
     minimum {value, coords}; center {coords, value}; max_rise {radius, value, relative_percent, at, points}
     (the grid max-rise: max of L - L(center) over the done grid points within Euclidean distance `radius` of the
     center, a sampled lower bound of eps-sharpness, not its maximisation; relative_percent is Keskar et al.'s
-    normalisation 100 (max - L0) / (1 + L0) of it); eps_sharpness: the same dict under its old name (deprecated,
-    kept for readers of earlier output); curvature {axis: {value, slope, points}};
+    normalisation 100 (max - L0) / (1 + L0) of it; earlier output also had it under the key eps_sharpness,
+    no longer written); curvature {axis: {value, slope, points}};
     basin [{level, threshold, fraction, area}] (share of the done points with L <= L(center) + level, and that
     share times the box's area/length/volume); roughness; barrier {value, max, at, endpoints, points} for a 1D
     interpolation file (config x_target set) else None; eig {median_clipped_ratio, mean_abs_ratio,
@@ -202,7 +202,6 @@ def sharpness(path: str, metric: str = "train_loss", radius: float = DEFAULT_RAD
         rise = float(v[i_max] - l0)
         rise_of.update(value=rise, relative_percent=100.0 * rise / (1.0 + float(l0)), at=_point(grid, i_max))
     out["max_rise"] = rise_of
-    out["eps_sharpness"] = rise_of  # deprecated name of max_rise, kept for readers of earlier output
 
     out["curvature"] = {name: (axis_curvature(grid, center, k) if center_ok else
                                {"value": None, "slope": None, "points": 0})

@@ -11,7 +11,7 @@ from landscape_mpi.config.options import add_options, from_args
 
 def add_parser(sub) -> None:
     """Add the `hessian` subcommand to the subparsers `sub` of landscape-mpi."""
-    p = sub.add_parser("hessian", help="Hessian eigenvalues, trace, spectral density and adaptive sharpness of "
+    p = sub.add_parser("hessian", help="Hessian eigenvalues, trace, spectral density and average adaptive rise of "
                                        "checkpoints, into an HDF5 file")
     add_options(p, HessianConfig)
     add_options(p, HessianRun)

@@ -53,9 +53,10 @@ class HessianConfig:
     slq_sigma: float = option(0.01, help="Gaussian broadening of the density, as a fraction of the spectrum's "
                                          "width (max - min Ritz value)", group=ANALYSES)
     slq_grid: int = option(2000, help="density grid points", group=ANALYSES)
-    adaptive_rho: float = option(0.05, help="adaptive sharpness: relative perturbation size per filter",
-                                 group=ANALYSES)
-    adaptive_samples: int = option(20, help="adaptive sharpness: random perturbations (0: skip)", group=ANALYSES)
+    adaptive_rho: float = option(0.05, help="average adaptive rise (mean loss rise over random filter-scaled "
+                                            "perturbations, a lower bound of ASAM's worst case): relative "
+                                            "perturbation size per filter", group=ANALYSES)
+    adaptive_samples: int = option(20, help="average adaptive rise: random perturbations (0: skip)", group=ANALYSES)
     seed: int = option(0, help="seeds the --samples subset, ARPACK's start vector, the probes and the "
                                "perturbations", group=ANALYSES)
     overwrite: bool = option(False, help="replace an existing --out (how to run, not a setting of the numbers: "
