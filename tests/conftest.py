@@ -33,6 +33,9 @@ TEST_HOOKS = ("LANDSCAPE_MPI_TEST_FAIL_AT", "LANDSCAPE_MPI_TEST_GATE", "LANDSCAP
 #: With a gate: one point per evaluator call (any DELAY does that) and no sleep, so a rank held after its first
 #: point has computed exactly one point, however many points the engine would group.
 ONE_POINT_AT_A_TIME = {"LANDSCAPE_MPI_TEST_DELAY": "0"}
+#: tests/gpu needs a GPU: collected only where CUDA is present, or for a dry run on the CPU
+#: (LANDSCAPE_GPU_CHECK_DEVICE=cpu); benchmarks/gpu_check.sh runs it on a GPU machine.
+collect_ignore_glob = [] if (torch.cuda.is_available() or os.environ.get("LANDSCAPE_GPU_CHECK_DEVICE")) else ["gpu/*"]
 #: Set to 1 to let skipped tests pass (a developer machine without SLURM or MPICH); CI never sets it.
 ALLOW_SKIP = "LANDSCAPE_MPI_ALLOW_SKIP"
 

@@ -148,6 +148,12 @@ def test_what_groups_do_not_do_is_one_line_and_no_file(tmp_path, gpt_ckpt):
     assert p.returncode == 2 and len(errors) == 1 and "Traceback" not in p.stderr, p.stderr[-3000:]
     assert "a node runs 3 rank(s)" in errors[0], errors
     assert not out.exists()
+    # hessian groups: the model is sharded over all the job's ranks
+    hessian = ["hessian", "--model", "gpt_tiny", "--dataset", "text", "--task", "lm", "--checkpoint", gpt_ckpt,
+               "--out", str(out), "--ranks-per-point", "2"]
+    one_line_error(run(cli(*hessian), check_rc=None), "--ranks-per-point 2", "launch 2 ranks (now 1)")
+    one_line_error(run(cli(*hessian, "--group-mode", "data"), check_rc=None), "--group-mode data")
+    assert not out.exists()
 
 
 MEMORY_SCRIPT = r"""
@@ -227,3 +233,54 @@ def test_sharded_parameters_and_directions_take_about_half_the_memory_at_g2(tmp_
     for r in two:  # each rank of the group holds its half, and one gathered layer at a time on top
         assert r["peak"] <= 0.6 * one[0]["peak"], (r, one)
     assert two[0]["loss"] == pytest.approx(one[0]["loss"], rel=1e-6)
+
+
+# ------------------------------------------------------------------------------------------- Hessian
+def test_hessian_of_the_sharded_model_equals_the_unsharded_one(tmp_path, gpt_ckpt):
+    """`hessian --ranks-per-point 2`: lambda_max and lambda_min of gpt_tiny with the model sharded over 2 ranks
+    (finite differences of FSDP2 gradients) against one process (exact double-backward products)."""
+    args = ["hessian", "--model", "gpt_tiny", "--dataset", "text", "--task", "lm", "--checkpoint", gpt_ckpt,
+            "--samples", "6", "--batch-size", "4", "--precision", "float64", "--top-k", "1", "--tol", "1e-6",
+            "--trace-probes", "0", "--slq-runs", "0", "--adaptive-samples", "0", "--threads", "1"]
+    run(cli(*args, "--out", str(tmp_path / "one.h5")), timeout=600)
+    p = run(mpiexec(2) + cli(*args, "--out", str(tmp_path / "two.h5"), "--ranks-per-point", "2"), timeout=600)
+    assert "the model sharded over 2 ranks (gloo)" in p.stderr, p.stderr
+    with h5py.File(tmp_path / "one.h5") as a, h5py.File(tmp_path / "two.h5") as b:
+        for k in ("eigen/values", "eigen/lambda_min", "checkpoints/loss"):
+            np.testing.assert_allclose(b[k][()], a[k][()], rtol=1e-3, err_msg=k)
+
+
+PRODUCT_SCRIPT = r"""
+import json
+import numpy as np, torch
+from mpi4py import MPI
+from torch import nn
+from landscape_mpi.analysis import hessian as hs
+from landscape_mpi.analysis.sharded_hessian import ShardedHessianOperator
+from landscape_mpi.data.items import EvalSet
+from landscape_mpi.runtime.groups import RankGroup, init_process_group
+
+comm = MPI.COMM_WORLD
+init_process_group(RankGroup(comm, comm.Get_rank(), comm.Get_size(), 0, None), "cpu", 120)
+torch.manual_seed(0)
+model = nn.Sequential(nn.Linear(6, 9), nn.Tanh(), nn.Linear(9, 4)).to(torch.float64)
+data = [EvalSet("train", torch.randn(41, 6, dtype=torch.float64), torch.randint(0, 4, (41,)))]
+op = ShardedHessianOperator(model, data, "ce", 8, comm, torch.device("cpu"))
+v = np.random.RandomState(1).randn(op.n)
+hv = hs.drive(op, lambda matvec: matvec(v))
+if comm.Get_rank() == 0:
+    exact = hs.HessianOperator(model, data, "ce", 8).product(v)  # double backward, unsharded
+    print(json.dumps({"rel": float(np.linalg.norm(hv - exact) / np.linalg.norm(exact)), "units": len(op.units)}))
+"""
+
+
+def test_sharded_finite_difference_product_against_the_exact_product(tmp_path):
+    """The sharded product's error (docs/hessian.md#a-sharded-model): float64, a tanh MLP, 2 ranks."""
+    import json
+
+    script = tmp_path / "product.py"
+    script.write_text(PRODUCT_SCRIPT)
+    out = [json.loads(line) for line in run([*mpiexec(2), sys.executable, str(script)]).stdout.splitlines()
+           if line.startswith("{")]
+    assert len(out) == 1 and out[0]["units"] == 2, out
+    assert out[0]["rel"] < 1e-7, out

@@ -29,7 +29,9 @@ from landscape_mpi.files import hessian_store
 from landscape_mpi.files.contract import EIGENVECTOR_CONVENTION
 from landscape_mpi.files.store import check_out_path, package_versions
 from landscape_mpi.models import build_model, checkpoint_sha256, load_checkpoint, natural_key
+from landscape_mpi.runtime.groups import check_layout, init_process_group, make_groups
 from landscape_mpi.runtime.lifecycle import agree
+from landscape_mpi.runtime.sharing import node_comm
 
 GLOB_CHARS = "*?["
 
@@ -66,8 +68,11 @@ def checkpoint_epoch(path: str, index: int) -> tuple[float, str]:
     return float(index), "index"
 
 
-def run_hessian(cfg: HessianConfig, ctx) -> int:
-    """Compute every row and write the file (rank 0). Collective over ctx.comm; returns the exit code."""
+def run_hessian(cfg: HessianConfig, ctx, ranks_per_point: int = 1, group_timeout: float = 600.0) -> int:
+    """Compute every row and write the file (rank 0). Collective over ctx.comm; returns the exit code.
+
+    `ranks_per_point` > 1: the model sharded over every rank of the job (one group: it must be the number of
+    ranks), products by finite differences of sharded gradients (analysis/sharded_hessian.py)."""
     def on_every_rank(step):  # agree-or-fail: a failure on one rank ends every rank with the same message
         return agree(ctx.comm, step, ctx.rank)
 
@@ -85,6 +90,23 @@ def run_hessian(cfg: HessianConfig, ctx) -> int:
         return paths
 
     paths = on_every_rank(check_inputs)
+    group = None
+    if ranks_per_point > 1:
+        def check_group() -> None:
+            if ranks_per_point != ctx.size:
+                raise UserError(f"--ranks-per-point {ranks_per_point}: hessian shards the model over all the job's "
+                                f"ranks; launch {ranks_per_point} ranks (now {ctx.size}) or drop --ranks-per-point")
+            if cfg.adaptive_samples:
+                raise UserError(f"--ranks-per-point {ranks_per_point}: the average adaptive rise is computed on an "
+                                f"unsharded model; add --adaptive-samples 0")
+
+        on_every_rank(check_group)
+        node = node_comm(ctx.comm)
+        ranks_per_node = ctx.comm.allgather(node.Get_size())
+        on_every_rank(lambda: check_layout(ranks_per_node, ranks_per_point))
+        group = make_groups(ctx.comm, node, ranks_per_point)
+        log(f"the model sharded over {ranks_per_point} ranks ({init_process_group(group, ctx.device.type, group_timeout)}"
+            f"), products by central differences of sharded gradients")
     dtype = torch.float64 if cfg.precision == "float64" else torch.float32
 
     # 2. model and data on every rank
@@ -116,7 +138,13 @@ def run_hessian(cfg: HessianConfig, ctx) -> int:
 
         sha, epoch, epoch_source = on_every_rank(load_row)
         model.to(device=ctx.device, dtype=dtype)
-        op = hs.HessianOperator(model, data, objective, cfg.batch_size, ctx.comm)
+        if group is None:
+            op = hs.HessianOperator(model, data, objective, cfg.batch_size, ctx.comm)
+        else:
+            from landscape_mpi.analysis.sharded_hessian import ShardedHessianOperator
+
+            op = on_every_rank(lambda: ShardedHessianOperator(model, data, objective, cfg.batch_size, group.comm,
+                                                              ctx.device))
         loss = op.mean_loss()
 
         def task(matvec: krylov.Matvec) -> tuple:

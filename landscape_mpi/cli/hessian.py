@@ -24,4 +24,4 @@ def cmd_hessian(a: argparse.Namespace) -> int:
 
     cfg, run = from_args(HessianConfig, a), from_args(HessianRun, a)
     # An exception escaping here on one rank of several ends the whole job (lifecycle.run_main, via cli.main).
-    return run_hessian(cfg, make_context(run.device, run.threads))
+    return run_hessian(cfg, make_context(run.device, run.threads), run.ranks_per_point, run.group_timeout)

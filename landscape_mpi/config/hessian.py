@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from landscape_mpi.config.errors import UserError
 from landscape_mpi.config.options import check_choices, comma_join, comma_tuple, option
-from landscape_mpi.config.surface import DEFAULT_TASK, DEVICES, LOSSES, SPLITS, check_task
+from landscape_mpi.config.surface import DEFAULT_TASK, DEVICES, LOSSES, SPLITS, GroupOptions, check_task
 
 #: Arithmetic of the Hessian products (not the evaluation precisions fp32/tf32/bf16 of a surface).
 HESSIAN_DTYPES = ("float32", "float64")
@@ -95,7 +95,7 @@ class HessianConfig:
 
 
 @dataclass(frozen=True)
-class HessianRun:
+class HessianRun(GroupOptions):
     """How `landscape-mpi hessian` runs (changes no number)."""
 
     device: str = option("auto", help="auto: this rank's GPU if any, else the CPU", choices=DEVICES, group=RUN)
@@ -104,3 +104,7 @@ class HessianRun:
 
     def __post_init__(self) -> None:
         check_choices(self)
+        self.check_group_options()
+        if self.ranks_per_point > 1 and self.group_mode != "shard":
+            raise UserError(f"--group-mode {self.group_mode}: hessian groups shard the model; without "
+                            f"--ranks-per-point the ranks already divide the data")

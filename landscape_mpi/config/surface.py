@@ -295,8 +295,31 @@ def config_diff(stored: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
     return lines
 
 
+@dataclass(frozen=True, kw_only=True)
+class GroupOptions:
+    """Groups of ranks per point (landscape_mpi/runtime/groups.py): run options of `surface` and `hessian`,
+    declared once here; none changes a computed value."""
+
+    ranks_per_point: int = option(1, help="G ranks of one node evaluate together: each grid point (surface; a "
+                                          "model sharded over them, or each batch divided: --group-mode), or "
+                                          "the Hessian of a model sharded over all G ranks of the job "
+                                          "(hessian); same values, and a surface file resumes with any G",
+                                  group=RUN)
+    group_mode: str = option("shard", help="with --ranks-per-point G > 1: shard (FSDP2: each rank holds 1/G of "
+                                           "the parameters and directions) or data (each rank the whole model, "
+                                           "1/G of each batch)", choices=GROUP_MODES, group=RUN)
+    group_timeout: float = option(600.0, help="seconds a collective of a group may wait for a member before "
+                                              "the job ends (a member that died)", group=RUN)
+
+    def check_group_options(self) -> None:
+        if self.ranks_per_point < 1:
+            raise UserError(f"--ranks-per-point {self.ranks_per_point}: must be at least 1")
+        if self.group_timeout <= 0:
+            raise UserError(f"--group-timeout {self.group_timeout}: must be positive")
+
+
 @dataclass(frozen=True)
-class RunOptions:
+class RunOptions(GroupOptions):
     """How a run is executed; none of these change a computed value (they may change between a run and its
     resume)."""
 
@@ -321,14 +344,6 @@ class RunOptions:
                         choices=ORDERS, group=RUN)
     chunk_size: int = option(0, help="points per work assignment (0: automatic, shrinking towards the end of the "
                                      "grid)", group=RUN)
-    ranks_per_point: int = option(1, help="G ranks of one node evaluate each point together (a model sharded "
-                                          "over them, or the data divided; see --group-mode); same values, "
-                                          "and a file resumes with any G", group=RUN)
-    group_mode: str = option("shard", help="with --ranks-per-point G > 1: shard (FSDP2: each rank holds 1/G of "
-                                           "the parameters and directions) or data (each rank the whole model, "
-                                           "1/G of each batch)", choices=GROUP_MODES, group=RUN)
-    group_timeout: float = option(600.0, help="seconds a collective of a group may wait for a member before "
-                                              "the job ends (a member that died)", group=RUN)
     flush_seconds: float = option(1.0, help="write finished points to the file at least this often", group=RUN)
     progress_seconds: float = option(30.0, help="in a batch log (not a terminal), one progress line this often",
                                      group=RUN)
@@ -343,10 +358,7 @@ class RunOptions:
             raise UserError(f"--chunk-size {self.chunk_size}: must be 0 (automatic) or positive")
         if self.flush_seconds <= 0 or self.progress_seconds <= 0:
             raise UserError("--flush-seconds and --progress-seconds must be positive")
-        if self.ranks_per_point < 1:
-            raise UserError(f"--ranks-per-point {self.ranks_per_point}: must be at least 1")
-        if self.group_timeout <= 0:
-            raise UserError(f"--group-timeout {self.group_timeout}: must be positive")
+        self.check_group_options()
 
 
 def check_groups(config: SurfaceConfig, options: RunOptions) -> None:
