@@ -14,12 +14,19 @@ rank holds a contiguous shard of the samples; one product is one ``Allreduce`` o
 the global sample count. The linear algebra (ARPACK via scipy's ``eigsh``, Hutchinson, Lanczos) runs on rank 0
 only; the other ranks serve products (`drive`): rank 0 broadcasts a command and the vector, every rank computes
 its shard's product, and the sums are allreduced. ARPACK's iteration therefore never has to agree across ranks.
+
+Three ways to compute a rank's sum of products (`HessianOperator`'s `product` argument;
+docs/hessian.md#cheaper-products-and-warm-starts): ``plain`` (the oracle: forward + double backward per batch
+per product), ``graph`` (the loss and its gradient graph built once per operator when the rank's data are one
+batch; a product is one backward through it) and ``forward`` (forward-over-reverse, ``torch.func.jvp`` of
+``torch.func.grad``). All three compute the same function.
 """
 
 from __future__ import annotations
 
 import math
 import traceback
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -32,13 +39,20 @@ from landscape_mpi.directions.base import PointSetter, filter_dims, random_direc
 from landscape_mpi.config.errors import UserError
 from landscape_mpi.tasks import Task, as_task
 from landscape_mpi.tasks.classify import loss_sum as classify_loss_sum
-from landscape_mpi.analysis.krylov import Matvec, extreme_pair
+from landscape_mpi.analysis.krylov import Matvec, Pair, extreme_pair_vectors
 from landscape_mpi.runtime.comm import SELF
 
 DEFAULT_BATCH_SIZE = 1024
 
 # Commands rank 0 broadcasts to the ranks that serve products.
 _CMD_PRODUCT, _CMD_STOP = 1, 0
+
+#: How `HessianOperator` computes a product (its `product` argument): ``auto`` = ``graph`` where this rank's data
+#: are one batch, else ``plain``; ``plain`` = forward + double backward per batch per product (the oracle);
+#: ``graph`` = the gradient graph kept across products (one batch only, else ``plain``); ``forward`` =
+#: forward-over-reverse with torch.func (``plain`` if the model cannot take it).
+PRODUCT_PATHS = ("auto", "plain", "graph", "forward")
+DEFAULT_PRODUCT = "auto"
 
 
 # ---------------------------------------------------------------------------------- parameter vectors
@@ -115,7 +129,16 @@ class HessianOperator:
     """
 
     def __init__(self, model: nn.Module, data: EvalSet | Sequence[EvalSet], loss: str | Task,
-                 batch_size: int = DEFAULT_BATCH_SIZE, comm=SELF) -> None:
+                 batch_size: int = DEFAULT_BATCH_SIZE, comm=SELF, product: str = DEFAULT_PRODUCT) -> None:
+        """`product`: how a product is computed, one of PRODUCT_PATHS (see `path` and `fallback`).
+
+        The default ``auto`` keeps the gradient graph when this rank's data are one batch: the product is then
+        the same arithmetic as ``plain`` less the forward and the first backward, so it gives the same numbers
+        and is never slower; its cost is memory (the graph of one batch stays alive until the operator is
+        dropped or `release`d, about what ``plain`` holds at its peak during every product anyway).
+        ``forward`` is opt-in: it changes the rounding and needs forward-mode rules for every operation."""
+        if product not in PRODUCT_PATHS:
+            raise ValueError(f"product={product!r}: choose one of {', '.join(PRODUCT_PATHS)}")
         self.model = model
         self.task = as_task(loss)
         self.batch_size = batch_size
@@ -136,13 +159,53 @@ class HessianOperator:
             raise UserError(f"the evaluation set has nothing to predict for --task {self.task.name}")
         self.products = 0
         """Hessian-vector products computed so far (counted on rank 0, the one that drives)."""
+        self.requested = product
+        batches = sum(-(-len(s) // batch_size) for s in self.local)
+        self.path = "plain"
+        """The path this rank's products take: plain, graph or forward."""
+        self.fallback: str | None = None
+        """Why the requested fast path is not taken on this rank (None: it is, or plain was asked)."""
+        if product in ("auto", "graph"):
+            if batches <= 1:
+                self.path = "graph"
+            else:
+                self.fallback = (f"this rank's data are {batches} batches of --batch-size {batch_size}: the "
+                                 f"gradient graph is kept for one batch only")
+        elif product == "forward":
+            self.path = "forward"
+        self.graph_builds = 0
+        """How many times the kept gradient graph was built (once per operator unless the weights changed)."""
+        self._graph: list[torch.Tensor | None] | None = None
+        self._snapshot: list[torch.Tensor] = []
+        self._forward_ok = False
 
     @property
     def n(self) -> int:
         return self.space.n
 
     def local_product_sum(self, v: np.ndarray) -> np.ndarray:
-        """sum over this rank's samples of H_s v (float64), H_s the Hessian of sample s's loss. Model in eval mode."""
+        """sum over this rank's samples of H_s v (float64), H_s the Hessian of sample s's loss. Model in eval mode.
+
+        By this rank's `path`; ``forward`` falls back to ``plain`` (for good, reason in `fallback`) if its first
+        product fails."""
+        if self.path == "graph":
+            return self._graph_product_sum(v)
+        if self.path == "forward":
+            if self._forward_ok:
+                return self._forward_product_sum(v)
+            try:
+                out = self._forward_product_sum(v)
+            except Exception as exc:  # noqa: BLE001  (any model the functional transforms cannot take)
+                first = (str(exc).strip().splitlines() or [""])[0][:300]
+                self.path = "plain"
+                self.fallback = f"forward-over-reverse failed on this model ({type(exc).__name__}: {first})"
+            else:
+                self._forward_ok = True
+                return out
+        return self.plain_product_sum(v)
+
+    def plain_product_sum(self, v: np.ndarray) -> np.ndarray:
+        """`local_product_sum` by the plain path: per batch a forward and a double backward (the oracle)."""
         self.model.eval()
         p0 = self.params[0]
         vs = self.space.tensors(v, p0.device, p0.dtype)
@@ -158,6 +221,79 @@ class HessianOperator:
                         continue
                     hv = torch.autograd.grad(dot, self.params, allow_unused=True)
                 total += self.space.flatten(hv)
+        return total
+
+    # -- the kept gradient graph (one batch per rank)
+    def _weights(self) -> list[torch.Tensor]:
+        return [*self.params, *self.model.buffers()]
+
+    def _weights_changed(self) -> bool:
+        # Surfaces set the weights in place through `.data` (directions.base.PointSetter), which autograd's
+        # version counters do not see: compare with the copy taken when the graph was built (exact, O(n)).
+        now = self._weights()
+        return len(now) != len(self._snapshot) or any(
+            t.shape != c.shape or not torch.equal(t.detach(), c) for t, c in zip(now, self._snapshot))
+
+    def _build_graph(self) -> None:
+        self.release()
+        self.model.eval()
+        grads: list[torch.Tensor | None] = []
+        for s in self.local:
+            if len(s) == 0:
+                continue
+            x, y = s.rows(0, len(s))
+            with torch.enable_grad():
+                value = self.task.loss_sum(self.task.forward(self.model, x), x, y)
+                grads = list(torch.autograd.grad(value, self.params, create_graph=True, allow_unused=True))
+        self._graph = grads
+        self._snapshot = [t.detach().clone() for t in self._weights()]
+        self.graph_builds += 1
+
+    def _graph_product_sum(self, v: np.ndarray) -> np.ndarray:
+        if self._graph is None or self._weights_changed():
+            self._build_graph()
+        total = np.zeros(self.n)
+        if not self._graph:  # no sample on this rank
+            return total
+        p0 = self.params[0]
+        vs = self.space.tensors(v, p0.device, p0.dtype)
+        # d/dtheta sum_i g_i . v_i through the kept graph, with v as the output gradient (no graph for the dot);
+        # a gradient that does not depend on the parameters (g linear in them) contributes nothing, as in `plain`.
+        live = [(g, u) for g, u in zip(self._graph, vs) if g is not None and g.requires_grad]
+        if not live:  # the loss is linear in every parameter
+            return total
+        with torch.enable_grad():
+            hv = torch.autograd.grad([g for g, _ in live], self.params, grad_outputs=[u for _, u in live],
+                                     retain_graph=True, allow_unused=True)
+        return total + self.space.flatten(hv)
+
+    def release(self) -> None:
+        """Drop the kept gradient graph (and the copy of the weights); the next graph product rebuilds it."""
+        self._graph, self._snapshot = None, []
+
+    # -- forward-over-reverse
+    def _forward_product_sum(self, v: np.ndarray) -> np.ndarray:
+        from torch.func import functional_call, grad, jvp
+
+        self.model.eval()
+        call = _TaskCall(self.model, self.task)
+        names = self.space.names
+        primals = {k: p.detach() for k, p in zip(names, self.params)}
+        tangents = {k: torch.from_numpy(a).to(device=p.device, dtype=p.dtype)
+                    for (k, a), p in zip(self.space.split(v).items(), self.params)}
+        total = np.zeros(self.n)
+        for s in self.local:
+            for start in range(0, len(s), self.batch_size):
+                x, y = s.rows(start, start + self.batch_size)
+
+                def batch_loss(params: dict[str, torch.Tensor], x=x, y=y) -> torch.Tensor:
+                    out = functional_call(call, {"model." + k: t for k, t in params.items()}, (x,), strict=False)
+                    return self.task.loss_sum(out, x, y)
+
+                with warnings.catch_warnings():  # torch's first forward-AD call scripts decompositions (FutureWarning)
+                    warnings.filterwarnings("ignore", message=r".*torch\.jit\.script", category=FutureWarning)
+                    _, hv = jvp(grad(batch_loss), (primals,), (tangents,))
+                total += self.space.flatten([hv[k] for k in names])
         return total
 
     def product(self, v: np.ndarray) -> np.ndarray:
@@ -201,6 +337,19 @@ class HessianOperator:
                     x, y = s.rows(start, start + self.batch_size)
                     total += float(self.task.loss_sum(self.task.forward(self.model, x), x, y).double())
         return float(self._reduce(np.array([total]))[0])
+
+
+class _TaskCall(nn.Module):
+    """``task.forward(model, x)`` as a module, so that `torch.func.functional_call` swaps the model's parameters
+    while the task calls the model its own way (a dict of inputs, a user task's forward)."""
+
+    def __init__(self, model: nn.Module, task: Task) -> None:
+        super().__init__()
+        self.model = model
+        object.__setattr__(self, "_task", task)  # not a submodule even if a user's task is one
+
+    def forward(self, x):
+        return self._task.forward(self.model, x)
 
 
 def _abort_on_error(what: str) -> None:
@@ -287,19 +436,48 @@ def adaptive_sharpness(op: HessianOperator, rho: float, samples: int, seed: int)
 
 # ---------------------------------------------------------------------------- curvature at a grid point
 def eig_extremes(model: nn.Module, data: list[EvalSet] | EvalSet, loss: str | Task, *, tol: float, maxiter: int,
-                 comm=SELF, batch_size: int = DEFAULT_BATCH_SIZE) -> tuple[float, float, int]:
+                 comm=SELF, batch_size: int = DEFAULT_BATCH_SIZE, v0: np.ndarray | None = None,
+                 product: str = DEFAULT_PRODUCT) -> tuple[float, float, int]:
     """(lambda_max, lambda_min, Hessian-vector products spent) of the mean loss at the model's CURRENT weights.
 
     lambda_max is ARPACK's largest algebraic eigenvalue ('LA'), lambda_min its smallest ('SA'), each to relative
     accuracy `tol` within `maxiter` restarts; both are right whatever their signs. `data` is the full evaluation
     set(s); with a communicator of several ranks (collective: every rank of `comm` calls it with the same model
     and data) each rank takes a shard, and every rank returns the same tuple. Model in eval mode (BatchNorm running
-    stats).
+    stats). `v0`: a warm start (`eig_pair`); `product`: `HessianOperator`'s.
     Raises UserError if the model has no trainable parameter or ARPACK does not converge.
     """
-    op = HessianOperator(model, data, loss, batch_size, comm)
+    pair = eig_pair(model, data, loss, tol=tol, maxiter=maxiter, comm=comm, batch_size=batch_size, v0=v0,
+                    product=product)
+    return pair.lambda_max, pair.lambda_min, pair.products
 
-    def task(matvec: Matvec) -> tuple[float, float, int]:
-        return extreme_pair(matvec, op.n, tol, maxiter)
 
-    return op.comm.bcast(drive(op, task), root=0)
+def eig_pair(model: nn.Module, data: list[EvalSet] | EvalSet, loss: str | Task, *, tol: float, maxiter: int,
+             comm=SELF, batch_size: int = DEFAULT_BATCH_SIZE, v0: np.ndarray | None = None,
+             product: str = DEFAULT_PRODUCT) -> Pair:
+    """`eig_extremes` with the eigenvectors (`krylov.Pair`): pass ``pair.vectors`` as `v0` at the next, nearby
+    point to warm-start it (`krylov.extreme_pair_vectors`)."""
+    return operator_pair(HessianOperator(model, data, loss, batch_size, comm, product), tol=tol, maxiter=maxiter,
+                         v0=v0)
+
+
+def operator_extremes(op, *, tol: float, maxiter: int, v0: np.ndarray | None = None) -> tuple[float, float, int]:
+    """(lambda_max, lambda_min, products) of an operator (`HessianOperator`, or the sharded one of
+    analysis/sharded_hessian.py) on every rank of its communicator (collective). `v0`: as `operator_pair`."""
+    pair = operator_pair(op, tol=tol, maxiter=maxiter, v0=v0)
+    return pair.lambda_max, pair.lambda_min, pair.products
+
+
+def operator_pair(op, *, tol: float, maxiter: int, v0: np.ndarray | None = None) -> Pair:
+    """`operator_extremes` as a `krylov.Pair` (collective). The numbers are the same on every rank; the
+    eigenvectors (``pair.vectors``, n x 2) only on the communicator's rank 0, which drives the iteration (the
+    other ranks get an empty n x 0 array, and their `v0` is not read): a warm start is rank 0's business."""
+
+    def task(matvec: Matvec) -> Pair:
+        return extreme_pair_vectors(matvec, op.n, tol, maxiter, v0=v0)
+
+    pair = drive(op, task)
+    numbers = op.comm.bcast(None if pair is None else (pair.lambda_max, pair.lambda_min, pair.products), root=0)
+    if pair is not None:
+        return pair
+    return Pair(*numbers, np.zeros((op.n, 0)))

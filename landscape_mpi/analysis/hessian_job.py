@@ -29,7 +29,7 @@ from landscape_mpi.files import hessian_store
 from landscape_mpi.files.contract import EIGENVECTOR_CONVENTION
 from landscape_mpi.files.store import check_out_path, package_versions
 from landscape_mpi.models import build_model, checkpoint_sha256, load_checkpoint, natural_key
-from landscape_mpi.runtime.groups import check_layout, init_process_group, make_groups
+from landscape_mpi.runtime.groups import check_layout, close_process_group, init_process_group, make_groups
 from landscape_mpi.runtime.lifecycle import agree
 from landscape_mpi.runtime.sharing import node_comm
 
@@ -195,5 +195,6 @@ def run_hessian(cfg: HessianConfig, ctx, ranks_per_point: int = 1, group_timeout
                                              package_versions())
 
     on_every_rank(write)
+    close_process_group()  # gloo's threads must not outlive the interpreter
     log(f"complete: {cfg.out}")
     return EXIT_COMPLETE

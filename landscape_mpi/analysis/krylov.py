@@ -54,13 +54,14 @@ def _arpack_operator(matvec: Matvec, n: int, seed: int) -> tuple[object, np.ndar
 
 
 def extreme_eigenpairs(matvec: Matvec, n: int, k: int, which: str, tol: float, maxiter: int,
-                       seed: int = 0) -> Eigen:
+                       seed: int = 0, v0: np.ndarray | None = None, ncv: int | None = None) -> Eigen:
     """The k largest ('LA') or smallest ('SA') algebraic eigenvalues of the symmetric operator, by ARPACK (eigsh).
 
     'SA' is asked directly (not through a shift by lambda_max), so it is right whatever the signs. `tol` is
     ARPACK's relative accuracy of each Ritz value; `maxiter` its limit on restarts (Arnoldi iterations). The start
-    vector is seeded, so the iteration is reproducible. For k >= n (tiny models) the operator is built densely
-    and all n eigenpairs are returned. Raises UserError if ARPACK does not converge.
+    vector is seeded, so the iteration is reproducible; `v0` replaces it (a warm start, e.g. the eigenvector found
+    at a neighbouring point); `ncv` is the Lanczos basis size (None: ARPACK's default). For k >= n (tiny models)
+    the operator is built densely and all n eigenpairs are returned. Raises UserError if ARPACK does not converge.
     """
     from scipy.sparse.linalg import ArpackNoConvergence, eigsh
 
@@ -72,9 +73,12 @@ def extreme_eigenpairs(matvec: Matvec, n: int, k: int, which: str, tol: float, m
         values, vectors = np.linalg.eigh(0.5 * (dense + dense.T))
         order = np.argsort(values)[::-1] if which == "LA" else np.argsort(values)
         return Eigen(values[order], _fix_sign(vectors[:, order]), n)
-    op, v0, count = _arpack_operator(matvec, n, seed)
+    op, seeded, count = _arpack_operator(matvec, n, seed)
+    start = seeded if v0 is None else _start_vector(v0, n)
+    if ncv is not None:
+        ncv = min(max(ncv, k + 1), n)
     try:
-        values, vectors = eigsh(op, k=k, which=which, tol=tol, maxiter=maxiter, v0=v0)
+        values, vectors = eigsh(op, k=k, which=which, tol=tol, maxiter=maxiter, v0=start, ncv=ncv)
     except ArpackNoConvergence as exc:
         raise UserError(f"Lanczos (ARPACK, which={which}) did not converge to tol {tol:g} within maxiter {maxiter} "
                         f"({len(exc.eigenvalues)} of {k} eigenvalues); raise --maxiter or --tol") from None
@@ -82,14 +86,78 @@ def extreme_eigenpairs(matvec: Matvec, n: int, k: int, which: str, tol: float, m
     return Eigen(values[order], _fix_sign(vectors[:, order]), count[0])
 
 
+def _start_vector(v0: np.ndarray, n: int) -> np.ndarray:
+    """`v0` as ARPACK's start vector: a float64 copy of shape (n,); raises ValueError if it is not one, or is 0
+    or not finite (ARPACK would fail obscurely)."""
+    v = np.array(v0, dtype=np.float64).ravel()
+    if v.shape != (n,) or not np.all(np.isfinite(v)) or not np.any(v):
+        raise ValueError(f"a start vector must be {n} finite numbers, not all zero (got shape {np.shape(v0)})")
+    return v
+
+
 #: Lanczos basis size of `extreme_pair`: ARPACK's default for k = 2 (max(2k + 1, 20)).
 PAIR_NCV = 20
 #: ARPACK restarts `extreme_pair` gives the joint run before it falls back to two separate runs.
 PAIR_RESTARTS = 3
+#: Lanczos basis size of a warm-started `extreme_pair_vectors` (a start vector given): a start close to both
+#: wanted eigenvectors needs a few Lanczos steps, not ARPACK's 20, before its first convergence test. Chosen
+#: from product counts along lines of points (docs/hessian.md#cheaper-products-and-warm-starts): 12 was below
+#: the cold start on every line measured but one (1 product above); 8 and 10 were cheaper on some lines and as
+#: dear as cold or dearer on others (a joint run that restarts often, then falls back); 16 saved less at fine
+#: steps, and 20 cannot go below 21 products a point.
+WARM_NCV = 12
+#: ARPACK restarts a warm-started joint run gets before the fallback (each restart costs WARM_NCV - 2 products):
+#: about the products a cold joint run spends before its own fallback.
+WARM_RESTARTS = 6
 
 
-def extreme_pair(matvec: Matvec, n: int, tol: float, maxiter: int, seed: int = 0) -> tuple[float, float, int]:
-    """(lambda_max, lambda_min, products) of the symmetric operator, each to ARPACK's relative accuracy `tol`.
+@dataclass
+class Pair:
+    """The two ends of the spectrum (`extreme_pair_vectors`)."""
+
+    lambda_max: float
+    lambda_min: float
+    products: int
+    """Hessian-vector products spent."""
+    vectors: np.ndarray
+    """n x 2: the unit eigenvectors of lambda_max (column 0) and lambda_min (column 1), each column's
+    largest-magnitude entry positive. Pass it as `v0` at a neighbouring point to warm-start that point."""
+
+    @property
+    def top(self) -> np.ndarray:
+        return self.vectors[:, 0]
+
+    @property
+    def bottom(self) -> np.ndarray:
+        return self.vectors[:, 1]
+
+
+def _pair_starts(v0: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Start vectors (joint 'BE' run, 'LA' run, 'SA' run) from `v0`: one vector for all three, or n x 2 columns
+    (a previous `Pair.vectors`): their sum for the joint run, each column for its own end."""
+    v0 = np.asarray(v0, dtype=np.float64)
+    if v0.ndim == 2 and v0.shape == (n, 2):
+        top, bottom = _start_vector(v0[:, 0], n), _start_vector(v0[:, 1], n)
+        # Unit columns (as a Pair has them) weigh both ends equally; an eigenvector pair is orthogonal, so the
+        # sum is never zero, but a caller's columns might cancel: then the top column alone.
+        both = top / np.linalg.norm(top) + bottom / np.linalg.norm(bottom)
+        return (both if np.linalg.norm(both) > 1e-8 else top), top, bottom
+    v = _start_vector(v0, n)
+    return v, v, v
+
+
+def extreme_pair(matvec: Matvec, n: int, tol: float, maxiter: int, seed: int = 0,
+                 v0: np.ndarray | None = None) -> tuple[float, float, int]:
+    """(lambda_max, lambda_min, products) of the symmetric operator, each to ARPACK's relative accuracy `tol`:
+    `extreme_pair_vectors` without the vectors."""
+    pair = extreme_pair_vectors(matvec, n, tol, maxiter, seed, v0)
+    return pair.lambda_max, pair.lambda_min, pair.products
+
+
+def extreme_pair_vectors(matvec: Matvec, n: int, tol: float, maxiter: int, seed: int = 0,
+                         v0: np.ndarray | None = None, ncv: int | None = None) -> Pair:
+    """lambda_max and lambda_min of the symmetric operator, each to ARPACK's relative accuracy `tol`, with their
+    eigenvectors and the products spent.
 
     First from ONE Krylov space: ARPACK's which='BE' with k = 2 returns one eigenvalue from each end of the
     spectrum. A network's Hessian has a few large outliers at both ends, which Lanczos finds together in its first
@@ -98,21 +166,35 @@ def extreme_pair(matvec: Matvec, n: int, tol: float, maxiter: int, seed: int = 0
     joint run restarts slowly; after PAIR_RESTARTS restarts it is abandoned for the two separate runs, whose
     cost it then adds. Both values are right whatever their signs. Tiny operators (n <= PAIR_NCV) are
     diagonalized densely. Raises UserError if the separate runs do not converge within `maxiter` restarts.
+
+    Warm start: `v0` is the start vector instead of the seeded one -- one vector, or n x 2 columns (top, bottom)
+    such as a neighbouring point's `Pair.vectors` (their sum starts the joint run; each column its own separate
+    run). A warm-started run uses a Lanczos basis of `ncv` = WARM_NCV vectors (a cold one PAIR_NCV) and gets
+    WARM_RESTARTS restarts before the fallback. The results agree with a cold start's to `tol`, not bit for bit.
     """
     from scipy.sparse.linalg import ArpackNoConvergence, eigsh
 
     if n <= PAIR_NCV:
         both = extreme_eigenpairs(matvec, n, n, "LA", tol, maxiter, seed)
-        return float(both.values[0]), float(both.values[-1]), both.products
-    op, v0, count = _arpack_operator(matvec, n, seed)
+        return Pair(float(both.values[0]), float(both.values[-1]), both.products,
+                    np.ascontiguousarray(both.vectors[:, [0, -1]]))
+    op, seeded, count = _arpack_operator(matvec, n, seed)
+    if v0 is None:
+        start, top_start, bottom_start = seeded, None, None
+        basis, restarts = PAIR_NCV if ncv is None else ncv, PAIR_RESTARTS
+    else:
+        start, top_start, bottom_start = _pair_starts(v0, n)
+        basis, restarts = WARM_NCV if ncv is None else ncv, WARM_RESTARTS
+    basis = min(max(basis, 3), n)
     try:
-        values = eigsh(op, k=2, which="BE", tol=tol, maxiter=PAIR_RESTARTS, v0=v0, ncv=PAIR_NCV,
-                       return_eigenvectors=False)
-        return float(values.max()), float(values.min()), count[0]
+        values, vectors = eigsh(op, k=2, which="BE", tol=tol, maxiter=restarts, v0=start, ncv=basis)
     except ArpackNoConvergence:
-        top = extreme_eigenpairs(matvec, n, 1, "LA", tol, maxiter, seed)
-        bottom = extreme_eigenpairs(matvec, n, 1, "SA", tol, maxiter, seed)
-        return float(top.values[0]), float(bottom.values[0]), count[0] + top.products + bottom.products
+        top = extreme_eigenpairs(matvec, n, 1, "LA", tol, maxiter, seed, top_start)
+        bottom = extreme_eigenpairs(matvec, n, 1, "SA", tol, maxiter, seed, bottom_start)
+        return Pair(float(top.values[0]), float(bottom.values[0]), count[0] + top.products + bottom.products,
+                    np.stack([top.vectors[:, 0], bottom.vectors[:, 0]], axis=1))
+    hi, lo = int(np.argmax(values)), int(np.argmin(values))
+    return Pair(float(values[hi]), float(values[lo]), count[0], _fix_sign(vectors[:, [hi, lo]]))
 
 
 @dataclass

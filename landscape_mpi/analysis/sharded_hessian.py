@@ -32,7 +32,7 @@ from torch import nn
 
 from landscape_mpi.analysis.hessian import ParamSpace
 from landscape_mpi.config.errors import UserError
-from landscape_mpi.data.items import EvalSet
+from landscape_mpi.data.items import EvalSet, map_inputs
 from landscape_mpi.engine.group import local_rows, member_rows, shard_units
 from landscape_mpi.tasks import Task, as_task
 
@@ -47,7 +47,9 @@ class ShardedHessianOperator:
     `analysis.hessian.HessianOperator` that `drive` and the Krylov tasks use."""
 
     def __init__(self, model: nn.Module, data: Sequence[EvalSet], loss: str | Task, batch_size: int, comm,
-                 device: torch.device) -> None:
+                 device: torch.device, dtype: torch.dtype | None = None) -> None:
+        """`dtype`: the model and the real-valued inputs and labels cast to it (float64 for the eigenvalue maps of
+        a float32 model: the finite difference needs it); None keeps the model's."""
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import fully_shard
 
@@ -66,7 +68,8 @@ class ShardedHessianOperator:
                          for a in range(0, len(s), batch_size))
         if self.count == 0:
             raise UserError(f"the evaluation set has nothing to predict for --task {self.task.name}")
-        self.model = copy.deepcopy(model).to(device).eval()
+        self.dtype = dtype
+        self.model = copy.deepcopy(model).to(device=device, dtype=dtype).eval()
         mesh = init_device_mesh(device.type, (self.size,))
         self.units = shard_units(self.model)
         for module in self.units:
@@ -100,7 +103,13 @@ class ShardedHessianOperator:
                 stop = min(start + self.batch_size, len(s))
                 lo, hi = member_rows(start, stop, self.rank, self.size)
                 x, y = s.rows(start, start + 1) if lo == hi else s.rows(lo, hi)
+                if self.dtype is not None:
+                    x = map_inputs(x, self._cast)
+                    y = self._cast(y) if y is not None else None
                 yield x, y, lo < hi
+
+    def _cast(self, t: torch.Tensor) -> torch.Tensor:
+        return t.to(self.dtype) if t.is_floating_point() else t
 
     def _gradient(self) -> np.ndarray:
         """This rank's rows of the gradient of the loss SUM over every sample (float64, parameter order)."""
@@ -153,6 +162,12 @@ class ShardedHessianOperator:
                 offsets[r] += size
             pieces.append(np.concatenate(rows, axis=0).ravel() if rows[0].ndim else rows[0].ravel())
         return np.concatenate(pieces)
+
+    def point_setter(self, directions: Sequence[dict[str, torch.Tensor]]):
+        """Sets theta* + sum c_i d_i on this rank's shards of the operator's model (`engine.group.ShardSetter`)."""
+        from landscape_mpi.engine.group import ShardSetter
+
+        return ShardSetter(self.model, directions, self.rank, self.size)
 
     # ------------------------------------------------------------------- HessianOperator's interface
     def product(self, v: np.ndarray) -> np.ndarray:

@@ -366,9 +366,6 @@ def check_groups(config: SurfaceConfig, options: RunOptions) -> None:
     if options.ranks_per_point == 1:
         return
     flag = f"--ranks-per-point {options.ranks_per_point}"
-    if config.eig:
-        raise UserError(f"{flag}: --metrics loss,eig is computed by one rank per point; drop --ranks-per-point "
-                        f"for the eigenvalue maps, or drop eig")
     if config.bn == "recalibrate":
         raise UserError(f"{flag}: --bn recalibrate is done by one rank per point; drop --ranks-per-point or use "
                         f"--bn eval")

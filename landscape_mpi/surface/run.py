@@ -34,8 +34,8 @@ from landscape_mpi.runtime.faults import BatchHooks
 from landscape_mpi.directions.base import PointSetter, space_keys
 from landscape_mpi.config.errors import EXIT_COMPLETE, EXIT_RESUMABLE, UserError
 from landscape_mpi.surface.inputs import Inputs, load_inputs, read_inputs
-from landscape_mpi.runtime.groups import (Followers, RankGroup, check_layout, follow, init_process_group,
-                                          make_groups)
+from landscape_mpi.runtime.groups import (Followers, RankGroup, check_layout, close_process_group, follow,
+                                          init_process_group, make_groups)
 from landscape_mpi.runtime.lifecycle import STOP, StopRequested, agree
 from landscape_mpi.surface.prepare import Prepared, finish_overwrite, prepare_file
 from landscape_mpi.runtime.progress import Progress
@@ -78,6 +78,9 @@ def run_surface(config: SurfaceConfig, options: RunOptions, ctx: RunContext | No
     try:
         return _run_locked(config, options, ctx)
     finally:
+        # a group's torch.distributed process group is torn down before the interpreter exits: gloo's worker
+        # threads must not outlive it (they abort the process at exit otherwise)
+        close_process_group()
         if lock is not None:
             lock.release()
 
@@ -130,6 +133,11 @@ def _run_locked(config: SurfaceConfig, options: RunOptions, ctx: RunContext) -> 
         return GridEvaluator(config, options, inputs, stored.get(), ctx, ctx.faults.batch_hooks(), group)
 
     evaluator = agree(comm, engine_step, ctx.rank)  # make_engine logs the engine it chose
+    if group is not None and options.group_mode == "shard":
+        # the engine holds this rank's shards: let go of the whole model and directions read for the set-up
+        inputs.model, read, stored = None, None, None
+        if opened is not None:
+            opened.inputs = None
     if config.eig:
         log(ctx, "eig_max and eig_min at every point (ARPACK on Hessian-vector products, one point per call)")
 
@@ -248,7 +256,8 @@ class GridEvaluator:
             self.group_size = 1
         self.eig = None
         if config.eig:
-            self.eig = CurvatureAtPoint(config, inputs, directions, ctx.device, options.batch_size)
+            self.eig = CurvatureAtPoint(config, inputs, directions, ctx.device, options.batch_size, group,
+                                        options.group_mode)
 
     def _batch(self, fraction: float) -> None:
         self.hooks.on_batch()
@@ -274,25 +283,44 @@ class GridEvaluator:
 
 class CurvatureAtPoint:
     """lambda_max, lambda_min and the Hessian-vector products spent, at theta* + sum c_i d_i, on the training
-    split (the first split if train is not evaluated), BatchNorm in eval mode."""
+    split (the first split if train is not evaluated), BatchNorm in eval mode.
+
+    In a group of ranks (collective over the group: every member calls it for the same point): `data` mode
+    divides the split among the members (exact products, `analysis.hessian`); `shard` mode shards a float64
+    copy of the model like the evaluation (products by finite differences, `analysis.sharded_hessian`)."""
 
     def __init__(self, config: SurfaceConfig, inputs: Inputs, directions, device: torch.device,
-                 batch_size: int | None) -> None:
-        self.model = copy.deepcopy(inputs.model).to(device).eval()
-        if not any(p.requires_grad for p in self.model.parameters()):
+                 batch_size: int | None, group: RankGroup | None = None, mode: str = "shard") -> None:
+        if not any(p.requires_grad for p in inputs.model.parameters()):
             raise UserError(f"--metrics eig: --model {config.model} has no trainable parameter, so no Hessian")
-        self.setter = PointSetter(self.model, [{k: v.to(device) for k, v in d.items()} for d in directions])
         split = next((d for d in inputs.data if d.name == "train"), inputs.data[0])
-        self.data = split.to(device)
         self.loss = inputs.task
         self.tol = config.eig_tol
         self.batch_size = batch_size
+        self.comm = group.comm if group is not None else None
+        self.op = None
+        if group is not None and mode == "shard":
+            from landscape_mpi.analysis.hessian import DEFAULT_BATCH_SIZE
+            from landscape_mpi.analysis.sharded_hessian import ShardedHessianOperator
+
+            self.op = ShardedHessianOperator(inputs.model, [split.to(device)], inputs.task,
+                                             batch_size or DEFAULT_BATCH_SIZE, group.comm, device, torch.float64)
+            self.setter = self.op.point_setter(directions)
+            return
+        self.model = copy.deepcopy(inputs.model).to(device).eval()
+        self.setter = PointSetter(self.model, [{k: v.to(device) for k, v in d.items()} for d in directions])
+        self.data = split.to(device)
 
     def __call__(self, point: np.ndarray) -> tuple[float, float, float]:
-        from landscape_mpi.analysis.hessian import eig_extremes
+        from landscape_mpi.analysis.hessian import eig_extremes, operator_extremes
 
         self.setter.set([float(c) for c in point])
+        if self.op is not None:
+            top, bottom, products = operator_extremes(self.op, tol=self.tol, maxiter=EIG_MAXITER)
+            return float(top), float(bottom), float(products)
         kwargs = {"batch_size": self.batch_size} if self.batch_size else {}
+        if self.comm is not None:
+            kwargs["comm"] = self.comm
         top, bottom, products = eig_extremes(self.model, self.data, self.loss, tol=self.tol, maxiter=EIG_MAXITER,
                                              **kwargs)
         return float(top), float(bottom), float(products)
