@@ -4,8 +4,11 @@ Smooth activations (tanh) on purpose: finite differences of the loss along a dir
 function, which ReLU kinks would spoil. Deliberately not part of the package: tests put this folder on PYTHONPATH.
 """
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.func import functional_call
 from torch.utils.data import TensorDataset
 
 FEATURES, CLASSES = 8, 4
@@ -65,3 +68,39 @@ def make_zero_label_data(split):
     x, _ = make_data(split).tensors
     scale = torch.linspace(0.5, 1.5, FEATURES)
     return TensorDataset(x * scale, torch.zeros(len(x), dtype=torch.int64))
+
+
+# ------------------------------------------------------------------------- oracles of the Hessian tests
+def part_trained_model() -> nn.Module:
+    """`make_model` after 40 full-batch SGD steps on the train split (a saddle-like point: eigenvalues of both
+    signs), BatchNorm statistics updated; left in train mode."""
+    x, y = make_data("train").tensors
+    torch.manual_seed(0)
+    model = make_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for _ in range(40):
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    return model
+
+
+def exact_hessian(model: nn.Module, data, loss: str = "ce") -> np.ndarray:
+    """Hessian of the mean loss over all samples of `data` (an EvalSet: inputs, labels) w.r.t. the trainable
+    parameters: torch.autograd.functional.hessian over the flat parameter vector, float64, one batch, eval mode."""
+    model = model.double().eval()
+    named = [(k, p) for k, p in model.named_parameters() if p.requires_grad]
+    flat0 = torch.cat([p.detach().reshape(-1) for _, p in named])
+    x = data.inputs.double()
+
+    def mean_loss(flat: torch.Tensor) -> torch.Tensor:
+        params, i = {}, 0
+        for k, p in named:
+            params[k] = flat[i:i + p.numel()].reshape(p.shape)
+            i += p.numel()
+        logits = functional_call(model, params, (x,))
+        if loss == "ce":
+            return F.cross_entropy(logits, data.labels)
+        return ((torch.softmax(logits, 1) - F.one_hot(data.labels, logits.shape[1]).double()) ** 2).mean()
+
+    return torch.autograd.functional.hessian(mean_loss, flat0, vectorize=True).numpy()

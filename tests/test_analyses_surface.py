@@ -25,14 +25,7 @@ TOY = ["--model", "hessian_toys:make_model", "--dataset", "hessian_toys:make_dat
 @pytest.fixture(scope="module")
 def toy_ckpt(tmp_path_factory) -> str:
     """The Hessian toy, part-trained: eigenvalues of both signs."""
-    x, y = toys.make_data("train").tensors
-    torch.manual_seed(0)
-    model = toys.make_model()
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    for _ in range(40):
-        opt.zero_grad()
-        F.cross_entropy(model(x), y).backward()
-        opt.step()
+    model = toys.part_trained_model()
     path = tmp_path_factory.mktemp("toy") / "toy.pt"
     torch.save(model.state_dict(), path)
     return str(path)

@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.func import functional_call
 
 import hessian_toys as toys
+from hessian_toys import exact_hessian
 from conftest import ROOT, cli, env, mpiexec, run
 from landscape_mpi.analysis import hessian as hs
 from landscape_mpi.analysis import krylov
@@ -44,24 +44,6 @@ def toy_set(factory=toys.make_data, split="train", dtype=torch.float64) -> EvalS
     return EvalSet(split, x.to(dtype), y)
 
 
-def exact_hessian(model: torch.nn.Module, data: EvalSet, loss: str = "ce") -> np.ndarray:
-    """Hessian of the mean loss over all samples w.r.t. the trainable parameters, float64, one batch, eval mode."""
-    model = model.double().eval()
-    named = [(k, p) for k, p in model.named_parameters() if p.requires_grad]
-    flat0 = torch.cat([p.detach().reshape(-1) for _, p in named])
-    x = data.inputs.double()
-
-    def mean_loss(flat: torch.Tensor) -> torch.Tensor:
-        params, i = {}, 0
-        for k, p in named:
-            params[k] = flat[i:i + p.numel()].reshape(p.shape)
-            i += p.numel()
-        logits = functional_call(model, params, (x,))
-        if loss == "ce":
-            return F.cross_entropy(logits, data.labels)
-        return ((torch.softmax(logits, 1) - F.one_hot(data.labels, logits.shape[1]).double()) ** 2).mean()
-
-    return torch.autograd.functional.hessian(mean_loss, flat0, vectorize=True).numpy()
 
 
 @functools.lru_cache(maxsize=None)

@@ -13,11 +13,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call
 
 import hessian_toys as toys
+from hessian_toys import exact_hessian
 from landscape_mpi.analysis import hessian as hs
 from landscape_mpi.analysis import krylov
 from landscape_mpi.data.datasets import EvalSet
@@ -38,36 +37,10 @@ def toy_set(dtype=torch.float64) -> EvalSet:
 
 
 def trained_toy(dtype=torch.float64) -> nn.Module:
-    """40 full-batch SGD steps (a saddle-like point: eigenvalues of both signs), BatchNorm statistics updated."""
-    x, y = toys.make_data("train").tensors
-    torch.manual_seed(0)
-    model = toys.make_model()
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    for _ in range(40):
-        opt.zero_grad()
-        F.cross_entropy(model(x), y).backward()
-        opt.step()
-    return model.to(dtype).eval()
+    """The part-trained toy (hessian_toys.part_trained_model: eigenvalues of both signs), in `dtype`, eval mode."""
+    return toys.part_trained_model().to(dtype).eval()
 
 
-def exact_hessian(model: nn.Module, data: EvalSet, loss: str = "ce") -> np.ndarray:
-    """Hessian of the mean loss w.r.t. the trainable parameters: one float64 batch, eval mode."""
-    model = model.double().eval()
-    named = [(k, p) for k, p in model.named_parameters() if p.requires_grad]
-    flat0 = torch.cat([p.detach().reshape(-1) for _, p in named])
-    x = data.inputs.double()
-
-    def mean_loss(flat: torch.Tensor) -> torch.Tensor:
-        params, i = {}, 0
-        for k, p in named:
-            params[k] = flat[i:i + p.numel()].reshape(p.shape)
-            i += p.numel()
-        logits = functional_call(model, params, (x,))
-        if loss == "ce":
-            return F.cross_entropy(logits, data.labels)
-        return ((torch.softmax(logits, 1) - F.one_hot(data.labels, logits.shape[1]).double()) ** 2).mean()
-
-    return torch.autograd.functional.hessian(mean_loss, flat0, vectorize=True).numpy()
 
 
 def rel(a: np.ndarray, b: np.ndarray) -> float:
