@@ -33,7 +33,7 @@ from torch import nn
 from landscape_mpi.analysis.hessian import ParamSpace
 from landscape_mpi.config.errors import UserError
 from landscape_mpi.data.items import EvalSet, map_inputs
-from landscape_mpi.engine.group import local_rows, member_rows, shard_units
+from landscape_mpi.engine.group import local_rows, member_batches, reshard, shard_units
 from landscape_mpi.tasks import Task, as_task
 
 #: eps * ||v|| of the central difference (float64 weights).
@@ -96,17 +96,14 @@ class ShardedHessianOperator:
                 for a in self.space.split(v).values()]
 
     def _batches(self):
-        """(inputs, labels, real) of this rank's rows of every batch of every split: `real` False for a
-        stand-in row where this rank's share of a short batch is empty (the forward is a collective)."""
+        """(inputs, labels, real) of this rank's rows of every batch of every split (`engine.group.member_batches`),
+        real-valued tensors cast to `dtype`."""
         for s in self.data:
-            for start in range(0, len(s), self.batch_size):
-                stop = min(start + self.batch_size, len(s))
-                lo, hi = member_rows(start, stop, self.rank, self.size)
-                x, y = s.rows(start, start + 1) if lo == hi else s.rows(lo, hi)
+            for x, y, real in member_batches(s, self.batch_size, self.rank, self.size):
                 if self.dtype is not None:
                     x = map_inputs(x, self._cast)
                     y = self._cast(y) if y is not None else None
-                yield x, y, lo < hi
+                yield x, y, real
 
     def _cast(self, t: torch.Tensor) -> torch.Tensor:
         return t.to(self.dtype) if t.is_floating_point() else t
@@ -120,8 +117,7 @@ class ShardedHessianOperator:
             with torch.enable_grad():
                 value = self.task.loss_sum(self.task.forward(self.model, x), x, y)
                 (value if real else value * 0.0).backward()
-        for module in [*self.units, self.model]:
-            module.reshard()
+        reshard(self.model)
         parts = [(p.grad.to_local() if p.grad is not None else torch.zeros_like(p.to_local())) for p in self.params]
         return np.concatenate([t.detach().double().cpu().numpy().ravel() for t in parts])
 
@@ -195,6 +191,5 @@ class ShardedHessianOperator:
             for x, y, real in self._batches():
                 value = float(self.task.loss_sum(self.task.forward(self.model, x), x, y).double())
                 total += value if real else 0.0
-        for module in [*self.units, self.model]:
-            module.reshard()
+        reshard(self.model)
         return float(self.comm.allreduce(total)) / self.count

@@ -114,6 +114,27 @@ def member_rows(start: int, stop: int, rank: int, size: int) -> tuple[int, int]:
     return start + n * rank // size, start + n * (rank + 1) // size
 
 
+def member_batches(split: EvalSet, batch_size: int, rank: int, size: int):
+    """(inputs, labels, real) of this member's rows of every batch of `split` (the batches of a one-rank run):
+    every member gets as many as the others. `real` is False for a stand-in row (the batch's first) where this
+    member's share of a short batch is empty: a sharded forward is a collective, so it runs anyway."""
+    n = len(split)
+    for start in range(0, n, batch_size):
+        lo, hi = member_rows(start, min(start + batch_size, n), rank, size)
+        x, y = split.rows(start, start + 1) if lo == hi else split.rows(lo, hi)
+        yield x, y, lo < hi
+
+
+def reshard(model: nn.Module) -> None:
+    """Free every unsharded parameter FSDP2 keeps after a forward (the root unit's, by its heuristic for
+    training; a backward's), so that the next forward gathers the shards as they are now."""
+    from torch.distributed.fsdp import FSDPModule
+
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.reshard()
+
+
 class GroupEngine(Engine):
     """Per point, the group together: the weights set (sharded or whole), each batch divided among the
     members, the task's sums added over the group."""
@@ -163,17 +184,6 @@ class GroupEngine(Engine):
             self.setter = PointSetter(self.model, [{k: v.to(device) for k, v in d.items()} for d in directions])
         self.data = [task.to_device(s, device) for s in data]
 
-    def _reshard(self) -> None:
-        """Free every unsharded parameter FSDP2 keeps after a forward (the root unit's, by its heuristic for
-        training), so that the weights set on the shards are the ones the next forward gathers."""
-        if self.mode != "shard":
-            return
-        from torch.distributed.fsdp import FSDPModule
-
-        for module in self.model.modules():
-            if isinstance(module, FSDPModule):
-                module.reshard()
-
     def _probe(self, data: Sequence[EvalSet]) -> str:
         """One sharded forward on one sample, agreed by the group: '' if it runs on every member, else the
         first line of the error."""
@@ -212,18 +222,11 @@ class GroupEngine(Engine):
 
     def _split(self, split: EvalSet, done: int, total: int) -> tuple[list[float], int]:
         sums: dict = {}
-        n = len(split)
-        for start in range(0, n, self.batch_size):
-            stop = min(start + self.batch_size, n)
-            lo, hi = member_rows(start, stop, self.rank, self.size)
-            empty = lo == hi
-            if empty and self.mode == "data":
-                pass  # nothing to compute, and the forward is no collective
-            else:
-                x, y = split.rows(start, start + 1) if empty else split.rows(lo, hi)
+        for x, y, real in member_batches(split, self.batch_size, self.rank, self.size):
+            if real or self.mode == "shard":  # data mode: an empty share needs no forward (no collective in it)
                 with torch.no_grad(), autocast(self.precision, self.device):  # no inference_mode: FSDP2 all-gathers
                     out = self.task.forward(self.model, x)
-                    if not empty:
+                    if real:
                         add_sums(sums, self.task.batch_sums(out, x, y))
             done += 1
             self._agree_on_stop(done / total)
@@ -243,7 +246,8 @@ class GroupEngine(Engine):
         total = sum(-(-len(s) // self.batch_size) for s in self.data) * c.shape[0]
         done = 0
         for i, point in enumerate(c):
-            self._reshard()  # the next forward gathers the shards set here, not a copy left from the last one
+            if self.mode == "shard":
+                reshard(self.model)  # the next forward gathers the shards set here, not a copy left from the last one
             self.setter.set([float(v) for v in point])
             for j, split in enumerate(self.data):
                 out[i, m * j:m * j + m], done = self._split(split, done, total)
