@@ -30,7 +30,7 @@ if [ "$NO_ROOT" != 1 ]; then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends \
     openmpi-bin libopenmpi-dev libhdf5-openmpi-dev pkg-config \
-    slurm-wlm munge procps >/dev/null
+    slurm-wlm munge procps chromium >/dev/null
 fi
 
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"

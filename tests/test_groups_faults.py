@@ -14,7 +14,8 @@ import time
 
 import pytest
 
-from conftest import ROOT, Job, cli, kill_job, mpi_flavor, mpiexec, processes_with, rank_pids, run, wait_for_points, wait_until
+from conftest import (ROOT, Job, cli, kill_job, mpi_flavor, mpiexec, processes_with, rank_pids, run, wait_for_files,
+                      wait_for_points, wait_until)
 from group_helpers import LM_ARGS, assert_equal_to_reference, contents, gpt_ckpt, lm_reference  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.timeout(900)
@@ -91,3 +92,33 @@ def test_sigkill_of_one_group_member_ends_every_rank_naming_it(tmp_path, gpt_ckp
     assert job.proc.returncode not in (0, 2, 75), job.stderr[-3000:]
     named = {"openmpi": "rank 3 with PID", "mpich": "RANK 3 PID"}[mpi_flavor()]
     assert named in job.stderr, job.stderr[-3000:]
+
+
+@pytest.mark.parametrize("signalled", ["every rank", "one follower"])
+def test_sigterm_inside_a_point_stops_every_group_resumable(tmp_path, gpt_ckpt, lm_reference, signalled):
+    """SIGTERM while the first group is inside a point (its two ranks held after their 2nd batch; the second
+    group wherever it is): the groups agree on the stop at a batch boundary, every rank exits 75, and the file
+    resumes to the uninterrupted run's values. A signal to the follower alone (world rank 1) stops the job the
+    same way: the follower's flag reaches its leader through the group's per-batch agreement."""
+    out, gate = tmp_path / "term.h5", tmp_path / "gate"
+    with Job(mpiexec(4) + cli("surface", *LM_ARGS, "--checkpoint", gpt_ckpt, "--out", str(out),
+                              "--ranks-per-point", "2", "--flush-seconds", "0.05", "--chunk-size", "1",
+                              "--group-timeout", "120"),
+             LANDSCAPE_MPI_TEST_GATE=f"batch:2:{gate}") as job:
+        # only the first group is waited for: the coordinator (rank 0) holds at the gate, so it may not yet have
+        # handed the second group a point
+        wait_for_files([f"{gate}.reached.0", f"{gate}.reached.1"])
+        pids = {world_rank_of(p): p for p in rank_pids(job.proc.pid)}
+        assert sorted(pids) == [0, 1, 2, 3], pids
+        targets = [0, 1, 2, 3] if signalled == "every rank" else [1]
+        for r in targets:
+            os.kill(pids[r], signal.SIGTERM)
+        for r in targets:  # the handlers ran: the signal reached each process (an event, not a time window)
+            job.wait_for_line(rf"rank {r} caught SIGTERM")
+        gate.touch()
+        assert job.wait(300) == 75, job.stderr[-3000:]
+    assert "Rerun the same command to resume" in job.stderr
+    got, _ = contents(out)
+    assert not got["done"].all(), got["done"]  # stopped inside the grid, not after it
+    run(cli("surface", *LM_ARGS, "--checkpoint", gpt_ckpt, "--out", str(out)))  # resumed by one process
+    assert_equal_to_reference(out, lm_reference)
