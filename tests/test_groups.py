@@ -31,6 +31,8 @@ def test_groups_of_two_equal_one_process_on_the_language_model(tmp_path, gpt_ckp
     assert f"engine group-{mode}" in p.stderr, p.stderr
     if mode == "shard":
         assert "FSDP2 over 2 ranks, 2 unit(s) + the root;" in p.stderr, p.stderr
+        # no rank built the whole model: theta* mapped, directions streamed (tests/test_groups_setup.py)
+        assert "each rank builds only its shards" in p.stderr, p.stderr
     if io == "collective":  # the two leaders wrote, together
         assert "collective write phases per rank:" in p.stderr, p.stderr
     assert_equal_to_reference(out, lm_reference)

@@ -92,15 +92,36 @@ def random_direction(state: dict[str, torch.Tensor], keys: Sequence[str], genera
     whose filters are not along dim 0 (`filter_dims`; only ``norm='filter'`` reads it).
     """
     dims = dims or {}
-    out: Direction = {}
-    for k in keys:
-        w = state[k]
-        if w.dim() <= 1:
-            out[k] = torch.zeros_like(w) if ignore == "biasbn" else w.detach().clone()
-            continue
-        d = torch.randn(w.shape, generator=generator, dtype=torch.float32).to(w.dtype)
-        out[k] = normalize(d, w.detach().cpu(), norm, dims.get(k, 0))
-    return out
+    return {k: random_tensor(state[k], generator, norm, ignore, dims.get(k, 0)) for k in keys}
+
+
+class StreamedDirection(Mapping):
+    """A direction made tensor by tensor as it is read, and dropped after: what a file step writes when no rank
+    holds the whole model (`directions.sources.stream_directions`). Read it once, in key order (`items()`, as
+    `files.store.create_surface_file` does): a random direction draws from the generator it shares with the
+    other axes in that order, which is the order `random_direction` draws in, so the bits are the same."""
+
+    def __init__(self, keys: Sequence[str], make) -> None:
+        self._keys, self._make = list(keys), make
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        if key not in self._keys:
+            raise KeyError(key)
+        return self._make(key)
+
+    def __iter__(self):
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+
+def random_tensor(w: torch.Tensor, generator: torch.Generator, norm: str, ignore: str, dim: int = 0) -> torch.Tensor:
+    """One tensor of `random_direction` (the same draw, the same bits)."""
+    if w.dim() <= 1:
+        return torch.zeros_like(w) if ignore == "biasbn" else w.detach().clone()
+    d = torch.randn(w.shape, generator=generator, dtype=torch.float32).to(w.dtype)
+    return normalize(d, w.detach().cpu(), norm, dim)
 
 
 def target_direction(state: dict[str, torch.Tensor], target: dict[str, torch.Tensor], keys: Sequence[str],

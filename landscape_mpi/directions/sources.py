@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from landscape_mpi.config.errors import UserError
-from landscape_mpi.directions.base import (Direction, check_running_var, filter_dims, random_direction,
-                                           space_keys, target_direction)
+from landscape_mpi.directions.base import (Direction, StreamedDirection, check_running_var, filter_dims,
+                                           random_direction, random_tensor, space_keys, target_direction)
 from landscape_mpi.directions.hessian import hessian_directions
 from landscape_mpi.directions.pca import pca_from_files
 from landscape_mpi.directions.reference import read_reference_directions
@@ -78,6 +78,42 @@ def build_directions(config, model: nn.Module, checkpoint_path: str | None = Non
     corners = list(itertools.product(*[(a.start, a.stop) for a in config.axes.values()]))
     check_running_var(state, list(out.values()), corners)
     return out, trajectory, attrs
+
+
+#: The direction sources `stream_directions` makes tensor by tensor (the others need the whole model at once).
+STREAMED_SOURCES = ("random",)
+
+
+def stream_directions(config, model: nn.Module, state) -> dict[str, StreamedDirection]:
+    """`build_directions` for a rank that does not hold the model (`model`'s parameters on the meta device,
+    `state`: theta*'s tensors, memory-mapped from the checkpoint): each axis a `StreamedDirection` that makes a
+    tensor when the file step writes it, so one tensor exists at a time. Random directions (and --x-target /
+    --y-target ones, theta_target - theta*, also memory-mapped), over the trainable weights; the same bits as
+    `build_directions` (the same draws in the same order). `config.directions` must be in STREAMED_SOURCES."""
+    from landscape_mpi.models import read_state_dict
+
+    keys = space_keys(model, "weights")
+    dims = filter_dims(model)
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict(keep_vars=True).items()}
+    generator = torch.Generator().manual_seed(config.seed)
+    out: dict[str, StreamedDirection] = {}
+    for axis in config.axes:
+        target = config.target(axis)
+        if axis == "y" and config.same_dir:
+            replay = torch.Generator().manual_seed(config.seed)  # x's draws again: the same direction
+            out[axis] = StreamedDirection(keys, lambda k, g=replay: random_tensor(state[k], g, config.norm,
+                                                                                 config.ignore, dims.get(k, 0)))
+        elif target is not None:
+            theirs = read_state_dict(target, f"--{axis}-target", mmap=True)
+            bad = [k for k in keys if k not in theirs or tuple(theirs[k].shape) != shapes[k]]
+            if bad:
+                raise UserError(f"--{axis}-target {target}: checkpoint does not match the model at "
+                                f"{', '.join(bad[:5])}; give a checkpoint of the same architecture")
+            out[axis] = StreamedDirection(keys, lambda k, t=theirs: (t[k].to(state[k].dtype) - state[k]).detach())
+        else:
+            out[axis] = StreamedDirection(keys, lambda k: random_tensor(state[k], generator, config.norm,
+                                                                        config.ignore, dims.get(k, 0)))
+    return out
 
 
 def _directions_from_file(config, model: nn.Module, keys: list[str]) -> list[Direction]:

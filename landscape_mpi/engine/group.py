@@ -21,7 +21,7 @@ so that no member is left inside a collective that the others have abandoned.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -66,7 +66,10 @@ class ShardSetter:
     """theta* + sum c_i d_i on the local shard of every sharded tensor (dim-0 rows, as FSDP2 cuts them) and on
     the whole of every replicated one (buffers), in place."""
 
-    def __init__(self, model: nn.Module, directions: Sequence[Direction], rank: int, size: int) -> None:
+    def __init__(self, model: nn.Module, directions: Sequence[Direction], rank: int, size: int,
+                 rows: bool = False) -> None:
+        """`rows`: `directions` hold this member's rows of each sharded tensor already (read so from the file),
+        not the whole tensors."""
         self.targets: list[tuple[torch.Tensor, torch.Tensor, list[torch.Tensor | None]]] = []
         for key, t in model.state_dict(keep_vars=True).items():
             local = t.to_local() if hasattr(t, "to_local") else t
@@ -76,11 +79,12 @@ class ShardSetter:
                 if full is None or not bool(full.any()):
                     ds.append(None)
                     continue
-                part = local_rows(full, rank, size) if hasattr(t, "to_local") else full
+                part = local_rows(full, rank, size) if hasattr(t, "to_local") and not rows else full
                 if tuple(part.shape) != tuple(local.shape):
                     raise RuntimeError(f"{key}: the direction's shard {tuple(part.shape)} does not match the "
                                        f"parameter's {tuple(local.shape)}")
-                ds.append(part.to(local.device, local.dtype).clone())
+                moved = part.to(local.device, local.dtype)
+                ds.append(moved if rows else moved.clone())  # rows: read for this setter alone
             if any(d is not None for d in ds):
                 self.targets.append((local, local.detach().clone(), ds))
 
@@ -97,6 +101,22 @@ class ShardSetter:
             for c, d in zip(coords, ds):
                 if d is not None and c != 0.0:
                     local.add_(d, alpha=float(c))
+
+
+@torch.no_grad()
+def fill_shards(model: nn.Module, theta: Mapping[str, torch.Tensor], device: torch.device) -> None:
+    """Allocate a meta-device model's shards on `device` (FSDP2's ``to_empty``) and copy this member's rows of
+    theta* (`theta`, memory-mapped: only these rows are read) into them; buffers keep the values the model was
+    built with, then take the checkpoint's where it has them (persistent ones)."""
+    buffers = {name: b.detach().clone() for name, b in model.named_buffers()}
+    model.to_empty(device=device)
+    for name, b in model.named_buffers():
+        b.copy_(theta[name] if name in theta else buffers[name])
+    for name, p in model.named_parameters():  # a tied parameter once, under its first name (as the checkpoint)
+        local = p.to_local() if hasattr(p, "to_local") else p
+        source = theta[name]
+        part = local_rows(source, dist.get_rank(), dist.get_world_size()) if hasattr(p, "to_local") else source
+        local.copy_(part)
 
 
 def local_rows(full: torch.Tensor, rank: int, size: int) -> torch.Tensor:
@@ -143,9 +163,14 @@ class GroupEngine(Engine):
 
     def __init__(self, model: nn.Module, directions: Sequence[Direction], data: Sequence[EvalSet], *, task: Task,
                  device: torch.device, precision: str, batch_size: int, mode: str, stop: type[BaseException],
-                 check_stop: Callable[[], None] | None = None) -> None:
+                 check_stop: Callable[[], None] | None = None, theta: Mapping[str, torch.Tensor] | None = None) -> None:
         """`stop`: the exception a stop raises from `on_batch` (or from `check_stop`, a follower's own signal
-        check); the group agrees on it at each batch boundary and every member raises it."""
+        check); the group agrees on it at each batch boundary and every member raises it.
+
+        `theta` (shard mode only): theta*'s tensors, memory-mapped; then `model` holds its parameters on the meta
+        device and `directions` only this member's rows (`local_rows`), and the whole model never exists on
+        this rank: FSDP2 shards the meta model, each member allocates its shards and copies its rows of theta*
+        into them."""
         if mode not in GROUP_MODES:
             raise UserError(f"--group-mode {mode}: choose {' or '.join(GROUP_MODES)}")
         self.rank, self.size = dist.get_rank(), dist.get_world_size()
@@ -155,7 +180,9 @@ class GroupEngine(Engine):
         self.n_axes = len(directions)
         self.name = f"group-{mode}"
         set_precision(precision, device)
-        self.model = copy.deepcopy(model).to(device).eval()
+        if theta is not None and mode != "shard":
+            raise ValueError("theta (a model on the meta device) needs --group-mode shard")
+        self.model = copy.deepcopy(model).eval() if theta is not None else copy.deepcopy(model).to(device).eval()
         if mode == "shard":
             from torch.distributed.device_mesh import init_device_mesh
             from torch.distributed.fsdp import fully_shard
@@ -169,6 +196,8 @@ class GroupEngine(Engine):
                 for module in self.units:
                     fully_shard(module, mesh=mesh)
                 fully_shard(self.model, mesh=mesh)
+                if theta is not None:
+                    fill_shards(self.model, theta, device)
                 problem = self._probe(data)
                 if not problem or attempt == "root":
                     break
@@ -176,9 +205,10 @@ class GroupEngine(Engine):
                 # forward) is still sharded there: shard the whole model as one unit instead
                 self.note = f"; one unit (per-block sharding failed: {problem})"
             if problem:
-                raise RuntimeError(f"--group-mode shard: the sharded forward fails ({problem}); use --group-mode data")
+                raise UserError(f"--group-mode shard: the sharded forward fails ({problem}); check that --model "
+                                f"fits --dataset, or use --group-mode data")
             del pristine
-            self.setter = ShardSetter(self.model, directions, self.rank, self.size)
+            self.setter = ShardSetter(self.model, directions, self.rank, self.size, rows=theta is not None)
         else:
             self.units = []
             self.setter = PointSetter(self.model, [{k: v.to(device) for k, v in d.items()} for d in directions])

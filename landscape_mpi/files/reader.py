@@ -180,6 +180,25 @@ class SurfaceFile:
         group = self.file[contract.DIRECTIONS]
         return [{k: g[k][()] for k in g} for g in (group[a] for a in axes)]
 
+    def direction_rows(self, axes: Sequence[str], rank: int, size: int) -> list[StoredDirection]:
+        """Rank `rank` of `size`'s rows (dim 0) of each stored direction, cut as ``torch.chunk(t, size)`` cuts
+        them (ceil(n / size) rows per rank, the last ones shorter or empty); a 0-dim tensor whole. Only these
+        rows are read: the shards of a model no rank holds whole (`engine.group`)."""
+        group = self.file[contract.DIRECTIONS]
+        out = []
+        for g in (group[a] for a in axes):
+            rows = {}
+            for k in g:
+                ds = g[k]
+                if not ds.shape:
+                    rows[k] = ds[()]
+                    continue
+                step = -(-ds.shape[0] // size)
+                lo, hi = min(rank * step, ds.shape[0]), min((rank + 1) * step, ds.shape[0])
+                rows[k] = ds[lo:hi]
+            out.append(rows)
+        return out
+
     def trajectory(self) -> dict | None:
         """/trajectory: every dataset (x, y, epochs, residual) and attribute (explained_variance, ...), or None."""
         if contract.TRAJECTORY not in self.file:
@@ -242,6 +261,12 @@ def read_run_inputs(path: str, axes: Sequence[str]) -> RunInputs:
     """`SurfaceFile.run_inputs` in one open (the directions and coordinates a run evaluates with)."""
     with open_surface(path) as s:
         return s.run_inputs(axes)
+
+
+def read_run_rows(path: str, axes: Sequence[str], rank: int, size: int) -> RunInputs:
+    """(this rank's rows of the directions (`SurfaceFile.direction_rows`), coordinates) in one open."""
+    with open_surface(path) as s:
+        return s.direction_rows(axes, rank, size), list(s.coords().values())
 
 
 def read_trajectory(path: str) -> dict | None:

@@ -13,9 +13,10 @@ are filled from the tensor they are tied to.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-import re
 import os
+import re
 from collections.abc import Callable
 from functools import partial
 
@@ -122,8 +123,13 @@ def _read_safetensors(path: str, option: str) -> dict[str, torch.Tensor]:
         raise UserError(f"{option} {path}: not a readable safetensors file ({first[:160]})") from None
 
 
-def read_state_dict(path: str, option: str = "--checkpoint") -> dict[str, torch.Tensor]:
-    """The state_dict stored in a checkpoint file or save_pretrained folder (tensors on the CPU)."""
+def read_state_dict(path: str, option: str = "--checkpoint", mmap: bool = False) -> dict[str, torch.Tensor]:
+    """The state_dict stored in a checkpoint file or save_pretrained folder (tensors on the CPU).
+
+    `mmap`: the tensors are mapped from the file, not read: a tensor's bytes come from disk (or the page cache,
+    shared by a node's ranks) only where they are used, so a rank that keeps a slice of each tensor never holds
+    the whole model (safetensors maps its files this way anyway; a torch file needs torch's zip format, the
+    default of ``torch.save`` since 1.6)."""
     file = weight_file(path, option)
     if file.endswith(".safetensors"):
         obj = _read_safetensors(file, option)
@@ -131,7 +137,7 @@ def read_state_dict(path: str, option: str = "--checkpoint") -> dict[str, torch.
             raise UserError(f"{option} {path}: holds no tensors")
         return obj
     try:
-        obj = torch.load(file, map_location="cpu", weights_only=True)
+        obj = torch.load(file, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as exc:  # torch raises many types for a damaged or foreign file
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"{option} {path}: not a readable PyTorch checkpoint ({first[:160]}); "
@@ -169,8 +175,17 @@ def tied_keys(model: nn.Module) -> dict[str, str]:
 def load_checkpoint(model: nn.Module, path: str, option: str = "--checkpoint") -> None:
     """Load a checkpoint into `model`, naming missing, unexpected and mis-shaped keys if it does not fit."""
     state = read_state_dict(path, option)
+    check_fits(model, state, tied_keys(model), path, option)
+    model.load_state_dict(state)
+
+
+def check_fits(model: nn.Module, state: dict[str, torch.Tensor], tied: dict[str, str], path: str,
+               option: str = "--checkpoint") -> None:
+    """Raise UserError naming missing, unexpected and mis-shaped keys if `state` does not fit `model` (shapes
+    only: `model` may hold its parameters on the meta device); fills the keys of tied tensors (`tied`) that the
+    checkpoint saved once."""
     expected = model.state_dict()
-    for k, source in tied_keys(model).items():  # a tied tensor saved once (save_pretrained does that)
+    for k, source in tied.items():  # a tied tensor saved once (save_pretrained does that)
         if k not in state and source in state:
             state[k] = state[source]
     missing = [k for k in expected if k not in state]
@@ -185,4 +200,38 @@ def load_checkpoint(model: nn.Module, path: str, option: str = "--checkpoint") -
                 parts.append(f"{label}: {shown}")
         raise UserError(f"{option} {path} does not fit the model ({'; '.join(parts)}); "
                         f"check --model matches the architecture the checkpoint was trained with")
-    model.load_state_dict(state)
+
+
+@contextlib.contextmanager
+def parameters_on_meta():
+    """Modules built inside hold their parameters on the meta device (a shape, no memory) and their buffers for
+    real: a model larger than a rank's memory can be built and then sharded (`engine.group`), each rank filling
+    only its own rows. Each parameter is created as usual and moved to meta at once, so at most one layer's
+    parameters exist at a time. Buffers stay real because a module computes its non-persistent ones (a causal
+    mask, say) at construction and no checkpoint holds them."""
+    register = nn.Module.register_parameter
+
+    def on_meta(module: nn.Module, name: str, param) -> None:
+        register(module, name, param)
+        p = module._parameters.get(name)
+        if p is not None and p.device.type != "meta":
+            module._parameters[name] = nn.Parameter(p.detach().to("meta"), requires_grad=p.requires_grad)
+
+    nn.Module.register_parameter = on_meta
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter = register
+
+
+def tied_parameters(model: nn.Module) -> dict[str, str]:
+    """`tied_keys` for a model whose parameters are on the meta device (no storage to compare): a parameter
+    object reached under several names is tied."""
+    first: dict[int, str] = {}
+    out: dict[str, str] = {}
+    for k, v in model.state_dict(keep_vars=True).items():
+        if id(v) in first:
+            out[k] = first[id(v)]
+        else:
+            first[id(v)] = k
+    return out

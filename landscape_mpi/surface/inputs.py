@@ -7,7 +7,9 @@ with the digits data, say) is one line and exit 2 before any file exists, not a 
 
 from __future__ import annotations
 
+import copy
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -17,7 +19,8 @@ from torch import nn
 from landscape_mpi.config.surface import SurfaceConfig
 from landscape_mpi.data.datasets import EvalSet, load_eval_set
 from landscape_mpi.config.errors import UserError
-from landscape_mpi.models import build_model, load_checkpoint
+from landscape_mpi.models import (build_model, check_fits, load_checkpoint, parameters_on_meta, read_state_dict,
+                                  tied_parameters)
 from landscape_mpi.tasks import ClassifyTask, Task, make_task
 from landscape_mpi.tasks.base import describe
 
@@ -34,6 +37,26 @@ class Inputs:
     """split -> sha256 of its evaluation tensors (what a resume must find unchanged)."""
     task: Task = field(default_factory=ClassifyTask)
     """What a point evaluates (--task, with classify's --loss)."""
+    theta: Mapping[str, torch.Tensor] | None = None
+    """Set when no rank holds the whole model (`streams_shards`): theta*'s tensors memory-mapped from the
+    checkpoint, `model` with its parameters on the meta device (buffers real); each member keeps its rows."""
+
+
+def streams_shards(config: SurfaceConfig, options) -> str:
+    """'' when the run builds its shards without ever holding the whole model on a rank (--group-mode shard,
+    random or target directions over the weights, no eig metric); else why it builds the model whole on every
+    rank first (docs/mpi.md#groups-of-ranks-per-point)."""
+    from landscape_mpi.directions.sources import STREAMED_SOURCES
+
+    if options.ranks_per_point <= 1 or options.group_mode != "shard":
+        return "no sharded group"
+    if config.directions not in STREAMED_SOURCES:
+        return f"--directions {config.directions} is computed from the whole model"
+    if config.dir_space != "weights":
+        return f"--dir-space {config.dir_space}"
+    if config.eig:
+        return "--metrics eig (its sharded Hessian copies the model)"
+    return ""
 
 
 def data_fingerprint(data: EvalSet) -> str:
@@ -60,17 +83,22 @@ def data_fingerprint(data: EvalSet) -> str:
     return h.hexdigest()
 
 
-def check_fit(model: nn.Module, data: EvalSet, config: SurfaceConfig, task: Task | None = None) -> None:
-    """One forward on two samples: the task (`config.task`) must be able to read the output and the data."""
+def check_fit(model: nn.Module, data: EvalSet, config: SurfaceConfig, task: Task | None = None,
+              grad_mode=torch.inference_mode) -> None:
+    """One forward on two samples: the task (`config.task`) must be able to read the output and the data.
+    `grad_mode`: torch.no_grad for a sharded model (FSDP2's all-gathers need it; a collective of the group)."""
     task = task if task is not None else make_task(config.task, config.loss)
     x, y = data.rows(0, 2)
     shape = tuple(x.shape[1:]) if isinstance(x, torch.Tensor) else describe(x)
     where = f"--model {config.model} with --dataset {config.dataset} ({data.name} inputs {shape})"
+    on_meta = any(p.device.type == "meta" for p in model.parameters())
     try:
-        with torch.inference_mode():
-            out = task.forward(model, x)
+        with grad_mode():
+            out = task.forward(model, _to_meta(x) if on_meta else x)
     except Exception as exc:  # noqa: BLE001  (any failure of the user's forward is a mismatch to report)
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        if on_meta and "meta" in first.lower():
+            return  # a forward that needs values (not only shapes): the sharded forward checks it (engine.group)
         raise UserError(f"{where}: the forward fails ({first}); choose a model built for this dataset "
                         f"(landscape-mpi models lists each zoo model's dataset)") from None
     try:
@@ -82,14 +110,22 @@ def check_fit(model: nn.Module, data: EvalSet, config: SurfaceConfig, task: Task
         raise UserError(f"{where}{named}: {problem}")
 
 
-def read_inputs(config: SurfaceConfig, stream: bool = False) -> tuple[dict[str, torch.Tensor], list[EvalSet], EvalSet | None]:
+def _to_meta(x):
+    return x.to("meta") if isinstance(x, torch.Tensor) else {k: v.to("meta") for k, v in x.items()}
+
+
+def read_inputs(config: SurfaceConfig, stream: bool = False, sharded: bool = False
+                ) -> tuple[dict[str, torch.Tensor] | None, list[EvalSet], EvalSet | None]:
     """What comes from the file system: theta*'s state_dict (checked against the model), the evaluation
     splits and the BatchNorm recalibration samples. Done by one rank per node (`sharing`). `stream`
     (--stream-data): user splits are read in batches at every point; here only their length, subset and
-    fingerprint are read (one pass), which the node's other ranks receive."""
-    model = build_model(config.model)
-    load_checkpoint(model, config.checkpoint)
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    fingerprint are read (one pass), which the node's other ranks receive. `sharded` (`streams_shards`): no
+    state_dict (each rank maps the checkpoint itself in `load_inputs`)."""
+    state = None
+    if not sharded:
+        model = build_model(config.model)
+        load_checkpoint(model, config.checkpoint)
+        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     data = [load_eval_set(config.dataset, s, config.data_root, config.samples, config.seed, stream)
             for s in config.splits]
     bn_data = None
@@ -107,10 +143,20 @@ def load_inputs(config: SurfaceConfig, read: tuple | None = None) -> Inputs:
     None: read the files here.
     """
     state, data, bn_data = read if read is not None else read_inputs(config)
+    task = make_task(config.task, config.loss)
+    if state is None:  # streams_shards: the parameters on meta, theta* mapped; the fit is checked sharded
+        with parameters_on_meta():
+            model = build_model(config.model)
+        model.eval()
+        theta = read_state_dict(config.checkpoint, "--checkpoint", mmap=True)
+        check_fits(model, theta, tied_parameters(model), config.checkpoint)
+        shapes_only = copy.deepcopy(model).to("meta")  # the fit of model and data, from shapes alone
+        for d in data:
+            check_fit(shapes_only, d, config, task)
+        return Inputs(model, data, bn_data, {d.name: data_fingerprint(d) for d in data}, task, theta)
     model = build_model(config.model)
     model.load_state_dict(state)
     model.eval()
-    task = make_task(config.task, config.loss)
     for d in data:
         check_fit(model, d, config, task)
     if config.eig and not any(p.requires_grad for p in model.parameters()):

@@ -23,7 +23,7 @@ import numpy as np
 
 from landscape_mpi.files import reader, store
 from landscape_mpi.config.surface import RunOptions, SurfaceConfig, config_diff
-from landscape_mpi.directions.sources import build_directions
+from landscape_mpi.directions.sources import build_directions, stream_directions
 from landscape_mpi.config.errors import UserError
 from landscape_mpi.surface.inputs import Inputs
 from landscape_mpi.models import checkpoint_sha256
@@ -106,8 +106,9 @@ class Opened:
 
     done: np.ndarray
     """bool, grid-shaped: the points already computed."""
-    inputs: reader.RunInputs
-    """(directions, coordinates) as `reader.read_run_inputs` gives them."""
+    inputs: reader.RunInputs | None
+    """(directions, coordinates) as `reader.read_run_inputs` gives them (None where no rank holds the whole
+    model: each reads its rows)."""
 
 
 @dataclass
@@ -141,7 +142,9 @@ def prepare_file(config: SurfaceConfig, options: RunOptions, inputs: Inputs) -> 
             summary = f.summary(with_values=False, with_ranks=False)
             diff = identity_mismatch(summary, config, inputs)
             left = int((~summary.done).sum())
-            opened = Opened(summary.done, f.run_inputs(axes)) if not diff and left else None
+            opened = None
+            if not diff and left:  # a run that holds no whole model reads its rows later (inputs.theta)
+                opened = Opened(summary.done, f.run_inputs(axes) if inputs.theta is None else None)
         if not diff:
             return Prepared(path, f"resuming {path}: {summary.done.size - left}/{summary.done.size} points done",
                             left, opened)
@@ -149,14 +152,18 @@ def prepare_file(config: SurfaceConfig, options: RunOptions, inputs: Inputs) -> 
             raise UserError(f"--out {out} holds a surface of another configuration ({'; '.join(diff)}); rerun "
                             f"with the file's settings to resume, choose another --out, or add --overwrite")
         os.remove(path)  # a stale --overwrite work file of another command: not anyone's complete surface
-    directions, trajectory, attrs = build_directions(config, inputs.model, config.checkpoint)
+    if inputs.theta is None:
+        directions, trajectory, attrs = build_directions(config, inputs.model, config.checkpoint)
+    else:  # made and written tensor by tensor: no rank holds the whole model (surface.inputs.streams_shards)
+        directions, trajectory, attrs = stream_directions(config, inputs.model, inputs.theta), None, {}
     attrs = {"checkpoint": os.path.abspath(config.checkpoint), **attrs, **input_hashes(config),
              **{f"{split}_data_sha256": fp for split, fp in inputs.fingerprints.items()}}
     indices = {d.name: d.indices for d in inputs.data}
     store.create_surface_file(path, config, directions, attrs, indices, trajectory)
     total = int(np.prod(config.shape))
     verb = f"building the replacement of {out} in" if options.overwrite else "created"
-    opened = Opened(np.zeros(config.shape, dtype=bool), as_read_back(config, directions))
+    opened = Opened(np.zeros(config.shape, dtype=bool),
+                    as_read_back(config, directions) if inputs.theta is None else None)
     return Prepared(path, f"{verb} {path}: grid {'x'.join(map(str, config.shape))} = {total} points", total,
                     opened)
 

@@ -33,7 +33,7 @@ from landscape_mpi.runtime.context import RunContext, make_context
 from landscape_mpi.runtime.faults import BatchHooks
 from landscape_mpi.directions.base import PointSetter, space_keys
 from landscape_mpi.config.errors import EXIT_COMPLETE, EXIT_RESUMABLE, UserError
-from landscape_mpi.surface.inputs import Inputs, load_inputs, read_inputs
+from landscape_mpi.surface.inputs import Inputs, check_fit, load_inputs, read_inputs, streams_shards
 from landscape_mpi.runtime.groups import (Followers, RankGroup, check_layout, close_process_group, follow,
                                           init_process_group, make_groups)
 from landscape_mpi.runtime.lifecycle import STOP, StopRequested, agree
@@ -63,8 +63,9 @@ def run_surface(config: SurfaceConfig, options: RunOptions, ctx: RunContext | No
     if ctx.device.type == "cpu":
         from landscape_mpi.engine import tune_cpu_allocator
 
-        # malloc keeps activation buffers: no page faults per batch (docs/performance.md#the-evaluation-engine)
-        tune_cpu_allocator()
+        # malloc keeps activation buffers: no page faults per batch (docs/performance.md#the-evaluation-engine);
+        # not where a rank must hold no more than its shards of the model
+        tune_cpu_allocator(keep_freed=bool(streams_shards(config, options)))
     comm = ctx.comm
     if options.io == "collective":
         agree(comm, check_collective_io, ctx.rank)
@@ -100,7 +101,11 @@ def _run_locked(config: SurfaceConfig, options: RunOptions, ctx: RunContext) -> 
     # 3. pre-flight: nothing is written before every rank has its model and data and they fit. The node's
     #    first rank reads the files (a node collective, reached by every rank: nothing before it can fail);
     #    each rank then checks what it got inside the agree-or-fail step.
-    read = share_per_node(node, lambda: read_inputs(config, options.stream_data))
+    whole = streams_shards(config, options)  # '': no rank ever holds the whole model (--group-mode shard)
+    if group is not None and options.group_mode == "shard":
+        log(ctx, "each rank builds only its shards (theta* mapped from the checkpoint, directions written and "
+                 "read tensor by tensor)" if not whole else f"each rank builds the whole model first ({whole})")
+    read = share_per_node(node, lambda: read_inputs(config, options.stream_data, sharded=not whole))
 
     def preflight() -> Inputs:
         ctx.faults.reached("preflight")
@@ -125,17 +130,20 @@ def _run_locked(config: SurfaceConfig, options: RunOptions, ctx: RunContext) -> 
     # 5. directions and coordinates from the file (the source of truth on every rank and resume), engine. Rank 0
     #    has them from its file step (shared with its node); the first rank of every other node reads them.
     axes = list(config.axes)
-    stored = share_per_node(node, lambda: opened.inputs if opened is not None
-                            else reader.read_run_inputs(prepared.path, axes))
+    if inputs.theta is None:
+        stored = share_per_node(node, lambda: opened.inputs if opened is not None
+                                else reader.read_run_inputs(prepared.path, axes)).get
+    else:  # each member reads its own rows of each direction
+        stored = lambda: reader.read_run_rows(prepared.path, axes, group.rank, group.size)  # noqa: E731
 
     def engine_step() -> GridEvaluator:
         ctx.faults.reached("engine")
-        return GridEvaluator(config, options, inputs, stored.get(), ctx, ctx.faults.batch_hooks(), group)
+        return GridEvaluator(config, options, inputs, stored(), ctx, ctx.faults.batch_hooks(), group)
 
     evaluator = agree(comm, engine_step, ctx.rank)  # make_engine logs the engine it chose
     if group is not None and options.group_mode == "shard":
         # the engine holds this rank's shards: let go of the whole model and directions read for the set-up
-        inputs.model, read, stored = None, None, None
+        inputs.model, inputs.theta, read, stored = None, None, None, None
         if opened is not None:
             opened.inputs = None
     if config.eig:
@@ -239,11 +247,15 @@ class GridEvaluator:
             from landscape_mpi.engine import default_batch_size
             from landscape_mpi.engine.group import GroupEngine
 
-            self.engine = GroupEngine(inputs.model, directions, inputs.data, task=inputs.task, device=ctx.device,
+            self.engine = GroupEngine(inputs.model, directions, inputs.data, theta=inputs.theta,
+                                      task=inputs.task, device=ctx.device,
                                       precision=config.precision,
                                       batch_size=options.batch_size or default_batch_size(ctx.device),
                                       mode=options.group_mode, stop=StopRequested,
                                       check_stop=None if group.is_leader else STOP.check)
+            if inputs.theta is not None:  # the pre-flight's fit check, on the sharded model (a group collective)
+                for split in self.engine.data:  # on the device
+                    check_fit(self.engine.model, split, config, inputs.task, grad_mode=torch.no_grad)
             log(ctx, self.engine.describe())
         else:
             self.engine = make_engine(inputs.model, directions, inputs.data, loss=inputs.task, device=ctx.device,

@@ -1,0 +1,117 @@
+"""Sharded groups that never hold the whole model (--ranks-per-point G --group-mode shard; surface.inputs.
+streams_shards): the model built with its parameters on the meta device, theta* memory-mapped, directions made
+and written tensor by tensor by the file step and read back row by row by each member.
+
+Oracles: `build_directions` on the whole model (the plain path) for the streamed directions' bits; the peak
+resident memory of the unsharded run of the same command, and of the group run that still builds the whole
+model (`--dir-space states`, the negative control), for the memory; the one-rank pre-flight's message for a
+model that does not fit the data.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import shard_toys
+from conftest import ROOT, cli, mpiexec, one_line_error, run
+
+pytestmark = pytest.mark.timeout(900)
+
+SHARDS_LINE = "each rank builds only its shards"
+WHOLE_LINE = "each rank builds the whole model first"
+
+
+def _config(**kw):
+    from landscape_mpi.config.surface import Axis, SurfaceConfig
+
+    base = dict(model="gpt_tiny", dataset="text", task="lm", checkpoint="unused.pt", splits=("test",),
+                x=Axis.parse("-1:1:3", "x"), y=Axis.parse("-1:1:3", "y"))
+    return SurfaceConfig(**{**base, **kw})
+
+
+@pytest.mark.parametrize("extra", [{}, {"same_dir": True}, {"norm": "layer", "ignore": "none", "seed": 7}, "target"])
+def test_streamed_directions_have_the_bits_of_the_whole_model_ones(tmp_path, extra):
+    from landscape_mpi.directions.sources import build_directions, stream_directions
+    from landscape_mpi.models import build_model, parameters_on_meta, read_state_dict
+
+    torch.manual_seed(0)
+    whole = build_model("gpt_tiny")
+    ck = tmp_path / "gpt.pt"
+    torch.save(whole.state_dict(), ck)
+    if extra == "target":
+        other = tmp_path / "other.pt"
+        torch.manual_seed(1)
+        torch.save(build_model("gpt_tiny").state_dict(), other)
+        extra = {"y_target": str(other)}
+    config = _config(checkpoint=str(ck), **extra)
+    with parameters_on_meta():
+        meta = build_model("gpt_tiny")
+    assert {p.device.type for p in meta.parameters()} == {"meta"}  # nothing of the model was built for real
+    streamed = stream_directions(config, meta, read_state_dict(str(ck), mmap=True))
+    expected, _, _ = build_directions(config, whole, str(ck))
+    assert list(streamed) == list(expected)
+    for axis in expected:  # in the file step's order: x's tensors, then y's
+        got = dict(streamed[axis].items())
+        assert list(got) == list(expected[axis])
+        for k, v in expected[axis].items():
+            assert torch.equal(got[k], v), (axis, k)
+
+
+MAXRSS = ("import atexit, resource, runpy, sys; "
+          "atexit.register(lambda: print('MAXRSS_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "
+          "file=sys.stderr, flush=True)); sys.argv = ['landscape_mpi'] + sys.argv[1:]; "
+          "runpy.run_module('landscape_mpi', run_name='__main__')")
+
+
+def peaks_mb(p) -> list[float]:
+    return [int(line.split()[1]) / 1024 for line in p.stderr.splitlines() if line.startswith("MAXRSS_KB")]
+
+
+def test_no_rank_of_a_sharded_group_holds_the_whole_model(tmp_path):
+    """Peak resident memory per process (the kernel's count, not the program's): a 268 MB model, G = 2. The
+    unsharded run holds theta*, its copy and two directions (4 model sizes, and more while it sets up); each
+    member of a sharded group must stay more than two model sizes below it. The same group run with
+    --dir-space states still builds the whole model on every rank and does not (the check can fail)."""
+    torch.manual_seed(0)
+    ck = tmp_path / "big.pt"
+    torch.save(shard_toys.big_mlp().state_dict(), ck)
+    model_mb = shard_toys.parameter_bytes() / 2**20
+    base = ["surface", "--model", "shard_toys:big_mlp", "--dataset", "shard_toys:vectors", "--splits", "test",
+            "--x=-1:1:2", "--y=-1:1:2", "--batch-size", "8", "--threads", "1", "--checkpoint", str(ck)]
+    one = run([sys.executable, "-c", MAXRSS, *base, "--out", str(tmp_path / "one.h5")], timeout=600)
+    shards = run([*mpiexec(2), sys.executable, "-c", MAXRSS, *base, "--out", str(tmp_path / "g2.h5"),
+                  "--ranks-per-point", "2"], timeout=600)
+    whole = run([*mpiexec(2), sys.executable, "-c", MAXRSS, *base, "--out", str(tmp_path / "g2w.h5"),
+                 "--ranks-per-point", "2", "--dir-space", "states"], timeout=600)
+    assert SHARDS_LINE in shards.stderr and WHOLE_LINE in whole.stderr, (shards.stderr, whole.stderr)
+    (ref,), got, control = peaks_mb(one), peaks_mb(shards), peaks_mb(whole)
+    print(f"peak MB: one process {ref:.0f}; G=2 shards {got}; G=2 whole model {control}; model {model_mb:.0f}")
+    assert len(got) == 2 and len(control) == 2
+    assert all(ref - g > 2 * model_mb for g in got), (ref, got, model_mb)
+    assert not all(ref - g > 2 * model_mb for g in control), (ref, control, model_mb)
+    from group_helpers import contents
+
+    a, _ = contents(tmp_path / "one.h5")
+    b, _ = contents(tmp_path / "g2.h5")
+    np.testing.assert_allclose(b["test_loss"], a["test_loss"], rtol=1e-6)
+
+
+def test_a_model_that_does_not_fit_the_data_is_one_line_in_a_sharded_group(tmp_path):
+    """Without the whole model the pre-flight's forward runs on the meta device (shapes only): the same one line
+    as the one-rank pre-flight, before any file exists."""
+    torch.manual_seed(0)
+    ck = tmp_path / "big.pt"
+    torch.save(shard_toys.big_mlp().state_dict(), ck)
+    out = tmp_path / "no.h5"
+    p = run(mpiexec(2) + cli("surface", "--model", "shard_toys:big_mlp", "--dataset", "digits", "--samples", "16",
+                             "--x=-1:1:2", "--checkpoint", str(ck), "--out", str(out), "--ranks-per-point", "2"),
+            check_rc=None, timeout=600)
+    errors = [line for line in p.stderr.splitlines() if "landscape-mpi" in line and "error" in line]
+    assert p.returncode == 2 and errors and "Traceback" not in p.stderr, p.stderr[-3000:]
+    assert "--model shard_toys:big_mlp with --dataset digits" in errors[0], errors
+    assert "choose a model built for this dataset" in errors[0], errors
+    assert SHARDS_LINE in p.stderr and not out.exists()
