@@ -1,5 +1,6 @@
 #!/bin/bash
-# Submit the paper-scale findings: one job array per experiment (one task per training run), then the report
+# Submit the paper-scale findings: one job array per experiment (one task per training run; the batch experiment's
+# small-batch net and its large-batch partners share one), then the report
 # job once every array has succeeded.
 #
 #   DATA_ROOT=~/data OUT_DIR=findings-paper bash jobs/submit_experiments.sh [skip batch width trajectory]

@@ -138,7 +138,9 @@ def test_spearman_against_scipy():
 # ------------------------------------------------------------------------------------------ definitions
 def test_definitions():
     for exp in experiments("all", "tiny"):
-        assert all(r.config["epochs"] == 1 for r in exp.runs)
+        # one epoch, but the equal-steps large-batch nets (epochs x the batch ratio 8)
+        assert {r.config["epochs"] for r in exp.runs} <= {1, 8}
+        assert all(r.config["epochs"] == 1 for r in exp.runs if not r.prune)
         assert {r.config["model"] for r in exp.runs} <= set(ZOO)
         grids = [s.options[a].num for s in exp.surfaces for a in ("x", "y") if a in s.options]
         assert set(grids) <= {5, 3, 1}, grids
@@ -156,10 +158,78 @@ def test_definitions():
     assert {r.config["epochs"] for r in experiment("width", "quick").runs} == {10}
     with pytest.raises(UserError, match="unknown"):
         experiment("nope", "tiny")
+    # the depth-56 no-shortcut nets (skip, and both width nets) get their own, longer training at the small scale
+    hard = {r.name: r.config for r in experiment("width", "small").runs}
+    assert {(c["lr"], c["epochs"]) for c in hard.values()} == {(0.005, 200)}
+    assert {r.config["epochs"] for r in experiment("skip", "small").runs if "56_noshort" not in r.name} == {60}
     from landscape_mpi.config.experiments import SCALES as declared
     from landscape_mpi.experiments.definitions import SCALES
 
     assert SCALES is declared  # one declaration, in the config layer (the CLI's parser imports no torch)
+
+
+def test_seeds_are_data():
+    """Every condition once per training seed, every random-direction surface once per direction seed; names and
+    roles carry them; the confirmatory scales use fresh seeds (the first findings used training seeds 0 and 1,
+    direction seed 0)."""
+    from landscape_mpi.experiments.definitions import SCALE_SETTINGS
+
+    for scale in ("quick", "small", "paper"):
+        s = SCALE_SETTINGS[scale]
+        assert len(s.train_seeds) >= 3 and len(s.direction_seeds) >= 3
+        assert not {0, 1} & set(s.train_seeds) and 0 not in s.direction_seeds
+    assert len(SCALE_SETTINGS["tiny"].train_seeds) == 1
+    for scale in ("tiny", "quick", "small", "paper"):
+        s = SCALE_SETTINGS[scale]
+        for exp in experiments("all", scale):
+            for r in exp.runs:
+                assert r.name.endswith(f"_s{r.seed}") and r.seed in s.train_seeds
+            names = [st.name for st in exp.surfaces]
+            assert len(names) == len(set(names))
+            for st in exp.surfaces:
+                t, d = st.role["train_seed"], st.role["direction_seed"]
+                assert exp.run(st.run).seed == t and f"_s{t}" in st.name
+                if d is None:  # PCA and interpolation: the seed picks only the evaluation subset
+                    assert st.role["kind"] in ("probe", "pca2d", "interp1d")
+                else:
+                    assert st.name.endswith(f"_s{t}_d{d}") and st.options["seed"] == d
+                # every run a step needs is trained in the step's array task
+                task = next(g for g in exp.tasks() if st.run in {r.name for r in g})
+                assert set(exp.step_runs(st)) <= {r.name for r in task}
+            conds = {}
+            for st in exp.surfaces:
+                key = tuple(sorted((k, str(v)) for k, v in st.role.items()
+                                   if k not in ("train_seed", "direction_seed", "small_run", "large_run")))
+                conds.setdefault(key, set()).add((st.role["train_seed"], st.role["direction_seed"]))
+            for key, seeds in conds.items():
+                kind = dict(key)["kind"]
+                ds = (s.eig_direction_seeds or s.direction_seeds) if kind == "eig2d" else s.direction_seeds
+                ds = (None,) if kind in ("probe", "pca2d", "interp1d") else ds
+                assert seeds == {(t, d) for t in s.train_seeds for d in ds}, (scale, exp.name, key)
+
+
+def test_batch_variants():
+    """Large-batch nets: as many epochs (the paper's), as many optimizer steps (epochs x the batch ratio), or the
+    learning rate x the batch ratio; an interpolation from each small-batch net to each of its partners."""
+    from landscape_mpi.experiments.definitions import SCALE_SETTINGS
+
+    for scale in ("tiny", "small"):
+        s = SCALE_SETTINGS[scale]
+        exp = experiment("batch", scale)
+        ratio = s.large_batch // s.small_batch
+        small = [r for r in exp.runs if r.config["batch_size"] == s.small_batch]
+        assert len(small) == 2 * len(s.train_seeds)
+        for r in small:
+            partners = [q for q in exp.runs if q.task == r.task and q is not r]
+            got = sorted((q.config["epochs"] // r.config["epochs"], q.config["lr"] / r.config["lr"]) for q in partners)
+            assert got == sorted([(1, 1.0), (ratio, 1.0), (1, float(ratio))])
+            assert all(q.config["weight_decay"] == r.config["weight_decay"] and q.seed == r.seed for q in partners)
+            interps = [st for st in exp.surfaces if st.role["kind"] == "interp1d" and st.run == r.name]
+            assert sorted(st.target_run for st in interps) == sorted(q.name for q in partners)
+            assert all(st.options["norm"] == "none" and st.options["dir_space"] == "states" for st in interps)
+        assert [q.prune for q in exp.runs].count(True) == 2 * len(s.train_seeds)  # the equal-steps nets
+    assert {st.options["x"].spec() for st in experiment("batch", "small").surfaces
+            if st.role["kind"] == "interp1d"} == {"-0.5:1.5:21"}
 
 
 def test_steps_are_typed_surface_configs(tmp_path):
@@ -170,6 +240,7 @@ def test_steps_are_typed_surface_configs(tmp_path):
     from landscape_mpi.config.surface import RunOptions, SurfaceConfig
     from landscape_mpi.experiments.runner import surface_configs
 
+    parser = build_parser()
     for scale in ("tiny", "quick", "small", "paper"):
         for exp in experiments("all", scale):
             for step in exp.surfaces:
@@ -180,10 +251,14 @@ def test_steps_are_typed_surface_configs(tmp_path):
                     assert config.x.start == -0.37 and config.x.stop == 0.37
                 if config.trajectory:
                     assert config.trajectory.startswith(os.path.join(str(tmp_path), "runs", step.run))
-                a = build_parser().parse_args(["surface", *to_argv(config), *to_argv(options)])
+                if step.target_run:
+                    assert config.x_target == os.path.join(str(tmp_path), "runs", step.target_run, "final.pt")
+                a = parser.parse_args(["surface", *to_argv(config), *to_argv(options)])
                 assert from_args(SurfaceConfig, a) == config and from_args(RunOptions, a) == options
     manifest = experiment("skip", "tiny").manifest()
     assert manifest["surfaces"][1]["options"]["x"] == "-1.0:1.0:3" and manifest["surfaces"][1]["options"]["eig"]
+    assert manifest["surfaces"][1]["role"] == {"kind": "eig2d", "depth": 8, "shortcut": True, "train_seed": 11,
+                                               "direction_seed": 21}
 
 
 def test_user_errors_exit_2(tmp_path):
@@ -197,18 +272,22 @@ def test_user_errors_exit_2(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ end to end
+DSEEDS = ("_s11_d21",)
 EXPECTED = {
-    "skip": ["d8_short", "d8_noshort", "d8_short_eig", "d8_noshort_eig"],
-    "batch": [f"bs{b}_wd{wd}_{n}" for b in (32, 2048) for wd in ("0", "0.0005") for n in ("filter", "none")],
-    "width": ["d8_noshort_w1", "d8_noshort_w4"],
-    "trajectory": ["wd0_probe", "wd0_pca", "wd0.0005_probe", "wd0.0005_pca"],
+    "skip": [f"d8_{k}{e}{d}" for k in ("short", "noshort") for e in ("", "_eig") for d in DSEEDS],
+    "batch": [f"{v}bs{b}_wd{wd}_{n}{d}" for v, b in (("", 32), ("epochs_", 256), ("steps_", 256), ("lr_", 256))
+              for wd in ("0", "0.0005") for n in ("filter", "none") for d in DSEEDS]
+    + [f"interp_{v}_wd{wd}_s11" for v in ("epochs", "steps", "lr") for wd in ("0", "0.0005")],
+    "width": [f"d8_noshort_w{w}{d}" for w in (1, 4) for d in DSEEDS],
+    "trajectory": ["wd0_probe_s11", "wd0_pca_s11", "wd0.0005_probe_s11", "wd0.0005_pca_s11"],
 }
 
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    """`experiments run all --tiny` once, through the CLI: 9 one-epoch trainings, every surface step of every
-    experiment (5x5 loss grids, 3x3 eigenvalue maps, 1D lines, PCA planes)."""
+    """`experiments run all --tiny` once, through the CLI: 13 short trainings (one training seed), every surface
+    step of every experiment (one direction seed: 5x5 loss grids, 3x3 eigenvalue maps, 1D lines; interpolations,
+    PCA planes)."""
     out = tmp_path_factory.mktemp("exp")
     p = run(cli("experiments", "run", "all", *TINY, "--out-dir", str(out), "--device", "cpu"), timeout=600)
     return out, p.stderr
@@ -223,7 +302,7 @@ def test_every_step_of_every_experiment_is_computed(tiny_run):
             with h5py.File(out / name / f"{step}.h5", "r") as f:
                 assert f["results/done"][()].all(), (name, step)
                 assert np.isfinite(f["results/train_loss"][()]).all(), (name, step)
-    for step in ("d8_short", "d8_noshort"):
+    for step in ("d8_short_s11_d21", "d8_noshort_s11_d21"):
         with h5py.File(out / "skip" / f"{step}.h5", "r") as f:
             assert f["results/train_loss"].shape == (5, 5)
     assert "complete in" in log and log.count("experiment ") > 20
@@ -231,7 +310,7 @@ def test_every_step_of_every_experiment_is_computed(tiny_run):
 
 def test_eig_maps_hold_both_eigenvalues(tiny_run):
     out, _ = tiny_run
-    for step in ("d8_short_eig", "d8_noshort_eig"):
+    for step in ("d8_short_eig_s11_d21", "d8_noshort_eig_s11_d21"):
         with h5py.File(out / "skip" / f"{step}.h5", "r") as f:
             hi, lo, iters = f["results/eig_max"][()], f["results/eig_min"][()], f["results/eig_iters"][()]
         assert hi.shape == (3, 3) and np.isfinite(hi).all() and np.isfinite(lo).all()
@@ -242,7 +321,7 @@ def test_pca_grid_covers_the_trajectory(tiny_run):
     """The runner probes the PCA plane on one point, then sizes the grid to the path (weight units)."""
     out, _ = tiny_run
     for wd in ("0", "0.0005"):
-        with h5py.File(out / "trajectory" / f"wd{wd}_pca.h5", "r") as f:
+        with h5py.File(out / "trajectory" / f"wd{wd}_pca_s11.h5", "r") as f:
             tx, ty = f["trajectory/x"][()], f["trajectory/y"][()]
             x, y = f["coords/x"][()], f["coords/y"][()]
             ev = list(f["trajectory"].attrs["explained_variance"])
@@ -268,6 +347,7 @@ def test_surfaces_under_a_launcher_equal_in_process(tiny_run, tmp_path):
     p = run(cli("experiments", "run", "width", *TINY, "--out-dir", str(tmp_path), "--device", "cpu",
                 "--launcher", " ".join(mpiexec(2))), timeout=900)
     assert "training" not in p.stderr and "2 rank(s)" in p.stderr, p.stderr[-2000:]
+    assert sorted(q.stem for q in (tmp_path / "width").glob("*.h5")) == sorted(EXPECTED["width"])
     for step in EXPECTED["width"]:
         assert_same_results(out / "width" / f"{step}.h5", tmp_path / "width" / f"{step}.h5")
 
@@ -306,23 +386,38 @@ def test_missing_surface_option_is_an_error_not_a_skip(tiny_run, tmp_path):
     assert not list((tmp_path / "width").glob("*.h5")) and not list((tmp_path / "width").glob("*.skipped"))
 
 
+def hand_roughness(v):
+    """Mean abs second difference along both axes over the loss range (independent of measures.py)."""
+    d2 = np.concatenate([np.abs(v[:-2] - 2 * v[1:-1] + v[2:]).ravel(), np.abs(v[:, :-2] - 2 * v[:, 1:-1] + v[:, 2:]).ravel()])
+    return d2.mean() / (v.max() - v.min())
+
+
 def test_report_has_every_section_figure_and_number(tiny_run, tmp_path):
+    from landscape_mpi.experiments import rules
+
     out, _ = tiny_run
     md = tmp_path / "docs" / "findings.md"
     run(cli("experiments", "report", "--out-dir", str(out), "--out", str(md)))
     text = md.read_text()
-    for title in ("## Skip connections and depth", "## Small vs large batch", "## Width", "## Training trajectories"):
+    for title in ("## Skip connections and depth", "## Small vs large batch", "## Width", "## Training trajectories",
+                  "## Verdict rules (version 2, fixed before the confirmatory run)"):
         assert title in text
-    for fig in ("skip_surfaces", "skip_eig_ratio", "batch_1d", "width_surfaces", "trajectory_paths"):
+    for fig in ("skip_surfaces", "skip_eig_ratio", "batch_1d", "batch_interpolation", "width_surfaces",
+                "trajectory_paths"):
         assert f"(findings/{fig}.png)" in text and (tmp_path / "docs" / "findings" / f"{fig}.png").is_file(), fig
     assert "Not computed" not in text and "missing" not in text
-    assert text.count("- **") == 2 * 10  # 10 verdicts, in the summary and in their sections
-    assert "eps-sharpness |" not in text and "| grid max-rise |" in text and "not its maximisation" in text
+    # 17 verdicts (skip 2, eigenvalue ratio 2, batch 6 + 1 + 3, width 2, trajectory 1), in the summary and in their
+    # sections, and one line per rule
+    assert text.count("- **") == 2 * 17 + len(rules.RULES)
+    assert text.count("one representative model: training seed 11, direction seed 21") == 4  # skip 2, batch, width
+    assert text.count("one representative model: training seed 11:") == 2  # interpolation, trajectories
+    assert "fewer than 3 training seeds" in text and "reproduced.**" not in text.replace("not reproduced.**", "")
+    assert "eps-sharpness |" not in text and "| grid max-rise (filter) |" in text and "not its maximisation" in text
     # numbers recomputed here from the files by hand (independent of measures.py)
-    with h5py.File(out / "skip" / "d8_noshort_eig.h5", "r") as f:
+    with h5py.File(out / "skip" / "d8_noshort_eig_s11_d21.h5", "r") as f:
         hi, lo, loss = f["results/eig_max"][()], f["results/eig_min"][()], f["results/train_loss"][()]
     ratio = np.median(np.minimum(np.abs(lo / hi), 1))
-    assert "| 8 | no |" in text and f" {ratio:.4g} |" in text
+    assert "| 8 | no | 1 |" in text and f" {ratio:.4g} |" in text
     # the exploratory within-map split: the one interior point of the 3x3 map, convex or not by its 2x2 Hessian
     (hx,), (hy,) = np.diff(np.linspace(-1, 1, 3)[:2]), np.diff(np.linspace(-1, 1, 3)[:2])
     hess = [[(loss[2, 1] - 2 * loss[1, 1] + loss[0, 1]) / hx**2,
@@ -330,14 +425,20 @@ def test_report_has_every_section_figure_and_number(tiny_run, tmp_path):
             [0.0, (loss[1, 2] - 2 * loss[1, 1] + loss[1, 0]) / hy**2]]
     hess[1][0] = hess[0][1]
     n_nc = int(np.linalg.eigvalsh(np.array(hess))[0] < 0)
-    assert "Exploratory (added after the results were seen; no verdict):" in text
-    assert f"| 8 | no | {n_nc} | {1 - n_nc} |" in text
+    assert "Exploratory (added after the results were seen; no verdict), added in commit 71fb083:" in text
+    assert f"| 8 | no | 1 | {n_nc} | {1 - n_nc} |" in text
+    with h5py.File(out / "skip" / "d8_short_s11_d21.h5", "r") as f:
+        assert f" {hand_roughness(f['results/train_loss'][()]):.4g} |" in text
     for wd in ("0", "0.0005"):
-        with h5py.File(out / "trajectory" / f"wd{wd}_pca.h5", "r") as f:
+        with h5py.File(out / "trajectory" / f"wd{wd}_pca_s11.h5", "r") as f:
             e1, e2 = (float(v) for v in f["trajectory"].attrs["explained_variance"])
             res = float(np.max(f["trajectory/residual"][()]))
-        assert f"| {wd} | {e1:.4g} | {e2:.4g} | {e1 + e2:.4g} |" in text and f" {res:.4g} |" in text
+        assert f"| {wd} | 11 | {e1:.4g} | {e2:.4g} | {e1 + e2:.4g} |" in text and f" {res:.4g} |" in text
     assert "random walk 95th percentile" in text
+    # the interpolation's ends: the train loss at a = 0 and a = 1 of the file
+    with h5py.File(out / "batch" / "interp_steps_wd0_s11.h5", "r") as f:
+        a, tl = f["coords/x"][()], f["results/train_loss"][()]
+    assert f"| steps | 0 | 1 | {tl[np.argmin(np.abs(a))]:.4g} | {tl[np.argmin(np.abs(a - 1))]:.4g} |" in text
 
 
 def test_report_is_deterministic_and_follows_the_files(tiny_run, tmp_path):
@@ -351,48 +452,70 @@ def test_report_is_deterministic_and_follows_the_files(tiny_run, tmp_path):
     assert "**Wider networks are smoother (non-convex fraction): " in first
     run(args)
     assert md.read_text() == first  # same files, same report
-    # the roughness in the table is the one of the file's values (independent: recomputed here by hand)
-    path = out / "width" / "d8_noshort_w4.h5"
+    # the width cells are the files' values (recomputed by hand)
+    path = out / "width" / "d8_noshort_w4_s11_d21.h5"
     with h5py.File(path, "r") as f:
         v = f["results/train_loss"][()]
-    d2 = np.concatenate([np.abs(v[:-2] - 2 * v[1:-1] + v[2:]).ravel(), np.abs(v[:, :-2] - 2 * v[:, 1:-1] + v[:, 2:]).ravel()])
-    assert f"| x4 | 8 | {v[2, 2]:.4g} |" in first and f" {d2.mean() / (v.max() - v.min()):.4g} |" in first
+    assert f"| x4 | 8 | 1 | {v[2, 2]:.4g} |" in first and f" {hand_roughness(v):.4g} |" in first
     # change one value in a file: the report changes with it
     with h5py.File(path, "r+") as f:
         f["results/train_loss"][2, 2] = 0.123456
     try:
         run(args)
-        assert md.read_text() != first and "| x4 | 8 | 0.1235 |" in md.read_text()
+        assert md.read_text() != first and "| x4 | 8 | 1 | 0.1235 |" in md.read_text()
     finally:
         with h5py.File(path, "r+") as f:
             f["results/train_loss"][2, 2] = v[2, 2]
 
 
-def test_each_chaos_measure_has_its_own_verdict_and_they_may_disagree():
-    """The skip, eigenvalue and width claims are judged once per measure: a surface that explodes at the grid's
-    edge (small roughness, since roughness is divided by the loss range) but curves down at most interior points
-    gets "not reproduced" by roughness and "reproduced" by the non-convex fraction, side by side."""
-    from types import SimpleNamespace
+def test_report_aggregates_training_seeds(tiny_run, tmp_path):
+    """Constructed files for 3 training x 2 direction seeds (the tiny width files, shifted per seed by a known
+    pattern): each condition's row is mean ± sd [min, max] over the training seeds of each seed's mean over its
+    direction seeds, with n = 3; the per-seed table gives those means; the verdict states n = 3."""
+    import json
 
-    from landscape_mpi.experiments import verdicts
+    from landscape_mpi.experiments.report import render
 
-    s = SimpleNamespace(lines=[])
-    s.verdict = lambda claim, v, reason: s.lines.append((claim, v))
-    rough = {(8, True): 0.010, (8, False): 0.004, (56, True): 0.0038, (56, False): 0.0029}
-    nonconvex = {(8, True): 0.24, (8, False): 0.25, (56, True): 0.32, (56, False): 0.67}
-    verdicts.skip_verdict(s, "roughness", rough, None)
-    verdicts.skip_verdict(s, "non-convex fraction", nonconvex, None)
-    assert s.lines == [("Skip connections keep deep landscapes smooth (roughness)", verdicts.NOT_REPRODUCED),
-                       ("Skip connections keep deep landscapes smooth (non-convex fraction)", verdicts.REPRODUCED)]
-    s.lines.clear()
-    ratio = {(8, True): 0.28, (8, False): 0.21, (56, True): 0.29, (56, False): 0.41}
-    verdicts.eig_verdict(s, "non-convex fraction", nonconvex, ratio, None)  # ranks agree but for one swap: rho 0.8
-    verdicts.eig_verdict(s, "roughness", rough, ratio, "not trained enough to compare")
-    assert [v for _, v in s.lines] == [verdicts.REPRODUCED, verdicts.INCONCLUSIVE]
-    s.lines.clear()
-    verdicts.width_verdict(s, "non-convex fraction", {1: 0.67, 4: 0.40}, None)
-    verdicts.width_verdict(s, "roughness", {1: 0.0029, 4: 0.0033}, None)
-    assert [v for _, v in s.lines] == [verdicts.REPRODUCED, verdicts.NOT_REPRODUCED]
+    out, _ = tiny_run
+    (tmp_path / "width").mkdir()
+    manifest = json.loads((out / "width" / "manifest.json").read_text())
+    pattern = (np.arange(25).reshape(5, 5) % 3).astype(float)
+    steps, runs, per_seed = [], [], {}
+    for t, shift in ((11, 0.0), (12, 0.05), (13, 0.2)):
+        for r in manifest["runs"]:
+            runs.append({**r, "name": r["name"].replace("_s11", f"_s{t}"), "config": {**r["config"], "seed": t}})
+        for st in manifest["surfaces"]:
+            for d, extra in ((21, 0.0), (22, 0.03)):
+                name = st["name"].replace("_s11_d21", f"_s{t}_d{d}")
+                shutil.copy(out / "width" / f"{st['name']}.h5", tmp_path / "width" / f"{name}.h5")
+                with h5py.File(tmp_path / "width" / f"{name}.h5", "r+") as f:
+                    f["results/train_loss"][...] = f["results/train_loss"][()] + (shift + extra) * pattern
+                    v = f["results/train_loss"][()]
+                w = st["role"]["width"]
+                per_seed.setdefault(w, {}).setdefault(t, []).append((v[2, 2], hand_roughness(v)))
+                steps.append({**st, "name": name, "run": st["run"].replace("_s11", f"_s{t}"),
+                              "role": {**st["role"], "train_seed": t, "direction_seed": d}})
+    manifest.update(runs=runs, surfaces=steps)
+    (tmp_path / "width" / "manifest.json").write_text(json.dumps(manifest))
+    text = render(str(tmp_path), str(tmp_path / "fig"), "fig")
+    assert "training seeds 11, 12, 13; direction seeds 21, 22" in text
+    assert "| width | depth | n | train loss | test error |" in text
+    assert "one representative model: training seed 11, direction seed 21" in text
+
+    def cell(xs):
+        xs = np.array(xs)
+        return f"{xs.mean():.4g} ± {xs.std(ddof=1):.4g} [{xs.min():.4g}, {xs.max():.4g}]"
+
+    for w, seeds in per_seed.items():
+        loss = [np.mean([c for c, _ in seeds[t]]) for t in (11, 12, 13)]
+        rough = [np.mean([r for _, r in seeds[t]]) for t in (11, 12, 13)]
+        assert len(set(rough)) == 3
+        assert f"| x{w} | 8 | 3 | {cell(loss)} |" in text
+        assert f" {cell(rough)} |" in text
+        for t, lo, ro in zip((11, 12, 13), loss, rough):
+            assert f"| x{w} | 8 | {t} | 2 | no | {lo:.4g} |" in text and f" {ro:.4g} |" in text
+    assert "(means over n = 3 training seeds)" in text
+    assert "## Verdict rules (version 2, fixed before the confirmatory run)" in text
 
 
 def test_report_says_when_a_surface_is_partial(tiny_run, tmp_path):
@@ -401,8 +524,8 @@ def test_report_says_when_a_surface_is_partial(tiny_run, tmp_path):
 
     out, _ = tiny_run
     shutil.copytree(out / "width", tmp_path / "width")
-    with h5py.File(tmp_path / "width" / "d8_noshort_w4.h5", "r+") as f:
+    with h5py.File(tmp_path / "width" / "d8_noshort_w4_s11_d21.h5", "r+") as f:
         f["results/done"][0, 0] = False
     text = render(str(tmp_path), str(tmp_path / "fig"), "fig")
-    assert "`d8_noshort_w4` partial: 24 of 25 points" in text
-    assert "`d8_noshort_w1` partial" not in text
+    assert "`d8_noshort_w4_s11_d21` partial: 24 of 25 points" in text
+    assert "`d8_noshort_w1_s11_d21` partial" not in text

@@ -30,7 +30,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_options(g, ExperimentsReport)
     g.set_defaults(func=cmd_report)
 
-    ls = esub.add_parser("list", help="list the experiments, their training runs (array tasks) and surfaces")
+    ls = esub.add_parser("list", help="list the seeds, the experiments, their array tasks, training runs and surfaces")
     add_options(ls, ExperimentsList)
     ls.set_defaults(func=cmd_list)
 
@@ -70,11 +70,19 @@ def cmd_list(a: argparse.Namespace) -> int:
 
     o = from_args(ExperimentsList, a)
     if o.count:
-        print(len(experiment(o.count, o.scale).runs))
+        print(len(experiment(o.count, o.scale).tasks()))
         return EXIT_COMPLETE
+    from landscape_mpi.experiments.definitions import SCALE_SETTINGS
+
+    s = SCALE_SETTINGS[o.scale]
+    print(f"scale {o.scale}: training seeds {', '.join(map(str, s.train_seeds))}; direction seeds "
+          f"{', '.join(map(str, s.direction_seeds))}"
+          + (f" (eigenvalue maps {', '.join(map(str, s.eig_direction_seeds))})" if s.eig_direction_seeds else ""))
     for exp in experiments("all", o.scale):
         print(f"{exp.name}: {exp.claim}")
-        for i, r in enumerate(exp.runs):
-            steps = [s.name for s in exp.surfaces if s.run == r.name]
-            print(f"  task {i}: {r.name} ({r.label}) -> {', '.join(steps)}")
+        for i, group in enumerate(exp.tasks()):
+            for j, r in enumerate(group):
+                steps = [s.name for s in exp.surfaces if s.run == r.name]
+                head = f"  task {i}: " if j == 0 else " " * len(f"  task {i}: ")
+                print(f"{head}{r.name} ({r.label}) -> {', '.join(steps) or '(trained for the surfaces above)'}")
     return EXIT_COMPLETE

@@ -26,7 +26,9 @@ class ExperimentsRun:
     device: str = option("auto", help="auto: a GPU if any, else the CPU", choices=DEVICES)
     launcher: str = option("", help="run each surface under this launcher, e.g. 'mpiexec -n 8' or "
                                     "'srun --kill-on-bad-exit=1 --mpi=pmix' (default: in this process)")
-    task: int | None = option(None, help="only training run number TASK and its surfaces (a SLURM array index)")
+    task: int | None = option(None, help="only array task TASK: its training runs (one, or the batch experiment's "
+                                         "small-batch net and its large-batch partners) and their surfaces (a "
+                                         "SLURM array index; experiments list shows the tasks)")
     data_root: str | None = option(None, help="folder holding cifar-10-batches-py/ (paper scale)")
 
     def __post_init__(self) -> None:
@@ -49,11 +51,10 @@ class ExperimentsReport:
 
 @dataclass(frozen=True)
 class ExperimentsList:
-    """`experiments list`: the experiments, their training runs (array tasks) and surfaces."""
+    """`experiments list`: the seeds, the experiments, their array tasks, training runs and surfaces."""
 
     scale: str = option("small", help="the scale whose runs are listed", choices=SCALES)
-    count: str | None = option(None, help="print only the number of training runs (array tasks) of this "
-                                          "experiment")
+    count: str | None = option(None, help="print only the number of array tasks of this experiment")
 
     def __post_init__(self) -> None:
         check_choices(self)

@@ -7,7 +7,9 @@ Layout of ``OUT`` (``--out-dir``):
     OUT/<experiment>/<step>.h5                          surface files
 
 Every step is resumable and a finished one costs nothing: a training with ``final.pt`` is not touched, a surface
-file whose ``done`` mask is full is not opened for writing. Surfaces run in this process or, with a launcher
+file whose ``done`` mask is full is not opened for writing. The runs are trained task by task
+(`Experiment.tasks`: usually one run each; the batch experiment's small-batch net with its large-batch partners),
+and a task's surfaces follow its trainings, so that an interpolation between two runs finds both trained. Surfaces run in this process or, with a launcher
 (``mpiexec -n 8``, ``srun --kill-on-bad-exit=1 --mpi=pmix``), as a ``landscape-mpi surface`` subprocess under it
 (its arguments from the configs: `to_argv`), so MPI and SLURM launches work as for a direct command.
 """
@@ -33,6 +35,7 @@ from landscape_mpi.config.surface import Axis, RunOptions, SurfaceConfig
 from landscape_mpi.config.train import TrainConfig
 from landscape_mpi.experiments.definitions import Experiment, SurfaceStep
 from landscape_mpi.files import reader
+from landscape_mpi.models import read_state_dict
 from landscape_mpi.training.train import TrainingStopped, finished, train
 
 
@@ -61,6 +64,43 @@ def trajectory_range(path: str) -> float:
     return math.ceil(r * 10 ** digits) / 10 ** digits
 
 
+def interpolation_axis(start: str, target: str, axis: Axis) -> Axis:
+    """The x axis of an interpolation from checkpoint `start` (a = 0) to `target` (a = 1): `axis` (which has
+    a = 0 and a = 1 among its points) with either end moved in, by whole steps, until no BatchNorm running variance
+    interpolated with the weights is negative at that end (the surface refuses such a grid,
+    `directions.base.check_running_var`, with the same arithmetic). The same checkpoints give the same axis, so a
+    rerun resumes the same grid. An axis without a = 0 and a = 1 on its points is returned as it is."""
+    h = (axis.stop - axis.start) / (axis.num - 1) if axis.num > 1 else 0.0
+    if h <= 0:
+        return axis
+    k_in, k_lo = round(1 / h), round(-axis.start / h)
+    k_hi = axis.num - 1 - k_in - k_lo
+    if k_in < 1 or k_lo < 0 or k_hi < 0 or abs(k_in * h - 1) > 1e-9 or abs(axis.start + k_lo * h) > 1e-9:
+        return axis
+    a, b = read_state_dict(start), read_state_dict(target)
+    variances = [(a[k].double(), (b[k].to(a[k].dtype) - a[k]).double()) for k in a
+                 if k.endswith("running_var") and k in b and b[k].shape == a[k].shape]
+
+    def ok(c: float) -> bool:
+        return not any(bool((v + c * d < 0).any()) for v, d in variances)
+
+    while k_lo > 0 and not ok(-k_lo / k_in):
+        k_lo -= 1
+    while k_hi > 0 and not ok((k_in + k_hi) / k_in):
+        k_hi -= 1
+    return Axis(-k_lo / k_in, (k_in + k_hi) / k_in, k_lo + k_in + k_hi + 1)
+
+
+def prune_checkpoints(folder: str) -> int:
+    """Remove the epoch and iteration checkpoints of a finished training (``final.pt`` stays); returns how many."""
+    if not os.path.isfile(os.path.join(folder, "final.pt")):
+        return 0
+    names = [n for n in os.listdir(folder) if n.endswith(".pt") and n.startswith(("epoch_", "iter_"))]
+    for n in names:
+        os.remove(os.path.join(folder, n))
+    return len(names)
+
+
 def _write_json(path: str, obj: object) -> None:
     # Every array task of an experiment writes the same manifest at the same moment: a temporary file of its own
     # (unique across nodes), then an atomic rename, so that no task reads or renames another's half-written file.
@@ -77,9 +117,10 @@ def run_dir(out_dir: str, run: str) -> str:
 
 
 def surface_configs(exp: Experiment, step: SurfaceStep, out_dir: str, device: str, data_root: str | None,
-                    grid_range: float | None = None) -> tuple[SurfaceConfig, RunOptions]:
+                    grid_range: float | None = None, x_axis: Axis | None = None) -> tuple[SurfaceConfig, RunOptions]:
     """The surface and run options of one step: the run's model, final checkpoint and data, the step's options
-    (its trajectory glob inside the run's folder; with `grid_range` R, its axes scaled by R).
+    (its trajectory glob inside the run's folder; with `grid_range` R, its axes scaled by R; its target run's
+    final checkpoint as ``x_target``; `x_axis` instead of its x axis).
 
     Raises UserError for an option SurfaceConfig does not have or a value it refuses.
     """
@@ -91,6 +132,10 @@ def surface_configs(exp: Experiment, step: SurfaceStep, out_dir: str, device: st
         raise UserError(f"surface step {step.name}: no such surface option {', '.join(unknown)}")
     if options.get("trajectory") is not None:
         options["trajectory"] = os.path.join(rdir, options["trajectory"])
+    if step.target_run is not None:
+        options["x_target"] = os.path.join(run_dir(out_dir, exp.run(step.target_run).name), "final.pt")
+    if x_axis is not None:
+        options["x"] = x_axis
     if grid_range is not None:
         for name in ("x", "y", "z"):
             axis = options.get(name)
@@ -127,18 +172,18 @@ def _run_surface(config: SurfaceConfig, options: RunOptions, launcher: Sequence[
 def run_experiment(exp: Experiment, out_dir: str, device: str = "auto", launcher: Sequence[str] | None = None,
                    data_root: str | None = None, task: int | None = None,
                    log: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True)) -> float:
-    """Train the experiment's models and compute its surfaces (all, or only training run number `task` and its
-    surfaces: one SLURM array task). Returns the seconds spent.
+    """Train the experiment's models and compute its surfaces (all, or only the runs of array task `task` and
+    their surfaces: one SLURM array task). Returns the seconds spent.
 
     Raises UserError for a bad task index or unusable folders, StepFailed if a step's options are refused (code 2),
     a surface fails or a stop signal arrived (code 75: rerun to resume).
     """
     t0 = time.perf_counter()
-    runs = list(exp.runs)
+    groups = exp.tasks()
     if task is not None:
-        if not 0 <= task < len(runs):
-            raise UserError(f"--task {task}: experiment {exp.name} at this scale has tasks 0..{len(runs) - 1}")
-        runs = [runs[task]]
+        if not 0 <= task < len(groups):
+            raise UserError(f"--task {task}: experiment {exp.name} at this scale has tasks 0..{len(groups) - 1}")
+        groups = [groups[task]]
     exp_dir = os.path.join(out_dir, exp.name)
     try:
         os.makedirs(exp_dir, exist_ok=True)
@@ -146,25 +191,37 @@ def run_experiment(exp: Experiment, out_dir: str, device: str = "auto", launcher
         raise UserError(f"--out-dir {out_dir}: cannot create {exp_dir} ({exc}); choose another folder") from None
     _write_json(os.path.join(exp_dir, "manifest.json"), exp.manifest())
     torch_device = None if device == "auto" else torch.device(device)
-    for r in runs:
-        cfg = TrainConfig(out_dir=run_dir(out_dir, r.name), data_root=data_root, **r.config)
-        _stop_if_requested()
-        if finished(cfg) is None:
-            log(f"experiment {exp.name}: training {r.name} ({r.label})")
-            t = time.perf_counter()
-            try:
-                train(cfg, torch_device, quiet=True)
-            except TrainingStopped as exc:
-                raise StepFailed(f"{r.name}: {exc}", EXIT_RESUMABLE) from None
-            log(f"experiment {exp.name}: trained {r.name} in {time.perf_counter() - t:.1f} s")
-        for step in (s for s in exp.surfaces if s.run == r.name):
+    for group in groups:
+        for r in group:
+            cfg = TrainConfig(out_dir=run_dir(out_dir, r.name), data_root=data_root, **r.config)
+            _stop_if_requested()
+            if finished(cfg) is None:
+                log(f"experiment {exp.name}: training {r.name} ({r.label})")
+                t = time.perf_counter()
+                try:
+                    train(cfg, torch_device, quiet=True)
+                except TrainingStopped as exc:
+                    raise StepFailed(f"{r.name}: {exc}", EXIT_RESUMABLE) from None
+                log(f"experiment {exp.name}: trained {r.name} in {time.perf_counter() - t:.1f} s")
+            if r.prune:
+                prune_checkpoints(cfg.out_dir)
+        names = {r.name for r in group}
+        for step in (s for s in exp.surfaces if s.run in names):
             out = os.path.join(exp_dir, f"{step.name}.h5")
             if surface_complete(out):
                 continue
             _stop_if_requested()
-            grid_range = trajectory_range(os.path.join(exp_dir, f"{step.range_from}.h5")) if step.range_from else None
             try:
-                config, options = surface_configs(exp, step, out_dir, device, data_root, grid_range)
+                if not set(exp.step_runs(step)) <= names:
+                    raise UserError(f"runs {', '.join(exp.step_runs(step))} are not in one task")
+                grid_range = (trajectory_range(os.path.join(exp_dir, f"{step.range_from}.h5")) if step.range_from
+                              else None)
+                x_axis = None
+                if step.target_run is not None:
+                    x_axis = interpolation_axis(os.path.join(run_dir(out_dir, step.run), "final.pt"),
+                                                os.path.join(run_dir(out_dir, step.target_run), "final.pt"),
+                                                step.options["x"])
+                config, options = surface_configs(exp, step, out_dir, device, data_root, grid_range, x_axis)
             except UserError as exc:
                 raise StepFailed(f"{step.name}: {exc}", EXIT_USER_ERROR) from None
             log(f"experiment {exp.name}: landscape-mpi surface {' '.join(to_argv(config) + to_argv(options))}")

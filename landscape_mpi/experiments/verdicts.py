@@ -1,185 +1,133 @@
-"""The verdicts of the findings report: each claim judged from the numbers by stated thresholds (the constants
-below) as reproduced, not reproduced, or inconclusive at this scale. Claims: docs/method.md#the-papers-claims.
+"""The verdicts of the findings report: each claim judged from the numbers per seed by the rules of
+`landscape_mpi.experiments.rules` (fixed before the confirmatory run, versioned, printed in the report) as
+reproduced, not reproduced, or inconclusive at this scale. Claims: docs/method.md#the-papers-claims.
 
 A verdict function takes the report's section (anything with ``verdict(claim, verdict, reason)``) and the numbers
-(`measures`, read from the files by `surface_data`), and records one line per claim. Numbers added after the
-results were seen get no verdict: the report shows them under the `EXPLORATORY` label.
+per condition and training seed (each the mean over that model's direction seeds, computed by the report from the
+files), and records one line per claim. Numbers added after the results were seen get no verdict: the report
+shows them under the `EXPLORATORY` label with their commit.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 
-from landscape_mpi.experiments import measures
+from landscape_mpi.experiments import rules
+from landscape_mpi.experiments.rules import INCONCLUSIVE, REPRODUCED, Outcome, fmt
 
-#: skip: the deepest no-shortcut surface must be this many times rougher than the deepest with shortcuts, and
-#: than the shallowest no-shortcut one, for "reproduced".
-ROUGHER = 1.5
-#: width: the wide net's roughness at most 1/WIDER of the narrow one's for "reproduced".
-WIDER = 1.5
-#: eig ratio (per map: median of the ratio clipped to [0, 1]) vs a chaos measure: Spearman correlation over at
-#: least EIG_MIN_MODELS models.
-EIG_RHO, EIG_MIN_MODELS = 0.5, 4
-#: batch: Spearman correlation of the grid max-rise and test error over the four models.
-TRACK_RHO = 0.8
-#: trajectory: the first two PCA components explain at least this fraction ("most") of the variance.
-EXPLAINED = 0.5
-#: ... and more than the 95th percentile of a random walk with as many points (measures.random_walk_explained).
-RANDOM_WALK_TRIALS = 200
-#: grid max-rise and curvature radius, as a fraction of the grid's half-width (filter norm: 0.5).
-RADIUS_FRACTION = 0.5
-#: a model whose train loss at the center is above this (half the loss of chance-level guessing on 10 classes,
-#: ln 10 / 2) did not train; a comparison involving it is inconclusive.
-UNTRAINED_LOSS = float(np.log(10) / 2)
-
-REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE = "reproduced", "not reproduced", "inconclusive at this scale"
-#: The label of a number added after the results were seen: shown, never judged by a threshold.
+#: The label of a number added after the results were seen: shown, never judged (followed by its commit).
 EXPLORATORY = "Exploratory (added after the results were seen; no verdict)"
 
-#: The two measures of a 2D surface's chaos every "smoother" claim is judged by, each in its own verdict (they can
-#: disagree: roughness is normalized by the grid's loss range, which a loss exploding at the grid's edge
-#: dominates; the non-convex fraction only counts where the surface curves down).
-MEASURES_2D = ("roughness", "non-convex fraction")
+#: condition -> training seed -> value (the mean over the model's direction seeds)
+PerSeed = Mapping[object, Mapping[int, float]]
 
 
-def fmt(v: float) -> str:
-    """Deterministic number format: 4 significant digits, n/a for NaN."""
-    if v is None or (isinstance(v, float) and np.isnan(v)):
-        return "n/a"
-    if isinstance(v, (bool, np.bool_)):
-        return "yes" if v else "no"
-    if isinstance(v, (int, np.integer)):
-        return str(int(v))
-    return f"{v:.4g}"
+def _rule_tag(key: str) -> str:
+    return f" [rule `{key}`, version {rules.RULES_VERSION}]"
 
 
-def untrained(models: dict[str, float]) -> str | None:
-    """The reason a comparison is inconclusive if a model (label -> train loss at center) did not train."""
-    bad = [f"{label} (train loss {fmt(v)})" for label, v in sorted(models.items())
-           if not np.isfinite(v) or v > UNTRAINED_LOSS]
-    if not bad:
-        return None
-    return f"not trained enough to compare: {', '.join(bad)} > {fmt(UNTRAINED_LOSS)} (ln 10 / 2)."
+def _say(s, claim: str, key: str, outcome: Outcome, gate: str | None = None) -> None:
+    if gate:
+        s.verdict(claim, INCONCLUSIVE, f"{gate}. (The statistic: {outcome.reason})" + _rule_tag(key))
+    else:
+        s.verdict(claim, outcome.verdict, outcome.reason + _rule_tag(key))
 
 
-def skip_verdict(s, measure: str, m: dict, weak: str | None) -> None:
-    """The skip claim judged by one chaos measure `m` ((depth, shortcut) -> value, larger = more chaotic)."""
+def _models(loss: PerSeed, conds: list[object], label) -> dict[str, float]:
+    """label -> center train loss of every model (condition x training seed) of `conds`."""
+    return {f"{label(c)} seed {t}": v for c in conds for t, v in loss.get(c, {}).items()}
+
+
+def skip_verdict(s, measure: str, m: PerSeed, loss: PerSeed) -> None:
+    """The skip claim judged by one chaos measure `m` ((depth, shortcut) -> seed -> value, larger = more
+    chaotic); `loss`: the models' center train losses, keyed alike."""
     claim = f"Skip connections keep deep landscapes smooth ({measure})"
+    key = f"skip/{measure}"
     depths = sorted({k[0] for k in m})
-    deep, shallow = (depths[-1], depths[0]) if depths else (None, None)
-    r = lambda k: m.get(k, float("nan"))  # noqa: E731
-    if weak:
-        s.verdict(claim, INCONCLUSIVE, weak)
-    elif not depths or not (np.isfinite(r((deep, True))) and np.isfinite(r((deep, False)))):
-        s.verdict(claim, INCONCLUSIVE, "the surfaces are missing.")
-    elif r((deep, False)) <= r((deep, True)):
-        s.verdict(claim, NOT_REPRODUCED, f"at depth {deep} the no-shortcut surface's {measure} is not larger "
-                  f"({fmt(r((deep, False)))} vs {fmt(r((deep, True)))} with shortcuts).")
-    elif len(depths) > 1 and r((deep, False)) >= ROUGHER * r((deep, True)) and r((deep, False)) >= ROUGHER * r((shallow, False)):
-        s.verdict(claim, REPRODUCED, f"at depth {deep} the no-shortcut {measure} {fmt(r((deep, False)))} is >= "
-                  f"{ROUGHER}x that with shortcuts ({fmt(r((deep, True)))}) and >= {ROUGHER}x that at depth "
-                  f"{shallow} ({fmt(r((shallow, False)))}).")
-    else:
-        s.verdict(claim, INCONCLUSIVE,
-                  f"no-shortcut {measure} {fmt(r((deep, False)))} vs {fmt(r((deep, True)))} with shortcuts at depth {deep}"
-                  + (f", {fmt(r((shallow, False)))} at depth {shallow}" if len(depths) > 1 else ", one depth only")
-                  + f": below the {ROUGHER}x threshold or no depth trend to test.")
+    if not depths:
+        s.verdict(claim, INCONCLUSIVE, "the surfaces are missing." + _rule_tag(key))
+        return
+    deep, shallow = depths[-1], depths[0]
+    name = lambda k: f"depth {k[0]} {'short' if k[1] else 'no short'}"  # noqa: E731
+    first = rules.two_conditions(m.get((deep, False), {}), m.get((deep, True), {}), rules.ROUGHER,
+                                 (name((deep, False)), name((deep, True))))
+    outcomes = [first]
+    if len(depths) > 1:
+        outcomes.append(rules.two_conditions(m.get((deep, False), {}), m.get((shallow, False), {}), rules.ROUGHER,
+                                             (name((deep, False)), name((shallow, False)))))
+    verdict = rules.combine(outcomes)
+    if len(depths) == 1 and verdict == REPRODUCED:
+        verdict = INCONCLUSIVE
+    against = ["against the deepest net with shortcuts", "against the shallowest no-shortcut net"]
+    reason = " ".join(f"{what.capitalize()}: {o.verdict}; {o.reason}" for what, o in zip(against, outcomes))
+    if len(depths) == 1:
+        reason += " One depth only: no depth trend to test."
+    conds = [(deep, False), (deep, True)] + ([(shallow, False)] if len(depths) > 1 else [])
+    _say(s, claim, key, Outcome(verdict, reason), rules.training_gate(_models(loss, conds, name), target=True))
 
 
-def eig_verdict(s, measure: str, m: dict, ratio: dict, weak: str | None) -> None:
-    """The eigenvalue-ratio claim: the Spearman correlation of one chaos measure and the per-map median of the
-    clipped ratio (`ratio`: key -> measures.eig_ratio_median)."""
+def eig_verdict(s, measure: str, chaos: Mapping[object, float], ratio: Mapping[object, float],
+                seeds: Mapping[object, int], unit_rho: float, loss: PerSeed) -> None:
+    """The eigenvalue-ratio claim: the correlation rule over the skip experiment's conditions between the mean
+    of a chaos measure and the mean of the per-map median clipped ratio (`unit_rho`: the per-model Spearman rho,
+    shown without a p-value)."""
     claim = f"|lambda_min/lambda_max| is larger where the landscape is chaotic ({measure})"
-    keys = [k for k in m if np.isfinite(m[k]) and np.isfinite(ratio.get(k, float("nan")))]
-    rho = measures.spearman([m[k] for k in keys], [ratio[k] for k in keys])
-    if weak:  # eigenvalues away from a minimum (an untrained net) say nothing about the minimizer's landscape
-        s.verdict(claim, INCONCLUSIVE,
-                  weak + f" (Spearman correlation of {measure} and median clipped ratio over {len(keys)} models: "
-                  f"{fmt(rho)}.)")
-    elif len(keys) < EIG_MIN_MODELS:
-        s.verdict(claim, INCONCLUSIVE,
-                  f"eigenvalue maps of {len(keys)} models (at least {EIG_MIN_MODELS} needed for a rank correlation).")
-    else:
-        v = REPRODUCED if rho >= EIG_RHO else (NOT_REPRODUCED if rho <= 0 else INCONCLUSIVE)
-        s.verdict(claim, v, f"Spearman correlation of {measure} and median clipped ratio over {len(keys)} models: "
-                  f"{fmt(rho)} "
-                  f"(threshold {EIG_RHO}).")
+    o = rules.correlation(chaos, ratio, seeds, (measure, "median clipped ratio"))
+    o = Outcome(o.verdict, o.reason[:-1] + f"; per model (not a test): rho {fmt(unit_rho)}.")
+    name = lambda k: f"depth {k[0]} {'short' if k[1] else 'no short'}"  # noqa: E731
+    _say(s, claim, f"eig/{measure}", o, rules.training_gate(_models(loss, sorted(chaos), name), target=False))
 
 
-def width_verdict(s, measure: str, m: dict, weak: str | None) -> None:
-    """The width claim judged by one chaos measure `m` (width multiplier -> value)."""
+def width_verdict(s, measure: str, m: PerSeed, loss: PerSeed) -> None:
+    """The width claim judged by one chaos measure `m` (width multiplier -> seed -> value)."""
     claim = f"Wider networks are smoother ({measure})"
+    key = f"width/{measure}"
     widths = sorted(m)
-    if len(widths) < 2 or not all(np.isfinite(m[w]) for w in widths):
-        s.verdict(claim, INCONCLUSIVE, "a surface is missing.")
+    if len(widths) < 2:
+        s.verdict(claim, INCONCLUSIVE, "a surface is missing." + _rule_tag(key))
         return
-    narrow, wide = m[widths[0]], m[widths[-1]]
-    if weak:
-        s.verdict(claim, INCONCLUSIVE, weak)
-    elif wide >= narrow:
-        s.verdict(claim, NOT_REPRODUCED, f"{measure} x{widths[-1]} {fmt(wide)} >= x{widths[0]} {fmt(narrow)}.")
-    elif wide * WIDER <= narrow:
-        s.verdict(claim, REPRODUCED, f"{measure} x{widths[-1]} {fmt(wide)} <= x{widths[0]} {fmt(narrow)} / {WIDER}.")
-    else:
-        s.verdict(claim, INCONCLUSIVE,
-                  f"{measure} x{widths[-1]} {fmt(wide)} < x{widths[0]} {fmt(narrow)}, but by less than {WIDER}x.")
+    narrow, wide = widths[0], widths[-1]
+    o = rules.two_conditions(m[narrow], m[wide], rules.WIDER, (f"x{narrow}", f"x{wide}"))
+    _say(s, claim, key, o, rules.training_gate(_models(loss, [narrow, wide], lambda w: f"width x{w}"), target=True))
 
 
-def batch_verdicts(s, sharp: dict, err: dict, wds: list[float], weak: str | None) -> None:
-    """The three batch claims from the grid max-rise ((wd, large, norm) -> value) and test error ((wd, large) -> value)."""
-    # (a) small batch wider than large batch, filter-normalized, in each weight-decay setting
-    ok = [(wd, sharp.get((wd, False, "filter")), sharp.get((wd, True, "filter"))) for wd in wds]
-    ok = [(wd, a, b) for wd, a, b in ok if a is not None and b is not None and np.isfinite(a) and np.isfinite(b)]
-    wins = [wd for wd, a, b in ok if a < b]
-    detail = "; ".join(f"wd {fmt(wd)}: small {fmt(a)} vs large {fmt(b)}" for wd, a, b in ok)
-    if len(ok) < 2 or weak:
-        s.verdict("Small-batch minima are wider (filter-normalized)", INCONCLUSIVE, weak or "a surface is missing.")
-    else:
-        v = REPRODUCED if len(wins) == len(ok) else (NOT_REPRODUCED if not wins else INCONCLUSIVE)
-        s.verdict("Small-batch minima are wider (filter-normalized)", v, f"grid max-rise {detail}.")
-    # (b) sharpness (here: the grid max-rise) tracks test error
-    keys = [(wd, large) for wd in wds for large in (False, True)
-            if np.isfinite(sharp.get((wd, large, "filter"), float("nan"))) and np.isfinite(err.get((wd, large), float("nan")))]
-    rho = measures.spearman([sharp[(k[0], k[1], "filter")] for k in keys], [err[k] for k in keys])
-    if weak:
-        s.verdict("Sharpness tracks test error", INCONCLUSIVE, weak)
-    elif len(keys) < 4 or not np.isfinite(rho):
-        s.verdict("Sharpness tracks test error", INCONCLUSIVE, f"{len(keys)} models with both numbers"
-                  + ("" if np.isfinite(rho) else " or no rank variation") + ".")
-    else:
-        v = REPRODUCED if rho >= TRACK_RHO else (NOT_REPRODUCED if rho <= 0 else INCONCLUSIVE)
-        s.verdict("Sharpness tracks test error", v, f"Spearman correlation of the filter-normalized grid max-rise and "
-                  f"test error over {len(keys)} models: {fmt(rho)} (threshold {TRACK_RHO}).")
-    # (c) without normalization, weight decay flips the comparison
-    wd = max(wds) if wds else None
-    vals = [sharp.get((wd, large, norm), float("nan")) for norm in ("filter", "none") for large in (False, True)]
-    if weak:
-        s.verdict("Without filter normalization, weight decay flips the comparison", INCONCLUSIVE, weak)
-    elif wd is None or wd == 0 or not all(np.isfinite(vals)):
-        s.verdict("Without filter normalization, weight decay flips the comparison", INCONCLUSIVE, "a surface is missing.")
-    else:
-        f_small, f_large, n_small, n_large = vals
-        same = (f_small < f_large) == (n_small < n_large)
-        s.verdict("Without filter normalization, weight decay flips the comparison", NOT_REPRODUCED if same else REPRODUCED,
-                  f"with weight decay {fmt(wd)}: filter-normalized small {fmt(f_small)} vs large {fmt(f_large)}; "
-                  f"unnormalized small {fmt(n_small)} vs large {fmt(n_large)} "
-                  f"({'the same order' if same else 'the order flips'}).")
+def _batch_name(k) -> str:
+    variant, wd, large = k
+    return f"{'large batch, ' + variant if large else 'small batch'}, wd {fmt(wd)}"
 
 
-def trajectory_verdict(s, evs: list[float], walks: list[tuple[float, float]]) -> None:
-    """The trajectory claim from PC1+PC2 per path and the random walk's (mean, 95th percentile) per path."""
-    if not evs or not all(np.isfinite(evs)):
-        s.verdict("Trajectories lie in a low-dimensional space", INCONCLUSIVE, "the PCA surfaces are missing.")
-        return
-    detail = "; ".join(f"{fmt(e)} (random walk 95th percentile {fmt(q)})" for e, (_, q) in zip(evs, walks))
-    if not all(e >= EXPLAINED for e in evs):
-        v = NOT_REPRODUCED if not any(e >= EXPLAINED for e in evs) else INCONCLUSIVE
-        s.verdict("Trajectories lie in a low-dimensional space", v,
-                  f"PC1+PC2 explain {detail} of the variance (threshold {EXPLAINED}).")
-    elif all(e > q for e, (_, q) in zip(evs, walks)):
-        s.verdict("Trajectories lie in a low-dimensional space", REPRODUCED,
-                  f"PC1+PC2 explain {detail} of the variance: above {EXPLAINED} and above a random walk.")
-    else:
-        s.verdict("Trajectories lie in a low-dimensional space", INCONCLUSIVE,
-                  f"PC1+PC2 explain {detail} of the variance: above {EXPLAINED}, but a random walk with as many "
-                  "points explains as much.")
+def batch_verdicts(s, rise: PerSeed, rise_none: PerSeed, err: Mapping[object, float], seeds: Mapping[object, int],
+                   unit_rho: float, loss: PerSeed, variants: list[str], wds: list[float]) -> None:
+    """The batch claims. Conditions are (variant, wd, large): the small-batch net is (None, wd, False), a
+    large-batch net (variant, wd, True). `rise`, `rise_none`: filter-normalized and unnormalized grid max-rise per
+    seed; `err`, `seeds`: per condition, the mean test error and the number of training seeds (the correlation);
+    `loss`: center train losses per seed."""
+    for v in variants:
+        for wd in wds:
+            small, large = (None, wd, False), (v, wd, True)
+            o = rules.two_conditions(rise.get(large, {}), rise.get(small, {}), None, ("large", "small"))
+            _say(s, f"Large-batch minima are sharper (filter-normalized; {v} variant, wd {fmt(wd)})", "batch/sharper", o,
+                 rules.training_gate(_models(loss, [small, large], _batch_name), target=True))
+    means = {k: float(np.mean(list(vals.values()))) for k, vals in rise.items() if vals}
+    o = rules.correlation(means, err, seeds, ("filter-normalized grid max-rise", "test error"))
+    o = Outcome(o.verdict, o.reason[:-1] + f"; per model (not a test): rho {fmt(unit_rho)}.")
+    _say(s, "Sharpness tracks test error", "batch/tracks", o,
+         rules.training_gate(_models(loss, sorted(rise, key=repr), _batch_name), target=False))
+    for v in variants:
+        wd = max(wds) if wds else 0.0
+        claim = f"Without filter normalization, weight decay flips the comparison ({v} variant)"
+        if wd == 0:
+            s.verdict(claim, INCONCLUSIVE, "no run with weight decay." + _rule_tag("batch/flip"))
+            continue
+        small, large = (None, wd, False), (v, wd, True)
+        o = rules.two_conditions(rise_none.get(small, {}), rise_none.get(large, {}), None, ("small", "large"))
+        _say(s, claim, "batch/flip", Outcome(o.verdict, f"with weight decay {fmt(wd)}, unnormalized grid max-rise: "
+                                                        + o.reason),
+             rules.training_gate(_models(loss, [small, large], _batch_name), target=True))
+
+
+def trajectory_verdict(s, paths: Mapping[tuple[float, int], tuple[float, float]]) -> None:
+    """The trajectory claim from (PC1+PC2, random walk's 95th percentile) per (weight decay, training seed)."""
+    _say(s, "Trajectories lie in a low-dimensional space", "trajectory", rules.trajectory_paths(paths))
