@@ -531,7 +531,7 @@ def render(out_dir: str, figures: str, rel_figures: str) -> str:
             "hand. Claims: docs/method.md#the-papers-claims (Li et al. 2018). Definitions of the numbers: "
             "`landscape_mpi/experiments/measures.py`; the verdict rules: `landscape_mpi/experiments/rules.py` "
             f"(version {rules.RULES_VERSION}, listed below).", ""]
-    body, summary = [], []
+    body, summary, scales = [], [], []
     for name in found:
         s = Section(out_dir, name, figures, rel_figures)
         SECTIONS[name](s)
@@ -543,6 +543,8 @@ def render(out_dir: str, figures: str, rel_figures: str) -> str:
         if s.notes:
             body += ["Not computed, or not completely:", "", *[f"- {n}" for n in s.notes], ""]
         summary += [line for line in s.lines if line.startswith("- **")]
+        scales += [m["scale"]] if m["scale"] not in scales else []
+    head += [f"Scale: {', '.join(f'`{x}`' for x in scales)} (docs/reproducing.md#scales says what each holds).", ""]
     lines = head + ["## Verdicts", "", *summary, "", *rules.rules_section(), *body]
     return "\n".join(lines).rstrip() + "\n"
 
