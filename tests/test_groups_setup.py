@@ -3,8 +3,7 @@ streams_shards): the model built with its parameters on the meta device, theta* 
 and written tensor by tensor by the file step and read back row by row by each member.
 
 Oracles: `build_directions` on the whole model (the plain path) for the streamed directions' bits; the peak
-resident memory of the unsharded run of the same command, and of the group run that still builds the whole
-model (`--dir-space states`, the negative control), for the memory; the one-rank pre-flight's message for a
+resident memory of the unsharded run of the same command (the whole-model path) for the memory; the one-rank pre-flight's message for a
 model that does not fit the data.
 """
 
@@ -17,12 +16,11 @@ import pytest
 import torch
 
 import shard_toys
-from conftest import ROOT, cli, mpiexec, one_line_error, run
+from conftest import cli, mpiexec, run
 
 pytestmark = pytest.mark.timeout(900)
 
 SHARDS_LINE = "each rank builds only its shards"
-WHOLE_LINE = "each rank builds the whole model first"
 
 
 def _config(**kw):
@@ -61,38 +59,43 @@ def test_streamed_directions_have_the_bits_of_the_whole_model_ones(tmp_path, ext
             assert torch.equal(got[k], v), (axis, k)
 
 
-MAXRSS = ("import atexit, resource, runpy, sys; "
-          "atexit.register(lambda: print('MAXRSS_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "
-          "file=sys.stderr, flush=True)); sys.argv = ['landscape_mpi'] + sys.argv[1:]; "
-          "runpy.run_module('landscape_mpi', run_name='__main__')")
+#: Runs the CLI and, at exit, writes the process's peak resident memory to PEAKS_DIR/<rank> (a file: a line on
+#: stderr from an exit handler can be lost once MPI has finalized and the launcher stopped forwarding).
+MAXRSS = ("import atexit, os, resource, runpy, sys; "
+          "rank = next((os.environ[k] for k in ('OMPI_COMM_WORLD_RANK', 'PMI_RANK') if k in os.environ), '0'); "
+          "atexit.register(lambda: open(os.path.join(os.environ['PEAKS_DIR'], rank), 'w').write("
+          "str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))); "
+          "sys.argv = ['landscape_mpi'] + sys.argv[1:]; runpy.run_module('landscape_mpi', run_name='__main__')")
 
 
-def peaks_mb(p) -> list[float]:
-    return [int(line.split()[1]) / 1024 for line in p.stderr.splitlines() if line.startswith("MAXRSS_KB")]
+def peaks_mb(folder) -> list[float]:
+    return [int(p.read_text()) / 1024 for p in sorted(folder.iterdir())]
 
 
 def test_no_rank_of_a_sharded_group_holds_the_whole_model(tmp_path):
-    """Peak resident memory per process (the kernel's count, not the program's): a 268 MB model, G = 2. The
-    unsharded run holds theta*, its copy and two directions (4 model sizes, and more while it sets up); each
-    member of a sharded group must stay more than two model sizes below it. The same group run with
-    --dir-space states still builds the whole model on every rank and does not (the check can fail)."""
+    """Peak resident memory per process (the kernel's count, not the program's): a 256 MiB model, G = 2. The
+    one-process run is the whole-model path: it holds theta*, its copy and two directions (4 model sizes, more
+    while it sets up). Each member of a sharded group must stay more than two model sizes below it, which a rank
+    that built the whole model would not (measured with --dir-space states, which still builds it on every
+    rank: 2,710 and 2,995 MB against 2,602 MB; docs/mpi.md)."""
     torch.manual_seed(0)
     ck = tmp_path / "big.pt"
     torch.save(shard_toys.big_mlp().state_dict(), ck)
     model_mb = shard_toys.parameter_bytes() / 2**20
     base = ["surface", "--model", "shard_toys:big_mlp", "--dataset", "shard_toys:vectors", "--splits", "test",
             "--x=-1:1:2", "--y=-1:1:2", "--batch-size", "8", "--threads", "1", "--checkpoint", str(ck)]
-    one = run([sys.executable, "-c", MAXRSS, *base, "--out", str(tmp_path / "one.h5")], timeout=600)
+    peaks = {name: tmp_path / f"peaks-{name}" for name in ("one", "shards")}
+    for folder in peaks.values():
+        folder.mkdir()
+    run([sys.executable, "-c", MAXRSS, *base, "--out", str(tmp_path / "one.h5")], timeout=600,
+        PEAKS_DIR=peaks["one"])
     shards = run([*mpiexec(2), sys.executable, "-c", MAXRSS, *base, "--out", str(tmp_path / "g2.h5"),
-                  "--ranks-per-point", "2"], timeout=600)
-    whole = run([*mpiexec(2), sys.executable, "-c", MAXRSS, *base, "--out", str(tmp_path / "g2w.h5"),
-                 "--ranks-per-point", "2", "--dir-space", "states"], timeout=600)
-    assert SHARDS_LINE in shards.stderr and WHOLE_LINE in whole.stderr, (shards.stderr, whole.stderr)
-    (ref,), got, control = peaks_mb(one), peaks_mb(shards), peaks_mb(whole)
-    print(f"peak MB: one process {ref:.0f}; G=2 shards {got}; G=2 whole model {control}; model {model_mb:.0f}")
-    assert len(got) == 2 and len(control) == 2
+                  "--ranks-per-point", "2"], timeout=600, PEAKS_DIR=peaks["shards"])
+    assert SHARDS_LINE in shards.stderr, shards.stderr
+    (ref,), got = peaks_mb(peaks["one"]), peaks_mb(peaks["shards"])
+    print(f"peak MB: one process {ref:.0f}; G=2 shards {got}; model {model_mb:.0f}")
+    assert len(got) == 2, got
     assert all(ref - g > 2 * model_mb for g in got), (ref, got, model_mb)
-    assert not all(ref - g > 2 * model_mb for g in control), (ref, control, model_mb)
     from group_helpers import contents
 
     a, _ = contents(tmp_path / "one.h5")
