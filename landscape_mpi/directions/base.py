@@ -127,11 +127,22 @@ def random_tensor(w: torch.Tensor, generator: torch.Generator, norm: str, ignore
 def target_direction(state: dict[str, torch.Tensor], target: dict[str, torch.Tensor], keys: Sequence[str],
                      option: str) -> Direction:
     """``theta_target - theta*`` over the space (not normalized): a = 1 is the target model."""
+    check_target(state, target, keys, option)
+    return {k: target_tensor(state[k], target[k]) for k in keys}
+
+
+def check_target(state: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor], keys: Sequence[str],
+                 option: str) -> None:
+    """Raise UserError if the target checkpoint lacks a key of the space or has another shape there."""
     missing = [k for k in keys if k not in target or target[k].shape != state[k].shape]
     if missing:
         raise UserError(f"{option}: checkpoint does not match the model at {', '.join(missing[:5])}; "
                         f"give a checkpoint of the same architecture")
-    return {k: (target[k].to(state[k].dtype) - state[k]).detach().clone() for k in keys}
+
+
+def target_tensor(w: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """One tensor of `target_direction`: t - w in w's dtype."""
+    return (t.to(w.dtype) - w).detach().clone()
 
 
 def check_running_var(state: dict[str, torch.Tensor], directions: Sequence[Direction],

@@ -9,8 +9,9 @@ import torch
 from torch import nn
 
 from landscape_mpi.config.errors import UserError
-from landscape_mpi.directions.base import (Direction, StreamedDirection, check_running_var, filter_dims,
-                                           random_direction, random_tensor, space_keys, target_direction)
+from landscape_mpi.directions.base import (Direction, StreamedDirection, check_running_var, check_target,
+                                           filter_dims, random_direction, random_tensor, space_keys,
+                                           target_direction, target_tensor)
 from landscape_mpi.directions.hessian import hessian_directions
 from landscape_mpi.directions.pca import pca_from_files
 from landscape_mpi.directions.reference import read_reference_directions
@@ -94,7 +95,6 @@ def stream_directions(config, model: nn.Module, state) -> dict[str, StreamedDire
 
     keys = space_keys(model, "weights")
     dims = filter_dims(model)
-    shapes = {k: tuple(v.shape) for k, v in model.state_dict(keep_vars=True).items()}
     generator = torch.Generator().manual_seed(config.seed)
     out: dict[str, StreamedDirection] = {}
     for axis in config.axes:
@@ -105,11 +105,8 @@ def stream_directions(config, model: nn.Module, state) -> dict[str, StreamedDire
                                                                                  config.ignore, dims.get(k, 0)))
         elif target is not None:
             theirs = read_state_dict(target, f"--{axis}-target", mmap=True)
-            bad = [k for k in keys if k not in theirs or tuple(theirs[k].shape) != shapes[k]]
-            if bad:
-                raise UserError(f"--{axis}-target {target}: checkpoint does not match the model at "
-                                f"{', '.join(bad[:5])}; give a checkpoint of the same architecture")
-            out[axis] = StreamedDirection(keys, lambda k, t=theirs: (t[k].to(state[k].dtype) - state[k]).detach())
+            check_target(state, theirs, keys, f"--{axis}-target {target}")
+            out[axis] = StreamedDirection(keys, lambda k, t=theirs: target_tensor(state[k], t[k]))
         else:
             out[axis] = StreamedDirection(keys, lambda k: random_tensor(state[k], generator, config.norm,
                                                                         config.ignore, dims.get(k, 0)))

@@ -182,7 +182,9 @@ class GroupEngine(Engine):
         set_precision(precision, device)
         if theta is not None and mode != "shard":
             raise ValueError("theta (a model on the meta device) needs --group-mode shard")
-        self.model = copy.deepcopy(model).eval() if theta is not None else copy.deepcopy(model).to(device).eval()
+        self.model = copy.deepcopy(model).eval()
+        if theta is None:  # else the parameters are on meta: `fill_shards` allocates this member's rows
+            self.model.to(device)
         if mode == "shard":
             from torch.distributed.device_mesh import init_device_mesh
             from torch.distributed.fsdp import fully_shard

@@ -98,7 +98,7 @@ def check_fit(model: nn.Module, data: EvalSet, config: SurfaceConfig, task: Task
     except Exception as exc:  # noqa: BLE001  (any failure of the user's forward is a mismatch to report)
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         if on_meta and "meta" in first.lower():
-            return  # a forward that needs values (not only shapes): the sharded forward checks it (engine.group)
+            return  # a forward that needs values (not only shapes): checked again on the sharded model (run.py)
         raise UserError(f"{where}: the forward fails ({first}); choose a model built for this dataset "
                         f"(landscape-mpi models lists each zoo model's dataset)") from None
     try:
@@ -144,7 +144,7 @@ def load_inputs(config: SurfaceConfig, read: tuple | None = None) -> Inputs:
     """
     state, data, bn_data = read if read is not None else read_inputs(config)
     task = make_task(config.task, config.loss)
-    if state is None:  # streams_shards: the parameters on meta, theta* mapped; the fit is checked sharded
+    if state is None:  # streams_shards: the parameters on meta, theta* mapped; the fit is checked on shapes
         with parameters_on_meta():
             model = build_model(config.model)
         model.eval()
