@@ -1,5 +1,5 @@
 """A model that is big next to what a rank holds besides it, for the peak-memory test of sharded groups
-(tests/test_groups_setup.py): 8 layers of 2048 x 2048 (34M parameters, 128 MiB in float32), and 16 vectors to
+(tests/test_groups_setup.py): 16 layers of 2048 x 2048 (67M parameters, 256 MiB in float32), and 16 vectors to
 evaluate it on."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-WIDTH, LAYERS, CLASSES, N = 2048, 8, 10, 16
+WIDTH, LAYERS, CLASSES, N = 2048, 16, 10, 16
 
 
 def big_mlp() -> nn.Module:

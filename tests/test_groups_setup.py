@@ -73,7 +73,7 @@ def peaks_mb(folder) -> list[float]:
 
 
 def test_no_rank_of_a_sharded_group_holds_the_whole_model(tmp_path):
-    """Peak resident memory per process (the kernel's count, not the program's): a 128 MiB model, G = 2. The
+    """Peak resident memory per process (the kernel's count, not the program's): a 256 MiB model, G = 2. The
     one-process run is the whole-model path: it holds theta*, its copy and two directions (4 model sizes, more
     while it sets up). Each member of a sharded group must stay more than two model sizes below it, which a rank
     that built the whole model would not (measured with --dir-space states, which still builds it on every
