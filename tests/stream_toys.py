@@ -4,7 +4,10 @@ Not part of the package (the tests put this folder on PYTHONPATH). The iterable 
 their map-style twins in task_toys.py, so a streamed run must equal an in-memory one.
 """
 
+import atexit
 import math
+import os
+import weakref
 
 import torch
 from torch import nn
@@ -46,14 +49,32 @@ BIG_N, BIG_DIM, BIG_CLASSES = 150_000, 1024, 10
 _BASE = torch.linspace(-1.0, 1.0, BIG_DIM)
 
 
+#: Where BigVectors writes the most items alive at once when the process exits (a test sets it): the count says
+#: whether a run held the split or one batch, whatever the allocator keeps.
+LIVE_FILE = "STREAM_TOYS_LIVE_FILE"
+
+
 class BigVectors(Dataset):
     """Item i: (the base vector times a value of i, i mod 10). Made when asked; nothing is held."""
+
+    def __init__(self):
+        self.alive = self.most = 0
+        path = os.environ.get(LIVE_FILE)
+        if path:
+            atexit.register(lambda: open(path, "w").write(str(self.most)))
+
+    def _gone(self):
+        self.alive -= 1
 
     def __len__(self):
         return BIG_N
 
     def __getitem__(self, i):
-        return _BASE * math.sin(0.001 * i), i % BIG_CLASSES
+        x = _BASE * math.sin(0.001 * i)
+        self.alive += 1
+        self.most = max(self.most, self.alive)
+        weakref.finalize(x, self._gone)
+        return x, i % BIG_CLASSES
 
 
 def big_vectors(split):

@@ -14,6 +14,7 @@ import torch
 import stream_toys
 import task_toys
 from conftest import cli, mpiexec, one_line_error, run
+from landscape_mpi.data.stream import READ_BATCH
 
 LM = ["--task", "lm", "--x=-1:1:3", "--y=-1:1:3", "--batch-size", "7"]
 
@@ -112,12 +113,20 @@ def test_memory_is_bounded_by_the_batch_not_the_split(tmp_path):
             "--splits", "test", "--x=0:0:1", "--checkpoint", ck, "--batch-size", "512"]
     import sys
 
-    streamed = run([sys.executable, "-c", MAXRSS, *base, "--stream-data", "--out", str(tmp_path / "s.h5")],
-                   timeout=600)
+    def measured(name, *extra):
+        live = tmp_path / f"{name}.live"
+        p = run([sys.executable, "-c", MAXRSS, *base, *extra, "--out", str(tmp_path / f"{name}.h5")], timeout=600,
+                **{stream_toys.LIVE_FILE: live})
+        return p, int(live.read_text()), peak_mb(p)
+
+    streamed, s_items, s_mb = measured("s", "--stream-data")
     assert engine_line(streamed)
-    memory = run([sys.executable, "-c", MAXRSS, *base, "--out", str(tmp_path / "m.h5")], timeout=600)
-    s_mb, m_mb = peak_mb(streamed), peak_mb(memory)
-    # the in-memory run holds the split (the test can fail): at least the split's bytes above the streamed run
+    memory, m_items, m_mb = measured("m")
+    # the items the dataset made that were alive at once (counted by the dataset, whatever malloc keeps): the
+    # in-memory run holds the split (the control: the count can fail), the streamed one at most one read batch
+    assert m_items == stream_toys.BIG_N, m_items
+    assert 0 < s_items <= READ_BATCH, s_items
+    # and the process's peak: the in-memory run holds at least the split's bytes more
     assert m_mb - s_mb > split_mb, (s_mb, m_mb, split_mb)
     np.testing.assert_allclose(contents(tmp_path / "s.h5")[0]["test_loss"], contents(tmp_path / "m.h5")[0]["test_loss"],
                                rtol=1e-6)

@@ -78,7 +78,8 @@ def tune_cpu_allocator(keep_freed: bool = True) -> bool:
     effect from the environment: ``MALLOC_MMAP_THRESHOLD_=1073741824 MALLOC_TRIM_THRESHOLD_=1073741824``.
 
     `keep_freed=False` does the opposite, for a rank that must never hold more than its share of a model
-    (a sharded group, `surface.inputs.streams_shards`): every block of 1 MiB or more is its own mapping,
+    (a sharded group, `surface.inputs.streams_shards`) or more than a batch of the data (``--stream-data``,
+    `data.stream`): every block of 1 MiB or more is its own mapping,
     returned to the kernel when freed. glibc's dynamic threshold would otherwise serve the set-up's
     tensor-by-tensor work from the heap and keep about as much as the whole model in freed, fragmented blocks
     (measured: +540 MB resident after writing 256 MB of directions one 16 MB tensor at a time).

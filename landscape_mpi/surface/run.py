@@ -64,8 +64,8 @@ def run_surface(config: SurfaceConfig, options: RunOptions, ctx: RunContext | No
         from landscape_mpi.engine import tune_cpu_allocator
 
         # malloc keeps activation buffers: no page faults per batch (docs/performance.md#the-evaluation-engine);
-        # not where a rank must hold no more than its shards of the model
-        tune_cpu_allocator(keep_freed=bool(streams_shards(config, options)))
+        # not where a rank must hold no more than its shards of the model, nor more than a batch of the data
+        tune_cpu_allocator(keep_freed=bool(streams_shards(config, options)) and not options.stream_data)
     comm = ctx.comm
     if options.io == "collective":
         agree(comm, check_collective_io, ctx.rank)
