@@ -118,3 +118,35 @@ def test_a_model_that_does_not_fit_the_data_is_one_line_in_a_sharded_group(tmp_p
     assert "--model shard_toys:big_mlp with --dataset digits" in errors[0], errors
     assert "choose a model built for this dataset" in errors[0], errors
     assert SHARDS_LINE in p.stderr and not out.exists()
+
+
+def test_each_member_reads_the_rows_fsdp2_gives_it(tmp_path):
+    """`shard_span` and the file's row reads against torch.chunk's cuts (what FSDP2's Shard(0) holds)."""
+    from types import SimpleNamespace
+
+    import h5py
+
+    from landscape_mpi.engine.group import local_rows, shard_span
+    from landscape_mpi.files import contract
+    from landscape_mpi.files.reader import SurfaceFile
+
+    for n in (0, 1, 5, 7, 8, 64):
+        t = torch.arange(n * 3).reshape(n, 3)
+        for size in (1, 2, 3, 4, 8):
+            chunks = torch.chunk(t, size) if n else ()
+            for rank in range(size):
+                want = chunks[rank] if rank < len(chunks) else t[:0]
+                lo, hi = shard_span(n, rank, size)
+                assert torch.equal(t[lo:hi], want) and torch.equal(local_rows(t, rank, size), want), (n, size, rank)
+    # the reader takes only those rows of each direction, 0-dim tensors whole
+    path = tmp_path / "d.h5"
+    w = np.arange(21, dtype=np.float32).reshape(7, 3)
+    with h5py.File(path, "w") as f:
+        g = f.create_group(f"{contract.DIRECTIONS}/x")
+        g["w"], g["s"] = w, np.float32(2.5)
+    with h5py.File(path, "r") as f:
+        stored = SimpleNamespace(file=f)  # the reader's method on the file alone (no surface around it)
+        for rank in range(3):
+            rows = SurfaceFile.direction_rows(stored, ["x"], lambda n, rank=rank: shard_span(n, rank, 3))[0]
+            np.testing.assert_array_equal(rows["w"], torch.chunk(torch.from_numpy(w), 3)[rank].numpy())
+            assert rows["s"] == np.float32(2.5)

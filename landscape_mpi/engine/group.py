@@ -119,13 +119,17 @@ def fill_shards(model: nn.Module, theta: Mapping[str, torch.Tensor], device: tor
         local.copy_(part)
 
 
+def shard_span(n: int, rank: int, size: int) -> tuple[int, int]:
+    """Rows lo..hi-1 of n that member `rank` of `size` holds, as FSDP2's Shard(0) cuts them (torch.chunk:
+    ceil(n / size) rows per rank, the last ones shorter or empty)."""
+    step = -(-n // size)
+    return min(rank * step, n), min((rank + 1) * step, n)
+
+
 def local_rows(full: torch.Tensor, rank: int, size: int) -> torch.Tensor:
-    """This member's rows of `full` as FSDP2's Shard(0) cuts them (torch.chunk: ceil(n / size) rows per rank,
-    the last ones shorter or empty)."""
-    chunks = torch.chunk(full, size, dim=0)
-    if rank < len(chunks):
-        return chunks[rank]
-    return full.new_empty((0, *full.shape[1:]))
+    """This member's rows of `full` (`shard_span`)."""
+    lo, hi = shard_span(full.shape[0], rank, size)
+    return full[lo:hi]
 
 
 def member_rows(start: int, stop: int, rank: int, size: int) -> tuple[int, int]:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import h5py
@@ -180,10 +180,9 @@ class SurfaceFile:
         group = self.file[contract.DIRECTIONS]
         return [{k: g[k][()] for k in g} for g in (group[a] for a in axes)]
 
-    def direction_rows(self, axes: Sequence[str], rank: int, size: int) -> list[StoredDirection]:
-        """Rank `rank` of `size`'s rows (dim 0) of each stored direction, cut as ``torch.chunk(t, size)`` cuts
-        them (ceil(n / size) rows per rank, the last ones shorter or empty); a 0-dim tensor whole. Only these
-        rows are read: the shards of a model no rank holds whole (`engine.group`)."""
+    def direction_rows(self, axes: Sequence[str], span: Callable[[int], tuple[int, int]]) -> list[StoredDirection]:
+        """The rows lo..hi-1 = span(n) (dim 0) of each stored direction of n rows; a 0-dim tensor whole. Only
+        these rows are read: a member's shards of a model no rank holds whole (`engine.group.shard_span`)."""
         group = self.file[contract.DIRECTIONS]
         out = []
         for g in (group[a] for a in axes):
@@ -193,8 +192,7 @@ class SurfaceFile:
                 if not ds.shape:
                     rows[k] = ds[()]
                     continue
-                step = -(-ds.shape[0] // size)
-                lo, hi = min(rank * step, ds.shape[0]), min((rank + 1) * step, ds.shape[0])
+                lo, hi = span(ds.shape[0])
                 rows[k] = ds[lo:hi]
             out.append(rows)
         return out
@@ -263,10 +261,10 @@ def read_run_inputs(path: str, axes: Sequence[str]) -> RunInputs:
         return s.run_inputs(axes)
 
 
-def read_run_rows(path: str, axes: Sequence[str], rank: int, size: int) -> RunInputs:
-    """(this rank's rows of the directions (`SurfaceFile.direction_rows`), coordinates) in one open."""
+def read_run_rows(path: str, axes: Sequence[str], span: Callable[[int], tuple[int, int]]) -> RunInputs:
+    """(the rows span(n) of each direction (`SurfaceFile.direction_rows`), coordinates) in one open."""
     with open_surface(path) as s:
-        return s.direction_rows(axes, rank, size), list(s.coords().values())
+        return s.direction_rows(axes, span), list(s.coords().values())
 
 
 def read_trajectory(path: str) -> dict | None:

@@ -134,7 +134,10 @@ def _run_locked(config: SurfaceConfig, options: RunOptions, ctx: RunContext) -> 
         stored = share_per_node(node, lambda: opened.inputs if opened is not None
                                 else reader.read_run_inputs(prepared.path, axes)).get
     else:  # each member reads its own rows of each direction
-        stored = lambda: reader.read_run_rows(prepared.path, axes, group.rank, group.size)  # noqa: E731
+        from landscape_mpi.engine.group import shard_span
+
+        stored = lambda: reader.read_run_rows(prepared.path, axes,  # noqa: E731
+                                              lambda n: shard_span(n, group.rank, group.size))
 
     def engine_step() -> GridEvaluator:
         ctx.faults.reached("engine")
