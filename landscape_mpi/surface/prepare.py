@@ -26,7 +26,7 @@ from landscape_mpi.config.surface import RunOptions, SurfaceConfig, config_diff
 from landscape_mpi.directions.sources import build_directions, stream_directions
 from landscape_mpi.config.errors import UserError
 from landscape_mpi.surface.inputs import Inputs
-from landscape_mpi.models import checkpoint_sha256
+from landscape_mpi.models import checkpoint_sha256, read_state_dict
 
 
 def overwrite_path(out: str) -> str:
@@ -154,8 +154,11 @@ def prepare_file(config: SurfaceConfig, options: RunOptions, inputs: Inputs) -> 
         os.remove(path)  # a stale --overwrite work file of another command: not anyone's complete surface
     if inputs.theta is None:
         directions, trajectory, attrs = build_directions(config, inputs.model, config.checkpoint)
-    else:  # made and written tensor by tensor: no rank holds the whole model (surface.inputs.streams_shards)
-        directions, trajectory, attrs = stream_directions(config, inputs.model, inputs.theta), None, {}
+    else:  # made and written tensor by tensor: no rank holds the whole model (surface.inputs.streams_shards).
+        # The filter norms read all of theta*: through a mapping of their own, whose pages leave this process's
+        # resident set with it (inputs.theta keeps only the rows this rank's shards read later).
+        theta = read_state_dict(config.checkpoint, "--checkpoint", mmap=True)
+        directions, trajectory, attrs = stream_directions(config, inputs.model, theta), None, {}
     attrs = {"checkpoint": os.path.abspath(config.checkpoint), **attrs, **input_hashes(config),
              **{f"{split}_data_sha256": fp for split, fp in inputs.fingerprints.items()}}
     indices = {d.name: d.indices for d in inputs.data}
