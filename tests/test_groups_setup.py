@@ -9,12 +9,12 @@ model that does not fit the data.
 
 from __future__ import annotations
 
-import sys
 
 import numpy as np
 import pytest
 import torch
 
+import peak_memory
 import shard_toys
 from conftest import cli, mpiexec, run
 
@@ -61,41 +61,29 @@ def test_streamed_directions_have_the_bits_of_the_whole_model_ones(tmp_path, ext
 
 #: Runs the CLI and, at exit, writes the process's peak resident memory to PEAKS_DIR/<rank> (a file: a line on
 #: stderr from an exit handler can be lost once MPI has finalized and the launcher stopped forwarding).
-MAXRSS = ("import atexit, os, resource, runpy, sys; "
-          "rank = next((os.environ[k] for k in ('OMPI_COMM_WORLD_RANK', 'PMI_RANK') if k in os.environ), '0'); "
-          "atexit.register(lambda: open(os.path.join(os.environ['PEAKS_DIR'], rank), 'w').write("
-          "str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))); "
-          "sys.argv = ['landscape_mpi'] + sys.argv[1:]; runpy.run_module('landscape_mpi', run_name='__main__')")
-
-
-def peaks_mb(folder) -> list[float]:
-    return [int(p.read_text()) / 1024 for p in sorted(folder.iterdir())]
-
-
 def test_no_rank_of_a_sharded_group_holds_the_whole_model(tmp_path):
-    """Peak resident memory per process (the kernel's count, not the program's): a 256 MiB model, G = 2. The
-    one-process run is the whole-model path: it holds theta*, its copy and two directions (4 model sizes, more
-    while it sets up). Each member of a sharded group must stay more than two model sizes below it, which a rank
-    that built the whole model would not (measured with --dir-space states, which still builds it on every
-    rank: 2,710 and 2,995 MB against 2,602 MB; docs/mpi.md)."""
+    """Peak memory per process, sampled by the process itself (tests/peak_memory.py: the anonymous memory, what
+    the program allocated): a 256 MiB model, G = 2. The one-process run is the whole-model path: it holds
+    theta*, its copy and two directions (4 model sizes, more while it sets up). Each member of a sharded group
+    must stay more than two model sizes below it, which a rank that built the whole model would not (measured
+    with --dir-space states, which still builds it on every rank; docs/mpi.md)."""
     torch.manual_seed(0)
     ck = tmp_path / "big.pt"
     torch.save(shard_toys.big_mlp().state_dict(), ck)
     model_mb = shard_toys.parameter_bytes() / 2**20
     base = ["surface", "--model", "shard_toys:big_mlp", "--dataset", "shard_toys:vectors", "--splits", "test",
             "--x=-1:1:2", "--y=-1:1:2", "--batch-size", "8", "--threads", "1", "--checkpoint", str(ck)]
-    peaks = {name: tmp_path / f"peaks-{name}" for name in ("one", "shards")}
-    for folder in peaks.values():
+    folders = {name: tmp_path / f"peaks-{name}" for name in ("one", "shards")}
+    for folder in folders.values():
         folder.mkdir()
-    run([sys.executable, "-c", MAXRSS, *base, "--out", str(tmp_path / "one.h5")], timeout=600,
-        PEAKS_DIR=peaks["one"])
-    shards = run([*mpiexec(2), sys.executable, "-c", MAXRSS, *base, "--out", str(tmp_path / "g2.h5"),
-                  "--ranks-per-point", "2"], timeout=600, PEAKS_DIR=peaks["shards"])
+    run(peak_memory.command(*base, "--out", str(tmp_path / "one.h5")), timeout=600, PEAKS_DIR=folders["one"])
+    shards = run([*mpiexec(2), *peak_memory.command(*base, "--out", str(tmp_path / "g2.h5"), "--ranks-per-point",
+                                                    "2")], timeout=600, PEAKS_DIR=folders["shards"])
     assert SHARDS_LINE in shards.stderr, shards.stderr
-    (ref,), got = peaks_mb(peaks["one"]), peaks_mb(peaks["shards"])
-    print(f"peak MB: one process {ref:.0f}; G=2 shards {got}; model {model_mb:.0f}")
+    (ref,), got = peak_memory.peaks(folders["one"]), peak_memory.peaks(folders["shards"])
+    print(f"peaks (MB): one process {ref}; G=2 shards {got}; model {model_mb:.0f}")
     assert len(got) == 2, got
-    assert all(ref - g > 2 * model_mb for g in got), (ref, got, model_mb)
+    assert all(ref["anon"] - g["anon"] > 2 * model_mb for g in got), (ref, got, model_mb)
     from group_helpers import contents
 
     a, _ = contents(tmp_path / "one.h5")

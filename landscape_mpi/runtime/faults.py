@@ -114,8 +114,10 @@ class Faults:
             raise InjectedFault(f"test hook: rank {self.rank} fails at stage {stage}")
         if self.gate is not None and self.gate[0] == stage:
             path = self.gate[1]
-            with open(f"{path}.reached.{self.rank}", "w") as f:
+            mark = f"{path}.reached.{self.rank}"
+            with open(f"{mark}.tmp", "w") as f:  # renamed when written: a test that sees the file reads the pid
                 f.write(str(os.getpid()))
+            os.replace(f"{mark}.tmp", mark)
             while not os.path.exists(path):
                 time.sleep(0.01)
 
