@@ -140,13 +140,15 @@ def test_sigterm_stops_gracefully_and_resumes(tmp_path, digits_ckpt):
     run(cli("surface", *args, "--out", str(full)))
     gate = tmp_path / "gate"
     proc = subprocess.Popen(cli("surface", *args, "--out", str(part), "--flush-seconds", "0.1"), cwd=ROOT,
-                            env=env(LANDSCAPE_MPI_TEST_DELAY="0", LANDSCAPE_MPI_TEST_GATE=f"mid_run:{gate}"),
+                            env=env(LANDSCAPE_MPI_TEST_DELAY="0", LANDSCAPE_MPI_TEST_GATE=f"mid_run:{gate}",
+                                    LANDSCAPE_MPI_EXIT_FILE=tmp_path / "exit"),
                             stderr=subprocess.PIPE, text=True)
     wait_for_files([f"{gate}.reached.0"], timeout=300)  # held after its first point: the grid cannot finish
     proc.send_signal(signal.SIGTERM)
     gate.write_text("go")
     err = proc.communicate(timeout=300)[1]
     assert proc.returncode == EXIT_RESUMABLE, err
+    assert (tmp_path / "exit").read_text() == f"{EXIT_RESUMABLE}\n"  # what a job script reads (note_exit)
     assert "Rerun the same command to resume" in err
     r = read_results(part)
     n_done = r["done"].sum()

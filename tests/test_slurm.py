@@ -181,6 +181,31 @@ def test_user_error_is_not_requeued(slurm, tmp_path, direct):
     assert "user error: not requeueing" in (tmp_path / f"landscape-{jobid}.out").read_text()
 
 
+def test_a_user_error_is_not_requeued_when_srun_returns_a_signal(tmp_path):
+    """srun --kill-on-bad-exit ends a step's other ranks as soon as one exits with 2, and then returns their
+    SIGTERM's code, 143 (seen in CI: the job was requeued once). The script must take the code the ranks wrote
+    to $LANDSCAPE_MPI_EXIT_FILE. Run by bash outside SLURM: the launcher runs the real landscape-mpi, then
+    returns 143 as srun did; scontrol records any requeue."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text('#!/bin/bash\necho "$@" >> "$SCONTROL_CALLS"\n')
+    killing = tmp_path / "srun_that_killed.sh"
+    killing.write_text('#!/bin/bash\n"$@"\nexit 143\n')
+    for f in (bin_dir / "scontrol", killing):
+        f.chmod(0o755)
+    calls = tmp_path / "scontrol.calls"
+    e = job_env(str(killing), SLURM_JOB_ID="7", SLURM_NTASKS="1", SLURM_JOB_NODELIST="here", SLURM_SUBMIT_DIR=tmp_path,
+                SCONTROL_CALLS=calls, PATH=f"{bin_dir}{os.pathsep}{env()['PATH']}")
+    p = subprocess.run(["bash", str(ROOT / "jobs" / "surface_preemptible.sbatch"), "--model", "nope",
+                        "--checkpoint", "x.pt", "--out", str(tmp_path / "e.h5")],
+                       capture_output=True, text=True, cwd=tmp_path, env=e, timeout=300)
+    assert "unknown model" in p.stdout + p.stderr, p.stdout + p.stderr  # the real landscape-mpi ran
+    assert "the launcher returned 143" in p.stdout, p.stdout
+    assert p.returncode == 2 and "user error: not requeueing" in p.stdout, p.stdout
+    assert not calls.exists()  # no requeue
+    assert not list(tmp_path.glob(".landscape-job-7.*"))  # neither an exit file nor a failure count left
+
+
 def _time(info, field) -> float:
     return time.mktime(time.strptime(info[field], "%Y-%m-%dT%H:%M:%S"))
 

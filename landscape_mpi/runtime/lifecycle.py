@@ -144,12 +144,33 @@ def say(message: str, stream=None) -> None:
     stream.flush()
 
 
+#: A file where every rank writes the exit code it chose before it exits (0, 2, 75, ...), when a job script
+#: sets it: srun --kill-on-bad-exit ends a step's other ranks as soon as one exits non-zero and then returns
+#: their signal's code (143), which would hide a user error or a resumable stop (jobs/surface_preemptible.sbatch).
+EXIT_FILE = "LANDSCAPE_MPI_EXIT_FILE"
+
+
+def note_exit(code: int) -> None:
+    """Write `code` to $LANDSCAPE_MPI_EXIT_FILE if set (whole or not at all: written aside, then renamed)."""
+    path = os.environ.get(EXIT_FILE)
+    if not path:
+        return
+    try:
+        part = f"{path}.{os.getpid()}.part"
+        with open(part, "w") as f:
+            f.write(f"{code}\n")
+        os.replace(part, path)
+    except OSError as exc:
+        say(f"landscape-mpi: warning: cannot write the exit code to {EXIT_FILE}={path}: {exc}")
+
+
 def abort(message: str, code: int = EXIT_FAILURE) -> None:
     """Print ``landscape-mpi: rank R: message`` from this rank and end every rank of the job (MPI_Abort);
     in a single process, just print it (the caller returns `code`)."""
     comm = world()
     say(f"landscape-mpi: rank {comm.Get_rank()}: {message}")
     if comm.Get_size() > 1:  # one rank alone needs no MPI_Abort: the caller returns `code`
+        note_exit(code)
         abort_after_grace(comm, code)
 
 
@@ -169,7 +190,14 @@ def abort_after_grace(comm, code: int) -> None:
 
 
 def run_main(body: Callable[[], int]) -> int:
-    """The guard around every command: exit codes, one-line user errors, abort of multi-rank jobs."""
+    """The guard around every command: exit codes (also to $LANDSCAPE_MPI_EXIT_FILE, `note_exit`), one-line
+    user errors, abort of multi-rank jobs."""
+    code = _guarded(body)
+    note_exit(code)
+    return code
+
+
+def _guarded(body: Callable[[], int]) -> int:
     STOP.install()
     try:
         return body()
