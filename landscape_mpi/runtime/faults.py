@@ -114,10 +114,9 @@ class Faults:
             raise InjectedFault(f"test hook: rank {self.rank} fails at stage {stage}")
         if self.gate is not None and self.gate[0] == stage:
             path = self.gate[1]
-            mark = f"{path}.reached.{self.rank}"
-            with open(f"{mark}.tmp", "w") as f:  # renamed when written: a test that sees the file reads the pid
-                f.write(str(os.getpid()))
-            os.replace(f"{mark}.tmp", mark)
+            from landscape_mpi.runtime.lifecycle import write_whole
+
+            write_whole(f"{path}.reached.{self.rank}", str(os.getpid()))  # a test that sees the file reads the pid
             while not os.path.exists(path):
                 time.sleep(0.01)
 

@@ -150,16 +150,25 @@ def say(message: str, stream=None) -> None:
 EXIT_FILE = "LANDSCAPE_MPI_EXIT_FILE"
 
 
+def write_whole(path: str, text: str) -> None:
+    """Write `text` to `path` whole or not at all: into a temporary file of this process beside it (unique, so
+    ranks writing the same path never share one), then renamed over `path`; a reader never sees it half-written."""
+    import tempfile
+
+    fd, part = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".part",
+                                dir=os.path.dirname(os.path.abspath(path)))
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(part, path)
+
+
 def note_exit(code: int) -> None:
-    """Write `code` to $LANDSCAPE_MPI_EXIT_FILE if set (whole or not at all: written aside, then renamed)."""
+    """Write `code` to $LANDSCAPE_MPI_EXIT_FILE if set (`write_whole`)."""
     path = os.environ.get(EXIT_FILE)
     if not path:
         return
     try:
-        part = f"{path}.{os.getpid()}.part"
-        with open(part, "w") as f:
-            f.write(f"{code}\n")
-        os.replace(part, path)
+        write_whole(path, f"{code}\n")
     except OSError as exc:
         say(f"landscape-mpi: warning: cannot write the exit code to {EXIT_FILE}={path}: {exc}")
 
