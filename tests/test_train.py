@@ -1,5 +1,6 @@
 """Training for the analyses: exact resume, iteration saves, vectorized augmentation, MNIST-1D, small ResNets."""
 
+import json
 import os
 import shutil
 import signal
@@ -98,6 +99,94 @@ def test_old_checkpoint_without_resume_state_is_refused(tmp_path):
 def test_bad_save_every_iters():
     with pytest.raises(UserError, match="--save-every-iters"):
         TrainConfig(model="digits_cnn", out_dir="x", save_every_iters=-1)
+
+
+def _hand_trained(cfg: TrainConfig, lr_of_step, clip: float) -> tuple[dict, int]:
+    """SGD written out: the training's initialization, sample order and data, each step at `lr_of_step(k)`, the
+    gradient scaled to norm `clip` where it is larger (0: never); returns the weights and how many steps were
+    clipped."""
+    torch.manual_seed(cfg.seed)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    model = build_model(cfg.model)
+    data = train_mod.load_eval_set(cfg.dataset, "train", None, cfg.samples, cfg.seed)
+    n = len(data)
+    per_epoch = -(-n // cfg.batch_size)
+    params = list(model.parameters())
+    velocity = [torch.zeros_like(p) for p in params]
+    clipped, k = 0, 0
+    for _ in range(cfg.epochs):
+        model.train()
+        order = torch.randperm(n, generator=generator)
+        for b in range(per_epoch):
+            idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+            model.zero_grad(set_to_none=True)
+            F.cross_entropy(model(data.inputs[idx]), data.labels[idx]).backward()
+            with torch.no_grad():
+                grads = [p.grad + cfg.weight_decay * p for p in params]
+                norm = torch.sqrt(sum((p.grad.double() ** 2).sum() for p in params))
+                scale = 1.0
+                if clip and norm > clip:  # torch's rule: the gradient before weight decay, clip / (norm + 1e-6)
+                    scale, clipped = clip / (norm.item() + 1e-6), clipped + 1
+                    grads = [p.grad * scale + cfg.weight_decay * p for p in params]
+                for p, g, v in zip(params, grads, velocity):
+                    v.mul_(cfg.momentum).add_(g)
+                    p.sub_(lr_of_step(k) * v)
+            k += 1
+    return {n: v.detach() for n, v in model.state_dict().items()}, clipped
+
+
+def test_warmup_and_clipping_equal_sgd_written_out(tmp_path):
+    """Warm-up over 2 of 3 epochs (7 steps each) under the step schedule (x0.1 after epochs 1 and 2) and gradient
+    clipping at norm 0.5 give the weights of plain SGD written out with the rate of step k
+    lr(epoch) * min(1, (k + 1) / 14) and torch's clipping rule; the run without either differs."""
+    cfg = TrainConfig(out_dir=str(tmp_path / "wc"), **{**BASE, "save_every_iters": 0, "warmup_epochs": 2,
+                                                        "clip_grad_norm": 0.5})
+    final = state(train(cfg, CPU, quiet=True))["state_dict"]
+
+    def rate(k):
+        return 0.05 * 0.1 ** (k // 7) * min(1.0, (k + 1) / 14)
+
+    want, clipped = _hand_trained(cfg, rate, 0.5)
+    assert clipped > 0  # the clipping was exercised
+    for name, value in want.items():
+        torch.testing.assert_close(final[name], value, rtol=1e-4, atol=1e-5, msg=name)
+    plain, _ = _hand_trained(cfg, lambda k: 0.05 * 0.1 ** (k // 7), 0)
+    assert max((plain[n].float() - want[n].float()).abs().max().item() for n in want) > 1e-3
+
+
+def test_resume_inside_warmup_equals_uninterrupted(tmp_path):
+    """A training stopped inside its warm-up (after step 4 of 14) resumes to the uninterrupted weights: the
+    warm-up factor is a function of the step, and the scheduler's state never holds it."""
+    settings = {**BASE, "warmup_epochs": 2, "clip_grad_norm": 0.5}
+    ref = tmp_path / "ref"
+    train(TrainConfig(out_dir=str(ref), **settings), CPU, quiet=True)
+    part = tmp_path / "part"
+    part.mkdir()
+    for name in ("epoch_000.pt", "iter_0000004.pt"):
+        shutil.copy(ref / name, part / name)
+    train(TrainConfig(out_dir=str(part), **settings), CPU, quiet=True)
+    assert_same_training(ref / "final.pt", part / "final.pt")
+
+
+def test_checkpoint_from_before_warmup_and_clipping_resumes(reference, tmp_path):
+    """A checkpoint written before the two options existed (its config lacks them) resumes as trained: off."""
+    ck = state(reference / "epoch_001.pt")
+    stored = json.loads(ck["config"])
+    del stored["warmup_epochs"], stored["clip_grad_norm"]
+    ck["config"] = json.dumps(stored)
+    torch.save(ck, tmp_path / "epoch_001.pt")
+    train(TrainConfig(out_dir=str(tmp_path), **BASE), CPU, quiet=True)
+    assert_same_training(reference / "final.pt", tmp_path / "final.pt")
+    with pytest.raises(UserError, match=r"warmup_epochs: 0 there, 1 now"):
+        train(TrainConfig(out_dir=str(tmp_path), **{**BASE, "warmup_epochs": 1}), CPU, quiet=True)
+
+
+@pytest.mark.parametrize("settings,flag", [({"warmup_epochs": 4}, "--warmup-epochs"),
+                                           ({"warmup_epochs": -1}, "--warmup-epochs"),
+                                           ({"clip_grad_norm": -1.0}, "--clip-grad-norm")])
+def test_bad_warmup_or_clipping(settings, flag):
+    with pytest.raises(UserError, match=flag):
+        TrainConfig(out_dir="x", **{**BASE, **settings})
 
 
 def test_augment_matches_per_sample_crop_and_flip():

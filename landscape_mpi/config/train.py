@@ -31,6 +31,11 @@ class TrainConfig:
     weight_decay: float = option(5e-4, help="L2 weight decay")
     schedule: str = option("cosine", help="learning-rate schedule: none, step (x0.1 at 50% and 75% of the "
                                           "epochs) or cosine (per epoch)", choices=SCHEDULES)
+    warmup_epochs: int = option(0, help="raise the learning rate linearly over the first N epochs, step by step, "
+                                        "from lr/steps to the schedule's rate (0: off)")
+    clip_grad_norm: float = option(0.0, help="scale each step's gradient down to this global norm where it is "
+                                             "larger (0: off); deep nets without shortcuts start with "
+                                             "gradient norms in the thousands")
     augment: bool = option(True, help="no random crop (pad 4) and horizontal flip (CIFAR-10)")
     seed: int = option(0, help="seed of the initialization, the sample order and the augmentation")
     save_every_iters: int = option(0, help="also save iter_NNNNNNN.pt every N optimizer steps (trajectories at a "
@@ -47,6 +52,10 @@ class TrainConfig:
             raise UserError(f"--optimizer {self.optimizer}: choose sgd or adam")
         if self.schedule not in SCHEDULES:
             raise UserError(f"--schedule {self.schedule}: choose none, step or cosine")
+        if not 0 <= self.warmup_epochs <= self.epochs:
+            raise UserError(f"--warmup-epochs {self.warmup_epochs}: must be between 0 (off) and --epochs")
+        if self.clip_grad_norm < 0:
+            raise UserError(f"--clip-grad-norm {self.clip_grad_norm}: must be 0 (off) or positive")
         if self.save_every_iters < 0:
             raise UserError(f"--save-every-iters {self.save_every_iters}: must be 0 (off) or positive")
         check_choices(self)

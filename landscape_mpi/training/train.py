@@ -85,10 +85,32 @@ def lm_evaluate(model: torch.nn.Module, data: EvalSet) -> tuple[float, float]:
 
 
 # ------------------------------------------------------------------------------------------ training
+def warmup_factor(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
+    """The factor on the scheduled learning rate of optimizer step `step` + 1 (1 after the warm-up):
+    (step + 1) / (warmup_epochs * steps_per_epoch), a function of the step alone, so a resume continues it."""
+    ramp = cfg.warmup_epochs * steps_per_epoch
+    return 1.0 if step >= ramp else (step + 1) / ramp
+
+
+def _step(opt: torch.optim.Optimizer, factor: float) -> None:
+    """One optimizer step at `factor` x each group's rate; the rates are put back after it, so the epoch
+    scheduler never sees the warm-up (its state is the same with or without one)."""
+    if factor == 1.0:
+        opt.step()
+        return
+    rates = [g["lr"] for g in opt.param_groups]
+    for g, r in zip(opt.param_groups, rates):
+        g["lr"] = r * factor
+    opt.step()
+    for g, r in zip(opt.param_groups, rates):
+        g["lr"] = r
+
+
 def _config_diff(stored: dict[str, Any], cfg: TrainConfig) -> list[str]:
     wanted = asdict(cfg)
-    names = [f.name for f in fields(TrainConfig) if f.name not in RESUME_FREE_FIELDS]
-    return [f"{k}: {stored.get(k)!r} there, {wanted[k]!r} now" for k in names if stored.get(k) != wanted[k]]
+    # A field added after a checkpoint was written is there at its default (the behaviour it was trained with).
+    there = {f.name: stored.get(f.name, f.default) for f in fields(TrainConfig) if f.name not in RESUME_FREE_FIELDS}
+    return [f"{k}: {v!r} there, {wanted[k]!r} now" for k, v in there.items() if v != wanted[k]]
 
 
 def _check_config(path: str, stored_json: str | None, cfg: TrainConfig) -> None:
@@ -243,7 +265,9 @@ def train(cfg: TrainConfig, device: torch.device | None = None, quiet: bool = Fa
                 xb = _augment(xb, generator)
             opt.zero_grad(set_to_none=True)
             loss_fn(model(xb), yb).backward()
-            opt.step()
+            if cfg.clip_grad_norm:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad_norm)
+            _step(opt, warmup_factor(cfg, step, steps_per_epoch))
             step += 1
             if faults.enabled:
                 faults.reached(f"train_step:{step}")
