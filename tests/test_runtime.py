@@ -81,6 +81,25 @@ def test_gate_writes_reached_and_waits_for_the_release(tmp_path, spec, stage):
     assert not waiter.is_alive()
 
 
+def test_write_whole_replaces_the_file_whole_and_readable(tmp_path, monkeypatch):
+    """The text is written aside and renamed over the old file: a failed write leaves the old one whole and no
+    temporary file behind; the result is readable by the group (0644), not mkstemp's 0600."""
+    path = tmp_path / "manifest.json"
+    lifecycle.write_whole(str(path), "old\n")
+    assert path.read_text() == "old\n" and path.stat().st_mode & 0o777 == 0o644
+
+    def full_disk(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(lifecycle.os, "replace", full_disk)
+    with pytest.raises(OSError):
+        lifecycle.write_whole(str(path), "new\n")
+    assert path.read_text() == "old\n" and [p.name for p in tmp_path.iterdir()] == ["manifest.json"]
+    monkeypatch.undo()
+    lifecycle.write_whole(str(path), "new\n")
+    assert path.read_text() == "new\n" and [p.name for p in tmp_path.iterdir()] == ["manifest.json"]
+
+
 def test_batch_hooks_count_batches_and_points(tmp_path):
     gate = tmp_path / "gate"
     gate.touch()  # released already: reaching the gate only writes its file

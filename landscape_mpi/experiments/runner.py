@@ -22,7 +22,6 @@ import math
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 
@@ -36,6 +35,7 @@ from landscape_mpi.config.train import TrainConfig
 from landscape_mpi.experiments.definitions import Experiment, SurfaceStep
 from landscape_mpi.files import reader
 from landscape_mpi.models import read_state_dict
+from landscape_mpi.runtime.lifecycle import write_whole
 from landscape_mpi.training.train import TrainingStopped, finished, train
 
 
@@ -102,14 +102,8 @@ def prune_checkpoints(folder: str) -> int:
 
 
 def _write_json(path: str, obj: object) -> None:
-    # Every array task of an experiment writes the same manifest at the same moment: a temporary file of its own
-    # (unique across nodes), then an atomic rename, so that no task reads or renames another's half-written file.
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=os.path.dirname(path))
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    # Every array task of an experiment writes the same manifest at the same moment: whole or not at all.
+    write_whole(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 def run_dir(out_dir: str, run: str) -> str:

@@ -157,9 +157,14 @@ def write_whole(path: str, text: str) -> None:
 
     fd, part = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".part",
                                 dir=os.path.dirname(os.path.abspath(path)))
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(part, path)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.chmod(part, 0o644)  # mkstemp's 0600 would hide the file from the user's group on a shared cluster folder
+        os.replace(part, path)
+    except BaseException:
+        os.remove(part)  # a full disk or a signal: the old file stays whole and nothing is left beside it
+        raise
 
 
 def note_exit(code: int) -> None:
