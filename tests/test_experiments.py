@@ -160,12 +160,30 @@ def test_definitions():
         experiment("nope", "tiny")
     # the depth-56 no-shortcut nets (skip, and both width nets) get their own, longer training at the small scale
     hard = {r.name: r.config for r in experiment("width", "small").runs}
-    assert {(c["lr"], c["epochs"]) for c in hard.values()} == {(0.005, 200)}
+    assert {(c["lr"], c["epochs"], c["warmup_epochs"], c["clip_grad_norm"]) for c in hard.values()} == {
+        (0.02, 150, 5, 5.0)}
+    assert {n.rsplit("_s", 1)[0] for n in hard} == {"resnet1d_56_noshort_w1_e150_wu5_clip5",
+                                                     "resnet1d_56_noshort_w4_e150_wu5_clip5"}
     assert {r.config["epochs"] for r in experiment("skip", "small").runs if "56_noshort" not in r.name} == {60}
     from landscape_mpi.config.experiments import SCALES as declared
     from landscape_mpi.experiments.definitions import SCALES
 
     assert SCALES is declared  # one declaration, in the config layer (the CLI's parser imports no torch)
+
+
+def test_report_names_each_models_training_recipe():
+    """The report's models line says how each condition was trained, warm-up and clipping included where set
+    (the small scale's depth-56 no-shortcut nets), from the manifest's run configs."""
+    from types import SimpleNamespace
+
+    from landscape_mpi.experiments.report import _models_line
+
+    runs = [{"name": r.name, "label": r.label, "config": r.config} for r in experiment("width", "small").runs]
+    line = _models_line(SimpleNamespace(manifest={"runs": runs}))
+    assert line.count("150 epochs, batch 64, lr 0.02, warm-up 5 epochs, gradient norm clipped at 5") == 2, line
+    plain = [{"name": r.name, "label": r.label, "config": r.config} for r in experiment("skip", "small").runs
+             if "_8_" in r.name]
+    assert "warm-up" not in _models_line(SimpleNamespace(manifest={"runs": plain}))
 
 
 def test_seeds_are_data():

@@ -509,8 +509,10 @@ def _models_line(s: Section) -> str:
     for stem, runs in groups.items():
         cfg = runs[0]["config"]
         seeds = ", ".join(str(r["config"]["seed"]) for r in runs)
+        extra = (f", warm-up {cfg['warmup_epochs']} epochs" if cfg.get("warmup_epochs") else "") + \
+                (f", gradient norm clipped at {fmt(cfg['clip_grad_norm'])}" if cfg.get("clip_grad_norm") else "")
         parts.append(f"{runs[0]['label']} (`{stem}_s<seed>`, seeds {seeds}; {cfg['epochs']} epochs, batch "
-                     f"{cfg['batch_size']}, lr {fmt(cfg['lr'])})")
+                     f"{cfg['batch_size']}, lr {fmt(cfg['lr'])}{extra})")
     return "; ".join(parts)
 
 
