@@ -202,7 +202,7 @@ SCALE_SETTINGS: dict[str, Scale] = {
     # after 150 (test accuracy 93%). The x4 net and the other seeds are checked by the confirmatory run (the
     # report says per model whether it reached the target). Batch 32 vs 512 (ratio 16): the equal-steps large-batch nets
     # train 960 epochs (about 5 minutes each), the scaled-rate ones use lr 0.32 (a probe at seed 11: train loss
-    # 0.002, test accuracy 98%, after a loss spike in the first epochs that no warm-up damps). 3 x 3 seeds:
+    # 0.002, test accuracy 98%, after a loss spike in the first epochs; no warm-up, as fixed before the run). 3 x 3 seeds:
     # about 5.5 h on 2 idle cores (an estimate from the single-seed costs: 2.6 h of training, of which the width x4
     # nets take 1.2 h, and 2.8 h of surfaces, of which the eigenvalue maps take 1.8 h).
     "small": Scale("mnist1d", "resnet1d", (8, 20, 56), 60, "-1:1:21", "-1:1:41", "-0.1:0.1:41", "-1:1:7", 1000, 256,

@@ -37,6 +37,8 @@ import os
 import time
 from collections.abc import Mapping
 
+from landscape_mpi.runtime.lifecycle import write_whole
+
 FAIL_AT = "LANDSCAPE_MPI_TEST_FAIL_AT"
 GATE = "LANDSCAPE_MPI_TEST_GATE"
 FAIL_POINTS = "LANDSCAPE_MPI_TEST_FAIL"
@@ -114,8 +116,6 @@ class Faults:
             raise InjectedFault(f"test hook: rank {self.rank} fails at stage {stage}")
         if self.gate is not None and self.gate[0] == stage:
             path = self.gate[1]
-            from landscape_mpi.runtime.lifecycle import write_whole
-
             write_whole(f"{path}.reached.{self.rank}", str(os.getpid()))  # a test that sees the file reads the pid
             while not os.path.exists(path):
                 time.sleep(0.01)

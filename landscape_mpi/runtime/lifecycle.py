@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import tempfile
 import traceback
 from collections.abc import Callable
 from typing import TypeVar
@@ -153,8 +154,6 @@ EXIT_FILE = "LANDSCAPE_MPI_EXIT_FILE"
 def write_whole(path: str, text: str) -> None:
     """Write `text` to `path` whole or not at all: into a temporary file of this process beside it (unique, so
     ranks writing the same path never share one), then renamed over `path`; a reader never sees it half-written."""
-    import tempfile
-
     fd, part = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".part",
                                 dir=os.path.dirname(os.path.abspath(path)))
     try:
