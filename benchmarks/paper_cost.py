@@ -9,7 +9,10 @@ each model's forward FLOPs per sample (torch's FlopCounterMode on one CIFAR-10 i
 - an eigenvalue map: grid points x the samples of its split x (1 forward for the loss + PRODUCTS Hessian-vector
   products of HVP_COST forward-equivalents each: a product is a forward, a backward and a backward of the
   backward). PRODUCTS = 21 per point is what the small scale's maps took for most points (docs/reproducing.md);
-  it is an assumption at the paper scale.
+  it is an assumption at the paper scale;
+- a Hessian step (the batch experiment's, `HessianStep`): its samples x (1 forward for the loss + (EXTREME_PRODUCTS
+  + its trace probes) products of HVP_COST + its adaptive perturbations x 1 forward). EXTREME_PRODUCTS = 92 is what
+  lambda_max and lambda_min took at tolerance 1e-3 on a small-scale batch net (122 products with 30 probes).
 
 The rate is the one number this cannot know: what the engine sustains on your GPU for these small convolutional
 nets (bf16/tf32, batch sizes of thousands). `benchmarks/gpu_check.sh` measures points per second for ResNet-56
@@ -30,6 +33,7 @@ from landscape_mpi.experiments.definitions import NAMES, SCALE_SETTINGS, experim
 from landscape_mpi.models import INPUT_SHAPES, ZOO, build_model
 
 PRODUCTS, HVP_COST = 21, 4.0
+EXTREME_PRODUCTS = 92
 #: split sizes of the datasets the scales use (CIFAR-10; MNIST-1D: 4,000 train / 1,000 test)
 SPLITS = {"cifar10": {"train": 50_000, "test": 10_000}, "mnist1d": {"train": 4_000, "test": 1_000}}
 
@@ -49,8 +53,9 @@ def points(options: dict) -> int:
     return math.prod(a.num for k, a in options.items() if k in ("x", "y", "z"))
 
 
-def costs(scale: str) -> list[tuple[str, int, int, float, float, float]]:
-    """(experiment, trainings, surfaces, training FLOPs, loss-surface FLOPs, eigenvalue-map FLOPs) per experiment."""
+def costs(scale: str) -> list[tuple[str, int, int, float, float, float, float]]:
+    """(experiment, trainings, surfaces, training FLOPs, loss-surface FLOPs, eigenvalue-map FLOPs, Hessian-step
+    FLOPs) per experiment."""
     flops: dict[str, float] = {}
     out = []
     for name in NAMES:
@@ -71,7 +76,14 @@ def costs(scale: str) -> list[tuple[str, int, int, float, float, float]]:
                 eig += points(s.options) * samples * (1 + PRODUCTS * HVP_COST) * flops[model]
             else:
                 surf += points(s.options) * samples * flops[model]
-        out.append((name, len(exp.runs), len(exp.surfaces), train, surf, eig))
+        hess = 0.0
+        for h in exp.hessians:
+            model = exp.run(h.run).config["model"]
+            n = h.options.get("samples")
+            samples = sum(min(n, sizes[sp]) if n else sizes[sp] for sp in h.options["splits"])
+            products = EXTREME_PRODUCTS + h.options["trace_probes"]
+            hess += samples * (1 + products * HVP_COST + h.options["adaptive_samples"]) * flops[model]
+        out.append((name, len(exp.runs), len(exp.surfaces), train, surf, eig, hess))
     return out
 
 
@@ -81,14 +93,16 @@ def main() -> None:
     p.add_argument("--tflops", type=float, default=50.0, help="sustained rate, TFLOP/s per GPU (an assumption)")
     a = p.parse_args()
     hours = lambda f: f / (a.tflops * 1e12) / 3600  # noqa: E731
-    print(f"| experiment ({a.scale}) | trainings | surfaces | training GPU-h | loss surfaces GPU-h | eigenvalue maps GPU-h | total GPU-h |")
-    print("|---|---|---|---|---|---|---|")
+    print(f"| experiment ({a.scale}) | trainings | surfaces | training GPU-h | loss surfaces GPU-h | eigenvalue maps GPU-h "
+          f"| Hessian steps GPU-h | total GPU-h |")
+    print("|---|---|---|---|---|---|---|---|")
     total = 0.0
-    for name, runs, surfaces, train, surf, eig in costs(a.scale):
-        t = hours(train + surf + eig)
+    for name, runs, surfaces, train, surf, eig, hess in costs(a.scale):
+        t = hours(train + surf + eig + hess)
         total += t
-        print(f"| {name} | {runs} | {surfaces} | {hours(train):.0f} | {hours(surf):.0f} | {hours(eig):.0f} | {t:.0f} |")
-    print(f"| all | | | | | | {total:.0f} |")
+        print(f"| {name} | {runs} | {surfaces} | {hours(train):.0f} | {hours(surf):.0f} | {hours(eig):.0f} "
+              f"| {hours(hess):.1f} | {t:.0f} |")
+    print(f"| all | | | | | | | {total:.0f} |")
     print(f"\nat {a.tflops:g} TFLOP/s sustained per GPU; {PRODUCTS} Hessian-vector products per eigenvalue-map point "
           f"of {HVP_COST:g} forward-equivalents each (assumptions: see the module's docstring)")
 

@@ -299,6 +299,9 @@ EXPECTED = {
     "width": [f"d8_noshort_w{w}{d}" for w in (1, 4) for d in DSEEDS],
     "trajectory": ["wd0_probe_s11", "wd0_pca_s11", "wd0.0005_probe_s11", "wd0.0005_pca_s11"],
 }
+#: The batch experiment's Hessian files: one per net and probe seed.
+HESSIANS = [f"hess_{v}bs{b}_wd{wd}_s11_p21" for v, b in (("", 32), ("epochs_", 256), ("steps_", 256), ("lr_", 256))
+            for wd in ("0", "0.0005")]
 
 
 @pytest.fixture(scope="module")
@@ -313,8 +316,9 @@ def tiny_run(tmp_path_factory):
 
 def test_every_step_of_every_experiment_is_computed(tiny_run):
     out, log = tiny_run
+    assert sorted(p.stem for p in (out / "batch").glob("hess_*.h5")) == sorted(HESSIANS)
     for name, steps in EXPECTED.items():
-        assert sorted(p.stem for p in (out / name).glob("*.h5")) == sorted(steps), name
+        assert sorted(p.stem for p in (out / name).glob("*.h5") if not p.stem.startswith("hess_")) == sorted(steps), name
         assert not list((out / name).glob("*.skipped"))
         for step in steps:
             with h5py.File(out / name / f"{step}.h5", "r") as f:
@@ -355,6 +359,7 @@ def test_rerun_of_finished_experiments_costs_nothing(tiny_run):
     before = {p: os.path.getmtime(p) for p in files if p.name != "manifest.json"}
     p = run(cli("experiments", "run", "all", *TINY, "--out-dir", str(out)))
     assert "training" not in p.stderr and "landscape-mpi surface" not in p.stderr, p.stderr
+    assert "landscape-mpi hessian" not in p.stderr, p.stderr  # a Hessian file with the step's settings is kept
     assert before == {q: os.path.getmtime(q) for q in before}
 
 
@@ -402,6 +407,105 @@ def test_missing_surface_option_is_an_error_not_a_skip(tiny_run, tmp_path):
         runner.run_experiment(bad, str(tmp_path), device="cpu", log=lambda m: None)
     assert info.value.code == 2 and "no_such_option" in str(info.value)
     assert not list((tmp_path / "width").glob("*.h5")) and not list((tmp_path / "width").glob("*.skipped"))
+
+
+def _hand_hessian_extremes(model_name, checkpoint, samples, seed):
+    """(mean train loss, largest Hessian eigenvalue) of a checkpoint on the `samples`-subset of seed `seed`, written
+    here: double backprop by torch.autograd in float64, BatchNorm in eval mode, scipy's eigsh (independent of
+    landscape_mpi.analysis)."""
+    import scipy.sparse.linalg as sla
+    import torch
+
+    from landscape_mpi.data.datasets import load_eval_set
+    from landscape_mpi.models import build_model, load_checkpoint
+
+    model = build_model(model_name)
+    load_checkpoint(model, str(checkpoint))
+    model = model.double().eval()
+    data = load_eval_set("mnist1d", "train", None, samples, seed)
+    x, y = data.inputs.double(), data.labels
+    params = [p for p in model.parameters() if p.requires_grad]
+    n = sum(p.numel() for p in params)
+
+    def loss():
+        return torch.nn.functional.cross_entropy(model(x), y)
+
+    def hvp(v):
+        grads = torch.autograd.grad(loss(), params, create_graph=True)
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        hv = torch.autograd.grad(flat @ torch.as_tensor(np.ravel(v), dtype=torch.float64), params)
+        return torch.cat([h.reshape(-1) for h in hv]).numpy()
+
+    with torch.no_grad():
+        value = float(loss())
+    top = sla.eigsh(sla.LinearOperator((n, n), matvec=hvp, dtype=np.float64), k=1, which="LA", tol=1e-6,
+                    v0=np.random.default_rng(0).standard_normal(n), return_eigenvectors=False)
+    return value, float(top[0])
+
+
+def test_hessian_steps_at_the_batch_minimisers(tiny_run):
+    """Each batch net's Hessian file is the analysis of that net's final checkpoint on the probe seed's subset:
+    its loss and lambda_max equal a Hessian computed here by hand (the wrong net or subset differs by far more)."""
+    import json
+
+    out, _ = tiny_run
+    exp = experiment("batch", "tiny")
+    for step in ("hess_bs32_wd0_s11_p21", "hess_steps_bs256_wd0.0005_s11_p21"):
+        h = next(x for x in exp.hessians if x.name == step)
+        with h5py.File(out / "batch" / f"{step}.h5", "r") as f:
+            cfg = json.loads(f.attrs["config"])
+            lam, loss = float(f["eigen/values"][0, 0]), float(f["checkpoints/loss"][0])
+            assert f["trace/samples"].shape == (1, 30) and f["adaptive/values"].shape == (1, 20)
+            assert "density" not in f and not len(f["eigenvectors/row_000"])
+        final = out / "runs" / h.run / "final.pt"
+        assert cfg["checkpoint"] == str(final) and cfg["seed"] == h.role["probe_seed"] == 21
+        assert cfg["samples"] == 200 and cfg["splits"] == ["train"] and cfg["model"] == "resnet1d_8_w1"
+        hand_loss, hand_lam = _hand_hessian_extremes(cfg["model"], final, 200, 21)
+        assert loss == pytest.approx(hand_loss, rel=1e-4), step
+        assert lam == pytest.approx(hand_lam, rel=1e-2), step
+
+
+def test_a_hessian_file_with_other_settings_is_refused(tiny_run, tmp_path):
+    """A kept Hessian file must hold the step's settings: another number of probes is a one-line user error
+    naming the file and the setting, and the file is left as it was."""
+    import dataclasses
+
+    import landscape_mpi.experiments.runner as runner
+
+    out, _ = tiny_run
+    exp = experiment("batch", "tiny")
+    h = exp.hessians[0]
+    changed = dataclasses.replace(exp, surfaces=(), hessians=(dataclasses.replace(
+        h, options={**h.options, "trace_probes": 31}),))
+    os.symlink(out / "runs", tmp_path / "runs")
+    (tmp_path / "batch").mkdir()
+    kept = tmp_path / "batch" / f"{h.name}.h5"
+    shutil.copy(out / "batch" / f"{h.name}.h5", kept)
+    before = kept.read_bytes()
+    with pytest.raises(runner.StepFailed) as info:
+        runner.run_experiment(changed, str(tmp_path), device="cpu", task=0, log=lambda m: None)
+    message = str(info.value)
+    assert info.value.code == 2 and "trace_probes 30" in message and "31" in message and str(kept) in message
+    assert "\n" not in message and kept.read_bytes() == before
+
+
+def test_hessian_steps_under_a_launcher_equal_in_process(tiny_run, tmp_path):
+    """--launcher runs a Hessian step as `mpiexec -n 2 python -m landscape_mpi hessian ...` (the ranks divide the
+    samples): the same loss and lambda_max as the step computed in process."""
+    import dataclasses
+
+    import landscape_mpi.experiments.runner as runner
+
+    out, _ = tiny_run
+    exp = experiment("batch", "tiny")
+    h = exp.hessians[0]
+    one = dataclasses.replace(exp, surfaces=(), hessians=(h,))
+    os.symlink(out / "runs", tmp_path / "runs")
+    runner.run_experiment(one, str(tmp_path), device="cpu", task=0, launcher=mpiexec(2), log=lambda m: None)
+    with h5py.File(out / "batch" / f"{h.name}.h5", "r") as a, h5py.File(tmp_path / "batch" / f"{h.name}.h5", "r") as b:
+        assert int(b.attrs["ranks"]) == 2 and int(a.attrs["ranks"]) == 1
+        assert float(b["checkpoints/loss"][0]) == pytest.approx(float(a["checkpoints/loss"][0]), rel=1e-5)
+        assert float(b["eigen/values"][0, 0]) == pytest.approx(float(a["eigen/values"][0, 0]), rel=1e-3)
 
 
 def hand_roughness(v):
@@ -457,6 +561,11 @@ def test_report_has_every_section_figure_and_number(tiny_run, tmp_path):
     with h5py.File(out / "batch" / "interp_steps_wd0_s11.h5", "r") as f:
         a, tl = f["coords/x"][()], f["results/train_loss"][()]
     assert f"| steps | 0 | 1 | {tl[np.argmin(np.abs(a))]:.4g} | {tl[np.argmin(np.abs(a - 1))]:.4g} |" in text
+    # the Hessian numbers beside the grid max-rise, read here from the file
+    with h5py.File(out / "batch" / "hess_lr_bs256_wd0.0005_s11_p21.h5", "r") as f:
+        lam, tr, ad = f["eigen/values"][0, 0], f["trace/estimate"][0], f["adaptive/sharpness"][0]
+    assert "| Hessian lambda_max | Hessian trace | average adaptive rise |" in text
+    assert f" {lam:.4g} | {tr:.4g} | {ad:.4g} |" in text
 
 
 def test_report_is_deterministic_and_follows_the_files(tiny_run, tmp_path):

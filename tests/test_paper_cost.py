@@ -20,7 +20,7 @@ def test_forward_flops_of_a_two_layer_mlp_by_hand():
 
 def test_the_skip_experiments_tiny_totals_by_hand(monkeypatch):
     monkeypatch.setattr(paper_cost, "forward_flops", lambda model: 1.0)  # count forward-samples
-    (name, runs, surfaces, train, surf, eig), *_ = paper_cost.costs("tiny")
+    (name, runs, surfaces, train, surf, eig, hess), *_ = paper_cost.costs("tiny")
     assert (name, runs, surfaces) == ("skip", 2, 4)
     # two nets, 1 epoch on 1,000 training samples, 3 forward-equivalents per sample
     assert train == 2 * 1 * 1000 * 3
@@ -28,3 +28,12 @@ def test_the_skip_experiments_tiny_totals_by_hand(monkeypatch):
     # each point one loss forward and 21 products of 4
     assert surf == 2 * 25 * (200 + 200)
     assert eig == pytest.approx(2 * 9 * 64 * (1 + 21 * 4))
+    assert hess == 0  # the skip experiment has no Hessian steps
+
+
+def test_the_batch_experiments_hessian_steps_by_hand(monkeypatch):
+    monkeypatch.setattr(paper_cost, "forward_flops", lambda model: 1.0)  # count forward-samples
+    batch = next(c for c in paper_cost.costs("tiny") if c[0] == "batch")
+    # 8 nets (batch 32 and its 3 large-batch partners, at 2 weight decays), one probe seed each: 200 train samples,
+    # 1 loss forward, 92 + 30 products of 4, 20 adaptive perturbations of 1 forward
+    assert batch[6] == pytest.approx(8 * 200 * (1 + (92 + 30) * 4 + 20))

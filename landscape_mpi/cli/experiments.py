@@ -30,7 +30,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_options(g, ExperimentsReport)
     g.set_defaults(func=cmd_report)
 
-    ls = esub.add_parser("list", help="list the seeds, the experiments, their array tasks, training runs and surfaces")
+    ls = esub.add_parser("list", help="list the seeds, the experiments, their array tasks, training runs, surfaces "
+                                          "and Hessian steps")
     add_options(ls, ExperimentsList)
     ls.set_defaults(func=cmd_list)
 
@@ -82,7 +83,8 @@ def cmd_list(a: argparse.Namespace) -> int:
         print(f"{exp.name}: {exp.claim}")
         for i, group in enumerate(exp.tasks()):
             for j, r in enumerate(group):
-                steps = [s.name for s in exp.surfaces if s.run == r.name]
+                steps = [s.name for s in exp.surfaces if s.run == r.name] + [
+                    h.name for h in exp.hessians if h.run == r.name]
                 head = f"  task {i}: " if j == 0 else " " * len(f"  task {i}: ")
                 print(f"{head}{r.name} ({r.label}) -> {', '.join(steps) or '(trained for the surfaces above)'}")
     return EXIT_COMPLETE

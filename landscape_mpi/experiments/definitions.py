@@ -1,8 +1,9 @@
 """The paper's findings (docs/method.md#the-papers-claims) as experiments: which models to train and which surfaces to compute.
 
 An experiment is data, not code: training runs (`TrainRun`, shared between experiments by name, so the
-depth-56 no-shortcut net of the skip experiment is also the width experiment's x1 net) and surface steps
-(`SurfaceStep`: `SurfaceConfig` field values, typed). Seeds are data too: every condition is trained once per
+depth-56 no-shortcut net of the skip experiment is also the width experiment's x1 net), surface steps
+(`SurfaceStep`: `SurfaceConfig` field values, typed) and Hessian steps (`HessianStep`: `HessianConfig` field
+values; the batch experiment's curvature at each minimiser). Seeds are data too: every condition is trained once per
 training seed (`Scale.train_seeds`) and every random-direction surface is computed once per direction seed
 (`Scale.direction_seeds`); names carry them (``resnet1d_20_w1_e60_s11``, ``d20_short_s11_d21``) and roles
 carry ``train_seed`` / ``direction_seed``, so that the report groups values by condition and seed and the
@@ -82,6 +83,29 @@ class SurfaceStep:
 
 
 @dataclass(frozen=True)
+class HessianStep:
+    """One Hessian analysis of a run's final checkpoint, ``OUT/<experiment>/<name>.h5`` (`landscape-mpi hessian`)."""
+
+    name: str
+    run: str
+    options: dict[str, Any]
+    """`HessianConfig` field values beyond model, checkpoint, dataset, data_root and out (which the run and the
+    step give), e.g. ``{"top_k": 1, "trace_probes": 30, "seed": 21}``."""
+    role: dict[str, Any] = field(default_factory=dict)
+    """As `SurfaceStep.role`; ``probe_seed`` (the seed of the probes, ARPACK's start vector and the evaluation
+    subset) where a surface has ``direction_seed``."""
+
+
+#: What the batch experiment's Hessian steps compute at each minimiser: lambda_max (and lambda_min, which the
+#: command always computes) to ARPACK's relative tolerance 1e-3, Hutchinson's trace over 30 Rademacher probes and
+#: the average adaptive rise over 20 perturbations (rho 0.05, the command's default); no eigenvectors stored, no
+#: spectral density. On a small-scale batch net (24,050 parameters, 1,000 samples): 122 Hessian-vector products,
+#: about 25 s on one CPU thread.
+HESSIAN_OPTIONS: dict[str, Any] = {"top_k": 1, "store_vectors": 0, "tol": 1e-3, "trace_probes": 30, "slq_runs": 0,
+                                   "adaptive_samples": 20, "splits": ("train",)}
+
+
+@dataclass(frozen=True)
 class Experiment:
     name: str
     claim: str
@@ -89,6 +113,7 @@ class Experiment:
     scale: str
     runs: tuple[TrainRun, ...]
     surfaces: tuple[SurfaceStep, ...]
+    hessians: tuple[HessianStep, ...] = ()
 
     def run(self, name: str) -> TrainRun:
         return next(r for r in self.runs if r.name == name)
@@ -111,7 +136,10 @@ class Experiment:
                          for r in self.runs],
                 "surfaces": [{"name": s.name, "run": s.run, "options": {k: _jsonable(v) for k, v in s.options.items()},
                               "range_from": s.range_from, "target_run": s.target_run, "role": s.role}
-                             for s in self.surfaces]}
+                             for s in self.surfaces],
+                "hessians": [{"name": h.name, "run": h.run,
+                              "options": {k: _jsonable(v) for k, v in h.options.items()}, "role": h.role}
+                             for h in self.hessians]}
 
 
 def _jsonable(value: Any) -> Any:
@@ -163,6 +191,8 @@ class Scale:
     """How the large-batch nets are trained (`BATCH_VARIANTS`)."""
     interp_points: int = 21
     """Points of the interpolation line over `INTERP_RANGE`: 2n + 1 with n even, so a = 0 and a = 1 are points."""
+    hessian_samples: int | None = None
+    """Evaluation subset of the batch experiment's Hessian steps (None: `samples`, the 1D lines' subset)."""
     hard: tuple[tuple[str, Any], ...] = ()
     """TrainConfig settings of the no-shortcut nets at the deepest depth (skip, and the width experiment's nets
     when they are at that depth): these train worst, and the verdicts compare models that reach the same
@@ -212,7 +242,7 @@ SCALE_SETTINGS: dict[str, Scale] = {
     # training saves a checkpoint every epoch (56 MB each for VGG-9: about 1 TB per run).
     "paper": Scale("cifar10", "cifar", (20, 56, 110), 300, "-1:1:51", "-1:1:51", "-0.1:0.1:51", "-1:1:21", None,
                    5000, 128, 8192, 0.1, 4, train_seeds=SEEDS, direction_seeds=DIRECTION_SEEDS,
-                   batch_variants=("epochs", "lr"), interp_points=41),
+                   batch_variants=("epochs", "lr"), interp_points=41, hessian_samples=5000),
 }
 
 
@@ -328,7 +358,7 @@ def interpolation_axis(s: Scale) -> Axis:
 def batch(scale: str) -> Experiment:
     s = SCALE_SETTINGS[scale]
     model = _batch_model(s)
-    runs, surfaces = [], []
+    runs, surfaces, hessians = [], [], []
     epochs = s.batch_epochs or s.epochs
     ratio = s.large_batch // s.small_batch
     for t in s.train_seeds:
@@ -360,6 +390,12 @@ def batch(scale: str) -> Experiment:
                                                     role={"kind": "loss1d", "batch": bs, "wd": wd, "norm": norm,
                                                           "large": v is not None, "variant": v, "train_seed": t,
                                                           "direction_seed": d}))
+                for p in s.direction_seeds:  # the probe seeds: as many as direction seeds
+                    hessians.append(HessianStep(f"hess_{prefix}bs{bs}_wd{wd:g}_s{t}_p{p}", r.name,
+                                                {**HESSIAN_OPTIONS, "seed": p,
+                                                 **({"samples": n} if (n := s.hessian_samples or s.samples) else {})},
+                                                role={"kind": "hessian", "batch": bs, "wd": wd, "large": v is not None,
+                                                      "variant": v, "train_seed": t, "probe_seed": p}))
             for v, r in models[1:]:
                 # theta(a) = (1 - a) theta_small + a theta_large over the whole state (BatchNorm statistics too)
                 surfaces.append(SurfaceStep(f"interp_{v}_wd{wd:g}" + _seeds(t), small.name,
@@ -370,7 +406,7 @@ def batch(scale: str) -> Experiment:
                                             target_run=r.name))
     return Experiment("batch", "Filter-normalized plots make sharpness comparable: small-batch minima look wider than "
                       "large-batch minima and sharpness tracks test error; without filter normalization the "
-                      "comparison can flip under weight decay.", scale, tuple(runs), tuple(surfaces))
+                      "comparison can flip under weight decay.", scale, tuple(runs), tuple(surfaces), tuple(hessians))
 
 
 def trajectory(scale: str) -> Experiment:

@@ -26,7 +26,7 @@ from landscape_mpi.experiments import figures as draw
 from landscape_mpi.experiments import measures, rules
 from landscape_mpi.experiments.definitions import NAMES
 from landscape_mpi.experiments.rules import MEASURES_2D, RADIUS_FRACTION, RANDOM_WALK_TRIALS, TRAIN_LOSS_TARGET, fmt
-from landscape_mpi.experiments.surface_data import SurfaceData, read_surface
+from landscape_mpi.experiments.surface_data import SurfaceData, read_hessian_numbers, read_surface
 from landscape_mpi.experiments.verdicts import (EXPLORATORY, batch_verdicts, eig_verdict, skip_verdict,
                                                 trajectory_verdict, width_verdict)
 
@@ -184,6 +184,19 @@ class Section:
                 continue
             self.notes.append(f"`{s['name']}` missing: run `landscape-mpi experiments run {self.name}`.")
             out.append((s, None))
+        return out
+
+    def hessians(self) -> list[tuple[dict, tuple[dict[str, float], dict] | None]]:
+        """(step, (numbers, stored settings)) for every Hessian step of the manifest; None (and a note why) when its
+        file is missing (a Hessian file is written whole: it exists only complete)."""
+        out = []
+        for h in self.manifest.get("hessians", []):
+            path = os.path.join(self.dir, f"{h['name']}.h5")
+            if os.path.isfile(path):
+                out.append((h, read_hessian_numbers(path)))
+                continue
+            self.notes.append(f"`{h['name']}` missing: run `landscape-mpi experiments run {self.name}`.")
+            out.append((h, None))
         return out
 
     def representative(self, steps: list[tuple[dict, SurfaceData | None]]) -> tuple[int | None, int | None]:
@@ -395,12 +408,53 @@ def batch_section(s: Section) -> None:
                 "epochs (as many epochs and the same learning rate as the small batch, the paper's setting), steps "
                 "(as many optimizer steps: epochs x the batch ratio) and lr (the learning rate x the batch ratio, "
                 "no warm-up).", ""]
+    hessian_table(s, rec, labels)
     interpolation(s, rec, variants, wds)
     err = rec.per_seed("test_err")
     rise = rec.per_seed("rise")
     both = {c: len(set(rise.get(c, {})) & set(err.get(c, {}))) for c in rise}
     batch_verdicts(s, rise, rec.per_seed("rise_none"), condition_means(err), both, unit_spearman(rise, err),
                    rec.per_seed("train_loss"), [v for v in variants if v is not None], wds)
+
+
+HESSIAN_NOTE = ("Descriptive (no verdict; the rules of version 2 judge the grid max-rise): the Hessian of the train "
+                "loss at each minimiser (`landscape-mpi hessian`, BatchNorm in eval mode, on the 1D lines' evaluation "
+                "subset of the probe seed), beside the grid sharpness. lambda_max: the largest eigenvalue (ARPACK, "
+                "relative tolerance {tol:g}); trace: Hutchinson's estimate over {probes} Rademacher probes; average "
+                "adaptive rise: the mean loss rise over {samples} random perturbations of each filter by {rho:g} x its "
+                "norm, a lower bound of ASAM's worst case, not its maximisation "
+                "(docs/analyses.md#what-the-names-promise). A model's number is the mean over its {n} probe seed(s) "
+                "({seeds}); the cells give mean ± sd [min, max] over training seeds.")
+
+
+def hessian_table(s: Section, lines: Records, labels: Callable[[object], list[str]]) -> None:
+    """The Hessian numbers of each batch condition beside its grid max-rise, train loss and test error."""
+    steps = s.hessians()
+    if not steps:
+        return
+    rec = Records()
+    rec.rows = [row for row in lines.rows if "rise" in row[3]]  # the filter-normalized lines: loss, error, rise
+    settings = None
+    for h, got in steps:
+        if got is None:
+            continue
+        r = h["role"]
+        rec.add((r.get("variant"), r["wd"], bool(r["large"])), r.get("train_seed", 0), r.get("probe_seed"), got[0])
+        settings = settings or got[1]
+    if settings is None:
+        return
+    probes = _unique(h["role"].get("probe_seed") for h, got in steps if got is not None)
+    s.lines += [HESSIAN_NOTE.format(tol=settings["tol"], probes=settings["trace_probes"],
+                                    samples=settings["adaptive_samples"], rho=settings["adaptive_rho"],
+                                    n=len(probes), seeds=", ".join(map(str, probes))), ""]
+    cols = ["train_loss", "test_err", "rise", "lambda_max", "trace", "adaptive_rise"]
+    names = ["train loss", "test error", "grid max-rise (filter)", "Hessian lambda_max", "Hessian trace",
+             "average adaptive rise"]
+    s.lines += table(["batch", "training", "weight decay", "n", *names], summary_rows(rec, labels, cols)) + [""]
+    s.lines += ["Per training seed (grid max-rise: mean over direction seeds; Hessian numbers: mean over probe seeds):",
+                ""]
+    s.lines += table(["batch", "training", "weight decay", "training seed", *names],
+                     seed_rows(rec, labels, cols, target=False)) + [""]
 
 
 def interpolation(s: Section, lines: Records, variants: list, wds: list[float]) -> None:

@@ -4,14 +4,16 @@ Layout of ``OUT`` (``--out-dir``):
 
     OUT/runs/<run>/epoch_NNN.pt, iter_*.pt, final.pt   trainings, shared between experiments
     OUT/<experiment>/manifest.json                      the experiment's definition (what the report reads)
-    OUT/<experiment>/<step>.h5                          surface files
+    OUT/<experiment>/<step>.h5                          surface files and Hessian files (`HessianStep`)
 
 Every step is resumable and a finished one costs nothing: a training with ``final.pt`` is not touched, a surface
-file whose ``done`` mask is full is not opened for writing. The runs are trained task by task
+file whose ``done`` mask is full is not opened for writing, a Hessian file (written whole or not at all) that
+exists with the step's settings is kept. The runs are trained task by task
 (`Experiment.tasks`: usually one run each; the batch experiment's small-batch net with its large-batch partners),
-and a task's surfaces follow its trainings, so that an interpolation between two runs finds both trained. Surfaces run in this process or, with a launcher
-(``mpiexec -n 8``, ``srun --kill-on-bad-exit=1 --mpi=pmix``), as a ``landscape-mpi surface`` subprocess under it
-(its arguments from the configs: `to_argv`), so MPI and SLURM launches work as for a direct command.
+and a task's surfaces and Hessian steps follow its trainings, so that an interpolation between two runs finds both
+trained. Surfaces and Hessian steps run in this process or, with a launcher (``mpiexec -n 8``,
+``srun --kill-on-bad-exit=1 --mpi=pmix``), as a ``landscape-mpi surface`` / ``hessian`` subprocess under it (its
+arguments from the configs: `to_argv`), so MPI and SLURM launches work as for a direct command.
 """
 
 from __future__ import annotations
@@ -29,10 +31,11 @@ import numpy as np
 import torch
 
 from landscape_mpi.config.errors import EXIT_COMPLETE, EXIT_RESUMABLE, EXIT_USER_ERROR, UserError
+from landscape_mpi.config.hessian import HessianConfig, HessianRun
 from landscape_mpi.config.options import to_argv
 from landscape_mpi.config.surface import Axis, RunOptions, SurfaceConfig
 from landscape_mpi.config.train import TrainConfig
-from landscape_mpi.experiments.definitions import Experiment, SurfaceStep
+from landscape_mpi.experiments.definitions import Experiment, HessianStep, SurfaceStep
 from landscape_mpi.files import reader
 from landscape_mpi.models import read_state_dict
 from landscape_mpi.runtime.lifecycle import write_whole
@@ -140,6 +143,41 @@ def surface_configs(exp: Experiment, step: SurfaceStep, out_dir: str, device: st
     return config, RunOptions(out=os.path.join(out_dir, exp.name, f"{step.name}.h5"), device=device)
 
 
+def hessian_config(exp: Experiment, step: HessianStep, out_dir: str, data_root: str | None) -> HessianConfig:
+    """The `landscape-mpi hessian` settings of one step: the run's model, final checkpoint and data, the step's
+    options, the file ``OUT/<experiment>/<step>.h5``. Raises UserError for an option HessianConfig does not have
+    or a value it refuses."""
+    r = exp.run(step.run)
+    unknown = sorted(set(step.options) - {f.name for f in dataclasses.fields(HessianConfig)})
+    if unknown:
+        raise UserError(f"hessian step {step.name}: no such hessian option {', '.join(unknown)}")
+    return HessianConfig(model=r.config["model"], checkpoint=os.path.join(run_dir(out_dir, r.name), "final.pt"),
+                         dataset=r.config["dataset"], data_root=data_root,
+                         out=os.path.join(out_dir, exp.name, f"{step.name}.h5"), **step.options)
+
+
+#: The settings a kept Hessian file must share with its step (the paths may differ: a moved --out-dir).
+HESSIAN_KEPT_IF_EQUAL = ("model", "dataset", "samples", "splits", "loss", "batch_size", "precision", "top_k", "tol",
+                         "maxiter", "trace_probes", "slq_runs", "adaptive_rho", "adaptive_samples", "seed")
+
+
+def hessian_done(cfg: HessianConfig) -> bool:
+    """True if ``cfg.out`` holds this step's analysis (the file is written whole, so it exists only complete).
+
+    Raises UserError if it holds one with other settings (it is not replaced silently)."""
+    if not os.path.exists(cfg.out):
+        return False
+    stored = reader.read_hessian_file(cfg.out, "hessian step")["config"]
+    wanted = json.loads(json.dumps(cfg.to_dict()))
+    differ = [k for k in HESSIAN_KEPT_IF_EQUAL if stored.get(k) != wanted.get(k)]
+    if differ:
+        k = differ[0]
+        raise UserError(f"{cfg.out} holds a Hessian analysis with other settings ({k} {stored.get(k)!r}, the "
+                        f"experiment wants {wanted.get(k)!r}); remove the file to recompute it, or choose another "
+                        f"--out-dir")
+    return True
+
+
 def _stop_if_requested() -> None:
     """Raise StepFailed (exit 75, resumable) if SIGTERM/SIGINT/SIGUSR1 arrived (between steps; a training and a
     surface stop by themselves at their next batch)."""
@@ -163,11 +201,26 @@ def _run_surface(config: SurfaceConfig, options: RunOptions, launcher: Sequence[
         raise StepFailed(f"landscape-mpi {' '.join(argv)} exited {code}", code)
 
 
+def _run_hessian(cfg: HessianConfig, device: str, launcher: Sequence[str] | None) -> None:
+    run = HessianRun(device=device)
+    argv = ["hessian", *to_argv(cfg), *to_argv(run)]
+    if launcher:
+        code = subprocess.call([*launcher, sys.executable, "-m", "landscape_mpi", *argv])
+    else:
+        from landscape_mpi.analysis.hessian_job import run_hessian
+        from landscape_mpi.runtime.context import make_context
+        from landscape_mpi.runtime.lifecycle import run_main
+
+        code = run_main(lambda: run_hessian(cfg, make_context(run.device, run.threads)))
+    if code != EXIT_COMPLETE:
+        raise StepFailed(f"landscape-mpi {' '.join(argv)} exited {code}", code)
+
+
 def run_experiment(exp: Experiment, out_dir: str, device: str = "auto", launcher: Sequence[str] | None = None,
                    data_root: str | None = None, task: int | None = None,
                    log: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True)) -> float:
-    """Train the experiment's models and compute its surfaces (all, or only the runs of array task `task` and
-    their surfaces: one SLURM array task). Returns the seconds spent.
+    """Train the experiment's models and compute its surfaces and Hessian steps (all, or only the runs of array
+    task `task` and their steps: one SLURM array task). Returns the seconds spent.
 
     Raises UserError for a bad task index or unusable folders, StepFailed if a step's options are refused (code 2),
     a surface fails or a stop signal arrived (code 75: rerun to resume).
@@ -222,4 +275,16 @@ def run_experiment(exp: Experiment, out_dir: str, device: str = "auto", launcher
             t = time.perf_counter()
             _run_surface(config, options, launcher)
             log(f"experiment {exp.name}: {step.name} in {time.perf_counter() - t:.1f} s")
+        for hstep in (h for h in exp.hessians if h.run in names):
+            try:
+                cfg = hessian_config(exp, hstep, out_dir, data_root)
+                if hessian_done(cfg):
+                    continue
+            except UserError as exc:
+                raise StepFailed(f"{hstep.name}: {exc}", EXIT_USER_ERROR) from None
+            _stop_if_requested()
+            log(f"experiment {exp.name}: landscape-mpi hessian {' '.join(to_argv(cfg))}")
+            t = time.perf_counter()
+            _run_hessian(cfg, device, launcher)
+            log(f"experiment {exp.name}: {hstep.name} in {time.perf_counter() - t:.1f} s")
     return time.perf_counter() - t0

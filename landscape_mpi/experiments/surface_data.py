@@ -1,4 +1,5 @@
-"""What the findings report reads of a surface file, through the files layer's reader (landscape_mpi/files/reader.py)."""
+"""What the findings report reads of a surface file and of a Hessian file, through the files layer's reader
+(landscape_mpi/files/reader.py)."""
 
 from __future__ import annotations
 
@@ -54,3 +55,19 @@ def read_surface(path: str) -> SurfaceData:
             wn = float(np.sqrt(sum(float(np.sum(np.asarray(d, dtype=np.float64) ** 2))
                                    for d in dx.values() if d.ndim >= 2)))
     return SurfaceData(path, done, coords, values, f.config, trajectory, wn)
+
+
+def read_hessian_numbers(path: str) -> tuple[dict[str, float], dict]:
+    """The first row of a Hessian file (`landscape-mpi hessian`, one checkpoint): the loss, lambda_max, lambda_min,
+    Hutchinson's trace estimate and the average adaptive rise (NaN where the file does not hold it), and the
+    file's stored settings."""
+    f = reader.read_hessian_file(path, "hessian step")
+    nan = float("nan")
+
+    def first(key: str) -> float:
+        return float(np.atleast_1d(f[key])[0]) if key in f else nan
+
+    return ({"hess_loss": first(f"{contract.CHECKPOINTS}/loss"),
+            "lambda_max": float(np.asarray(f[f"{contract.EIGEN}/values"])[0, 0]),
+            "lambda_min": first(f"{contract.EIGEN}/lambda_min"), "trace": first(f"{contract.TRACE}/estimate"),
+            "adaptive_rise": first(f"{contract.ADAPTIVE}/sharpness")}, f["config"])
