@@ -11,8 +11,9 @@ each model's forward FLOPs per sample (torch's FlopCounterMode on one CIFAR-10 i
   backward). PRODUCTS = 21 per point is what the small scale's maps took for most points (docs/reproducing.md);
   it is an assumption at the paper scale;
 - a Hessian step (the batch experiment's, `HessianStep`): its samples x (1 forward for the loss + (EXTREME_PRODUCTS
-  + its trace probes) products of HVP_COST + its adaptive perturbations x 1 forward). EXTREME_PRODUCTS = 92 is what
-  lambda_max and lambda_min took at tolerance 1e-3 on a small-scale batch net (122 products with 30 probes).
+  + its trace probes) products of HVP_COST + its adaptive perturbations x 1 forward). EXTREME_PRODUCTS = 232 is the
+  median of what lambda_max and lambda_min took together at tolerance 1e-3 over the small scale's 72 Hessian
+  steps (92 to 532); an assumption at the paper scale.
 
 The rate is the one number this cannot know: what the engine sustains on your GPU for these small convolutional
 nets (bf16/tf32, batch sizes of thousands). `benchmarks/gpu_check.sh` measures points per second for ResNet-56
@@ -33,7 +34,7 @@ from landscape_mpi.experiments.definitions import NAMES, SCALE_SETTINGS, experim
 from landscape_mpi.models import INPUT_SHAPES, ZOO, build_model
 
 PRODUCTS, HVP_COST = 21, 4.0
-EXTREME_PRODUCTS = 92
+EXTREME_PRODUCTS = 232
 #: split sizes of the datasets the scales use (CIFAR-10; MNIST-1D: 4,000 train / 1,000 test)
 SPLITS = {"cifar10": {"train": 50_000, "test": 10_000}, "mnist1d": {"train": 4_000, "test": 1_000}}
 

@@ -34,6 +34,6 @@ def test_the_skip_experiments_tiny_totals_by_hand(monkeypatch):
 def test_the_batch_experiments_hessian_steps_by_hand(monkeypatch):
     monkeypatch.setattr(paper_cost, "forward_flops", lambda model: 1.0)  # count forward-samples
     batch = next(c for c in paper_cost.costs("tiny") if c[0] == "batch")
-    # 8 nets (batch 32 and its 3 large-batch partners, at 2 weight decays), one probe seed each: 200 train samples,
-    # 1 loss forward, 92 + 30 products of 4, 20 adaptive perturbations of 1 forward
-    assert batch[6] == pytest.approx(8 * 200 * (1 + (92 + 30) * 4 + 20))
+    # 8 nets (batch 32 and its 3 large-batch partners, at 2 weight decays), one probe seed each: 64 train samples,
+    # 1 loss forward, 232 + 30 products of 4, 20 adaptive perturbations of 1 forward
+    assert batch[6] == pytest.approx(8 * 64 * (1 + (232 + 30) * 4 + 20))

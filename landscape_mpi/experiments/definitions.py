@@ -99,8 +99,8 @@ class HessianStep:
 #: What the batch experiment's Hessian steps compute at each minimiser: lambda_max (and lambda_min, which the
 #: command always computes) to ARPACK's relative tolerance 1e-3, Hutchinson's trace over 30 Rademacher probes and
 #: the average adaptive rise over 20 perturbations (rho 0.05, the command's default); no eigenvectors stored, no
-#: spectral density. On a small-scale batch net (24,050 parameters, 1,000 samples): 122 Hessian-vector products,
-#: about 25 s on one CPU thread.
+#: spectral density. On the small scale's batch nets (24,050 parameters, 1,000 samples): 122 to 562 Hessian-vector
+#: products (median 262), 26 to 135 s on one CPU thread (two such processes side by side on 2 cores).
 HESSIAN_OPTIONS: dict[str, Any] = {"top_k": 1, "store_vectors": 0, "tol": 1e-3, "trace_probes": 30, "slq_runs": 0,
                                    "adaptive_samples": 20, "splits": ("train",)}
 
@@ -212,11 +212,11 @@ DIRECTION_SEEDS = (21, 22, 23)
 SCALE_SETTINGS: dict[str, Scale] = {
     "tiny": Scale("mnist1d", "resnet1d", (8,), 1, "-1:1:5", "-1:1:5", "-0.1:0.1:5", "-1:1:3", 200, 64, 32, 256,
                   0.05, 4, train_seeds=(11,), direction_seeds=(21,),
-                  train_samples=1000, interp_points=5),
+                  train_samples=1000, interp_points=5, hessian_samples=64),
     # Sized for a machine under load: depths 8 and 20 only, 4 epochs for the skip and batch nets, width and batch
-    # at depth 8, 9x9 loss grids on 300 samples, 3x3 eigenvalue maps on 64. 3 x 3 seeds: about 10 minutes on 2
+    # at depth 8, 9x9 loss grids on 300 samples, 3x3 eigenvalue maps on 64. 3 x 3 seeds: about 13 minutes on 2
     # lightly loaded cores (measured per array task at training seed 11: a depth-20 skip task 27 s, a batch task
-    # 16 s, a width task 12 s, a trajectory task 8 s; 30 tasks). Its nets do not reach the train-loss target in 4
+    # 44 s (16 s before its 12 Hessian steps), a width task 12 s, a trajectory task 8 s; 30 tasks). Its nets do not reach the train-loss target in 4
     # epochs, so its comparisons are expected to be inconclusive: it checks the pipeline, not the claims.
     "quick": Scale("mnist1d", "resnet1d", (8, 20), 10, "-1:1:9", "-1:1:21", "-0.1:0.1:21", "-1:1:3", 300, 64,
                    32, 256, 0.05, 4, train_seeds=SEEDS, direction_seeds=DIRECTION_SEEDS, train_samples=2000,
@@ -230,11 +230,10 @@ SCALE_SETTINGS: dict[str, Scale] = {
     # ended at train loss 0.98 and the x4 at 0.49; at lr 0.005 for 200 epochs the x1 net ended at 0.040 on
     # training seed 11 but 0.35 on seed 12 (test accuracy 72%). With them, seed 12: 0.24 after 60 epochs, 0.050
     # after 150 (test accuracy 93%). The x4 net and the other seeds are checked by the confirmatory run (the
-    # report says per model whether it reached the target). Batch 32 vs 512 (ratio 16): the equal-steps large-batch nets
+    # report says per model whether it reached the target: all did). Batch 32 vs 512 (ratio 16): the equal-steps large-batch nets
     # train 960 epochs (about 5 minutes each), the scaled-rate ones use lr 0.32 (a probe at seed 11: train loss
     # 0.002, test accuracy 98%, after a loss spike in the first epochs; no warm-up, as fixed before the run). 3 x 3 seeds:
-    # about 5.5 h on 2 idle cores (an estimate from the single-seed costs: 2.6 h of training, of which the width x4
-    # nets take 1.2 h, and 2.8 h of surfaces, of which the eigenvalue maps take 1.8 h).
+    # about 6 h of wall time on 2 cores, measured over nine sittings (docs/reproducing.md#time-on-this-machine).
     "small": Scale("mnist1d", "resnet1d", (8, 20, 56), 60, "-1:1:21", "-1:1:41", "-0.1:0.1:41", "-1:1:7", 1000, 256,
                    32, 512, 0.02, 4, train_seeds=SEEDS, direction_seeds=DIRECTION_SEEDS,
                    hard=(("epochs", 150), ("warmup_epochs", 5), ("clip_grad_norm", 5.0))),
