@@ -54,6 +54,12 @@ def points(options: dict) -> int:
     return math.prod(a.num for k, a in options.items() if k in ("x", "y", "z"))
 
 
+def samples_of(options: dict, sizes: dict[str, int], splits: tuple[str, ...]) -> int:
+    """Samples a step evaluates: its ``samples`` subset per split (None: the whole split) over `splits`."""
+    n = options.get("samples")
+    return sum(min(n, sizes[sp]) if n else sizes[sp] for sp in splits)
+
+
 def costs(scale: str) -> list[tuple[str, int, int, float, float, float, float]]:
     """(experiment, trainings, surfaces, training FLOPs, loss-surface FLOPs, eigenvalue-map FLOPs, Hessian-step
     FLOPs) per experiment."""
@@ -70,9 +76,7 @@ def costs(scale: str) -> list[tuple[str, int, int, float, float, float, float]]:
         surf = eig = 0.0
         for s in exp.surfaces:
             model = exp.run(s.run).config["model"]
-            splits = s.options.get("splits", ("train", "test"))
-            n = s.options.get("samples")
-            samples = sum(min(n, sizes[sp]) if n else sizes[sp] for sp in splits)
+            samples = samples_of(s.options, sizes, s.options.get("splits", ("train", "test")))
             if s.options.get("eig"):
                 eig += points(s.options) * samples * (1 + PRODUCTS * HVP_COST) * flops[model]
             else:
@@ -80,8 +84,7 @@ def costs(scale: str) -> list[tuple[str, int, int, float, float, float, float]]:
         hess = 0.0
         for h in exp.hessians:
             model = exp.run(h.run).config["model"]
-            n = h.options.get("samples")
-            samples = sum(min(n, sizes[sp]) if n else sizes[sp] for sp in h.options["splits"])
+            samples = samples_of(h.options, sizes, h.options["splits"])
             products = EXTREME_PRODUCTS + h.options["trace_probes"]
             hess += samples * (1 + products * HVP_COST + h.options["adaptive_samples"]) * flops[model]
         out.append((name, len(exp.runs), len(exp.surfaces), train, surf, eig, hess))

@@ -216,8 +216,9 @@ SCALE_SETTINGS: dict[str, Scale] = {
     # Sized for a machine under load: depths 8 and 20 only, 4 epochs for the skip and batch nets, width and batch
     # at depth 8, 9x9 loss grids on 300 samples, 3x3 eigenvalue maps on 64. 3 x 3 seeds: about 13 minutes on 2
     # lightly loaded cores (measured per array task at training seed 11: a depth-20 skip task 27 s, a batch task
-    # 44 s (16 s before its 12 Hessian steps), a width task 12 s, a trajectory task 8 s; 30 tasks). Its nets do not reach the train-loss target in 4
-    # epochs, so its comparisons are expected to be inconclusive: it checks the pipeline, not the claims.
+    # 44 s (16 s before its 12 Hessian steps), a width task 12 s, a trajectory task 8 s; 30 tasks). Its nets do not
+    # reach the train-loss target in 4 epochs, so its comparisons are expected to be inconclusive: it checks the
+    # pipeline, not the claims.
     "quick": Scale("mnist1d", "resnet1d", (8, 20), 10, "-1:1:9", "-1:1:21", "-0.1:0.1:21", "-1:1:3", 300, 64,
                    32, 256, 0.05, 4, train_seeds=SEEDS, direction_seeds=DIRECTION_SEEDS, train_samples=2000,
                    width_depth=8, batch_depth=8, skip_epochs=4, batch_epochs=4),

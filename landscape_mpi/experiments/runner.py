@@ -124,9 +124,7 @@ def surface_configs(exp: Experiment, step: SurfaceStep, out_dir: str, device: st
     r = exp.run(step.run)
     rdir = run_dir(out_dir, r.name)
     options = dict(step.options)
-    unknown = sorted(set(options) - {f.name for f in dataclasses.fields(SurfaceConfig)})
-    if unknown:
-        raise UserError(f"surface step {step.name}: no such surface option {', '.join(unknown)}")
+    _check_options("surface", step.name, options, SurfaceConfig)
     if options.get("trajectory") is not None:
         options["trajectory"] = os.path.join(rdir, options["trajectory"])
     if step.target_run is not None:
@@ -143,22 +141,27 @@ def surface_configs(exp: Experiment, step: SurfaceStep, out_dir: str, device: st
     return config, RunOptions(out=os.path.join(out_dir, exp.name, f"{step.name}.h5"), device=device)
 
 
+def _check_options(command: str, step: str, options: dict, config: type) -> None:
+    """UserError naming the options of `step` that the dataclass `config` (the `command`'s settings) lacks."""
+    unknown = sorted(set(options) - {f.name for f in dataclasses.fields(config)})
+    if unknown:
+        raise UserError(f"{command} step {step}: no such {command} option {', '.join(unknown)}")
+
+
 def hessian_config(exp: Experiment, step: HessianStep, out_dir: str, data_root: str | None) -> HessianConfig:
     """The `landscape-mpi hessian` settings of one step: the run's model, final checkpoint and data, the step's
     options, the file ``OUT/<experiment>/<step>.h5``. Raises UserError for an option HessianConfig does not have
     or a value it refuses."""
     r = exp.run(step.run)
-    unknown = sorted(set(step.options) - {f.name for f in dataclasses.fields(HessianConfig)})
-    if unknown:
-        raise UserError(f"hessian step {step.name}: no such hessian option {', '.join(unknown)}")
+    _check_options("hessian", step.name, step.options, HessianConfig)
     return HessianConfig(model=r.config["model"], checkpoint=os.path.join(run_dir(out_dir, r.name), "final.pt"),
                          dataset=r.config["dataset"], data_root=data_root,
                          out=os.path.join(out_dir, exp.name, f"{step.name}.h5"), **step.options)
 
 
-#: The settings a kept Hessian file must share with its step (the paths may differ: a moved --out-dir).
-HESSIAN_KEPT_IF_EQUAL = ("model", "dataset", "samples", "splits", "loss", "batch_size", "precision", "top_k", "tol",
-                         "maxiter", "trace_probes", "slq_runs", "adaptive_rho", "adaptive_samples", "seed")
+#: The stored settings a kept Hessian file may differ in from its step: paths (a moved --out-dir); every other
+#: setting must be equal.
+HESSIAN_PATHS = ("checkpoint", "out", "data_root")
 
 
 def hessian_done(cfg: HessianConfig) -> bool:
@@ -169,7 +172,7 @@ def hessian_done(cfg: HessianConfig) -> bool:
         return False
     stored = reader.read_hessian_file(cfg.out, "hessian step")["config"]
     wanted = json.loads(json.dumps(cfg.to_dict()))
-    differ = [k for k in HESSIAN_KEPT_IF_EQUAL if stored.get(k) != wanted.get(k)]
+    differ = [k for k in sorted(set(stored) | set(wanted)) if k not in HESSIAN_PATHS and stored.get(k) != wanted.get(k)]
     if differ:
         k = differ[0]
         raise UserError(f"{cfg.out} holds a Hessian analysis with other settings ({k} {stored.get(k)!r}, the "
@@ -187,33 +190,38 @@ def _stop_if_requested() -> None:
         raise StepFailed(f"stopped ({STOP.signal_name}): run the same command again to resume", EXIT_RESUMABLE)
 
 
-def _run_surface(config: SurfaceConfig, options: RunOptions, launcher: Sequence[str] | None) -> None:
-    argv = ["surface", *to_argv(config), *to_argv(options)]
+def _run_command(argv: list[str], in_process: Callable[[], int], launcher: Sequence[str] | None) -> None:
+    """``landscape-mpi ARGV`` under `launcher` as a subprocess, or `in_process` inside the guard of a command
+    (one-line user errors, exit codes); StepFailed unless it completes."""
     if launcher:
         code = subprocess.call([*launcher, sys.executable, "-m", "landscape_mpi", *argv])
     else:
         from landscape_mpi.runtime.lifecycle import run_main
-        from landscape_mpi.surface.run import run_surface
 
-        # the guard of a command (one-line user errors, exit codes), around this surface alone
-        code = run_main(lambda: run_surface(config, options))
+        code = run_main(in_process)
     if code != EXIT_COMPLETE:
         raise StepFailed(f"landscape-mpi {' '.join(argv)} exited {code}", code)
+
+
+def _run_surface(config: SurfaceConfig, options: RunOptions, launcher: Sequence[str] | None) -> None:
+    def in_process() -> int:
+        from landscape_mpi.surface.run import run_surface
+
+        return run_surface(config, options)
+
+    _run_command(["surface", *to_argv(config), *to_argv(options)], in_process, launcher)
 
 
 def _run_hessian(cfg: HessianConfig, device: str, launcher: Sequence[str] | None) -> None:
     run = HessianRun(device=device)
-    argv = ["hessian", *to_argv(cfg), *to_argv(run)]
-    if launcher:
-        code = subprocess.call([*launcher, sys.executable, "-m", "landscape_mpi", *argv])
-    else:
+
+    def in_process() -> int:
         from landscape_mpi.analysis.hessian_job import run_hessian
         from landscape_mpi.runtime.context import make_context
-        from landscape_mpi.runtime.lifecycle import run_main
 
-        code = run_main(lambda: run_hessian(cfg, make_context(run.device, run.threads)))
-    if code != EXIT_COMPLETE:
-        raise StepFailed(f"landscape-mpi {' '.join(argv)} exited {code}", code)
+        return run_hessian(cfg, make_context(run.device, run.threads))
+
+    _run_command(["hessian", *to_argv(cfg), *to_argv(run)], in_process, launcher)
 
 
 def run_experiment(exp: Experiment, out_dir: str, device: str = "auto", launcher: Sequence[str] | None = None,

@@ -58,16 +58,14 @@ def read_surface(path: str) -> SurfaceData:
 
 
 def read_hessian_numbers(path: str) -> tuple[dict[str, float], dict]:
-    """The first row of a Hessian file (`landscape-mpi hessian`, one checkpoint): the loss, lambda_max, lambda_min,
-    Hutchinson's trace estimate and the average adaptive rise (NaN where the file does not hold it), and the
-    file's stored settings."""
+    """The first row of a Hessian file (`landscape-mpi hessian`, one checkpoint): lambda_max, Hutchinson's trace
+    estimate and the average adaptive rise (NaN where the file does not hold it), and the file's stored settings."""
     f = reader.read_hessian_file(path, "hessian step")
     nan = float("nan")
 
     def first(key: str) -> float:
         return float(np.atleast_1d(f[key])[0]) if key in f else nan
 
-    return ({"hess_loss": first(f"{contract.CHECKPOINTS}/loss"),
-            "lambda_max": float(np.asarray(f[f"{contract.EIGEN}/values"])[0, 0]),
-            "lambda_min": first(f"{contract.EIGEN}/lambda_min"), "trace": first(f"{contract.TRACE}/estimate"),
-            "adaptive_rise": first(f"{contract.ADAPTIVE}/sharpness")}, f["config"])
+    return ({"lambda_max": float(np.asarray(f[f"{contract.EIGEN}/values"])[0, 0]),
+             "trace": first(f"{contract.TRACE}/estimate"), "adaptive_rise": first(f"{contract.ADAPTIVE}/sharpness")},
+            f["config"])
