@@ -1,6 +1,6 @@
 """Cheaper Hessian-vector products and warm-started eigenvalue maps (docs/hessian.md#cheaper-products-and-warm-starts).
 
-Part 1, seconds per product: `analysis.hessian.HessianOperator` with ``product="plain"`` (today's forward +
+Part 1, seconds per product: `curvature.hessian.HessianOperator` with ``product="plain"`` (today's forward +
 double backward per product), ``"graph"`` (the gradient graph kept across products, as PyHessian does when the
 data fit one batch) and ``"forward"`` (forward-over-reverse, ``torch.func.jvp`` of ``torch.func.grad``), on
 ``resnet1d_20_w1`` with 1,000 MNIST-1D training samples in ONE batch, float32. Every path's product is first
@@ -8,7 +8,7 @@ checked against the plain one on the same vector (float32: within 1e-4 of the la
 (and the minimum) of ``--reps`` products, each on its own random vector, after one untimed product (the graph
 path builds its graph there: its cost is shown as "first product").
 
-Part 2, products per point, cold vs warm: lambda_max and lambda_min (`analysis.hessian.eig_pair`, ARPACK
+Part 2, products per point, cold vs warm: lambda_max and lambda_min (`curvature.hessian.eig_pair`, ARPACK
 tolerance ``--tol``) at ``--points`` points theta* + t d along a filter-normalized random direction d, t in
 [-1, 1], in two orders: ``sweep`` (t increasing) and ``coarse`` (the surface scheduler's coarse-to-fine order
 of a 1-D axis, `runtime.scheduler.point_order`). Cold: ARPACK's seeded start at every point. Warm: every point
@@ -38,7 +38,7 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_engine import machine  # noqa: E402
 
-from landscape_mpi.analysis.hessian import HessianOperator, eig_pair  # noqa: E402
+from landscape_mpi.curvature.hessian import HessianOperator, eig_pair  # noqa: E402
 from landscape_mpi.data.datasets import load_eval_set  # noqa: E402
 from landscape_mpi.directions.base import PointSetter, filter_dims, random_direction  # noqa: E402
 from landscape_mpi.models import build_model, load_checkpoint  # noqa: E402

@@ -12,7 +12,7 @@ import scipy.stats
 
 from conftest import assert_same_results, cli, mpiexec, run
 from landscape_mpi.config.errors import UserError
-from landscape_mpi.analysis.sharpness import roughness
+from landscape_mpi.numbers.sharpness import roughness
 from landscape_mpi.experiments import experiment, experiments, measures
 from landscape_mpi.models import ZOO
 
@@ -412,7 +412,7 @@ def test_missing_surface_option_is_an_error_not_a_skip(tiny_run, tmp_path):
 def _hand_hessian_extremes(model_name, checkpoint, samples, seed):
     """(mean train loss, largest Hessian eigenvalue) of a checkpoint on the `samples`-subset of seed `seed`, written
     here: double backprop by torch.autograd in float64, BatchNorm in eval mode, scipy's eigsh (independent of
-    landscape_mpi.analysis)."""
+    landscape_mpi.curvature)."""
     import scipy.sparse.linalg as sla
     import torch
 

@@ -1,5 +1,5 @@
 """Curvature with groups of ranks: eigenvalue maps in both group modes and `hessian` of a sharded model
-(landscape_mpi/analysis/sharded_hessian.py), on CPU with gloo.
+(landscape_mpi/curvature/sharded_hessian.py), on CPU with gloo.
 
 Oracles: the one-process run of the same command (exact double-backward products) and, for the sharded
 product itself, the exact product on a small float64 model.
@@ -65,8 +65,8 @@ import json
 import numpy as np, torch
 from mpi4py import MPI
 from torch import nn
-from landscape_mpi.analysis import hessian as hs
-from landscape_mpi.analysis.sharded_hessian import ShardedHessianOperator
+from landscape_mpi.curvature import hessian as hs
+from landscape_mpi.curvature.sharded_hessian import ShardedHessianOperator
 from landscape_mpi.data.items import EvalSet
 from landscape_mpi.runtime.groups import RankGroup, init_process_group
 

@@ -22,8 +22,8 @@ import torch.nn.functional as F
 import hessian_toys as toys
 from hessian_toys import exact_hessian
 from conftest import ROOT, cli, env, mpiexec, run
-from landscape_mpi.analysis import hessian as hs
-from landscape_mpi.analysis import krylov
+from landscape_mpi.curvature import hessian as hs
+from landscape_mpi.curvature import krylov
 from landscape_mpi.directions.hessian import hessian_directions
 from landscape_mpi.cli import main
 from landscape_mpi.data.datasets import EvalSet

@@ -17,8 +17,8 @@ from torch import nn
 
 import hessian_toys as toys
 from hessian_toys import exact_hessian
-from landscape_mpi.analysis import hessian as hs
-from landscape_mpi.analysis import krylov
+from landscape_mpi.curvature import hessian as hs
+from landscape_mpi.curvature import krylov
 from landscape_mpi.data.datasets import EvalSet
 from landscape_mpi.directions.base import PointSetter, random_direction
 

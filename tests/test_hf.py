@@ -175,7 +175,7 @@ def test_save_pretrained_folder_reads_like_the_state_dict(hf, gpt2_ckpts, bert_c
     load_checkpoint(m, str(legacy))
     assert checkpoint_sha256(str(legacy)) == checkpoint_sha256(str(legacy / "pytorch_model.bin"))
     assert m.lm_head.weight is m.transformer.wte.weight
-    from landscape_mpi.analysis.hessian_job import resolve_checkpoints
+    from landscape_mpi.hessian.run import resolve_checkpoints
 
     assert resolve_checkpoints(gpt2_ckpts[1]) == [gpt2_ckpts[1]]  # landscape-mpi hessian takes the folder too
 

@@ -1,4 +1,4 @@
-"""The stochastic estimators of analysis/krylov.py against exact answers computed here from a dense matrix.
+"""The stochastic estimators of curvature/krylov.py against exact answers computed here from a dense matrix.
 
 - Hutchinson's trace: with Rademacher probes z, z^T H z has mean tr(H) and variance
   2 (||H||_F^2 - sum_i H_ii^2) (exact, from the fourth moments of +-1 entries); the spread of the estimator's
@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 
-from landscape_mpi.analysis import krylov
+from landscape_mpi.curvature import krylov
 
 
 def _symmetric(n: int, seed: int) -> np.ndarray:

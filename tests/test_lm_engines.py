@@ -132,7 +132,7 @@ def test_hessian_cli_on_the_language_model(trained, tmp_path):
     import h5py
 
     from conftest import cli, run
-    from landscape_mpi.analysis.hessian import eig_extremes
+    from landscape_mpi.curvature.hessian import eig_extremes
 
     out = tmp_path / "h.h5"
     run(cli("hessian", *GPT, "--checkpoint", str(trained / "final.pt"), "--samples", "16", "--seed", "0",

@@ -259,7 +259,7 @@ import torch
 from landscape_mpi.runtime import lifecycle, scheduler
 from landscape_mpi.runtime.comm import SELF
 from landscape_mpi.runtime.sharing import node_comm, share_per_node
-from landscape_mpi.analysis import hessian as hs
+from landscape_mpi.curvature import hessian as hs
 from landscape_mpi.data.datasets import EvalSet
 
 assert lifecycle.agree(SELF, lambda: 1) == 1 and share_per_node(node_comm(SELF), lambda: 2).get() == 2

@@ -1,4 +1,4 @@
-"""Sharpness numbers (landscape_mpi/analysis/sharpness.py) and `landscape-mpi compare`, checked on surface files this
+"""Sharpness numbers (landscape_mpi/numbers/sharpness.py) and `landscape-mpi compare`, checked on surface files this
 test writes with h5py from closed-form functions whose minimum, curvature, basin area, roughness and barrier
 are known analytically."""
 
@@ -13,7 +13,7 @@ import pytest
 
 from conftest import ROOT, cli, run
 from landscape_mpi.config.errors import UserError
-from landscape_mpi.analysis.sharpness import clipped_ratio, format_sharpness, sharpness, sharpness_for_info
+from landscape_mpi.numbers.sharpness import clipped_ratio, format_sharpness, sharpness, sharpness_for_info
 
 A, B = 2.0, 0.5
 
@@ -199,7 +199,7 @@ def test_compare_cli_table_json_and_errors(tmp_path):
 def test_compare_and_sharpness_do_not_import_torch(tmp_path):
     x = np.linspace(-1, 1, 5)
     path = quadratic_file(tmp_path / "q.h5", x, x)
-    code = ("import sys; from landscape_mpi.cli import main; from landscape_mpi.analysis.sharpness import sharpness_for_info; "
+    code = ("import sys; from landscape_mpi.cli import main; from landscape_mpi.numbers.sharpness import sharpness_for_info; "
             f"sharpness_for_info({path!r}); rc = main(['compare', {path!r}, '--json']); "
             "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'mpi4py')]; "
             "sys.exit(3 if bad else rc)")

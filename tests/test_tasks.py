@@ -224,7 +224,7 @@ def test_fast_engines_evaluate_lm_as_eager_does():
 def test_lm_hessian_top_eigenvalue_equals_an_exact_hessian():
     from torch.func import functional_call
 
-    from landscape_mpi.analysis.hessian import eig_extremes
+    from landscape_mpi.curvature.hessian import eig_extremes
     from landscape_mpi.data.datasets import EvalSet
     from landscape_mpi.tasks import make_task
 

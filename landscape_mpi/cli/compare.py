@@ -1,5 +1,5 @@
 """`landscape-mpi compare A.h5 B.h5 ... [--metric train_loss] [--radius R] [--levels 0.1,0.5,1] [--json]`:
-one table of sharpness numbers (landscape_mpi/analysis/sharpness.py), one row per surface file. Column names
+one table of sharpness numbers (landscape_mpi/numbers/sharpness.py), one row per surface file. Column names
 say what each number is (docs/analyses.md#what-the-names-promise): `max-rise(r=R)` is the grid max-rise (a sampled
 lower bound of eps-sharpness), `med clip ratio` the median of min(|eig_min/eig_max|, 1) over the map.
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from landscape_mpi.analysis import sharpness as sh
+from landscape_mpi.numbers import sharpness as sh
 from landscape_mpi.config.errors import EXIT_COMPLETE, UserError
 
 

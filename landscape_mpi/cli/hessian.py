@@ -1,5 +1,5 @@
 """`landscape-mpi hessian`: its options are the fields of `HessianConfig` and `HessianRun`
-(landscape_mpi/config/hessian.py); the job is landscape_mpi/analysis/hessian_job.py."""
+(landscape_mpi/config/hessian.py); the job is landscape_mpi/hessian/run.py."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ def add_parser(sub) -> None:
 
 
 def cmd_hessian(a: argparse.Namespace) -> int:
-    from landscape_mpi.analysis.hessian_job import run_hessian
+    from landscape_mpi.hessian.run import run_hessian
     from landscape_mpi.runtime.context import make_context
 
     cfg, run = from_args(HessianConfig, a), from_args(HessianRun, a)

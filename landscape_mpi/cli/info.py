@@ -1,4 +1,4 @@
-"""`landscape-mpi info FILE [--json]`: a surface file's summary (landscape_mpi/analysis/summary.py), printed.
+"""`landscape-mpi info FILE [--json]`: a surface file's summary (landscape_mpi/numbers/summary.py), printed.
 
 Imports neither torch nor MPI: it reads files only.
 """
@@ -19,7 +19,7 @@ def add_parser(sub) -> None:
 
 
 def cmd_info(a: argparse.Namespace) -> int:
-    from landscape_mpi.analysis.summary import describe
+    from landscape_mpi.numbers.summary import describe
 
     info = describe(a.file)
     if a.json:
@@ -50,7 +50,7 @@ def summary_lines(info: dict) -> list[str]:
             lines.append(f"  {name + ' ':<11}{r['min']:.6g} .. {r['max']:.6g}{extra}")
     sharp = info.get("sharpness") or {}
     if "unavailable" not in sharp:
-        from landscape_mpi.analysis.sharpness import format_sharpness
+        from landscape_mpi.numbers.sharpness import format_sharpness
 
         for metric, numbers in sharp.items():
             lines.append(f"  sharpness of {metric}:")

@@ -2,7 +2,7 @@
 
 Coordinates are the surface's own (filter-normalized units for ``--norm filter``: a = 1 is one filter norm).
 
-- roughness (`landscape_mpi.analysis.sharpness.roughness`, the one `info` reports too): mean over both axes of
+- roughness (`landscape_mpi.numbers.sharpness.roughness`, the one `info` reports too): mean over both axes of
   |L[i-1] - 2 L[i] + L[i+1]| over every run of three finite neighbours, divided by the range max L - min L of the
   finite values (0 for a plane, about 2 h^2 for a parabola sampled with step h over [-1, 1], of order 1 when the
   surface jumps between neighbours); None where not computable.
@@ -12,7 +12,7 @@ Coordinates are the surface's own (filter-normalized units for ``--norm filter``
   sampled lower bound of eps-sharpness (Keskar et al. 2017), not its maximisation (docs/analyses.md#what-the-names-promise).
 - curvature_1d: 2 c2 of the least-squares fit c0 + c1 a + c2 a^2 over the points with |a| <= radius.
 - eig_ratio_median: the median over the points where it is defined of min(|lambda_min / lambda_max|, 1)
-  (`landscape_mpi.analysis.sharpness.clipped_ratio`).
+  (`landscape_mpi.numbers.sharpness.clipped_ratio`).
 - convexity_split (exploratory): within one map, the clipped ratio at the points where the loss surface is
   locally non-convex against those where it is locally convex, as a rank-biserial correlation.
 - random_walk_explained: what PC1+PC2 explain for an isotropic Gaussian random walk with as many points as a
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from landscape_mpi.analysis.sharpness import center_index, clipped_ratio
+from landscape_mpi.numbers.sharpness import center_index, clipped_ratio
 
 
 def surface_min_curvature(values: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from landscape_mpi.analysis.sharpness import roughness
+from landscape_mpi.numbers.sharpness import roughness
 from landscape_mpi.config.errors import UserError
 from landscape_mpi.experiments import figures as draw
 from landscape_mpi.experiments import measures, rules

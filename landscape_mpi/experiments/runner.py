@@ -216,7 +216,7 @@ def _run_hessian(cfg: HessianConfig, device: str, launcher: Sequence[str] | None
     run = HessianRun(device=device)
 
     def in_process() -> int:
-        from landscape_mpi.analysis.hessian_job import run_hessian
+        from landscape_mpi.hessian.run import run_hessian
         from landscape_mpi.runtime.context import make_context
 
         return run_hessian(cfg, make_context(run.device, run.threads))

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from landscape_mpi.analysis.sharpness import center_index
+from landscape_mpi.numbers.sharpness import center_index
 from landscape_mpi.files import contract, reader
 
 #: The trajectory datasets the report uses.

@@ -301,8 +301,8 @@ class CurvatureAtPoint:
     split (the first split if train is not evaluated), BatchNorm in eval mode.
 
     In a group of ranks (collective over the group: every member calls it for the same point): `data` mode
-    divides the split among the members (exact products, `analysis.hessian`); `shard` mode shards a float64
-    copy of the model like the evaluation (products by finite differences, `analysis.sharded_hessian`)."""
+    divides the split among the members (exact products, `curvature.hessian`); `shard` mode shards a float64
+    copy of the model like the evaluation (products by finite differences, `curvature.sharded_hessian`)."""
 
     def __init__(self, config: SurfaceConfig, inputs: Inputs, directions, device: torch.device,
                  batch_size: int | None, group: RankGroup | None = None, mode: str = "shard") -> None:
@@ -315,8 +315,8 @@ class CurvatureAtPoint:
         self.comm = group.comm if group is not None else None
         self.op = None
         if group is not None and mode == "shard":
-            from landscape_mpi.analysis.hessian import DEFAULT_BATCH_SIZE
-            from landscape_mpi.analysis.sharded_hessian import ShardedHessianOperator
+            from landscape_mpi.curvature.hessian import DEFAULT_BATCH_SIZE
+            from landscape_mpi.curvature.sharded_hessian import ShardedHessianOperator
 
             self.op = ShardedHessianOperator(inputs.model, [split.to(device)], inputs.task,
                                              batch_size or DEFAULT_BATCH_SIZE, group.comm, device, torch.float64)
@@ -327,7 +327,7 @@ class CurvatureAtPoint:
         self.data = split.to(device)
 
     def __call__(self, point: np.ndarray) -> tuple[float, float, float]:
-        from landscape_mpi.analysis.hessian import eig_extremes, operator_extremes
+        from landscape_mpi.curvature.hessian import eig_extremes, operator_extremes
 
         self.setter.set([float(c) for c in point])
         if self.op is not None:

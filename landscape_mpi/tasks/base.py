@@ -3,7 +3,7 @@
 A `Task` says how a batch goes to the device, how the model is called, the loss of a batch as a SUM and a
 COUNT (per sample, per token, per target element), the metric sums of a batch, and how the metrics are
 finished from the sums of a whole split. The evaluation loop (`engine.evaluate.evaluate_task`) and the Hessian
-(`analysis.hessian.HessianOperator`) know nothing else about the model; a user task is any object with these
+(`curvature.hessian.HessianOperator`) know nothing else about the model; a user task is any object with these
 members (``--task package.module:factory``; docs/usage.md#tasks).
 """
 

@@ -3,19 +3,19 @@
 
 FSDP2 gathers a unit's parameters in a forward hook and reduce-scatters their gradients in a backward hook;
 the gradient it leaves on each rank is that rank's rows of the full gradient. Double backward (the exact
-product of analysis/hessian.py) does not pass through those hooks, so the product here is a central finite
+product of curvature/hessian.py) does not pass through those hooks, so the product here is a central finite
 difference of two sharded gradients:
 
     H v ~ (g(theta + eps v) - g(theta - eps v)) / (2 eps),    eps = FD_SCALE / ||v||
 
-g the gradient of the mean loss (the same function as analysis/hessian.py: the task's loss sums over every
+g the gradient of the mean loss (the same function as curvature/hessian.py: the task's loss sums over every
 sample, divided by the count; model in eval mode). Its error is O(eps^2) from the third derivative plus the
 rounding of the gradients divided by eps: with ``--precision float64`` (the default this module asks for) it is
 around 1e-8 relative on the test's model (measured in tests/test_groups.py against the exact product), and
 with float32 weights about 1e-3, so the eigenvalues are computed in float64.
 
-The vectors of the Krylov methods (analysis/krylov.py) are whole, on the group's first rank, which drives
-(`analysis.hessian.drive`): it broadcasts v, every rank perturbs its rows, computes its share of the gradient
+The vectors of the Krylov methods (curvature/krylov.py) are whole, on the group's first rank, which drives
+(`curvature.hessian.drive`): it broadcasts v, every rank perturbs its rows, computes its share of the gradient
 over its rows of every batch (the batches divided as in engine/group.py: same number of forwards everywhere),
 and the ranks' rows of H v are gathered back in parameter order.
 """
@@ -30,7 +30,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from landscape_mpi.analysis.hessian import ParamSpace
+from landscape_mpi.curvature.hessian import ParamSpace
 from landscape_mpi.config.errors import UserError
 from landscape_mpi.data.items import EvalSet, map_inputs
 from landscape_mpi.engine.group import local_rows, member_batches, reshard, shard_units
@@ -44,7 +44,7 @@ _CMD_PRODUCT, _CMD_STOP = 1, 0
 class ShardedHessianOperator:
     """Products with the Hessian of the mean loss, the model sharded over `comm`'s ranks (FSDP2 on the default
     torch.distributed process group, which must be that same group). The interface of
-    `analysis.hessian.HessianOperator` that `drive` and the Krylov tasks use."""
+    `curvature.hessian.HessianOperator` that `drive` and the Krylov tasks use."""
 
     def __init__(self, model: nn.Module, data: Sequence[EvalSet], loss: str | Task, batch_size: int, comm,
                  device: torch.device, dtype: torch.dtype | None = None) -> None:

@@ -3,7 +3,7 @@ Lanczos and stochastic Lanczos quadrature (docs/method.md#hessian).
 
 Torch-free and process-free: an operator is a function ``matvec(v) -> H v`` on float64 numpy vectors, wrapped
 as a `scipy.sparse.linalg.LinearOperator` where ARPACK (scipy's eigsh) needs one. Who computes the products
-(one process, MPI ranks, a sharded model) is the business of the layer above (analysis/hessian.py).
+(one process, MPI ranks, a sharded model) is the business of the layer above (curvature/hessian.py).
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ The orchestration (`run_hessian`) reads top to bottom in the order things happen
   3. per checkpoint (one row): loss, top-k eigenpairs, lambda_min, Hutchinson trace, SLQ density (rank 0 drives,
      the others serve products), then the average adaptive rise (every rank, deterministic perturbations);
   4. rank 0 writes the file complete under a temporary name and renames it; every rank exits with the same code.
-The math is in landscape_mpi/analysis/hessian.py, the file layout in landscape_mpi/files/hessian_store.py.
+The math is in landscape_mpi/curvature/hessian.py, the file layout in landscape_mpi/files/hessian_store.py.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import time
 
 import torch
 
-from landscape_mpi.analysis import hessian as hs
-from landscape_mpi.analysis import krylov
+from landscape_mpi.curvature import hessian as hs
+from landscape_mpi.curvature import krylov
 from landscape_mpi.config.errors import EXIT_COMPLETE, UserError
 from landscape_mpi.config.hessian import HessianConfig
 from landscape_mpi.data.datasets import EvalSet, load_eval_set, map_inputs
@@ -72,7 +72,7 @@ def run_hessian(cfg: HessianConfig, ctx, ranks_per_point: int = 1, group_timeout
     """Compute every row and write the file (rank 0). Collective over ctx.comm; returns the exit code.
 
     `ranks_per_point` > 1: the model sharded over every rank of the job (one group: it must be the number of
-    ranks), products by finite differences of sharded gradients (analysis/sharded_hessian.py)."""
+    ranks), products by finite differences of sharded gradients (curvature/sharded_hessian.py)."""
     def on_every_rank(step):  # agree-or-fail: a failure on one rank ends every rank with the same message
         return agree(ctx.comm, step, ctx.rank)
 
@@ -141,7 +141,7 @@ def run_hessian(cfg: HessianConfig, ctx, ranks_per_point: int = 1, group_timeout
         if group is None:
             op = hs.HessianOperator(model, data, objective, cfg.batch_size, ctx.comm)
         else:
-            from landscape_mpi.analysis.sharded_hessian import ShardedHessianOperator
+            from landscape_mpi.curvature.sharded_hessian import ShardedHessianOperator
 
             op = on_every_rank(lambda: ShardedHessianOperator(model, data, objective, cfg.batch_size, group.comm,
                                                               ctx.device))

@@ -39,7 +39,7 @@ from landscape_mpi.directions.base import PointSetter, filter_dims, random_direc
 from landscape_mpi.config.errors import UserError
 from landscape_mpi.tasks import Task, as_task
 from landscape_mpi.tasks.classify import loss_sum as classify_loss_sum
-from landscape_mpi.analysis.krylov import Matvec, Pair, extreme_pair_vectors
+from landscape_mpi.curvature.krylov import Matvec, Pair, extreme_pair_vectors
 from landscape_mpi.runtime.comm import SELF
 
 DEFAULT_BATCH_SIZE = 1024
@@ -463,7 +463,7 @@ def eig_pair(model: nn.Module, data: list[EvalSet] | EvalSet, loss: str | Task, 
 
 def operator_extremes(op, *, tol: float, maxiter: int, v0: np.ndarray | None = None) -> tuple[float, float, int]:
     """(lambda_max, lambda_min, products) of an operator (`HessianOperator`, or the sharded one of
-    analysis/sharded_hessian.py) on every rank of its communicator (collective). `v0`: as `operator_pair`."""
+    curvature/sharded_hessian.py) on every rank of its communicator (collective). `v0`: as `operator_pair`."""
     pair = operator_pair(op, tol=tol, maxiter=maxiter, v0=v0)
     return pair.lambda_max, pair.lambda_min, pair.products
 

@@ -35,7 +35,7 @@ def describe(path: str) -> dict[str, Any]:
             "checkpoint": s.attrs.get("checkpoint"), "checkpoint_sha256": s.attrs.get("checkpoint_sha256"),
             "created": s.attrs.get("created"), "versions": json.loads(s.attrs.get("versions", "{}"))}
     try:
-        from landscape_mpi.analysis.sharpness import sharpness_for_info
+        from landscape_mpi.numbers.sharpness import sharpness_for_info
 
         info["sharpness"] = sharpness_for_info(path)
     except UserError as exc:

@@ -1,1 +1,0 @@
-"""Analyses: Hessian products and Krylov numerics, the hessian job, sharpness numbers from files."""

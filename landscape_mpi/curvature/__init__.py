@@ -1,0 +1,1 @@
+"""The curvature library: Hessian-vector products (one process, MPI ranks, a sharded model) and the Krylov numerics."""

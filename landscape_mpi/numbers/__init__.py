@@ -1,0 +1,1 @@
+"""Numbers computed from files, without torch: sharpness numbers, file summaries."""
