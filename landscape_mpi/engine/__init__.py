@@ -16,6 +16,9 @@ with its own ``forward``, or dict inputs, is evaluated by the eager engine (with
 - ``batched``: K grid points per forward (torch.func.vmap over the folded model's stacked tensors).
 - ``auto``: ``batched`` for small models (under SMALL_MODEL_FLOPS per sample), else ``channels_last`` for
   4D-input models, else ``folded``; ``eager`` with bn="recalibrate" or when the model cannot be traced.
+- a group of ranks per point (`group`, the rank's placement, of 2 or more ranks): ``group-shard`` or
+  ``group-data`` (`engine.group`, the placement's --group-mode), whatever ``kind`` (auto or eager: the others
+  are refused with the option, `config.surface.check_groups`).
 
 Whatever a fast path cannot handle falls back (to a partial fold, to per-point, to eager) with a note through
 `log`, never to a wrong value.
@@ -26,7 +29,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import torch
 from torch import nn
@@ -37,6 +40,8 @@ from landscape_mpi.engine.common import Engine, data_to_device, set_precision
 from landscape_mpi.engine.eager import EagerEngine, batchnorms, recalibrate_bn
 from landscape_mpi.engine.fast import BatchedEngine, FoldedEngine, FoldedTensors, count_flops, probe_batched
 from landscape_mpi.engine.fold import FoldError, plan_fold
+from landscape_mpi.runtime.groups import ALONE, RankGroup
+from landscape_mpi.runtime.lifecycle import StopRequested
 from landscape_mpi.tasks import Task, as_task, has_own_forward, is_classify
 from landscape_mpi.config.errors import UserError
 from landscape_mpi.config.surface import BN_MODES, ENGINES, PRECISIONS
@@ -124,7 +129,9 @@ def _activation_bytes_per_sample(module: torch.fx.GraphModule, batch: int) -> fl
 def make_engine(model: nn.Module, directions: list[Direction], data: list[EvalSet], *, loss: str | Task,
                 device: torch.device, precision: str = "fp32", batch_size: int | None = None,
                 bn: str = "eval", bn_data: EvalSet | None = None, kind: str = "auto",
-                compact: bool | None = None, log: Callable[[str], None] = print) -> Engine:
+                compact: bool | None = None, log: Callable[[str], None] = print, group: RankGroup = ALONE,
+                theta: Mapping[str, torch.Tensor] | None = None, stop: type[BaseException] = StopRequested,
+                check_stop: Callable[[], None] | None = None) -> Engine:
     """The engine that evaluates `model` (at theta*, on the CPU) moved along `directions` on `data`.
 
     `directions`: one dict per axis, state_dict key -> CPU tensor (a subset of the keys). `data`: the
@@ -136,6 +143,12 @@ def make_engine(model: nn.Module, directions: list[Direction], data: list[EvalSe
     `kind`: one of KINDS. `compact`: keep image splits that have a uint8 form (CIFAR-10) as uint8 on the
     device and normalize each batch (the same values; None: on CUDA only, where device memory is the limit;
     the fast engines only). Choices and fallbacks are reported through `log`.
+
+    `group`: this rank's placement (`runtime.groups.place`; by default the rank alone). In a group of 2 or more
+    every member calls this together and the group evaluates each point (`GroupEngine`, in the placement's
+    mode); then `theta` (shard mode: theta*'s tensors memory-mapped, the model on the meta device and
+    `directions` this member's rows), `stop` (the exception a stop raises from `on_batch`, agreed by the group)
+    and `check_stop` (a follower's own signal check) are the group engine's.
 
     The option values are checked where they are declared (SurfaceConfig, RunOptions). Raises UserError for
     bn="recalibrate" without `bn_data` (2+ samples) or on a model without BatchNorm.
@@ -152,6 +165,13 @@ def make_engine(model: nn.Module, directions: list[Direction], data: list[EvalSe
     n_axes = len(directions)
 
     task = as_task(loss)
+    if group.size > 1:
+        from landscape_mpi.engine.group import GroupEngine
+
+        e = GroupEngine(model, directions, data, theta=theta, task=task, device=device, precision=precision,
+                        batch_size=bs, mode=group.mode, stop=stop, check_stop=check_stop)
+        log(e.describe())
+        return e
 
     def eager(note: str = "") -> Engine:
         if note:

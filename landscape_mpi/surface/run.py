@@ -3,15 +3,17 @@
 Reads top to bottom in the order things happen. Every step that one rank can fail alone is an agree-or-fail
 step (`lifecycle.agree`): a failure anywhere ends every rank with the same message, and nothing waits forever.
   1. ranks and devices (`context`); stop signals are already caught (`lifecycle.STOP`, installed by the CLI);
-  2. rank 0 takes the run lock of the file (a second job on the same file is refused);
+  2. rank 0 takes the run lock of the file (a second job on the same file is refused); every rank gets its
+     placement (`groups.place`: its group of ranks per point, a group of one with --ranks-per-point 1);
   3. pre-flight on every rank: model at theta*, evaluation data, one forward per split (`inputs`);
   4. rank 0 creates the file, or checks that the existing one is this command's, to resume (`prepare`), and
      keeps what it read: the done mask, directions and coordinates;
   5. every rank gets the directions and coordinates *of the file* (rank 0 from step 4, shared with its node;
      one rank of every other node reads them) and builds its evaluation engine;
-  6. the writer opens (rank 0 alone, which records the run's ranks in that open, or every rank under
-     --io collective): rank 0's second and last open of the file;
-  7. the master hands out the points not yet done, every rank evaluates, results are written durably;
+  6. the writer opens (rank 0 alone, which records the run's ranks in that open, or every group's leader
+     under --io collective): rank 0's second and last open of the file;
+  7. the master hands out the points not yet done to the leaders (a leader names them to its group), every
+     rank evaluates, results are written durably;
   8. the writer closes; an --overwrite run that completed replaces the old file; every rank exits with the
      same status.
 """
@@ -34,10 +36,9 @@ from landscape_mpi.runtime.faults import BatchHooks
 from landscape_mpi.directions.base import PointSetter, space_keys
 from landscape_mpi.config.errors import EXIT_COMPLETE, EXIT_RESUMABLE, UserError
 from landscape_mpi.surface.inputs import Inputs, check_fit, load_inputs, read_inputs, streams_shards
-from landscape_mpi.runtime.groups import (Followers, RankGroup, check_layout, close_process_group, follow,
-                                          init_process_group, make_groups)
+from landscape_mpi.runtime.groups import ALONE, Followers, RankGroup, close_process_group, follow, place
 from landscape_mpi.runtime.lifecycle import STOP, StopRequested, agree
-from landscape_mpi.surface.prepare import Prepared, finish_overwrite, prepare_file
+from landscape_mpi.surface.prepare import Opened, Prepared, finish_overwrite, prepare_file
 from landscape_mpi.runtime.progress import Progress
 from landscape_mpi.runtime.sharing import node_comm, share_per_node
 
@@ -77,7 +78,7 @@ def run_surface(config: SurfaceConfig, options: RunOptions, ctx: RunContext | No
 
     lock = agree(comm, take_lock, ctx.rank)
     try:
-        return _run_locked(config, options, ctx)
+        return SurfaceJob(config, options, ctx).run()
     finally:
         # a group's torch.distributed process group is torn down before the interpreter exits: gloo's worker
         # threads must not outlive it (they abort the process at exit otherwise)
@@ -86,141 +87,173 @@ def run_surface(config: SurfaceConfig, options: RunOptions, ctx: RunContext | No
             lock.release()
 
 
-def _run_locked(config: SurfaceConfig, options: RunOptions, ctx: RunContext) -> int:
-    comm = ctx.comm
-    node = node_comm(comm)  # one rank per node reads the inputs; the node's other ranks receive them
-    group = None
-    if options.ranks_per_point > 1:  # groups of G ranks of a node, each with its torch.distributed group
-        ranks_per_node = comm.allgather(node.Get_size())
-        agree(comm, lambda: check_layout(ranks_per_node, options.ranks_per_point), ctx.rank)
-        group = make_groups(comm, node, options.ranks_per_point)
-        backend = init_process_group(group, ctx.device.type, options.group_timeout)
-        log(ctx, f"{ctx.size // group.size} group(s) of {group.size} ranks per point, --group-mode "
-                 f"{options.group_mode}, {backend}")
+class SurfaceJob:
+    """Steps 3 to 8 of the job, one method each, with what they share: the run (`config`, `options`, `ctx`),
+    the node's communicator and this rank's placement (its group of ranks per point: a group of one with
+    --ranks-per-point 1). Every method is reached by every rank."""
 
-    # 3. pre-flight: nothing is written before every rank has its model and data and they fit. The node's
-    #    first rank reads the files (a node collective, reached by every rank: nothing before it can fail);
-    #    each rank then checks what it got inside the agree-or-fail step.
-    whole = streams_shards(config, options)  # '': no rank ever holds the whole model (--group-mode shard)
-    if group is not None and options.group_mode == "shard":
-        log(ctx, "each rank builds only its shards (theta* mapped from the checkpoint, directions written and "
-                 "read tensor by tensor)" if not whole else f"each rank builds the whole model first ({whole})")
-    read = share_per_node(node, lambda: read_inputs(config, options.stream_data, sharded=not whole))
+    def __init__(self, config: SurfaceConfig, options: RunOptions, ctx: RunContext) -> None:
+        self.config, self.options, self.ctx = config, options, ctx
+        self.node = node_comm(ctx.comm)  # one rank per node reads the inputs; the node's other ranks receive them
+        self.group = place(ctx, options.ranks_per_point, options.group_mode, options.group_timeout, self.node)
+        if self.group.size > 1:
+            log(ctx, f"{ctx.size // self.group.size} group(s) of {self.group.size} ranks per point, --group-mode "
+                     f"{self.group.mode}, {self.group.backend}")
 
-    def preflight() -> Inputs:
-        ctx.faults.reached("preflight")
-        return load_inputs(config, read.get())
-
-    inputs = agree(comm, preflight, ctx.rank)
-
-    # 4. the file: created complete, or checked to be this command's.
-    def file_step() -> Prepared | None:
-        ctx.faults.reached("file")
-        return prepare_file(config, options, inputs) if ctx.is_master else None
-
-    mine = agree(comm, file_step, ctx.rank)
-    opened = mine.opened if mine is not None else None  # rank 0: what its file step read (or wrote) of the file
-    prepared = comm.bcast(mine.broadcastable() if mine is not None else None, root=0)
-    log(ctx, prepared.message)
-    if prepared.todo == 0:
-        agree(comm, lambda: finish_overwrite(options, prepared.path) if ctx.is_master else None, ctx.rank)
-        log(ctx, f"{options.out} is complete: nothing to compute")
+    def run(self) -> int:
+        inputs = self.preflight()
+        opened, prepared = self.prepare(inputs)
+        if prepared.todo == 0:
+            self.finish(prepared)
+            log(self.ctx, f"{self.options.out} is complete: nothing to compute")
+            return EXIT_COMPLETE
+        evaluator = self.evaluator(inputs, opened, prepared)
+        writer = self.open_writer(prepared)
+        if self.compute(evaluator, writer, opened) != sched.STATUS_COMPLETE:
+            return EXIT_RESUMABLE
+        self.finish(prepared)
+        if prepared.path != self.options.out:
+            log(self.ctx, f"the new surface replaced {self.options.out}")
         return EXIT_COMPLETE
 
-    # 5. directions and coordinates from the file (the source of truth on every rank and resume), engine. Rank 0
-    #    has them from its file step (shared with its node); the first rank of every other node reads them.
-    axes = list(config.axes)
-    if inputs.theta is None:
-        stored = share_per_node(node, lambda: opened.inputs if opened is not None
-                                else reader.read_run_inputs(prepared.path, axes)).get
-    else:  # each member reads its own rows of each direction
+    def preflight(self) -> Inputs:
+        """3. Nothing is written before every rank has its model and data and they fit. The node's first rank
+        reads the files (a node collective, reached by every rank: nothing before it can fail); each rank then
+        checks what it got inside the agree-or-fail step."""
+        config, options, ctx = self.config, self.options, self.ctx
+        whole = streams_shards(config, options)  # '': no rank ever holds the whole model (--group-mode shard)
+        if self.group.shards:
+            log(ctx, "each rank builds only its shards (theta* mapped from the checkpoint, directions written and "
+                     "read tensor by tensor)" if not whole else f"each rank builds the whole model first ({whole})")
+        read = share_per_node(self.node, lambda: read_inputs(config, options.stream_data, sharded=not whole))
+
+        def preflight() -> Inputs:
+            ctx.faults.reached("preflight")
+            return load_inputs(config, read.get())
+
+        return agree(ctx.comm, preflight, ctx.rank)
+
+    def prepare(self, inputs: Inputs) -> tuple[Opened | None, Prepared]:
+        """4. The file: created complete, or checked to be this command's. Returns what rank 0's file step read
+        (or wrote) of the file (None on the other ranks), and the outcome every rank gets."""
+        ctx = self.ctx
+
+        def file_step() -> Prepared | None:
+            ctx.faults.reached("file")
+            return prepare_file(self.config, self.options, inputs) if ctx.is_master else None
+
+        mine = agree(ctx.comm, file_step, ctx.rank)
+        prepared = ctx.comm.bcast(mine.broadcastable() if mine is not None else None, root=0)
+        log(ctx, prepared.message)
+        return (mine.opened if mine is not None else None), prepared
+
+    def evaluator(self, inputs: Inputs, opened: Opened | None, prepared: Prepared) -> GridEvaluator:
+        """5. Directions and coordinates from the file (the source of truth on every rank and resume), and the
+        engine (`make_engine` logs the one it chose)."""
+        ctx = self.ctx
+        stored = self.stored(inputs, opened, prepared.path)
+
+        def engine_step() -> GridEvaluator:
+            ctx.faults.reached("engine")
+            return GridEvaluator(self.config, self.options, inputs, stored(), ctx, ctx.faults.batch_hooks(), self.group)
+
+        evaluator = agree(ctx.comm, engine_step, ctx.rank)
+        if self.group.shards:
+            # the engine holds this rank's shards: let go of the whole model and directions read for the set-up
+            inputs.model, inputs.theta = None, None
+            if opened is not None:
+                opened.inputs = None
+        if self.config.eig:
+            log(ctx, "eig_max and eig_min at every point (ARPACK on Hessian-vector products, one point per call)")
+        return evaluator
+
+    def stored(self, inputs: Inputs, opened: Opened | None, path: str) -> Callable[[], tuple]:
+        """How this rank gets the file's (directions, coordinates): rank 0 has them from its file step (shared
+        with its node), the first rank of every other node reads them; a member of a group that never holds
+        the whole model reads its own rows of each direction."""
+        axes = list(self.config.axes)
+        if inputs.theta is None:
+            return share_per_node(self.node, lambda: opened.inputs if opened is not None
+                                  else reader.read_run_inputs(path, axes)).get
         from landscape_mpi.engine.group import shard_span
 
-        stored = lambda: reader.read_run_rows(prepared.path, axes,  # noqa: E731
-                                              lambda n: shard_span(n, group.rank, group.size))
+        group = self.group
+        return lambda: reader.read_run_rows(path, axes, lambda n: shard_span(n, group.rank, group.size))
 
-    def engine_step() -> GridEvaluator:
-        ctx.faults.reached("engine")
-        return GridEvaluator(config, options, inputs, stored(), ctx, ctx.faults.batch_hooks(), group)
+    def open_writer(self, prepared: Prepared) -> store.ResultWriter | None:
+        """6. The writer: rank 0 alone, which records the run's ranks in that open (rank 0's second and last
+        open of the file), or every group's leader under --io collective (a collective open; a failure in it
+        raises, and the CLI aborts the job)."""
+        ctx, columns = self.ctx, store.result_columns(self.config)
+        collective = self.options.io == "collective"
+        hosts, devices = gather_ranks(ctx)
 
-    evaluator = agree(comm, engine_step, ctx.rank)  # make_engine logs the engine it chose
-    if group is not None and options.group_mode == "shard":
-        # the engine holds this rank's shards: let go of the whole model and directions read for the set-up
-        inputs.model, inputs.theta, read, stored = None, None, None, None
-        if opened is not None:
-            opened.inputs = None
-    if config.eig:
-        log(ctx, "eig_max and eig_min at every point (ARPACK on Hessian-vector products, one point per call)")
+        def before_writer() -> None:
+            ctx.faults.reached("writer_open")
+            if ctx.is_master and collective:  # a single writer records them in its own open
+                store.write_run_ranks(prepared.path, hosts, devices)
 
-    # 6. the writer: rank 0 alone, or every rank (every group's leader) under --io collective (a collective open).
-    collective = options.io == "collective"
-    hosts, devices = gather_ranks(ctx)
-    follower = group is not None and not group.is_leader
-    sched_comm = comm if group is None else group.leaders  # the ranks that talk to the master (None: a follower)
+        agree(ctx.comm, before_writer, ctx.rank)
+        if not collective:
+            return agree(ctx.comm, lambda: store.ResultWriter(prepared.path, columns, "single", ranks=(hosts, devices))
+                         if ctx.is_master else None, ctx.rank)
+        if not self.group.is_leader:
+            return None
+        # parallel HDF5 needs mpi4py's communicator (COMM_SELF for a run alone)
+        return store.ResultWriter(prepared.path, columns, "collective", mpi_communicator(self.group.leaders))
 
-    def before_writer() -> None:
-        ctx.faults.reached("writer_open")
-        if ctx.is_master and collective:  # a single writer records them in its own open
-            store.write_run_ranks(prepared.path, hosts, devices)
+    def compute(self, evaluator: GridEvaluator, writer: store.ResultWriter | None, opened: Opened | None) -> str:
+        """7. The master hands points to ranks (or to groups: their leaders); a group's other members evaluate
+        what their leader names. 8. The writer closes (a collective close under --io collective: every writing
+        rank reaches it, the run having ended the same way on every rank; an exception aborts the job instead).
+        Returns the run's status."""
+        ctx, options, group = self.ctx, self.options, self.group
+        collective = options.io == "collective"
+        sink = sched.ResultSink(writer.write if writer else None, len(store.result_columns(self.config)),
+                                options.flush_seconds)
+        stats = sched.RankStats(ctx.rank, ctx.host, str(ctx.device))
+        try:
+            if not group.is_leader:
+                return follow(group, evaluator, StopRequested, sched.Waiter().pause)
+            if ctx.is_master:
+                status = self.master(evaluator, sink, stats, opened)
+            else:
+                worker = sched.Worker(group.leaders, evaluator, STOP, sink if collective else None, stats,
+                                      options.flush_seconds)
+                evaluator.on_batch = worker.tick
+                status = worker.run()
+            Followers(group).end(status)
+            return status
+        finally:
+            ctx.faults.reached("close")
+            if writer is not None:
+                if collective and group.leaders.Get_size() > 1:  # every rank took part in every phase: show it
+                    phases = group.leaders.gather(writer.writes, root=0)
+                    log(ctx, f"collective write phases per rank: {phases}")
+                writer.close()
 
-    agree(comm, before_writer, ctx.rank)
-    if collective and not follower:  # a collective open (a failure in it raises, and the CLI aborts the job)
-        writer = store.ResultWriter(prepared.path, store.result_columns(config), "collective",
-                                    mpi_communicator(sched_comm))  # parallel HDF5 needs mpi4py's (COMM_SELF alone)
-    elif collective:
-        writer = None
-    else:
-        writer = agree(comm, lambda: store.ResultWriter(prepared.path, store.result_columns(config), "single",
-                                                        ranks=(hosts, devices)) if ctx.is_master else None, ctx.rank)
+    def master(self, evaluator: GridEvaluator, sink: sched.ResultSink, stats: sched.RankStats, opened: Opened) -> str:
+        """Rank 0's part of step 7: the points not done yet, in --order, to the leaders; progress and summary."""
+        ctx, options = self.ctx, self.options
+        todo = sched.point_order(opened.done.shape, opened.done, options.order)
+        total = int(opened.done.size)
+        log(ctx, f"{len(todo)} points to compute on {self.group.where()}, io={options.io}, order={options.order}, "
+                 f"rank 0 on {ctx.device} with {ctx.threads} thread(s)")
+        progress = Progress(total, total - len(todo), options.progress_seconds)
+        master = sched.Master(self.group.leaders, todo, evaluator, sink, STOP, options.chunk_size, progress.update,
+                              collective=options.io == "collective", stats=stats, on_tick=progress.partial)
+        evaluator.on_batch = master.tick  # keep serving, writing and watching for stops while rank 0 evaluates
+        ctx.faults.serve_while_held(master.serve if master.has_workers else None)  # a test's gate holds rank 0
+        outcome = master.run()
+        ctx.faults.serve_while_held(None)
+        progress.close()
+        print_summary(ctx, options, outcome)
+        return outcome.status
 
-    # 7. scheduling: the master hands points to ranks (or to groups: their leaders); a group's other members
-    #    evaluate what their leader names.
-    sink = sched.ResultSink(writer.write if writer else None, len(store.result_columns(config)),
-                            options.flush_seconds)
-    stats = sched.RankStats(ctx.rank, ctx.host, str(ctx.device))
-    status = sched.STATUS_STOPPED
-    followers = Followers(group) if group is not None and group.is_leader else None
-    try:
-        if follower:
-            status = follow(group, evaluator, StopRequested, sched.Waiter().pause)
-        elif ctx.is_master:
-            todo = sched.point_order(opened.done.shape, opened.done, options.order)
-            total = int(opened.done.size)
-            where = (f"{ctx.size} rank(s)" if group is None
-                     else f"{sched_comm.Get_size()} group(s) of {group.size} ranks")
-            log(ctx, f"{len(todo)} points to compute on {where}, io={options.io}, order={options.order}, "
-                     f"rank 0 on {ctx.device} with {ctx.threads} thread(s)")
-            progress = Progress(total, total - len(todo), options.progress_seconds)
-            master = sched.Master(sched_comm, todo, evaluator, sink, STOP, options.chunk_size, progress.update,
-                                  collective=collective, stats=stats, on_tick=progress.partial)
-            # keep serving, writing and watching for stops while rank 0 evaluates a long point
-            evaluator.on_batch = master.tick
-            outcome = master.run()
-            progress.close()
-            print_summary(ctx, options, outcome)
-            status = outcome.status
-        else:
-            worker = sched.Worker(sched_comm, evaluator, STOP, sink if collective else None, stats,
-                                  options.flush_seconds)
-            evaluator.on_batch = worker.tick
-            status = worker.run()
-        if followers is not None:
-            followers.end(status)
-    finally:
-        # 8. close (a collective close under --io collective: every writing rank reaches it, the run having
-        #    ended the same way on every rank; an exception above aborts the job instead).
-        ctx.faults.reached("close")
-        if writer is not None:
-            if collective and sched_comm.Get_size() > 1:  # every rank took part in every phase: show it
-                phases = sched_comm.gather(writer.writes, root=0)
-                log(ctx, f"collective write phases per rank: {phases}")
-            writer.close()
-    if status == sched.STATUS_COMPLETE:
-        agree(comm, lambda: finish_overwrite(options, prepared.path) if ctx.is_master else None, ctx.rank)
-        if prepared.path != options.out:
-            log(ctx, f"the new surface replaced {options.out}")
-        return EXIT_COMPLETE
-    return EXIT_RESUMABLE
+    def finish(self, prepared: Prepared) -> None:
+        """An --overwrite run that completed replaces the old file (rank 0, agreed by every rank)."""
+        ctx = self.ctx
+        agree(ctx.comm, lambda: finish_overwrite(self.options, prepared.path) if ctx.is_master else None, ctx.rank)
 
 
 # ----------------------------------------------------------------------------------- evaluation
@@ -229,10 +262,10 @@ class GridEvaluator:
     coordinates, and with --metrics ...,eig the Hessian's extreme eigenvalues and the Hessian-vector products they took."""
 
     def __init__(self, config: SurfaceConfig, options: RunOptions, inputs: Inputs, stored: tuple, ctx: RunContext,
-                 hooks: BatchHooks, group: RankGroup | None = None) -> None:
+                 hooks: BatchHooks, group: RankGroup = ALONE) -> None:
         """`stored`: the file's (directions, coordinates), as `reader.read_run_inputs` gives them;
         `hooks`: this rank's per-batch and per-point fault points (`ctx.faults.batch_hooks()`); `group`: this
-        rank's group under --ranks-per-point G > 1 (a leader names the points to its followers)."""
+        rank's placement (`runtime.groups.place`; a leader names the points to its followers)."""
         from landscape_mpi.engine import make_engine
 
         stored, self.coords = stored
@@ -245,46 +278,38 @@ class GridEvaluator:
         self.shape = tuple(len(c) for c in self.coords)
         self.hooks = hooks
         self.on_batch: Callable[[float], None] | None = None
-        self.followers = Followers(group) if group is not None and group.is_leader else None
-        if group is not None:
-            from landscape_mpi.engine import default_batch_size
-            from landscape_mpi.engine.group import GroupEngine
-
-            self.engine = GroupEngine(inputs.model, directions, inputs.data, theta=inputs.theta,
-                                      task=inputs.task, device=ctx.device,
-                                      precision=config.precision,
-                                      batch_size=options.batch_size or default_batch_size(ctx.device),
-                                      mode=options.group_mode, stop=StopRequested,
-                                      check_stop=None if group.is_leader else STOP.check)
-            if inputs.theta is not None:  # the pre-flight's fit check, on the sharded model (a group collective)
-                for split in self.engine.data:  # on the device
-                    check_fit(self.engine.model, split, config, inputs.task, grad_mode=torch.no_grad)
-            log(ctx, self.engine.describe())
-        else:
-            self.engine = make_engine(inputs.model, directions, inputs.data, loss=inputs.task, device=ctx.device,
-                                      precision=config.precision, batch_size=options.batch_size, bn=config.bn,
-                                      bn_data=inputs.bn_data, kind=options.engine,
-                                      log=lambda m: log(ctx, m))
+        self.followers = Followers(group)
+        self.engine = make_engine(inputs.model, directions, inputs.data, loss=inputs.task, device=ctx.device,
+                                  precision=config.precision, batch_size=options.batch_size, bn=config.bn,
+                                  bn_data=inputs.bn_data, kind=options.engine, log=lambda m: log(ctx, m),
+                                  group=group, theta=inputs.theta, stop=StopRequested,
+                                  check_stop=None if group.is_leader else STOP.check)
+        if inputs.theta is not None:  # the pre-flight's fit check, on the sharded model (a group collective)
+            for split in self.engine.data:  # on the device
+                check_fit(self.engine.model, split, config, inputs.task, grad_mode=torch.no_grad)
         self.engine.on_batch = self._batch
         self.group_size = max(1, int(getattr(self.engine, "group_size", 1)))
         if config.eig or hooks.single_points:
             self.group_size = 1
         self.eig = None
         if config.eig:
-            self.eig = CurvatureAtPoint(config, inputs, directions, ctx.device, options.batch_size, group,
-                                        options.group_mode)
+            self.eig = CurvatureAtPoint(config, inputs, directions, ctx.device, options.batch_size, group)
 
     def _batch(self, fraction: float) -> None:
         self.hooks.on_batch()
         if self.on_batch is not None:
             self.on_batch(fraction)
 
+    def coefficients(self, flats: np.ndarray) -> np.ndarray:
+        """The coefficients (K, n_axes) of the points numbered `flats` (flat indices of the grid, C order): the
+        file's coordinates of each axis at the point's index."""
+        index = np.unravel_index(np.asarray(flats, dtype=np.int64), self.shape)
+        return np.stack([c[i] for c, i in zip(self.coords, index)], axis=1)
+
     def __call__(self, flats: np.ndarray) -> np.ndarray:
         self.hooks.before_points(len(flats))
-        index = np.unravel_index(np.asarray(flats, dtype=np.int64), self.shape)
-        coords = np.stack([c[i] for c, i in zip(self.coords, index)], axis=1)
-        if self.followers is not None:
-            self.followers.points(flats)
+        coords = self.coefficients(flats)
+        self.followers.points(flats)
         try:
             values = np.asarray(self.engine.evaluate(coords), dtype=np.float64)
         except StopRequested as exc:  # the group agreed on a stop another member caught: this rank stops too
@@ -305,16 +330,16 @@ class CurvatureAtPoint:
     copy of the model like the evaluation (products by finite differences, `curvature.sharded_hessian`)."""
 
     def __init__(self, config: SurfaceConfig, inputs: Inputs, directions, device: torch.device,
-                 batch_size: int | None, group: RankGroup | None = None, mode: str = "shard") -> None:
+                 batch_size: int | None, group: RankGroup = ALONE) -> None:
         if not any(p.requires_grad for p in inputs.model.parameters()):
             raise UserError(f"--metrics eig: --model {config.model} has no trainable parameter, so no Hessian")
         split = next((d for d in inputs.data if d.name == "train"), inputs.data[0])
         self.loss = inputs.task
         self.tol = config.eig_tol
         self.batch_size = batch_size
-        self.comm = group.comm if group is not None else None
+        self.comm = group.comm  # the ranks that divide the split (`comm.SELF` for a rank alone)
         self.op = None
-        if group is not None and mode == "shard":
+        if group.shards:
             from landscape_mpi.curvature.hessian import DEFAULT_BATCH_SIZE
             from landscape_mpi.curvature.sharded_hessian import ShardedHessianOperator
 
@@ -334,10 +359,8 @@ class CurvatureAtPoint:
             top, bottom, products = operator_extremes(self.op, tol=self.tol, maxiter=EIG_MAXITER)
             return float(top), float(bottom), float(products)
         kwargs = {"batch_size": self.batch_size} if self.batch_size else {}
-        if self.comm is not None:
-            kwargs["comm"] = self.comm
         top, bottom, products = eig_extremes(self.model, self.data, self.loss, tol=self.tol, maxiter=EIG_MAXITER,
-                                             **kwargs)
+                                             comm=self.comm, **kwargs)
         return float(top), float(bottom), float(products)
 
 
