@@ -29,9 +29,8 @@ from landscape_mpi.files import hessian_store
 from landscape_mpi.files.contract import EIGENVECTOR_CONVENTION
 from landscape_mpi.files.store import check_out_path, package_versions
 from landscape_mpi.models import build_model, checkpoint_sha256, load_checkpoint, natural_key
-from landscape_mpi.runtime.groups import check_layout, close_process_group, init_process_group, make_groups
+from landscape_mpi.runtime.groups import close_process_group, place
 from landscape_mpi.runtime.lifecycle import agree
-from landscape_mpi.runtime.sharing import node_comm
 
 GLOB_CHARS = "*?["
 
@@ -90,7 +89,6 @@ def run_hessian(cfg: HessianConfig, ctx, ranks_per_point: int = 1, group_timeout
         return paths
 
     paths = on_every_rank(check_inputs)
-    group = None
     if ranks_per_point > 1:
         def check_group() -> None:
             if ranks_per_point != ctx.size:
@@ -101,12 +99,10 @@ def run_hessian(cfg: HessianConfig, ctx, ranks_per_point: int = 1, group_timeout
                                 f"unsharded model; add --adaptive-samples 0")
 
         on_every_rank(check_group)
-        node = node_comm(ctx.comm)
-        ranks_per_node = ctx.comm.allgather(node.Get_size())
-        on_every_rank(lambda: check_layout(ranks_per_node, ranks_per_point))
-        group = make_groups(ctx.comm, node, ranks_per_point)
-        log(f"the model sharded over {ranks_per_point} ranks ({init_process_group(group, ctx.device.type, group_timeout)}"
-            f"), products by central differences of sharded gradients")
+    group = place(ctx, ranks_per_point, "shard", group_timeout)  # alone, or one group: every rank of the job
+    if group.shards:
+        log(f"the model sharded over {group.size} ranks ({group.backend}), products by central differences of "
+            f"sharded gradients")
     dtype = torch.float64 if cfg.precision == "float64" else torch.float32
 
     # 2. model and data on every rank
@@ -138,7 +134,7 @@ def run_hessian(cfg: HessianConfig, ctx, ranks_per_point: int = 1, group_timeout
 
         sha, epoch, epoch_source = on_every_rank(load_row)
         model.to(device=ctx.device, dtype=dtype)
-        if group is None:
+        if not group.shards:  # every rank holds the model and divides the samples
             op = hs.HessianOperator(model, data, objective, cfg.batch_size, ctx.comm)
         else:
             from landscape_mpi.curvature.sharded_hessian import ShardedHessianOperator
