@@ -7,18 +7,16 @@ are read. Hessian files (root attribute ``file_kind = "hessian"``) are drawn by 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 
+from landscape_mpi.config.options import add_options, from_args
+from landscape_mpi.config.plot import FIGURE_KINDS, PlotOptions
+from landscape_mpi.files.reader import UserError, file_kind
 from plotting import export, figures
 from plotting.fill import fill_missing
-from landscape_mpi.files.reader import UserError, file_kind
 from plotting.reader import PlotError, Surface, read_metrics, read_surface
-
-FIGURE_KINDS = ("1d", "contour", "contourf", "heatmap", "surface3d", "compare", "trajectory", "trajectory_residual",
-                "eig_ratio")
-EXPORT_KINDS = ("vtp", "vti", "html")
-KINDS = FIGURE_KINDS + EXPORT_KINDS
 
 
 class Parser(argparse.ArgumentParser):
@@ -27,28 +25,9 @@ class Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> Parser:
+    """The options are the fields of `PlotOptions` (landscape_mpi/config/plot.py)."""
     p = Parser(prog="landscape-plot", description="Figures and exports of landscape-mpi surface files.")
-    p.add_argument("files", nargs="+", help="surface files; several: 1D overlay or side-by-side comparison")
-    p.add_argument("--kind", action="append", choices=KINDS,
-                   help="what to draw (repeatable); default: every kind that fits the file(s)")
-    p.add_argument("--metric", default="train_loss",
-                   help="train_loss (default), test_loss, train_acc, test_acc, ... (the file's <split>_<metric>)")
-    p.add_argument("--out", help="output folder (default: figures/ beside the first file)")
-    p.add_argument("--format", default="png", choices=("png", "pdf", "svg"))
-    p.add_argument("--dpi", type=int, default=200)
-    p.add_argument("--scale", default="auto", choices=("auto", "linear", "log"),
-                   help="auto (default): log-spaced levels and log10 heights in the 2D and 3D figures when the "
-                        "values span two decades or more (figures.spans_decades), else linear; linear; log (also "
-                        "the 1D loss axis and the exports)")
-    p.add_argument("--log", action="store_true", help="the same as --scale log")
-    p.add_argument("--vmin", type=float, help="lowest level / color (default: data minimum)")
-    p.add_argument("--vmax", type=float, help="highest level / color (default: data maximum)")
-    p.add_argument("--levels", type=int, default=30, help="number of contour levels (default 30)")
-    p.add_argument("--zmax", type=float, help="clip heights above this in .vtp/.html exports")
-    p.add_argument("--upsample", type=int, default=1, help="smooth .vtp export: K times finer grid (scipy)")
-    p.add_argument("--fill-missing", action="store_true",
-                   help="partial files: interpolate the points not computed yet from the finished ones (linear, "
-                        "nearest outside their hull), marked as interpolated in the figure; default: gaps")
+    add_options(p, PlotOptions)
     return p
 
 
@@ -87,7 +66,7 @@ def needed_metrics(surface: Surface, kind: str, metric: str) -> list[str]:
 AUTO_SCALED = ("contour", "contourf", "heatmap", "surface3d", "trajectory", "compare")
 
 
-def use_log(surfaces: list[Surface], kind: str, a: argparse.Namespace) -> bool:
+def use_log(surfaces: list[Surface], kind: str, a: PlotOptions) -> bool:
     """Whether `kind` is drawn on a log scale: --log / --scale log, or --scale auto on a metric whose values
     span two decades or more (the loss around a minimum: linear levels leave the basin one empty ring)."""
     if a.log or a.scale == "log":
@@ -97,10 +76,10 @@ def use_log(surfaces: list[Surface], kind: str, a: argparse.Namespace) -> bool:
     return figures.spans_decades([x.metric(a.metric) for x in surfaces], a.vmin, a.vmax)
 
 
-def draw(surfaces: list[Surface], kind: str, a: argparse.Namespace, out_dir: str) -> str:
+def draw(surfaces: list[Surface], kind: str, a: PlotOptions, out_dir: str) -> str:
     s = surfaces[0]
     stem = os.path.splitext(os.path.basename(s.path))[0]
-    a = argparse.Namespace(**{**vars(a), "log": use_log(surfaces, kind, a)})
+    a = dataclasses.replace(a, log=use_log(surfaces, kind, a))
     if kind == "1d":
         name = f"{stem}_1d" if len(surfaces) == 1 else "overlay_1d"
         return figures.save(figures.plot_1d(surfaces, a.log), os.path.join(out_dir, f"{name}.{a.format}"), a.dpi)
@@ -125,7 +104,7 @@ def draw(surfaces: list[Surface], kind: str, a: argparse.Namespace, out_dir: str
                         a.dpi)
 
 
-def _out_dir(a: argparse.Namespace) -> str:
+def _out_dir(a: PlotOptions) -> str:
     out_dir = a.out or os.path.join(os.path.dirname(os.path.abspath(a.files[0])), "figures")
     try:
         os.makedirs(out_dir, exist_ok=True)
@@ -141,7 +120,7 @@ def _print(path: str) -> None:
         sys.stdout = open(os.devnull, "w")
 
 
-def draw_hessian_file(path: str, out_dir: str, a: argparse.Namespace) -> list[str]:
+def draw_hessian_file(path: str, out_dir: str, a: PlotOptions) -> list[str]:
     """A Hessian file is drawn by plotting.hessian (imported only when one is given)."""
     try:
         from plotting import hessian
@@ -153,7 +132,7 @@ def draw_hessian_file(path: str, out_dir: str, a: argparse.Namespace) -> list[st
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        a = build_parser().parse_args(argv)
+        a = from_args(PlotOptions, build_parser().parse_args(argv))
         kinds_of_files = {p: file_kind(p) for p in a.files}
         hessian_files = [p for p, k in kinds_of_files.items() if k == "hessian"]
         surface_files = [p for p in a.files if p not in hessian_files]

@@ -199,10 +199,10 @@ def test_cuda_requested_without_gpu(tmp_path, digits_ckpt):
 def test_progress_plain_lines_in_a_batch_log(tmp_path, digits_ckpt):
     p = run(cli("surface", *DIGITS, "--checkpoint", digits_ckpt, "--x=-1:1:6", "--y=-1:1:5", "--samples", "50",
                 "--progress-seconds", "0.3", "--out", str(tmp_path / "s.h5")), LANDSCAPE_MPI_TEST_DELAY="0.1")
-    lines = [l for l in p.stderr.splitlines() if "] surface: " in l]
+    lines = [line for line in p.stderr.splitlines() if "] surface: " in line]
     assert len(lines) >= 3, p.stderr
     assert lines[-1].split("] surface: ")[1].startswith("30/30 points (100.0%)")
-    assert all(" points/s, ETA " in l for l in lines)
+    assert all(" points/s, ETA " in line for line in lines)
     assert "per-rank summary:" in p.stderr
 
 

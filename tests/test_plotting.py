@@ -406,7 +406,8 @@ def test_plot_while_job_is_writing(tmp_path, digits_ckpt):
 #: What plotting may load of landscape_mpi: the files layer's reader and contract (and the packages and the error
 #: class they sit on); never torch, MPI or a heavy layer.
 PLOTTING_MAY_LOAD = {"landscape_mpi", "landscape_mpi.files", "landscape_mpi.files.reader", "landscape_mpi.files.contract",
-                     "landscape_mpi.config", "landscape_mpi.config.errors"}
+                     "landscape_mpi.config", "landscape_mpi.config.errors",
+                     "landscape_mpi.config.options", "landscape_mpi.config.plot"}  # landscape-plot's options
 
 
 def test_plotting_needs_neither_torch_nor_mpi():
@@ -415,7 +416,7 @@ def test_plotting_needs_neither_torch_nor_mpi():
     p = subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, capture_output=True, text=True)
     loaded = set(json.loads(p.stdout))
     assert loaded <= PLOTTING_MAY_LOAD, loaded - PLOTTING_MAY_LOAD
-    allowed = re.compile(r"^\s*from\s+landscape_mpi\.files(\.reader|\.contract)?\s+import\s+[\w, ]+$")
+    allowed = re.compile(r"^\s*from\s+landscape_mpi\.(files(\.reader|\.contract)?|config\.(options|plot))\s+import\s+[\w, ]+$")
     for py in (ROOT / "plotting").glob("*.py"):
         for line in re.findall(r"^\s*(?:from|import)\s+landscape_mpi.*$", py.read_text(), re.M):
             assert allowed.match(line) and not re.search(r"import .*\b(store|hessian_store)\b", line), (py, line)

@@ -11,15 +11,10 @@ from __future__ import annotations
 import argparse
 import json
 
+from landscape_mpi.config.compare import CompareOptions, format_levels
+from landscape_mpi.config.errors import EXIT_COMPLETE
+from landscape_mpi.config.options import add_options, from_args
 from landscape_mpi.numbers import sharpness as sh
-from landscape_mpi.config.errors import EXIT_COMPLETE, UserError
-
-
-def _levels(spec: str) -> list[float]:
-    try:
-        return [float(v) for v in spec.split(",") if v.strip()]
-    except ValueError:
-        raise UserError(f"--levels {spec}: expected comma-separated numbers, e.g. 0.1,0.5,1") from None
 
 
 def table(rows: list[dict]) -> str:
@@ -41,32 +36,28 @@ def table(rows: list[dict]) -> str:
                     + [g(b["fraction"]) for b in r["basin"]]
                     + [g(r["roughness"]), g(r["barrier"]["value"]) if r["barrier"] else "-",
                        g(r["eig"]["median_clipped_ratio"]) if r["eig"] else "-"])
-    widths = [max(len(str(x)) for x in col) for col in zip(head, *body)]
-    return "\n".join("  ".join(str(x).ljust(w) for x, w in zip(line, widths)).rstrip() for line in [head, *body])
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *body, strict=True)]
+    return "\n".join("  ".join(str(x).ljust(w) for x, w in zip(line, widths, strict=True)).rstrip()
+                     for line in [head, *body])
 
 
 def cmd_compare(a: argparse.Namespace) -> int:
-    radius = a.radius if a.radius is not None else sh.radius_for(a.files)
-    rows = [sh.sharpness(path, a.metric, radius, _levels(a.levels)) for path in a.files]
-    if a.json:
+    o = from_args(CompareOptions, a)
+    radius = o.radius if o.radius is not None else sh.radius_for(o.files)
+    rows = [sh.sharpness(path, o.metric, radius, o.levels) for path in o.files]
+    if o.json:
         print(json.dumps(rows, indent=2))
     else:
-        print(f"metric {a.metric}, grid max-rise radius {radius:g} (sampled lower bound of eps-sharpness), "
+        print(f"metric {o.metric}, grid max-rise radius {radius:g} (sampled lower bound of eps-sharpness), "
               f"basin levels = center loss + "
-              f"{{{a.levels}}}; partial files: over their done points")
+              f"{{{format_levels(o.levels)}}}; partial files: over their done points")
         print(table(rows))
     return EXIT_COMPLETE
 
 
 def add_parser(sub) -> None:
-    """Register `compare` on the CLI's subparsers (called from landscape_mpi/cli/__init__.py)."""
+    """Register `compare` on the CLI's subparsers (called from landscape_mpi/cli/__init__.py); its options are
+    the fields of `CompareOptions` (landscape_mpi/config/compare.py)."""
     s = sub.add_parser("compare", help="sharpness numbers of several surface files, one row per file")
-    s.add_argument("files", nargs="+", help="surface files (.h5); partial files are measured over their done points")
-    s.add_argument("--metric", default="train_loss", help="train_loss (default), test_loss, ...")
-    s.add_argument("--radius", type=float, default=None,
-                   help=f"grid max-rise radius (sampled lower bound of eps-sharpness) in grid coordinates (default "
-                        f"{sh.DEFAULT_RADIUS:g}, or the largest grid step of the files if larger)")
-    s.add_argument("--levels", default=",".join(f"{v:g}" for v in sh.DEFAULT_LEVELS),
-                   help="basin levels: loss increases over the center's loss (default 0.1,0.5,1)")
-    s.add_argument("--json", action="store_true", help="machine-readable output: a list of one dict per file")
+    add_options(s, CompareOptions)
     s.set_defaults(func=cmd_compare)

@@ -9,20 +9,23 @@ import argparse
 import json
 
 from landscape_mpi.config.errors import EXIT_COMPLETE
+from landscape_mpi.config.info import InfoOptions
+from landscape_mpi.config.options import add_options, from_args
 
 
 def add_parser(sub) -> None:
+    """Register `info`; its options are the fields of `InfoOptions` (landscape_mpi/config/info.py)."""
     p = sub.add_parser("info", help="summarize a surface file: config, points done, value ranges")
-    p.add_argument("file")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    add_options(p, InfoOptions)
     p.set_defaults(func=cmd_info)
 
 
 def cmd_info(a: argparse.Namespace) -> int:
     from landscape_mpi.numbers.summary import describe
 
-    info = describe(a.file)
-    if a.json:
+    o = from_args(InfoOptions, a)
+    info = describe(o.file)
+    if o.json:
         print(json.dumps(info, indent=2))
         return EXIT_COMPLETE
     for line in summary_lines(info):

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
-from landscape_mpi.config.options import check_choices, option
-from landscape_mpi.config.surface import DEVICES
+from landscape_mpi.config.options import check_choices, literal_values, option
+from landscape_mpi.config.surface import Device
 
 #: tiny: CI-sized; quick: the small set reduced to about an hour on 2 cores; small: MNIST-1D on a few CPU cores;
 #: paper: CIFAR-10 (landscape_mpi/experiments/definitions.py sizes each).
-SCALES = ("tiny", "quick", "small", "paper")
+Scale = Literal["tiny", "quick", "small", "paper"]
+SCALES: tuple[Scale, ...] = literal_values(Scale)
 DEFAULT_OUT_DIR = "experiments-out"
 
 
@@ -18,12 +20,11 @@ class ExperimentsRun:
     """`experiments run`: train and compute the surfaces of one experiment or all (resumable)."""
 
     name: str = option(help="skip, batch, width, trajectory, a comma-separated list, or all", positional=True)
-    scale: str = option("small", help="tiny: CI-sized; quick: the small set reduced to about an hour on 2 cores; "
-                                      "small: MNIST-1D on a few CPU cores; paper: CIFAR-10 (--data-root)",
-                        choices=SCALES)
+    scale: Scale = option("small", help="tiny: CI-sized; quick: the small set reduced to about an hour on 2 "
+                                        "cores; small: MNIST-1D on a few CPU cores; paper: CIFAR-10 (--data-root)")
     tiny: bool = option(False, help="the same as --scale tiny")
     out_dir: str = option(DEFAULT_OUT_DIR, help="where runs and surface files go")
-    device: str = option("auto", help="auto: a GPU if any, else the CPU", choices=DEVICES)
+    device: Device = option("auto", help="auto: a GPU if any, else the CPU")
     launcher: str = option("", help="run each surface under this launcher, e.g. 'mpiexec -n 8' or "
                                     "'srun --kill-on-bad-exit=1 --mpi=pmix' (default: in this process)")
     task: int | None = option(None, help="only array task TASK: its training runs (one, or the batch experiment's "
@@ -53,7 +54,7 @@ class ExperimentsReport:
 class ExperimentsList:
     """`experiments list`: the seeds, the experiments, their array tasks, training runs and surfaces."""
 
-    scale: str = option("small", help="the scale whose runs are listed", choices=SCALES)
+    scale: Scale = option("small", help="the scale whose runs are listed")
     count: str | None = option(None, help="print only the number of array tasks of this experiment")
 
     def __post_init__(self) -> None:

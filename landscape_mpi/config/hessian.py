@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Literal
 
 from landscape_mpi.config.errors import UserError
-from landscape_mpi.config.options import check_choices, comma_join, comma_tuple, option
-from landscape_mpi.config.surface import DEFAULT_TASK, DEVICES, LOSSES, SPLITS, GroupOptions, check_task
+from landscape_mpi.config.options import check_choices, comma_join, comma_tuple, literal_values, option
+from landscape_mpi.config.surface import DEFAULT_TASK, Device, GroupOptions, Loss, Split, check_task
 
 #: Arithmetic of the Hessian products (not the evaluation precisions fp32/tf32/bf16 of a surface).
-HESSIAN_DTYPES = ("float32", "float64")
+HessianDtype = Literal["float32", "float64"]
+HESSIAN_DTYPES: tuple[HessianDtype, ...] = literal_values(HessianDtype)
 
 
 DATA, ANALYSES, RUN = "model and data", "analyses", "run"
@@ -29,17 +31,16 @@ class HessianConfig:
     data_root: str | None = option(None, help="folder holding cifar-10-batches-py/ (never downloaded)", group=DATA)
     samples: int | None = option(None, help="a deterministic subset of N samples per split, seeded by --seed "
                                             "(default: all)", group=DATA)
-    splits: tuple[str, ...] = option(("train",), help="train, test or train,test: the loss is the mean over the "
-                                                      "samples of these splits pooled",
-                                     parse=comma_tuple, format=comma_join, group=DATA)
-    loss: str = option("ce", help="ce or mse, as in surface (--task classify)", choices=LOSSES, group=DATA)
+    splits: tuple[Split, ...] = option(("train",), help="train, test or train,test: the loss is the mean over "
+                                                        "the samples of these splits pooled",
+                                       parse=comma_tuple, format=comma_join, group=DATA)
+    loss: Loss = option("ce", help="ce or mse, as in surface (--task classify)", group=DATA)
     task: str = option(DEFAULT_TASK, help="classify, lm, regress or package.module:factory, as in surface: the "
                                           "Hessian of the task's mean loss (sum / count)", group=DATA)
     batch_size: int = option(1024, help="samples per double-backprop batch (memory: about 3x a forward pass of "
                                         "this many samples)", group=DATA)
-    precision: str = option("float32", help="float32: the model as trained; float64: model and data cast to "
-                                            "float64 (slower, for exact comparisons)", choices=HESSIAN_DTYPES,
-                            group=DATA)
+    precision: HessianDtype = option("float32", help="float32: the model as trained; float64: model and data "
+                                                     "cast to float64 (slower, for exact comparisons)", group=DATA)
     top_k: int = option(5, help="largest eigenvalues to compute (ARPACK which='LA')", group=ANALYSES)
     store_vectors: int | None = option(None, help="eigenvectors stored per row, the largest ones (default: 2, "
                                                    "or --top-k if smaller; 2 for surface --directions hessian)",
@@ -65,7 +66,7 @@ class HessianConfig:
     def __post_init__(self) -> None:
         check_choices(self)
         check_task(self.task, self.loss)
-        if not self.splits or any(s not in SPLITS for s in self.splits):
+        if not self.splits:
             raise UserError(f"--splits {','.join(self.splits)}: choose train, test or train,test")
         positive = {"--batch-size": self.batch_size, "--top-k": self.top_k, "--maxiter": self.maxiter,
                     "--slq-steps": self.slq_steps, "--slq-grid": self.slq_grid}
@@ -98,7 +99,7 @@ class HessianConfig:
 class HessianRun(GroupOptions):
     """How `landscape-mpi hessian` runs (changes no number)."""
 
-    device: str = option("auto", help="auto: this rank's GPU if any, else the CPU", choices=DEVICES, group=RUN)
+    device: Device = option("auto", help="auto: this rank's GPU if any, else the CPU", group=RUN)
     threads: int | None = option(None, help="torch CPU threads per rank (default: the rank's CPU set, or the "
                                             "node's cores divided among its ranks)", group=RUN)
 

@@ -12,34 +12,49 @@ import functools
 import json
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 from landscape_mpi.config.errors import UserError
 from landscape_mpi.config.imports import import_object
-from landscape_mpi.config.options import check_choices, comma_join, comma_tuple, option
+from landscape_mpi.config.options import check_choices, comma_join, comma_tuple, literal_values, option
 
+# The choices of the options, each a type (the fields' annotations) and the tuple of its values, read from it.
 AXIS_NAMES = ("x", "y", "z")
-NORMS = ("filter", "layer", "weight", "none")
-IGNORES = ("biasbn", "none")
-DIR_SPACES = ("weights", "states")
-LOSSES = ("ce", "mse")
-SPLITS = ("train", "test")
-DEVICES = ("auto", "cuda", "cpu")
-IO_MODES = ("single", "collective")
-PRECISIONS = ("fp32", "tf32", "bf16")
-BN_MODES = ("eval", "recalibrate")
-DIRECTION_KINDS = ("random", "pca", "hessian", "file")
-DIR_FORMATS = ("native", "reference")
-ORDERS = ("coarse", "rows")
+Norm = Literal["filter", "layer", "weight", "none"]
+NORMS: tuple[Norm, ...] = literal_values(Norm)
+Ignore = Literal["biasbn", "none"]
+IGNORES: tuple[Ignore, ...] = literal_values(Ignore)
+DirSpace = Literal["weights", "states"]
+DIR_SPACES: tuple[DirSpace, ...] = literal_values(DirSpace)
+Loss = Literal["ce", "mse"]
+LOSSES: tuple[Loss, ...] = literal_values(Loss)
+Split = Literal["train", "test"]
+SPLITS: tuple[Split, ...] = literal_values(Split)
+Device = Literal["auto", "cuda", "cpu"]
+DEVICES: tuple[Device, ...] = literal_values(Device)
+IoMode = Literal["single", "collective"]
+IO_MODES: tuple[IoMode, ...] = literal_values(IoMode)
+Precision = Literal["fp32", "tf32", "bf16"]
+PRECISIONS: tuple[Precision, ...] = literal_values(Precision)
+BnMode = Literal["eval", "recalibrate"]
+BN_MODES: tuple[BnMode, ...] = literal_values(BnMode)
+DirectionKind = Literal["random", "pca", "hessian", "file"]
+DIRECTION_KINDS: tuple[DirectionKind, ...] = literal_values(DirectionKind)
+DirFormat = Literal["native", "reference"]
+DIR_FORMATS: tuple[DirFormat, ...] = literal_values(DirFormat)
+Order = Literal["coarse", "rows"]
+ORDERS: tuple[Order, ...] = literal_values(Order)
 #: The built-in tasks (landscape_mpi/tasks) and their metrics; the results are ``<split>_<metric>``.
 TASK_METRICS = {"classify": ("loss", "acc"), "lm": ("loss", "ppl", "token_acc"), "regress": ("loss", "r2")}
 DEFAULT_TASK = "classify"
 #: Evaluation engines (landscape_mpi/engine); auto chooses one.
-ENGINES = ("auto", "eager", "folded", "channels_last", "compiled", "batched")
+EngineKind = Literal["auto", "eager", "folded", "channels_last", "compiled", "batched"]
+ENGINES: tuple[EngineKind, ...] = literal_values(EngineKind)
 #: How a group of ranks shares a point (--ranks-per-point G > 1; landscape_mpi/engine/group.py).
-GROUP_MODES = ("shard", "data")
+GroupMode = Literal["shard", "data"]
+GROUP_MODES: tuple[GroupMode, ...] = literal_values(GroupMode)
 
 
 @dataclass(frozen=True)
@@ -132,7 +147,8 @@ class SurfaceConfig:
     the file; a resume must match it. Each field is its option: flag, default, choices and help."""
 
     model: str = option(help="zoo name (landscape-mpi models) or package.module:factory", group=DATA)
-    checkpoint: str = option(help="trained model theta*: a state_dict, a dict holding one, or a save_pretrained folder", group=DATA)
+    checkpoint: str = option(help="trained model theta*: a state_dict, a dict holding one, or a save_pretrained "
+                                  "folder", group=DATA)
     x: Axis = option(Axis(-1.0, 1.0, 51), help="x axis min:max:num, an inclusive linspace (write --x=-1:1:51)",
                      parse=_axis("x"), format=Axis.spec, group=GRID)
     y: Axis | None = option(None, help="y axis min:max:num for a 2D surface", parse=_axis("y"), format=Axis.spec,
@@ -145,45 +161,45 @@ class SurfaceConfig:
     data_root: str | None = option(None, help="folder holding cifar-10-batches-py/ (never downloaded)", group=DATA)
     samples: int | None = option(None, help="evaluate on a deterministic subset of N samples per split "
                                             "(default: all)", group=DATA)
-    splits: tuple[str, ...] = option(SPLITS, help="which sets to evaluate: train, test or train,test",
-                                     parse=comma_tuple, format=comma_join, group=DATA)
-    loss: str = option("ce", help="ce: cross-entropy on logits; mse: softmax vs one-hot (--task classify)",
-                       choices=LOSSES, group=DATA)
+    splits: tuple[Split, ...] = option(SPLITS, help="which sets to evaluate: train, test or train,test",
+                                       parse=comma_tuple, format=comma_join, group=DATA)
+    loss: Loss = option("ce", help="ce: cross-entropy on logits; mse: softmax vs one-hot (--task classify)",
+                        group=DATA)
     task: str = option(DEFAULT_TASK, help="what a point evaluates: classify (logits vs class labels; metrics "
                                           "loss, acc), lm (next-token prediction; loss, ppl, token_acc), regress "
                                           "(real targets; loss, r2) or package.module:factory (a user Task)",
                        group=DATA)
-    norm: str = option("filter", help="normalization of random directions: filter (the paper's), layer, weight "
-                                      "or none", choices=NORMS, group=GRID)
-    ignore: str = option("biasbn", help="biasbn: no perturbation of biases and BatchNorm (zero direction on "
-                                        "tensors of dim <= 1); none: d = w there (the reference code)",
-                         choices=IGNORES, group=GRID)
-    dir_space: str = option("weights", help="weights: trainable parameters; states: the whole state_dict incl. "
-                                            "BatchNorm running stats (default on the command line: states with "
-                                            "--x-target/--y-target, where interpolating running statistics gives "
-                                            "correct losses; weights otherwise)",
-                            choices=DIR_SPACES, default_from=_space_for_targets, group=GRID)
-    directions: str = option("random", help="where dx, dy come from without a target: random (filter-normalized "
-                                            "Gaussians), pca (of --trajectory), hessian (top eigenvectors of "
-                                            "--hessian-file), file (--dir-file)", choices=DIRECTION_KINDS,
-                             group=GRID)
+    norm: Norm = option("filter", help="normalization of random directions: filter (the paper's), layer, weight "
+                                       "or none", group=GRID)
+    ignore: Ignore = option("biasbn", help="biasbn: no perturbation of biases and BatchNorm (zero direction on "
+                                           "tensors of dim <= 1); none: d = w there (the reference code)",
+                            group=GRID)
+    dir_space: DirSpace = option("weights", help="weights: trainable parameters; states: the whole state_dict "
+                                                 "incl. BatchNorm running stats (default on the command line: "
+                                                 "states with --x-target/--y-target, where interpolating running "
+                                                 "statistics gives correct losses; weights otherwise)",
+                                 default_from=_space_for_targets, group=GRID)
+    directions: DirectionKind = option("random", help="where dx, dy come from without a target: random "
+                                                      "(filter-normalized Gaussians), pca (of --trajectory), "
+                                                      "hessian (top eigenvectors of --hessian-file), file "
+                                                      "(--dir-file)", group=GRID)
     trajectory: str | None = option(None, help="glob of a training run's checkpoints, e.g. 'run/epoch_*.pt' "
                                                "(--directions pca; the final one is --checkpoint)", group=GRID)
     hessian_file: str | None = option(None, help="a file of landscape-mpi hessian: its top two eigenvectors "
                                                  "(--directions hessian)", group=GRID)
     dir_file: str | None = option(None, help="an HDF5 file holding directions (--directions file)", group=GRID)
-    dir_format: str = option("native", help="native: /directions/<axis>/<key> (e.g. a surface file); reference: "
-                                            "the paper's code's file", choices=DIR_FORMATS, group=GRID)
+    dir_format: DirFormat = option("native", help="native: /directions/<axis>/<key> (e.g. a surface file); "
+                                                  "reference: the paper's code's file", group=GRID)
     x_target: str | None = option(None, help="checkpoint theta_2: the x direction is theta_2 - theta* "
                                              "(interpolation, not normalized)", group=GRID)
     y_target: str | None = option(None, help="checkpoint theta_3: the y direction is theta_3 - theta*", group=GRID)
     same_dir: bool = option(False, help="use dy = dx", group=GRID)
     seed: int = option(0, help="seed of the random directions and of the --samples subset", group=GRID)
-    precision: str = option("fp32", help="fp32 (TF32 off), tf32 (TensorFloat-32 on GPUs) or bf16 (autocast)",
-                            choices=PRECISIONS, group=DATA)
-    bn: str = option("eval", help="eval: BatchNorm running statistics (possibly interpolated); recalibrate: "
-                                  "re-estimated at every point from --bn-samples training samples",
-                     choices=BN_MODES, group=DATA)
+    precision: Precision = option("fp32", help="fp32 (TF32 off), tf32 (TensorFloat-32 on GPUs) or bf16 "
+                                               "(autocast)", group=DATA)
+    bn: BnMode = option("eval", help="eval: BatchNorm running statistics (possibly interpolated); recalibrate: "
+                                     "re-estimated at every point from --bn-samples training samples",
+                        group=DATA)
     bn_samples: int | None = option(None, help="training samples (the first N) that re-estimate BatchNorm "
                                                "(--bn recalibrate)", group=DATA)
     eig: bool = option(False, flag="--metrics", help="loss (loss and accuracy) or loss,eig (also the Hessian's "
@@ -197,7 +213,7 @@ class SurfaceConfig:
             raise UserError("--z needs --y as well: a 3D grid has x, y and z axes")
         check_choices(self)
         check_task(self.task, self.loss)
-        if not self.splits or any(s not in SPLITS for s in self.splits) or len(set(self.splits)) != len(self.splits):
+        if not self.splits or len(set(self.splits)) != len(self.splits):
             raise UserError(f"--splits {','.join(self.splits)}: choose train, test or train,test")
         if self.samples is not None and self.samples < 1:
             raise UserError(f"--samples {self.samples}: must be a positive number of samples")
@@ -222,7 +238,7 @@ class SurfaceConfig:
     @property
     def axes(self) -> dict[str, Axis]:
         """The grid's axes in order, by name (x, then y, then z)."""
-        return {n: a for n, a in zip(AXIS_NAMES, (self.x, self.y, self.z)) if a is not None}
+        return {n: a for n, a in zip(AXIS_NAMES, (self.x, self.y, self.z), strict=True) if a is not None}
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -305,9 +321,9 @@ class GroupOptions:
                                           "the Hessian of a model sharded over all G ranks of the job "
                                           "(hessian); same values, and a surface file resumes with any G",
                                   group=RUN)
-    group_mode: str = option("shard", help="with --ranks-per-point G > 1: shard (FSDP2: each rank holds 1/G of "
-                                           "the parameters and directions) or data (each rank the whole model, "
-                                           "1/G of each batch)", choices=GROUP_MODES, group=RUN)
+    group_mode: GroupMode = option("shard", help="with --ranks-per-point G > 1: shard (FSDP2: each rank holds 1/G "
+                                                 "of the parameters and directions) or data (each rank the whole "
+                                                 "model, 1/G of each batch)", group=RUN)
     group_timeout: float = option(600.0, help="seconds a collective of a group may wait for a member before "
                                               "the job ends (a member that died)", group=RUN)
 
@@ -326,9 +342,9 @@ class RunOptions(GroupOptions):
     out: str = option(help="the surface file (.h5); an existing one is resumed", group=RUN)
     overwrite: bool = option(False, help="start over; the old file stays until the new surface is complete "
                                          "(built in FILE.h5.new)", group=RUN)
-    device: str = option("auto", help="auto: this rank's GPU if any, else the CPU", choices=DEVICES, group=RUN)
-    io: str = option("single", help="single: one rank writes; collective: every rank writes its points through "
-                                    "parallel HDF5", choices=IO_MODES, group=RUN)
+    device: Device = option("auto", help="auto: this rank's GPU if any, else the CPU", group=RUN)
+    io: IoMode = option("single", help="single: one rank writes; collective: every rank writes its points "
+                                       "through parallel HDF5", group=RUN)
     threads: int | None = option(None, help="torch CPU threads per rank (default: the rank's CPU set, or the "
                                             "node's cores divided among its ranks)", group=RUN)
     batch_size: int | None = option(None, help="evaluation batch size (default: chosen for the device); changes "
@@ -338,10 +354,10 @@ class RunOptions(GroupOptions):
                                            "every point instead of holding the split: memory per rank bounded by "
                                            "the batch, same values (an iterable dataset is always read so)",
                                group=RUN)
-    engine: str = option("auto", help="evaluation engine: auto, or one forced by name (benchmarks, tests); same "
-                                      "values", choices=ENGINES, group=RUN)
-    order: str = option("coarse", help="coarse: center, corners, then finer sub-grids; rows: flat index order",
-                        choices=ORDERS, group=RUN)
+    engine: EngineKind = option("auto", help="evaluation engine: auto, or one forced by name (benchmarks, tests); "
+                                             "same values", group=RUN)
+    order: Order = option("coarse", help="coarse: center, corners, then finer sub-grids; rows: flat index order",
+                          group=RUN)
     chunk_size: int = option(0, help="points per work assignment (0: automatic, shrinking towards the end of the "
                                      "grid)", group=RUN)
     flush_seconds: float = option(1.0, help="write finished points to the file at least this often", group=RUN)

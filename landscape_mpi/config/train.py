@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from landscape_mpi.config.errors import UserError
-from landscape_mpi.config.options import check_choices, option
-from landscape_mpi.config.surface import DEVICES
+from landscape_mpi.config.options import check_choices, literal_values, option
+from landscape_mpi.config.surface import Device
 
-OPTIMIZERS = ("sgd", "adam")
-SCHEDULES = ("none", "step", "cosine")
+Optimizer = Literal["sgd", "adam"]
+OPTIMIZERS: tuple[Optimizer, ...] = literal_values(Optimizer)
+Schedule = Literal["none", "step", "cosine"]
+SCHEDULES: tuple[Schedule, ...] = literal_values(Schedule)
 
 
 @dataclass(frozen=True)
@@ -25,12 +28,12 @@ class TrainConfig:
                                             "(default: all)")
     epochs: int = option(10, help="training epochs")
     batch_size: int = option(128, help="samples per optimizer step")
-    optimizer: str = option("sgd", help="sgd (with --momentum) or adam", choices=OPTIMIZERS)
+    optimizer: Optimizer = option("sgd", help="sgd (with --momentum) or adam")
     lr: float = option(0.1, help="learning rate")
     momentum: float = option(0.9, help="SGD momentum")
     weight_decay: float = option(5e-4, help="L2 weight decay")
-    schedule: str = option("cosine", help="learning-rate schedule: none, step (x0.1 at 50% and 75% of the "
-                                          "epochs) or cosine (per epoch)", choices=SCHEDULES)
+    schedule: Schedule = option("cosine", help="learning-rate schedule: none, step (x0.1 at 50% and 75% of the "
+                                               "epochs) or cosine (per epoch)")
     warmup_epochs: int = option(0, help="raise the learning rate linearly over the first N epochs, step by step, "
                                         "from lr/steps to the schedule's rate (0: off)")
     clip_grad_norm: float = option(0.0, help="scale each step's gradient down to this global norm where it is "
@@ -42,30 +45,26 @@ class TrainConfig:
                                            "finer grain; 0: only per epoch)")
 
     def __post_init__(self) -> None:
+        check_choices(self)
         if self.epochs < 1:
             raise UserError(f"--epochs {self.epochs}: must be at least 1")
         if self.batch_size < 1:
             raise UserError(f"--batch-size {self.batch_size}: must be positive")
         if self.lr <= 0:
             raise UserError(f"--lr {self.lr}: must be positive")
-        if self.optimizer not in OPTIMIZERS:
-            raise UserError(f"--optimizer {self.optimizer}: choose sgd or adam")
-        if self.schedule not in SCHEDULES:
-            raise UserError(f"--schedule {self.schedule}: choose none, step or cosine")
         if not 0 <= self.warmup_epochs <= self.epochs:
             raise UserError(f"--warmup-epochs {self.warmup_epochs}: must be between 0 (off) and --epochs")
         if self.clip_grad_norm < 0:
             raise UserError(f"--clip-grad-norm {self.clip_grad_norm}: must be 0 (off) or positive")
         if self.save_every_iters < 0:
             raise UserError(f"--save-every-iters {self.save_every_iters}: must be 0 (off) or positive")
-        check_choices(self)
 
 
 @dataclass(frozen=True)
 class TrainOptions:
     """How `landscape-mpi train` runs (changes no weight)."""
 
-    device: str = option("auto", help="auto: a GPU if any, else the CPU", choices=DEVICES)
+    device: Device = option("auto", help="auto: a GPU if any, else the CPU")
 
     def __post_init__(self) -> None:
         check_choices(self)

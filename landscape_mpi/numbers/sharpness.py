@@ -21,13 +21,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+# DEFAULT_RADIUS: of the grid max-rise disk (ball in 3D), in the file's (filter-normalized) coordinates;
+# DEFAULT_LEVELS: basin levels, loss increases over the center's loss. Declared with compare's options.
+from landscape_mpi.config.compare import DEFAULT_LEVELS, DEFAULT_RADIUS
 from landscape_mpi.config.errors import UserError
 from landscape_mpi.files import reader
 
-#: Radius of the grid max-rise disk (ball in 3D), in the file's (filter-normalized) coordinates.
-DEFAULT_RADIUS = 0.25
-#: Basin levels: loss increases over the center's loss.
-DEFAULT_LEVELS = (0.1, 0.5, 1.0)
 #: Points on each side of the center used by the quadratic fit along each axis (2: five points).
 FIT_HALF_WIDTH = 2
 
