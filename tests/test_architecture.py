@@ -1,7 +1,9 @@
 """The architecture the README describes is the one the code has.
 
 - The layer contracts of setup.cfg ([importlinter]) hold: each package of landscape_mpi imports only layers below
-  its own, the Krylov numerics import neither torch nor process machinery, files/ and plotting/ read without torch.
+  its own, the Krylov numerics import neither torch nor process machinery, files/ and plotting/ read without torch;
+  and they catch a violation planted in a copy of the tree (an import up the layers, torch where it is forbidden).
+- `ruff check` (lint and import order, pyproject.toml's [tool.ruff]) passes over the code, tests and benchmarks.
 - No import cycle among the modules of landscape_mpi and plotting (lazy imports inside functions count too).
 - No block of six or more lines is repeated across landscape_mpi/ and plotting/, except the pairs named in
   ALLOWED_REPEATS with their reason.
@@ -9,6 +11,7 @@
 
 from __future__ import annotations
 
+import configparser
 import hashlib
 import os
 import re
@@ -23,14 +26,75 @@ from conftest import ROOT
 ALLOWED_REPEATS: dict[tuple[str, str], str] = {}
 
 
-def test_layer_contracts_hold():
+def lint_imports(root: str, *args: str) -> subprocess.CompletedProcess:
+    """lint-imports on the tree at `root` (its setup.cfg, its packages: the root comes first on sys.path)."""
     lint = shutil.which("lint-imports", path=os.path.dirname(sys.executable))
     assert lint, "import-linter is not installed in this environment: pip install -e '.[test]'"
-    p = subprocess.run([lint, "--config", os.path.join(ROOT, "setup.cfg")], cwd=ROOT, capture_output=True,
-                       text=True, timeout=300)
+    env = {**os.environ, "COLUMNS": "1000", "PYTHONPATH": root}  # one line per contract in the report
+    return subprocess.run([lint, "--no-logo", *args, os.path.join(root, "setup.cfg")], cwd=root, capture_output=True,
+                          text=True, timeout=300, env=env)
+
+
+def contract_verdicts(output: str) -> dict[str, str]:
+    """lint-imports' report: contract name -> KEPT or BROKEN."""
+    return dict(re.findall(r"^(\S.*?) (KEPT|BROKEN)$", output, re.M))
+
+
+def test_layer_contracts_hold():
+    p = lint_imports(ROOT)
     assert p.returncode == 0, p.stdout + p.stderr
     kept = re.search(r"Contracts: (\d+) kept, (\d+) broken", p.stdout)
     assert kept and int(kept.group(1)) >= 4 and int(kept.group(2)) == 0, p.stdout
+
+
+def _contracts(cfg_path: str) -> dict[str, dict[str, str]]:
+    cfg = configparser.ConfigParser()
+    cfg.read(cfg_path)
+    return {s: dict(cfg[s]) for s in cfg.sections() if s.startswith("importlinter:contract:")}
+
+
+def _lines(value: str) -> list[str]:
+    return [v.strip() for v in value.strip().splitlines() if v.strip()]
+
+
+def test_layer_contracts_catch_planted_violations(tmp_path):
+    """A copy of the tree with two planted imports, chosen from setup.cfg's contracts (no package names written
+    here): the lowest layer importing the highest, and torch imported in a package of a contract that forbids
+    torch. lint-imports fails naming exactly those two contracts, and keeps the others."""
+    for top in ("landscape_mpi", "plotting"):
+        shutil.copytree(os.path.join(ROOT, top), tmp_path / top, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(os.path.join(ROOT, "setup.cfg"), tmp_path / "setup.cfg")
+    contracts = _contracts(str(tmp_path / "setup.cfg"))
+
+    layered = next(c for c in contracts.values() if c["type"] == "layers")
+    container = _lines(layered["containers"])[0]
+    rows = [[m.strip() for m in row.split("|") if not m.strip().startswith("(")] for row in _lines(layered["layers"])]
+    top, bottom = rows[0][0], rows[-1][0]
+    upward = tmp_path.joinpath(*container.split("."), bottom, "_planted_upward.py")
+    upward.write_text(f"import {container}.{top}\n")
+
+    no_torch = next(c for c in contracts.values() if c["type"] == "forbidden" and "torch" in _lines(
+        c["forbidden_modules"]) and any(tmp_path.joinpath(*m.split(".")).is_dir() for m in _lines(c["source_modules"])))
+    source = next(m for m in _lines(no_torch["source_modules"]) if tmp_path.joinpath(*m.split(".")).is_dir())
+    tmp_path.joinpath(*source.split("."), "_planted_torch.py").write_text("import torch\n")
+
+    p = lint_imports(str(tmp_path), "--no-cache")
+    verdicts = contract_verdicts(p.stdout)
+    assert p.returncode != 0 and set(verdicts) == {c["name"] for c in contracts.values()}, p.stdout + p.stderr
+    broken = {name for name, verdict in verdicts.items() if verdict == "BROKEN"}
+    assert broken == {layered["name"], no_torch["name"]}, p.stdout
+    # the copy was analysed (not the installed package): the report names the planted modules
+    assert f"{container}.{bottom}._planted_upward -> {container}.{top}" in p.stdout, p.stdout
+    assert f"{source}._planted_torch -> torch" in p.stdout, p.stdout
+
+
+def test_ruff_passes():
+    """Lint (pyflakes, pycodestyle, bugbear) and import order, configured in pyproject.toml [tool.ruff]."""
+    ruff = shutil.which("ruff", path=os.path.dirname(sys.executable))
+    assert ruff, "ruff is not installed in this environment: pip install -e '.[test]'"
+    p = subprocess.run([ruff, "check", "--no-cache", "landscape_mpi", "plotting", "tests", "benchmarks"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout[-5000:] + p.stderr
 
 
 def _strongly_connected(graph: dict[str, set[str]]) -> list[list[str]]:
