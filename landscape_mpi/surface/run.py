@@ -90,7 +90,7 @@ def run_surface(config: SurfaceConfig, options: RunOptions, ctx: RunContext | No
 class SurfaceJob:
     """Steps 3 to 8 of the job, one method each, with what they share: the run (`config`, `options`, `ctx`),
     the node's communicator and this rank's placement (its group of ranks per point: a group of one with
-    --ranks-per-point 1). Every method is reached by every rank."""
+    --ranks-per-point 1). Every rank reaches every step (rank 0 alone reaches `master`, its part of step 7)."""
 
     def __init__(self, config: SurfaceConfig, options: RunOptions, ctx: RunContext) -> None:
         self.config, self.options, self.ctx = config, options, ctx
