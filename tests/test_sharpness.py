@@ -13,7 +13,10 @@ import pytest
 
 from conftest import ROOT, cli, run
 from landscape_mpi.config.errors import UserError
-from landscape_mpi.numbers.sharpness import clipped_ratio, format_sharpness, sharpness, sharpness_for_info
+from landscape_mpi.experiments import report, rules
+from landscape_mpi.experiments.surface_data import read_surface
+from landscape_mpi.numbers.sharpness import (clipped_ratio, format_sharpness, grid_max_rise, median_clipped_ratio,
+                                             quadratic_curvature, sharpness, sharpness_for_info)
 
 A, B = 2.0, 0.5
 
@@ -63,6 +66,68 @@ def test_quadratic_minimum_curvature_max_rise(tmp_path):
     assert s["curvature"]["x"]["slope"] == pytest.approx(-0.6 * A, rel=1e-9)
     assert s["curvature"]["x"]["points"] == 5
     assert s["barrier"] is None and s["eig"] is None
+
+
+def test_max_rise_and_curvature_of_arrays_by_hand():
+    """The array-level numbers the report shares with info: within radius 0.45 of the center of x^2 + 2 y^2 (grid
+    step 0.2) the highest points are (+-0.2, +-0.4), at distance 0.447: 0.04 + 0.32; radius 0.4 keeps only
+    (0, +-0.4): 0.32."""
+    x = np.linspace(-1, 1, 11)
+    X, Y = np.meshgrid(x, x, indexing="ij")
+    r = grid_max_rise(X**2 + 2 * Y**2, [x, x], 0.45)
+    assert r.value == pytest.approx(0.36) and abs(x[r.at[0]]) == pytest.approx(0.2) and r.points == 21
+    assert grid_max_rise(X**2 + 2 * Y**2, [x, x], 0.4).value == pytest.approx(0.32)
+    assert quadratic_curvature(x, 3 * x**2 + x + 1) == pytest.approx({"value": 6.0, "slope": 1.0, "points": 11})
+    # the report's 1D curvature fits only the points within the radius: a cubic term outside |x| <= 0.5 is not seen
+    bent = 3 * x**2 + x + 1 + np.where(np.abs(x) > 0.5 + 1e-9, 50 * (np.abs(x) - 0.5) ** 3, 0.0)
+    assert report.curvature_within(bent, x, 0.5) == pytest.approx(6.0)
+    assert quadratic_curvature(x, bent)["value"] > 7
+
+
+def test_median_clipped_ratio_by_hand():
+    """Ratios 0.5, 0, 1 (5e8 clipped), 1 (3 clipped); a point not computed and a 0/0 are left out: median 0.75.
+    A 5x5 map of ratio 0.2 with one lambda_max of 1e-6: the unclipped mean is dominated by it, the median not."""
+    eig_max = np.array([2.0, 4.0, 1e-9, np.nan, 0.0, -1.0])
+    eig_min = np.array([-1.0, 0.0, -0.5, -1.0, 0.0, -3.0])
+    assert median_clipped_ratio(eig_min, eig_max) == (pytest.approx(0.75), 4)
+    assert median_clipped_ratio(np.array([np.nan, 0.0]), np.array([1.0, 0.0])) == (None, 0)
+    eig_max, eig_min = np.ones((5, 5)), np.full((5, 5), -0.2)
+    eig_max[2, 3] = 1e-6
+    assert float(np.mean(np.abs(eig_min / eig_max))) > 1000
+    assert median_clipped_ratio(eig_min, eig_max) == (pytest.approx(0.2), 25)
+
+
+def test_a_diverged_neighbour_makes_the_max_rise_infinite_everywhere(tmp_path):
+    """One rule for a diverged point (docs/method.md#sharpness-numbers), in info, compare and the report: an
+    infinite loss inside the radius makes the grid max-rise +inf, a point not computed (NaN) is skipped. Under the
+    other rule (skip every non-finite point) each number below would be the finite B 0.2^2 = 0.02."""
+    x = np.linspace(-1, 1, 11)
+    XX, YY = np.meshgrid(x, x, indexing="ij")
+    loss = 1.0 + A * XX**2 + B * YY**2
+    loss[6, 5] = np.inf  # (0.2, 0) diverged: a finished point
+    done = np.ones((11, 11), bool)
+    done[4, 5] = False  # (-0.2, 0) not computed
+    path = write_surface(tmp_path / "diverged.h5", {"x": x, "y": x}, {"train_loss": loss}, done)
+    s = sharpness(path, radius=0.25)
+    assert s["max_rise"]["value"] == math.inf and s["max_rise"]["at"] == pytest.approx([0.2, 0.0])
+    assert s["max_rise"]["points"] == 4  # the center, (0, +-0.2) and the diverged point; not the NaN one
+    finite_only = loss[[5, 5], [4, 6]].max() - loss[5, 5]  # the other rule's answer, by hand
+    assert finite_only == pytest.approx(B * 0.04)
+    rows = json.loads(run(cli("compare", "--radius", "0.25", "--json", path)).stdout)
+    assert rows[0]["max_rise"]["value"] == math.inf
+    assert "inf" in run(cli("compare", "--radius", "0.25", path)).stdout.splitlines()[2]
+    # the report reads the file and computes the same number, and keeps it through the means over seeds
+    d = read_surface(path)
+    assert report.max_rise(d.values["train_loss"], d.coords, 0.25) == math.inf
+    rec = report.Records()
+    rec.add("large", 11, 21, {"rise": report.max_rise(d.values["train_loss"], d.coords, 0.25)})
+    rec.add("large", 11, 22, {"rise": 0.5})
+    rec.add("large", 12, 21, {"rise": 0.25})
+    assert rec.per_seed("rise") == {"large": {11: math.inf, 12: 0.25}}
+    cell = report.spread(rec.per_seed("rise")["large"].values()).cell()
+    assert cell.startswith("inf ± n/a [0.25, inf]"), cell
+    # the verdict rules (version 2) leave a non-finite seed out, and n says so
+    assert "n = 1 training seeds" in rules.two_conditions(rec.per_seed("rise")["large"], {11: 0.1, 12: 0.1}).reason
 
 
 def test_basin_area_is_the_ellipse(tmp_path):

@@ -1,18 +1,15 @@
-"""Numbers the findings report computes from surface arrays (numpy; NaN marks a point not computed).
+"""Numbers the findings report computes from surface arrays (numpy; NaN marks a point not computed) beyond those
+it shares with `info` and `compare`.
 
 Coordinates are the surface's own (filter-normalized units for ``--norm filter``: a = 1 is one filter norm).
+Shared with `info` and `compare`, computed once in landscape_mpi/numbers/sharpness.py (the report calls them
+there, with their rule for a diverged point): roughness, the grid max-rise (`grid_max_rise`: max L - L(center)
+over the grid points within Euclidean distance `radius` of the center; +inf if a diverged point is inside), the
+curvature (`quadratic_curvature`: 2 c2 of the least-squares quadratic fit) and the eigenvalue-ratio summary
+(`median_clipped_ratio`).
 
-- roughness (`landscape_mpi.numbers.sharpness.roughness`, the one `info` reports too): mean over both axes of
-  |L[i-1] - 2 L[i] + L[i+1]| over every run of three finite neighbours, divided by the range max L - min L of the
-  finite values (0 for a plane, about 2 h^2 for a parabola sampled with step h over [-1, 1], of order 1 when the
-  surface jumps between neighbours); None where not computable.
 - nonconvex_fraction: the fraction of interior points where the 2x2 finite-difference Hessian (central second
   differences, the mixed term from the four diagonal neighbours) has a negative eigenvalue (`surface_min_curvature`).
-- grid_max_rise: max L - L(center) over the grid points within Euclidean distance `radius` of the center: a
-  sampled lower bound of eps-sharpness (Keskar et al. 2017), not its maximisation (docs/analyses.md#what-the-names-promise).
-- curvature_1d: 2 c2 of the least-squares fit c0 + c1 a + c2 a^2 over the points with |a| <= radius.
-- eig_ratio_median: the median over the points where it is defined of min(|lambda_min / lambda_max|, 1)
-  (`landscape_mpi.numbers.sharpness.clipped_ratio`).
 - convexity_split (exploratory): within one map, the clipped ratio at the points where the loss surface is
   locally non-convex against those where it is locally convex, as a rank-biserial correlation.
 - random_walk_explained: what PC1+PC2 explain for an isotropic Gaussian random walk with as many points as a
@@ -27,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from landscape_mpi.numbers.sharpness import center_index, clipped_ratio
+from landscape_mpi.numbers.sharpness import clipped_ratio
 
 
 def surface_min_curvature(values: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -52,36 +49,6 @@ def nonconvex_fraction(values: np.ndarray, x: np.ndarray, y: np.ndarray) -> floa
     if not ok.any():
         return float("nan")
     return float(np.mean(lam_min[ok] < 0))
-
-
-def grid_max_rise(values: np.ndarray, coords: list[np.ndarray], radius: float) -> float:
-    """See the module docstring; NaN if the center is not finite."""
-    v = np.asarray(values, dtype=np.float64)
-    center = v[center_index(coords)]
-    grids = np.meshgrid(*coords, indexing="ij")
-    dist = np.sqrt(sum(g**2 for g in grids))
-    near = (dist <= radius + 1e-12) & np.isfinite(v)
-    if not np.isfinite(center) or not near.any():
-        return float("nan")
-    return float(v[near].max() - center)
-
-
-def curvature_1d(values: np.ndarray, x: np.ndarray, radius: float) -> float:
-    """See the module docstring; NaN with fewer than three finite points within the radius."""
-    v = np.asarray(values, dtype=np.float64)
-    keep = (np.abs(x) <= radius + 1e-12) & np.isfinite(v)
-    if keep.sum() < 3:
-        return float("nan")
-    c2 = np.polyfit(x[keep], v[keep], 2)[0]
-    return float(2 * c2)
-
-
-def eig_ratio_median(eig_min: np.ndarray, eig_max: np.ndarray) -> float:
-    """Median of min(|eig_min / eig_max|, 1) over the points where it is defined (not computed and 0/0 left out);
-    NaN if none. Unlike the unclipped mean, one point with eig_max near 0 moves it by at most one rank."""
-    r = clipped_ratio(eig_min, eig_max)
-    r = r[~np.isnan(r)]
-    return float(np.median(r)) if r.size else float("nan")
 
 
 @dataclass(frozen=True)

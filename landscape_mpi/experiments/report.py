@@ -20,7 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from landscape_mpi.numbers.sharpness import roughness
+from landscape_mpi.numbers.sharpness import (grid_max_rise, median_clipped_ratio, quadratic_curvature, roughness,
+                                             within_radius)
 from landscape_mpi.config.errors import UserError
 from landscape_mpi.experiments import figures as draw
 from landscape_mpi.experiments import measures, rules
@@ -37,10 +38,25 @@ def table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> list[str]:
     return out
 
 
+def nan_if_none(v: float | None) -> float:
+    """A number of landscape_mpi/numbers, NaN where it is not computable (the report's tables and verdicts use
+    NaN); an infinite value (a diverged point) stays infinite."""
+    return float("nan") if v is None else float(v)
+
+
 def rough(values: np.ndarray) -> float:
-    """`sharpness.roughness`, NaN where it is not computable (the report's tables and verdicts use NaN)."""
-    r = roughness(values)
-    return float("nan") if r is None else r
+    return nan_if_none(roughness(values))
+
+
+def max_rise(values: np.ndarray, coords: list[np.ndarray], radius: float) -> float:
+    """`sharpness.grid_max_rise` (info's and compare's number, with the same rule for a diverged point)."""
+    return nan_if_none(grid_max_rise(values, coords, radius).value)
+
+
+def curvature_within(values: np.ndarray, x: np.ndarray, radius: float) -> float:
+    """`sharpness.quadratic_curvature` of a 1D line over its points within `radius` of the center."""
+    keep = within_radius([x], radius)
+    return nan_if_none(quadratic_curvature(x[keep] - x[int(np.argmin(np.abs(x)))], values[keep])["value"])
 
 
 # ------------------------------------------------------------------------------------------- seeds
@@ -64,11 +80,14 @@ class Spread:
 
 
 def spread(values: Sequence[float]) -> Spread:
-    v = np.asarray([x for x in values if x is not None and np.isfinite(x)], dtype=np.float64)
+    """Over the values that are not NaN (not computed); an infinite one (a diverged point) makes the mean and the
+    largest value infinite and the sd undefined."""
+    v = np.asarray([x for x in values if x is not None and not np.isnan(x)], dtype=np.float64)
     nan = float("nan")
     if v.size == 0:
         return Spread(nan, nan, nan, nan, 0)
-    sd = float(np.std(v, ddof=1)) if v.size > 1 else nan
+    with np.errstate(invalid="ignore"):  # inf - inf in the sd: NaN, printed n/a
+        sd = float(np.std(v, ddof=1)) if v.size > 1 else nan
     return Spread(float(v.mean()), sd, float(v.min()), float(v.max()), int(v.size))
 
 
@@ -85,12 +104,13 @@ class Records:
         return sorted({c for c, _, _, _ in self.rows}, key=_order)
 
     def per_seed(self, measure: str) -> dict[object, dict[int, float]]:
-        """condition -> training seed -> the mean of `measure` over the model's direction seeds (finite values;
-        a model without any is left out)."""
+        """condition -> training seed -> the mean of `measure` over the model's direction seeds (NaN, not
+        computed, is left out, and a model without any value; an infinite value, a diverged point, is kept: the
+        mean is infinite and the verdict rules leave that seed out, saying so in n)."""
         acc: dict[object, dict[int, list[float]]] = {}
         for c, t, _, v in self.rows:
             x = v.get(measure)
-            if x is not None and np.isfinite(x):
+            if x is not None and not np.isnan(x):
                 acc.setdefault(c, {}).setdefault(t, []).append(float(x))
         return {c: {t: float(np.mean(xs)) for t, xs in sorted(seeds.items())} for c, seeds in acc.items()}
 
@@ -274,12 +294,11 @@ def skip_section(s: Section) -> None:
         x, y = d.coords
         rec.add(key(st), *seeds(st), {**_center(d), "max_loss": float(np.nanmax(v)), "roughness": rough(v),
                                       "non-convex fraction": measures.nonconvex_fraction(v, x, y),
-                                      "max_rise": measures.grid_max_rise(v, d.coords,
-                                                                         RADIUS_FRACTION * float(np.max(np.abs(x))))})
+                                      "max_rise": max_rise(v, d.coords, RADIUS_FRACTION * float(np.max(np.abs(x))))})
     for st, e in eig:
         if e is None or "eig_min" not in e.values or "eig_max" not in e.values:
             continue
-        rec.add(key(st), *seeds(st), {"ratio": measures.eig_ratio_median(e.values["eig_min"], e.values["eig_max"])})
+        rec.add(key(st), *seeds(st), {"ratio": nan_if_none(median_clipped_ratio(e.values["eig_min"], e.values["eig_max"])[0])})
         if "train_loss" in e.values:
             sp = measures.convexity_split(e.values["train_loss"], *e.coords, e.values["eig_min"], e.values["eig_max"])
             split.add(key(st), *seeds(st), {"nonconvex": sp.nonconvex, "convex": sp.convex,
@@ -382,8 +401,7 @@ def batch_section(s: Section) -> None:
         radius = RADIUS_FRACTION * float(np.max(np.abs(x)))
         v = d.values["train_loss"]
         suffix = "" if r["norm"] == "filter" else "_none"
-        values = {f"rise{suffix}": measures.grid_max_rise(v, d.coords, radius),
-                  f"curvature{suffix}": measures.curvature_1d(v, x, radius)}
+        values = {f"rise{suffix}": max_rise(v, d.coords, radius), f"curvature{suffix}": curvature_within(v, x, radius)}
         if r["norm"] == "filter":
             values.update({**_center(d), "weight_norm": d.weight_norm})
         rec.add((r.get("variant"), r["wd"], bool(r["large"])), r.get("train_seed", 0), r.get("direction_seed"), values)

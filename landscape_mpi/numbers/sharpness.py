@@ -7,10 +7,14 @@ All numbers use the file's own coordinates. For random directions those are filt
 one filter norm per filter, docs/method.md#directions), which is what makes them comparable across models
 (Li et al. 2018, section 4); for target/PCA directions the coordinates are in those directions' units.
 "Center" is the grid point nearest the origin (theta*). Partial files: every number is computed over the
-points marked done, and the result says how many that was. Non-finite losses (a diverged point) are
-finished results: they count as "not below" any basin level and are skipped by fits and differences.
+points marked done, and the result says how many that was. One rule for non-finite values, in every number here
+and in the experiments' report (docs/method.md#sharpness-numbers): NaN is a point not computed and is skipped; an
+infinite loss (a diverged point) is a finished result: it makes the grid max-rise +inf when it lies inside the
+radius, counts as "not below" any basin level, and is skipped by fits and differences.
 
-This module imports numpy and the files layer's reader only (``info`` must start fast, on a login node).
+The array-level numbers (`grid_max_rise`, `quadratic_curvature`, `median_clipped_ratio`, `roughness`) are the
+ones the experiments' report uses too (landscape_mpi/experiments/measures.py); `sharpness` applies them to a
+file. This module imports numpy and the files layer's reader only (``info`` must start fast, on a login node).
 """
 
 from __future__ import annotations
@@ -102,26 +106,66 @@ def _num(v) -> float | None:
     return None if math.isnan(v) else v
 
 
+def within_radius(coords: Sequence[np.ndarray], radius: float) -> np.ndarray:
+    """bool, grid-shaped: the grid points within Euclidean distance `radius` of the center point (a relative
+    1e-9 allowance keeps a point at exactly `radius`, whatever the rounding of its coordinates)."""
+    center = center_index(coords)
+    mesh = np.meshgrid(*coords, indexing="ij")
+    dist = np.sqrt(sum((m - coords[k][center[k]]) ** 2 for k, m in enumerate(mesh)))
+    return dist <= radius * (1 + 1e-9)
+
+
+@dataclass(frozen=True)
+class Rise:
+    """A grid max-rise (`grid_max_rise`)."""
+
+    value: float | None
+    """max L - L(center) over the points inside; +inf if a diverged point is inside; None if L(center) is not
+    finite."""
+    at: tuple[int, ...] | None
+    """The grid index of the maximum (None with `value`)."""
+    points: int
+    """The done points inside the radius (the center included)."""
+
+
+def grid_max_rise(values: np.ndarray, coords: Sequence[np.ndarray], radius: float,
+                  done: np.ndarray | None = None) -> Rise:
+    """The grid max-rise: max of L - L(center) over the done points within Euclidean distance `radius` of the
+    center point (`within_radius`): a sampled lower bound of eps-sharpness, not its maximisation. `done`: the
+    points computed (default: those whose value is not NaN). NaN is skipped; +inf counts (a diverged neighbour
+    is infinitely sharp, as far as the grid can tell): the rise is then +inf."""
+    v = np.asarray(values, dtype=np.float64)
+    done = ~np.isnan(v) if done is None else np.asarray(done, dtype=bool)
+    ball = within_radius(coords, radius) & done
+    l0 = v[center_index(coords)]
+    if not np.isfinite(l0):
+        return Rise(None, None, int(ball.sum()))
+    inside = np.where(ball & ~np.isnan(v), v, -np.inf)
+    i_max = tuple(int(i) for i in np.unravel_index(int(np.argmax(inside)), v.shape))
+    return Rise(float(v[i_max] - l0), i_max, int(ball.sum()))
+
+
+def quadratic_curvature(t: np.ndarray, values: np.ndarray) -> dict:
+    """``2 c2`` (value) and ``c1`` (slope) of the least-squares fit ``L(t) = c0 + c1 t + c2 t^2`` to the finite
+    values among `values` at offsets `t` from the center; None with fewer than 3 finite values. Exact for a
+    quadratic; for a filter-normalized random direction d it estimates d^T H d."""
+    t, values = np.asarray(t, dtype=np.float64), np.asarray(values, dtype=np.float64)
+    keep = np.isfinite(values)
+    t, ls = t[keep], values[keep]
+    if t.size < 3:
+        return {"value": None, "slope": None, "points": int(t.size)}
+    design = np.stack([np.ones_like(t), t, t * t], axis=1)
+    coef, *_ = np.linalg.lstsq(design, ls, rcond=None)
+    return {"value": float(2.0 * coef[2]), "slope": float(coef[1]), "points": int(t.size)}
+
+
 def axis_curvature(grid: MetricGrid, center: tuple[int, ...], axis: int) -> dict:
-    """Second derivative at the center along one axis: ``2 c2`` of the least-squares fit
-    ``L(t) = c0 + c1 t + c2 t^2`` to the done, finite points within FIT_HALF_WIDTH grid steps of the center on
-    the grid line through it (t = coordinate - center coordinate). Exact for a quadratic."""
+    """`quadratic_curvature` at the center along one axis, over the done, finite points within FIT_HALF_WIDTH
+    grid steps of the center on the grid line through it (t = coordinate - center coordinate)."""
     c = center[axis]
     lo, hi = max(0, c - FIT_HALF_WIDTH), min(grid.shape[axis], c + FIT_HALF_WIDTH + 1)
-    idx = list(center)
-    ts, ls = [], []
-    for i in range(lo, hi):
-        idx[axis] = i
-        v = grid.values[tuple(idx)]
-        if np.isfinite(v):
-            ts.append(grid.coords[axis][i] - grid.coords[axis][c])
-            ls.append(v)
-    if len(ts) < 3:
-        return {"value": None, "slope": None, "points": len(ts)}
-    t = np.asarray(ts)
-    design = np.stack([np.ones_like(t), t, t * t], axis=1)
-    coef, *_ = np.linalg.lstsq(design, np.asarray(ls), rcond=None)
-    return {"value": float(2.0 * coef[2]), "slope": float(coef[1]), "points": len(ts)}
+    line = tuple(slice(lo, hi) if k == axis else i for k, i in enumerate(center))
+    return quadratic_curvature(grid.coords[axis][lo:hi] - grid.coords[axis][c], grid.values[line])
 
 
 def roughness(values: np.ndarray) -> float | None:
@@ -188,18 +232,11 @@ def sharpness(path: str, metric: str = "train_loss", radius: float = DEFAULT_RAD
     out["center"] = {"coords": _point(grid, center), "value": _num(l0)}
     center_ok = bool(np.isfinite(l0))
 
-    # Grid max-rise: the done grid points in the Euclidean ball of `radius` around the center point.
-    mesh = np.meshgrid(*grid.coords, indexing="ij")
-    dist = np.sqrt(sum((m - grid.coords[k][center[k]]) ** 2 for k, m in enumerate(mesh)))
-    ball = (dist <= radius * (1 + 1e-9)) & grid.done
-    rise_of = {"radius": float(radius), "value": None, "relative_percent": None, "at": None,
-               "points": int(ball.sum())}
-    if center_ok:
-        # NaN inside is skipped; +inf wins (a diverged neighbour is infinitely sharp).
-        inside = np.where(ball & ~np.isnan(v), v, -np.inf)
-        i_max = np.unravel_index(int(np.argmax(inside)), v.shape)
-        rise = float(v[i_max] - l0)
-        rise_of.update(value=rise, relative_percent=100.0 * rise / (1.0 + float(l0)), at=_point(grid, i_max))
+    rise = grid_max_rise(v, grid.coords, radius, grid.done)
+    rise_of = {"radius": float(radius), "value": None, "relative_percent": None, "at": None, "points": rise.points}
+    if rise.value is not None:
+        rise_of.update(value=rise.value, relative_percent=100.0 * rise.value / (1.0 + float(l0)),
+                       at=_point(grid, rise.at))
     out["max_rise"] = rise_of
 
     out["curvature"] = {name: (axis_curvature(grid, center, k) if center_ok else
@@ -250,9 +287,18 @@ def clipped_ratio(eig_min: np.ndarray, eig_max: np.ndarray) -> np.ndarray:
     return np.minimum(ratio, 1.0)  # NaN stays NaN, inf becomes 1
 
 
+def median_clipped_ratio(eig_min: np.ndarray, eig_max: np.ndarray) -> tuple[float | None, int]:
+    """The eigenvalue-ratio map's summary: (the median of `clipped_ratio` over the points where it is defined,
+    that number of points); None for the median where none is. Unlike the unclipped mean, one point with eig_max
+    near 0 moves it by at most one rank."""
+    clipped = clipped_ratio(eig_min, eig_max)
+    defined = clipped[~np.isnan(clipped)]
+    return (float(np.median(defined)) if defined.size else None), int(defined.size)
+
+
 def _eig(grid: MetricGrid, center: tuple[int, ...]) -> dict | None:
-    """The eigenvalue-ratio map's summary: median_clipped_ratio, the median of `clipped_ratio` over the done points
-    where it is defined (points); mean_abs_ratio and max_abs_ratio, the unclipped mean and max over the points
+    """The eigenvalue-ratio map's summary: median_clipped_ratio (`median_clipped_ratio`, over the done points
+    where it is defined: points); mean_abs_ratio and max_abs_ratio, the unclipped mean and max over the points
     where |eig_min / eig_max| is finite (the mean can be dominated by one point with eig_max near 0: kept for
     readers of earlier output); both eigenvalues and the unclipped ratio at the center."""
     if grid.eig_max is None or grid.eig_min is None:
@@ -260,11 +306,10 @@ def _eig(grid: MetricGrid, center: tuple[int, ...]) -> dict | None:
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.abs(grid.eig_min / grid.eig_max)
     ok = np.isfinite(ratio)
-    clipped = clipped_ratio(grid.eig_min, grid.eig_max)
-    defined = ~np.isnan(clipped)
-    return {"median_clipped_ratio": float(np.median(clipped[defined])) if defined.any() else None,
+    median, points = median_clipped_ratio(grid.eig_min, grid.eig_max)
+    return {"median_clipped_ratio": median,
             "mean_abs_ratio": float(ratio[ok].mean()) if ok.any() else None,
-            "max_abs_ratio": float(ratio[ok].max()) if ok.any() else None, "points": int(defined.sum()),
+            "max_abs_ratio": float(ratio[ok].max()) if ok.any() else None, "points": points,
             "center": {"eig_max": _num(grid.eig_max[center]), "eig_min": _num(grid.eig_min[center]),
                        "abs_ratio": _num(ratio[center]) if ok[center] else None}}
 
