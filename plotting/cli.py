@@ -12,9 +12,9 @@ import os
 import sys
 
 from landscape_mpi.config.options import add_options, from_args
-from landscape_mpi.config.plot import FIGURE_KINDS, PlotOptions
+from landscape_mpi.config.plot import FIGURE_KINDS, PATH_KINDS, PlotOptions
 from landscape_mpi.files.reader import UserError, file_kind
-from plotting import export, figures
+from plotting import export, figures, paths
 from plotting.fill import fill_missing
 from plotting.reader import PlotError, Surface, read_metrics, read_surface
 
@@ -135,17 +135,22 @@ def main(argv: list[str] | None = None) -> int:
         a = from_args(PlotOptions, build_parser().parse_args(argv))
         kinds_of_files = {p: file_kind(p) for p in a.files}
         hessian_files = [p for p, k in kinds_of_files.items() if k == "hessian"]
-        surface_files = [p for p in a.files if p not in hessian_files]
+        path_files = [p for p, k in kinds_of_files.items() if k == "path"]
+        surface_files = [p for p in a.files if p not in hessian_files and p not in path_files]
         out_dir = _out_dir(a)
         for path in hessian_files:
             for made in draw_hessian_file(path, out_dir, a):
+                _print(made)
+        if path_files:  # plotting.paths: values along t, barrier matrix, layer-wise barriers
+            path_kinds = [k for k in a.kind if k in PATH_KINDS]
+            for made in paths.draw_path_files(path_files, path_kinds, out_dir, a.metric, a.format, a.dpi):
                 _print(made)
         if not surface_files:
             return 0
         surfaces = [read_surface(p, metrics=()) for p in surface_files]  # header and done mask only
         if len({s.ndim for s in surfaces}) > 1:
             raise PlotError("the files mix 1D, 2D and 3D grids; give files of one kind")
-        kinds = a.kind or default_kinds(surfaces)
+        kinds = [k for k in a.kind if k not in PATH_KINDS] or default_kinds(surfaces)
         if not kinds:
             raise PlotError("nothing to draw for these files; choose --kind")
         for s in surfaces:

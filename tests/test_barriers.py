@@ -15,8 +15,7 @@ import pytest
 
 from landscape_mpi.config.errors import UserError
 from landscape_mpi.files.path_reader import read_path
-from landscape_mpi.numbers.barriers import (barrier_matrix, barrier_of, curve_barriers, layer_barriers,
-                                            read_barriers)
+from landscape_mpi.numbers.barriers import barrier_matrix, barrier_of, curve_barriers, layer_barriers, read_barriers
 
 T17 = np.linspace(0.0, 1.0, 17)  # 1/16 steps: every number below is exact in binary
 
@@ -109,8 +108,10 @@ def test_a_chain_has_one_barrier_per_segment(tmp_path):
     pf = read_path(write_path_file(str(tmp_path / "c.h5"), "chain", t, ["chain"], [[0, 2]], ["a", "m", "b"],
                                    {"train_loss": f[None]}, knots=[0.0, 0.25, 1.0]))
     whole, seg0, seg1 = curve_barriers(pf, "train_loss")
-    assert (seg0.curve, seg0.t0, seg0.t1, seg0.interpolation, seg0.interpolation_t) == ("chain:0", 0.0, 0.25, 1.0, 0.125)
-    assert (seg1.curve, seg1.t0, seg1.t1, seg1.interpolation, seg1.interpolation_t) == ("chain:1", 0.25, 1.0, 3.0, 0.625)
+    assert (seg0.curve, seg0.t0, seg0.t1) == ("chain:0", 0.0, 0.25)
+    assert (seg0.interpolation, seg0.interpolation_t) == (1.0, 0.125)
+    assert (seg1.curve, seg1.t0, seg1.t1) == ("chain:1", 0.25, 1.0)
+    assert (seg1.interpolation, seg1.interpolation_t) == (3.0, 0.625)
     assert (seg0.n_points, seg1.n_points) == (5, 13)
     # The whole curve's line runs from f(0) = 2 to f(1) = 4.
     ref = f - ((1.0 - t) * 2.0 + t * 4.0)

@@ -20,8 +20,7 @@ from landscape_mpi.data.items import EvalSet
 from landscape_mpi.runtime.faults import Faults, InjectedFault
 from landscape_mpi.runtime.lifecycle import STOP
 from landscape_mpi.tasks import ClassifyTask, LanguageModelTask
-from landscape_mpi.training.bend import (BendStopped, _TaskCall, curve_loss, load_bend, state_sha256,
-                                         train_bend)
+from landscape_mpi.training.bend import BendStopped, _TaskCall, curve_loss, load_bend, state_sha256, train_bend
 
 HIDDEN = 16
 TS = [i / 20 for i in range(21)]
@@ -162,7 +161,8 @@ def test_the_bend_is_a_checkpoint_with_its_recipe_and_endpoints(minima, tmp_path
     model = mlp()
     model.load_state_dict(ck["state_dict"])  # strict: every key, every shape
     recipe = json.loads(ck["bend"])
-    assert (recipe["kind"], recipe["knot"], recipe["steps"], recipe["seed"], recipe["model"]) == ("chain", 0.5, 5, 2, "mlp")
+    assert (recipe["kind"], recipe["knot"], recipe["steps"], recipe["seed"]) == ("chain", 0.5, 5, 2)
+    assert recipe["model"] == "mlp"
     assert recipe["endpoints"] == [state_sha256(a), state_sha256(b)] and state_sha256(a) != state_sha256(b)
     assert ck["complete"] and "resume" not in ck
     state, got = load_bend(out, (state_sha256(a), state_sha256(b)))

@@ -171,6 +171,9 @@ def test_choices_and_values_are_one_line_errors(capsys, argv, needle):
     (lambda: HessianConfig(model="m", checkpoint="c", out="o", splits=()), "--splits : choose train, test or"),
     (lambda: PlotOptions(files=("a.h5",), kind=("contour", "movie")), "--kind movie: choose one of 1d, contour"),
     (lambda: PlotOptions(files=("a.h5",), format="jpg"), "--format jpg: choose one of png, pdf, svg"),
+    (lambda: PlotOptions(files=("a.h5",), dpi=0), "--dpi 0: must be at least 1"),
+    (lambda: PlotOptions(files=("a.h5",), levels=1), "--levels 1: must be at least 2"),
+    (lambda: PlotOptions(files=("a.h5",), upsample=0), "--upsample 0: must be at least 1"),
     (lambda: DemoOptions(points=0), "--points 0: must be at least 1"),
 ])
 def test_option_values_are_checked_by_the_configs(make, message):
@@ -323,7 +326,7 @@ def test_choices_are_typed_and_read_from_one_declaration():
 
     assert surface.ENGINES == literal_values(surface.EngineKind) == options_of(RunOptions)[
         [f.name for f, _ in options_of(RunOptions)].index("engine")][1].choices
-    assert plot.KINDS == plot.FIGURE_KINDS + plot.EXPORT_KINDS
+    assert plot.KINDS == plot.FIGURE_KINDS + plot.EXPORT_KINDS + plot.PATH_KINDS
     with pytest.raises(TypeError, match="choices are typed; annotate the field with a Literal"):
         option("a", help="x", choices=("a", "b"))
 
@@ -362,6 +365,7 @@ def test_compare_info_and_plot_round_trip(options):
     (("landscape-plot", "a.h5", "--kind", "movie"), "argument --kind: invalid choice: 'movie'"),
     (("landscape-plot", "a.h5", "--format", "jpg"), "argument --format: invalid choice: 'jpg'"),
     (("landscape-plot",), "the following arguments are required: files"),
+    (("landscape-plot", "a.h5", "--levels", "0"), "--levels 0: must be at least 2"),
 ])
 def test_compare_info_and_plot_errors_are_one_line(capsys, argv, needle, tmp_path):
     """Bad options of the file-reading commands: one line, exit 2, before any file is opened (none exists)."""

@@ -407,16 +407,20 @@ def test_plot_while_job_is_writing(tmp_path, digits_ckpt):
 #: class they sit on); never torch, MPI or a heavy layer.
 PLOTTING_MAY_LOAD = {"landscape_mpi", "landscape_mpi.files", "landscape_mpi.files.reader", "landscape_mpi.files.contract",
                      "landscape_mpi.config", "landscape_mpi.config.errors",
-                     "landscape_mpi.config.options", "landscape_mpi.config.plot"}  # landscape-plot's options
+                     "landscape_mpi.config.options", "landscape_mpi.config.plot",  # landscape-plot's options
+                     # path files: their reader, and the barriers computed from them (torch-free, one place)
+                     "landscape_mpi.files.path_reader", "landscape_mpi.numbers", "landscape_mpi.numbers.barriers"}
 
 
 def test_plotting_needs_neither_torch_nor_mpi():
-    code = ("import sys, json, plotting.cli, plotting.figures, plotting.export, plotting.reader, plotting.fill; "
+    code = ("import sys, json, plotting.cli, plotting.figures, plotting.export, plotting.reader, plotting.fill, "
+            "plotting.paths; "
             "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'mpi4py', 'landscape_mpi'))))")
     p = subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, capture_output=True, text=True)
     loaded = set(json.loads(p.stdout))
     assert loaded <= PLOTTING_MAY_LOAD, loaded - PLOTTING_MAY_LOAD
-    allowed = re.compile(r"^\s*from\s+landscape_mpi\.(files(\.reader|\.contract)?|config\.(options|plot))\s+import\s+[\w, ]+$")
+    allowed = re.compile(r"^\s*from\s+landscape_mpi\.(files(\.reader|\.contract|\.path_reader)?|config\.(options|plot)"
+                         r"|numbers\.barriers)\s+import\s+[\w, ]+$")
     for py in (ROOT / "plotting").glob("*.py"):
         for line in re.findall(r"^\s*(?:from|import)\s+landscape_mpi.*$", py.read_text(), re.M):
             assert allowed.match(line) and not re.search(r"import .*\b(store|hessian_store)\b", line), (py, line)

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from landscape_mpi.config.errors import UserError
 from landscape_mpi.config.options import check_choices, literal_values, option
 
 #: Figures (matplotlib), drawn with --fill-missing's interpolated points where asked.
@@ -17,7 +18,10 @@ FIGURE_KINDS: tuple[FigureKind, ...] = literal_values(FigureKind)
 #: Exports (ParaView, plotly), always with their gaps.
 ExportKind = Literal["vtp", "vti", "html"]
 EXPORT_KINDS: tuple[ExportKind, ...] = literal_values(ExportKind)
-PlotKind = Literal[FigureKind, ExportKind]
+#: Figures of path files (plotting/paths.py): values along t, the barrier matrix, layer-wise barriers.
+PathKind = Literal["path", "barrier_matrix", "layer_barriers"]
+PATH_KINDS: tuple[PathKind, ...] = literal_values(PathKind)
+PlotKind = Literal[FigureKind, ExportKind, PathKind]
 KINDS: tuple[PlotKind, ...] = literal_values(PlotKind)
 ImageFormat = Literal["png", "pdf", "svg"]
 Scale = Literal["auto", "linear", "log"]
@@ -51,3 +55,9 @@ class PlotOptions:
 
     def __post_init__(self) -> None:
         check_choices(self)
+        if self.dpi < 1:
+            raise UserError(f"--dpi {self.dpi}: must be at least 1, e.g. 200")
+        if self.levels < 2:
+            raise UserError(f"--levels {self.levels}: must be at least 2 (the colors lie between levels), e.g. 30")
+        if self.upsample < 1:
+            raise UserError(f"--upsample {self.upsample}: must be at least 1 (1: the grid as computed)")

@@ -25,8 +25,8 @@ import numpy as np
 from landscape_mpi.config.errors import UserError
 from landscape_mpi.files.path_reader import PathFile, read_path
 
-__all__ = ["ORIENTATION", "MEASURES", "Barrier", "oriented", "barrier_of", "curve_barriers", "path_barriers",
-           "barrier_matrix", "layer_barriers", "read_barriers"]
+__all__ = ["ORIENTATION", "MEASURES", "Barrier", "barrier_label", "oriented", "barrier_of", "curve_barriers",
+           "path_barriers", "barrier_matrix", "layer_barriers", "read_barriers"]
 
 #: Higher-is-better metrics (the part of ``<split>_<metric>`` after the split) and the lower-is-better value a
 #: barrier is computed on: ``(label, function)``. Every other metric (loss, ppl, a user task's) as it is.
@@ -73,14 +73,22 @@ class Barrier:
         return float(getattr(self, measure))
 
 
+def _name(metric: str) -> str:
+    return metric.split("_", 1)[1] if metric.startswith(("train_", "test_")) else metric
+
+
+def barrier_label(metric: str) -> str:
+    """What the barrier of the file's column `metric` (``<split>_<name>``) is computed on: ``1 - acc``, ``loss``."""
+    name = _name(metric)
+    return ORIENTATION[name][0] if name in ORIENTATION else name
+
+
 def oriented(metric: str, values: np.ndarray) -> tuple[str, np.ndarray]:
-    """(label, values to compute a barrier on) of the file's column `metric` (``<split>_<name>``): the error of
-    a higher-is-better metric, any other as it is."""
-    name = metric.split("_", 1)[1] if metric.startswith(("train_", "test_")) else metric
-    if name in ORIENTATION:
-        label, to_error = ORIENTATION[name]
-        return label, to_error(np.asarray(values, dtype=np.float64))
-    return name, np.asarray(values, dtype=np.float64)
+    """(`barrier_label`, values to compute a barrier on) of the file's column `metric`: the error of a
+    higher-is-better metric, any other as it is."""
+    values = np.asarray(values, dtype=np.float64)
+    name = _name(metric)
+    return barrier_label(metric), (ORIENTATION[name][1](values) if name in ORIENTATION else values)
 
 
 def _nan_barrier(curve: str, metric: str, on: str, t0: float, t1: float, n: int, missing: int) -> Barrier:
