@@ -25,7 +25,7 @@ from conftest import TESTS, cli, one_line_error, run
 from landscape_mpi.alignment import Permutation, find_groups, match_weights
 from landscape_mpi.alignment.axes import Atom, fix, leaves, reshape, unify
 from landscape_mpi.config.errors import UserError
-from landscape_mpi.models import build_model, tied_keys
+from landscape_mpi.models import build_model, checkpoint_sha256, tied_keys
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 HAVE_HF = importlib.util.find_spec("transformers") is not None
@@ -251,3 +251,29 @@ def test_axes_unify_split_and_fix():
     f = Atom(5)
     unify([f], [e])
     assert leaves([f])[0].fixed
+
+
+def test_align_command_undoes_a_planted_permutation_and_names_an_unsupported_module(tmp_path):
+    """`landscape-mpi align` as a user runs it: B is A with a planted permutation; the file it writes, applied
+    to B, gives A back, and records both checkpoints' hashes. A model with an operation the aligner does not
+    understand: exit 2, one line, no file."""
+    model = build_model("digits_cnn")
+    state_a = trained_like(model, 1)
+    spec = find_groups(model.double(), example(IMAGES))
+    perm = planted(spec, 7)
+    a, b, out = tmp_path / "a.pt", tmp_path / "b.pt", tmp_path / "perm.h5"
+    torch.save(state_a, a)
+    torch.save(perm.apply(state_a), b)
+    run(cli("align", "--model", "digits_cnn", "--checkpoint-a", str(a), "--checkpoint-b", str(b), "--out", str(out)))
+    found = Permutation.load(str(out))
+    found.check_model(spec, str(out))
+    assert (found.hash_a, found.hash_b) == (checkpoint_sha256(str(a)), checkpoint_sha256(str(b)))
+    aligned = found.apply(torch.load(b, weights_only=True))
+    assert all(torch.equal(aligned[k], state_a[k]) for k in state_a)
+
+    torch.save(CumsumMLP().state_dict(), a)
+    bad = tmp_path / "bad.h5"
+    p = run(cli("align", "--model", "test_alignment:CumsumMLP", "--checkpoint-a", str(a), "--checkpoint-b", str(a),
+                "--out", str(bad)), check_rc=None)
+    one_line_error(p, "module mix (Cumsum) calls cumsum", "--unsupported leave")
+    assert not bad.exists()

@@ -109,13 +109,12 @@ def match_weights(spec: GroupSpec, state_a: dict[str, torch.Tensor], state_b: di
         g = max(order, key=lambda h: score[h])  # the first of the best in the seeded order
         step(g, relax=g in composite)
         solved.add(g)
-    sweeps = 0
-    for sweeps in range(1, max_sweeps + 1):
+    sweeps, improved = 0, True
+    while improved and sweeps < max_sweeps:
+        sweeps += 1
         improved = False
         for i in rng.permutation(len(groups)):
             improved = step(groups[i], relax=False) or improved
-        if not improved:
-            break
     after = objective()
     info = {"method": "weight_matching", "seed": seed, "sweeps": sweeps, "objective_before": before,
             "objective_after": after, "groups": len(groups)}

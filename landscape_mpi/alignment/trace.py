@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from landscape_mpi.alignment.axes import Atom, Dim, fix, groups_of, new_dim, reshape, unify
+from landscape_mpi.alignment.axes import Dim, fix, groups_of, new_dim, reshape, unify
 from landscape_mpi.config.errors import UserError
 from landscape_mpi.tasks.base import call_model, model_output
 
@@ -234,7 +234,9 @@ class _Tracer(TorchFunctionMode):
             shape = _arg(args, kwargs, 1, "normalized_shape")
             k = len(shape) if not isinstance(shape, int) else 1
             xd = self.get(x)
-            vectors = [_arg(args, kwargs, 2, "weight")] + ([_arg(args, kwargs, 3, "bias")] if name == "layer_norm" else [])
+            vectors = [_arg(args, kwargs, 2, "weight")]
+            if name == "layer_norm":
+                vectors.append(_arg(args, kwargs, 3, "bias"))
             for v in vectors:
                 if isinstance(v, torch.Tensor):
                     for vd, d in zip(self.get(v), xd[-k:]):
@@ -510,7 +512,7 @@ def _spec(model: nn.Module, state: dict[str, torch.Tensor], tracer: _Tracer) -> 
             dims.append(tuple(factors) if factors else ((None, 1),))
         axes[key] = tuple(dims)
     sizes = {}
-    for key, dims in axes.items():
+    for dims in axes.values():
         for factors in dims:
             for g, n in factors:
                 if g is not None:
