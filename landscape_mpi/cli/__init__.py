@@ -1,4 +1,4 @@
-"""Command line: `landscape-mpi surface | info | train | demo | models | hessian | compare | experiments`.
+"""Command line: `landscape-mpi surface | info | train | demo | models | hessian | compare | experiments | align`.
 
 One module per command (landscape_mpi/cli/<command>.py, each with ``add_parser(sub)``); this one only dispatches.
 Options are declared once, as the fields of the config dataclasses (landscape_mpi/config/options.py): commands
@@ -21,12 +21,12 @@ class Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> Parser:
-    from landscape_mpi.cli import compare, demo, experiments, hessian, info, models, surface, train
+    from landscape_mpi.cli import align, compare, demo, experiments, hessian, info, models, path, surface, train
 
     p = Parser(prog="landscape-mpi", description="Loss landscapes of neural networks, computed across MPI ranks.")
     p.add_argument("--version", action="version", version=f"landscape-mpi {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
-    for command in (surface, info, train, demo, models, hessian, compare, experiments):
+    for command in (surface, path, info, train, demo, models, hessian, compare, experiments, align):
         command.add_parser(sub)
     return p
 
