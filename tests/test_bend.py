@@ -176,6 +176,10 @@ def test_the_bend_is_a_checkpoint_with_its_recipe_and_endpoints(minima, tmp_path
                    out=str(tmp_path / "other.pt"))
     with pytest.raises(UserError, match="give steps or epochs"):
         train_bend(mlp(), a, b, data, ClassifyTask(), out=str(tmp_path / "other.pt"))
+    streamed = EvalSet("train", data.inputs, data.labels)
+    streamed.streamed = True
+    with pytest.raises(UserError, match="drop --stream-data"):
+        train_bend(mlp(), a, b, streamed, ClassifyTask(), steps=1, out=str(tmp_path / "other.pt"))
     before = (tmp_path / "bend.pt").stat().st_mtime_ns
     assert train_bend(mlp(), a, b, data, ClassifyTask(), "chain", steps=5, seed=2, out=out,
                       recipe={"model": "mlp"}) == out

@@ -160,6 +160,8 @@ def train_bend(model: nn.Module, state_a: State, state_b: State, data: EvalSet, 
         raise UserError(f"curve kind {kind!r}: choose one of {', '.join(KINDS)}")
     if (steps is None) == (epochs is None):
         raise UserError("train_bend: give steps or epochs, one of them")
+    if data.streamed:
+        raise UserError("training a bend draws random batches from a split held in memory; drop --stream-data")
     n = len(data)
     per_epoch = -(-n // batch_size)
     steps = steps if steps is not None else epochs * per_epoch
