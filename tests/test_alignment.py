@@ -194,9 +194,22 @@ class Cumsum(nn.Module):
         return h.cumsum(-1)
 
 
+class CumsumInput(nn.Module):
+    """The same operation on the input (a fixed axis): harmless."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(64, 16)
+        self.fc2 = nn.Linear(16, 10)
+
+    def forward(self, x):
+        return self.fc2(torch.relu(self.fc1(x.flatten(1).cumsum(-1))))
+
+
 def test_an_unsupported_operation_is_one_line_naming_the_module():
-    model = CumsumMLP().double()
     x = example(IMAGES)
+    assert find_groups(CumsumInput().double(), x).sizes == {"fc1.weight:0": 16}  # it reads fixed axes only
+    model = CumsumMLP().double()
     with pytest.raises(UserError) as err:
         find_groups(model, x)
     message = str(err.value)
@@ -209,6 +222,15 @@ def test_an_unsupported_operation_is_one_line_naming_the_module():
     before = output(model, x)
     model.load_state_dict(planted(spec, 3).apply(state))
     assert torch.allclose(output(model, x), before, rtol=0, atol=1e-9)
+
+
+def test_weight_matching_refuses_checkpoints_of_another_shape():
+    spec = find_groups(build_model("digits_mlp").double(), example(IMAGES))
+    state = build_model("digits_mlp").state_dict()
+    wide = {**state, "fc1.weight": torch.zeros(33, 64)}
+    with pytest.raises(UserError, match=r"^alignment: checkpoint B does not fit the model \(fc1.weight: shape "
+                                        r"\(33, 64\), the model has \(32, 64\)\); give checkpoints of the --model"):
+        match_weights(spec, state, wide)
 
 
 def test_the_permutation_file_round_trips_and_refuses_another_model(tmp_path):

@@ -6,6 +6,11 @@ assignment for group g, maximising sum_i C[i, perm[i]] where C[i, j] is the inne
 that carries g, of A's slice at unit i with B's slice at unit j (B's other groups permuted as they stand).
 The groups are visited in a random order per sweep (seeded); the descent stops after a sweep in which no
 step improved its objective (or after `max_sweeps`). Each step can only raise the total, so it ends.
+
+Before the sweeps, one pass solves each group once, next the group whose weights are most fully comparable with
+what is solved so far; a group that shares an axis with other groups (heads x units) is matched there as blocks,
+the cost of a pair of its units being the best assignment of the other factors between them
+(docs/alignment.md#weight-matching).
 """
 
 from __future__ import annotations

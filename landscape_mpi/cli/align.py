@@ -1,5 +1,6 @@
 """`landscape-mpi align --model M --checkpoint-a A --checkpoint-b B --out perm.h5`: weight matching of B's
-hidden units to A's (landscape_mpi/alignment, docs/alignment.md); `path --permutation` applies the file."""
+hidden units to A's (landscape_mpi/alignment, docs/alignment.md); `Permutation.load(file).apply(state)` applies
+the file to a state_dict."""
 
 from __future__ import annotations
 
@@ -14,9 +15,9 @@ def cmd_align(a: argparse.Namespace) -> int:
     from landscape_mpi.alignment.run import align
 
     perm = align(from_args(AlignConfig, a))
-    info = perm.info
-    print(f"{a.out}: {info['groups']} permutation groups ({sum(perm.spec.sizes.values())} units), "
-          f"{info['sweeps']} sweeps; summed inner products {info['objective_before']:.6g} -> "
+    info, sweeps = perm.info, perm.info["sweeps"]
+    print(f"{a.out}: {info['groups']} permutation groups ({sum(perm.spec.sizes.values())} units), {sweeps} "
+          f"sweep{'s' if sweeps != 1 else ''}; summed inner products {info['objective_before']:.6g} -> "
           f"{info['objective_after']:.6g}")
     return EXIT_COMPLETE
 

@@ -18,7 +18,7 @@ class AlignConfig:
     model: str = option(help="zoo name (landscape-mpi models) or package.module:factory, as in surface")
     checkpoint_a: str = option(help="checkpoint A, the reference: its units stay where they are")
     checkpoint_b: str = option(help="checkpoint B, whose units are permuted to match A's")
-    out: str = option(help="the permutation file (.h5) to write; path --permutation reads it")
+    out: str = option(help="the permutation file (.h5) to write (docs/alignment.md#the-permutation-file)")
     dataset: str = option("digits", help="the data of one example batch that the model is traced on (the groups "
                                          "come from that forward pass): digits, mnist1d, cifar10, text or "
                                          "package.module:factory")
