@@ -12,8 +12,10 @@ Parameters are one flat vector over ``named_parameters()`` (those with ``require
 Hessian-vector products use double backprop per batch, accumulated in float64 across batches. Under MPI each
 rank holds a contiguous shard of the samples; one product is one ``Allreduce`` of the per-rank sums, divided by
 the global sample count. The linear algebra (ARPACK via scipy's ``eigsh``, Hutchinson, Lanczos) runs on rank 0
-only; the other ranks serve products (`drive`): rank 0 broadcasts a command and the vector, every rank computes
-its shard's product, and the sums are allreduced. ARPACK's iteration therefore never has to agree across ranks.
+only; the other ranks serve products (`drive`, by the one protocol of `DrivenOperator`, which the sharded operator of
+curvature/sharded_hessian.py follows too): rank 0 broadcasts a command and the vector, every rank computes its
+share of the product, and the shares are combined (here allreduced). ARPACK's iteration therefore never has to
+agree across ranks.
 
 Three ways to compute a rank's sum of products (`HessianOperator`'s `product` argument;
 docs/hessian.md#cheaper-products-and-warm-starts): ``plain`` (the oracle: forward + double backward per batch
@@ -44,7 +46,7 @@ from landscape_mpi.runtime.comm import SELF
 
 DEFAULT_BATCH_SIZE = 1024
 
-# Commands rank 0 broadcasts to the ranks that serve products.
+# Commands rank 0 broadcasts to the ranks that serve products (`DrivenOperator`).
 _CMD_PRODUCT, _CMD_STOP = 1, 0
 
 #: How `HessianOperator` computes a product (its `product` argument): ``auto`` = ``graph`` where this rank's data
@@ -117,7 +119,48 @@ def shard(data: EvalSet | Sequence[EvalSet], rank: int, size: int) -> list[EvalS
 
 
 # ------------------------------------------------------------------------------------ the operator
-class HessianOperator:
+# ------------------------------------------------------------------------------------- drive protocol
+class DrivenOperator:
+    """The drive protocol of a Hessian operator whose products take every rank of `comm` (collective), one for the
+    unsharded and the sharded model: rank 0, which drives the Krylov method (`drive`), calls `product`; every
+    other rank runs `serve` until rank 0's `stop_serving`. Per product, rank 0 broadcasts the command and the
+    vector; every rank computes its share, and `_product_sum` combines the shares into (H v) * count on rank 0.
+
+    A subclass sets `comm`, `n`, `count` (what the loss is a mean over) and `products` (0), and defines
+    `_product_sum(v)`: collective over `comm`; its value matters on rank 0 only."""
+
+    comm: object
+    count: float
+    products: int
+    n: int
+
+    def _product_sum(self, v: np.ndarray) -> np.ndarray | None:
+        raise NotImplementedError
+
+    def product(self, v: np.ndarray) -> np.ndarray:
+        """H v, H the Hessian of the mean loss over all samples of all ranks (on rank 0; see `drive`)."""
+        v = np.ascontiguousarray(v, dtype=np.float64).ravel()
+        self.comm.Bcast(np.array([_CMD_PRODUCT], dtype=np.int64), root=0)
+        self.comm.Bcast(v, root=0)
+        self.products += 1
+        return self._product_sum(v) / self.count
+
+    def serve(self) -> None:
+        """On ranks other than 0: compute this rank's share of every product rank 0 asks for, until it says stop."""
+        cmd = np.zeros(1, dtype=np.int64)
+        v = np.empty(self.n)
+        while True:
+            self.comm.Bcast(cmd, root=0)
+            if int(cmd[0]) == _CMD_STOP:
+                return
+            self.comm.Bcast(v, root=0)
+            self._product_sum(v)
+
+    def stop_serving(self) -> None:
+        self.comm.Bcast(np.array([_CMD_STOP], dtype=np.int64), root=0)
+
+
+class HessianOperator(DrivenOperator):
     """Products with the Hessian of the mean loss at the model's current weights.
 
     The mean loss is the task's (`loss`: a Task, or "ce" | "mse" for classify): its loss sums over every
@@ -296,36 +339,18 @@ class HessianOperator:
                 total += self.space.flatten([hv[k] for k in names])
         return total
 
-    def product(self, v: np.ndarray) -> np.ndarray:
-        """H v, H the Hessian of the mean loss over all samples of all ranks. Collective (see `drive`)."""
-        v = np.ascontiguousarray(v, dtype=np.float64).ravel()
-        self.comm.Bcast(np.array([_CMD_PRODUCT], dtype=np.int64), root=0)
-        self.comm.Bcast(v, root=0)
-        self.products += 1
-        return self._reduce(self.local_product_sum(v))
+    def _product_sum(self, v: np.ndarray) -> np.ndarray:
+        """(H v) * count: every rank's sum of products, allreduced (`DrivenOperator`)."""
+        return self._sum(self.local_product_sum(v))
 
-    def _reduce(self, local: np.ndarray) -> np.ndarray:
+    def _sum(self, local: np.ndarray) -> np.ndarray:
         if self.size == 1:  # this rank's sum is the total (and one process never imports mpi4py)
-            return local / self.count
+            return local
         from mpi4py import MPI
 
         total = np.empty_like(local)
         self.comm.Allreduce(local, total, op=MPI.SUM)
-        return total / self.count
-
-    def serve(self) -> None:
-        """On ranks other than 0: compute products for rank 0 until it says stop."""
-        cmd = np.zeros(1, dtype=np.int64)
-        v = np.empty(self.n)
-        while True:
-            self.comm.Bcast(cmd, root=0)
-            if int(cmd[0]) == _CMD_STOP:
-                return
-            self.comm.Bcast(v, root=0)
-            self._reduce(self.local_product_sum(v))
-
-    def stop_serving(self) -> None:
-        self.comm.Bcast(np.array([_CMD_STOP], dtype=np.int64), root=0)
+        return total
 
     def mean_loss(self) -> float:
         """The mean loss over all samples at the current weights (collective on every rank, not inside `drive`)."""
@@ -336,7 +361,7 @@ class HessianOperator:
                 for start in range(0, len(s), self.batch_size):
                     x, y = s.rows(start, start + self.batch_size)
                     total += float(self.task.loss_sum(self.task.forward(self.model, x), x, y).double())
-        return float(self._reduce(np.array([total]))[0])
+        return float(self._sum(np.array([total]))[0] / self.count)
 
 
 class _TaskCall(nn.Module):
@@ -359,7 +384,7 @@ def _abort_on_error(what: str) -> None:
     abort(f"failed while {what}:\n{traceback.format_exc()}")
 
 
-def drive(op: HessianOperator, task: Callable[[Matvec], object]) -> object:
+def drive(op: DrivenOperator, task: Callable[[Matvec], object]) -> object:
     """Run ``task(matvec)`` on rank 0 while the other ranks serve its products; collective on every rank.
 
     Returns the task's result on rank 0 and None elsewhere. A UserError raised by the task is raised on every

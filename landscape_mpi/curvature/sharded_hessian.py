@@ -15,9 +15,10 @@ around 1e-8 relative on the test's model (measured in tests/test_groups.py again
 with float32 weights about 1e-3, so the eigenvalues are computed in float64.
 
 The vectors of the Krylov methods (curvature/krylov.py) are whole, on the group's first rank, which drives
-(`curvature.hessian.drive`): it broadcasts v, every rank perturbs its rows, computes its share of the gradient
-over its rows of every batch (the batches divided as in engine/group.py: same number of forwards everywhere),
-and the ranks' rows of H v are gathered back in parameter order.
+(`curvature.hessian.drive`, the protocol of `curvature.hessian.DrivenOperator`, the unsharded operator's too): it
+broadcasts v, every rank perturbs its rows, computes its share of the gradient over its rows of every batch (the
+batches divided as in engine/group.py: same number of forwards everywhere), and the ranks' rows of H v are
+gathered back in parameter order.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from landscape_mpi.curvature.hessian import ParamSpace
+from landscape_mpi.curvature.hessian import DrivenOperator, ParamSpace
 from landscape_mpi.config.errors import UserError
 from landscape_mpi.data.items import EvalSet, map_inputs
 from landscape_mpi.engine.group import local_rows, member_batches, reshard, shard_units
@@ -38,13 +39,12 @@ from landscape_mpi.tasks import Task, as_task
 
 #: eps * ||v|| of the central difference (float64 weights).
 FD_SCALE = 1e-4
-_CMD_PRODUCT, _CMD_STOP = 1, 0
 
 
-class ShardedHessianOperator:
+class ShardedHessianOperator(DrivenOperator):
     """Products with the Hessian of the mean loss, the model sharded over `comm`'s ranks (FSDP2 on the default
     torch.distributed process group, which must be that same group). The interface of
-    `curvature.hessian.HessianOperator` that `drive` and the Krylov tasks use."""
+    `curvature.hessian.HessianOperator` that `drive` and the Krylov tasks use, and its drive protocol."""
 
     def __init__(self, model: nn.Module, data: Sequence[EvalSet], loss: str | Task, batch_size: int, comm,
                  device: torch.device, dtype: torch.dtype | None = None) -> None:
@@ -166,22 +166,9 @@ class ShardedHessianOperator:
         return ShardSetter(self.model, directions, self.rank, self.size)
 
     # ------------------------------------------------------------------- HessianOperator's interface
-    def product(self, v: np.ndarray) -> np.ndarray:
-        """H v (on rank 0, which drives; the others `serve`)."""
-        v = np.ascontiguousarray(v, dtype=np.float64).ravel()
-        self.comm.bcast(_CMD_PRODUCT, root=0)
-        self.comm.Bcast(v, root=0)
-        self.products += 1
-        return self._gather(self._local_product(v)) / self.count
-
-    def serve(self) -> None:
-        v = np.empty(self.n)
-        while self.comm.bcast(None, root=0) != _CMD_STOP:
-            self.comm.Bcast(v, root=0)
-            self._gather(self._local_product(v))
-
-    def stop_serving(self) -> None:
-        self.comm.bcast(_CMD_STOP, root=0)
+    def _product_sum(self, v: np.ndarray) -> np.ndarray | None:
+        """(H v) * count on rank 0 (None elsewhere): every rank's rows, gathered (`DrivenOperator`)."""
+        return self._gather(self._local_product(v))
 
     def mean_loss(self) -> float:
         """The mean loss at theta* (collective on every rank of the group)."""
