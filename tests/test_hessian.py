@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import subprocess
 import sys
 
@@ -353,6 +354,37 @@ def test_hessian_file_unusable_for_directions(ckpt_dir, hfile, tmp_path, capsys)
         with pytest.raises(UserError) as exc:
             hessian_directions(path, model, row)
         assert message in str(exc.value) and "\n" not in str(exc.value), str(exc.value)
+
+
+def test_each_checkpoint_is_read_once(ckpt_dir, tmp_path, monkeypatch):
+    """The job reads a checkpoint's weights and its "epoch" in one torch.load (it read the file twice before); the
+    epochs stay as they were: 5 from the plain state_dict's file name, 40 from the other's own "epoch"."""
+    reads = []
+    real_load = torch.load
+
+    def counting_load(f, *args, **kwargs):
+        reads.append(str(f))
+        return real_load(f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", counting_load)
+    out = str(tmp_path / "H.h5")
+    assert main(["hessian", *TOY, "--checkpoint", str(ckpt_dir / "epoch_*.pt"), "--out", out, "--top-k", "1",
+                 "--trace-probes", "0", "--slq-runs", "0", "--adaptive-samples", "0"]) == 0
+    assert sorted(reads) == sorted(str(ckpt_dir / n) for n in ("epoch_005.pt", "epoch_100.pt")), reads
+    with h5py.File(out, "r") as h:
+        assert list(h["checkpoints/epoch"]) == [5.0, 40.0]
+        assert json.loads(h["checkpoints/epoch"].attrs["epoch_source"]) == ["file name", "checkpoint"]
+
+
+def test_one_drive_protocol_for_the_sharded_and_the_unsharded_operator():
+    """Both operators serve products by the same protocol (`DrivenOperator`): neither writes its own command
+    exchange (test_three_ranks_equal_one_process and tests/test_groups_hessian.py run it under MPI)."""
+    from landscape_mpi.curvature.sharded_hessian import ShardedHessianOperator
+
+    for cls in (hs.HessianOperator, ShardedHessianOperator):
+        assert issubclass(cls, hs.DrivenOperator)
+        for name in ("product", "serve", "stop_serving"):
+            assert getattr(cls, name) is getattr(hs.DrivenOperator, name), (cls.__name__, name)
 
 
 def test_no_convergence_ends_every_rank_with_one_line(ckpt_dir, tmp_path):

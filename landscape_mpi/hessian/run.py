@@ -48,15 +48,12 @@ def resolve_checkpoints(spec: str) -> list[str]:
     return paths
 
 
-def checkpoint_epoch(path: str, index: int) -> tuple[float, str]:
-    """(epoch, where it came from): the checkpoint dict's "epoch", else the last number in the file name, else
-    the index of the checkpoint in the list."""
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # read_state_dict reports an unreadable file with a proper message
-        obj = None
-    if isinstance(obj, dict) and "epoch" in obj:
-        value = obj["epoch"]
+def checkpoint_epoch(path: str, index: int, stored: dict) -> tuple[float, str]:
+    """(epoch, where it came from): the checkpoint dict's "epoch" (`stored`: its top-level entries, as
+    `load_checkpoint(..., meta=)` read them with the weights: the file is read once), else the last number in the
+    file name, else the index of the checkpoint in the list."""
+    if "epoch" in stored:
+        value = stored["epoch"]
         if isinstance(value, torch.Tensor) and value.numel() == 1:
             value = value.item()
         if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -129,8 +126,9 @@ def run_hessian(cfg: HessianConfig, ctx, ranks_per_point: int = 1, group_timeout
     for index, path in enumerate(paths):
         start = time.perf_counter()
         def load_row() -> tuple[str, float, str]:
-            load_checkpoint(model, path)  # names missing / mis-shaped keys if the checkpoint does not fit
-            return (checkpoint_sha256(path), *checkpoint_epoch(path, index))
+            stored: dict = {}
+            load_checkpoint(model, path, meta=stored)  # names missing / mis-shaped keys if the checkpoint does not fit
+            return (checkpoint_sha256(path), *checkpoint_epoch(path, index, stored))
 
         sha, epoch, epoch_source = on_every_rank(load_row)
         model.to(device=ctx.device, dtype=dtype)

@@ -123,13 +123,15 @@ def _read_safetensors(path: str, option: str) -> dict[str, torch.Tensor]:
         raise UserError(f"{option} {path}: not a readable safetensors file ({first[:160]})") from None
 
 
-def read_state_dict(path: str, option: str = "--checkpoint", mmap: bool = False) -> dict[str, torch.Tensor]:
+def read_state_dict(path: str, option: str = "--checkpoint", mmap: bool = False,
+                    meta: dict | None = None) -> dict[str, torch.Tensor]:
     """The state_dict stored in a checkpoint file or save_pretrained folder (tensors on the CPU).
 
     `mmap`: the tensors are mapped from the file, not read: a tensor's bytes come from disk (or the page cache,
     shared by a node's ranks) only where they are used, so a rank that keeps a slice of each tensor never holds
     the whole model (safetensors maps its files this way anyway; a torch file needs torch's zip format, the
-    default of ``torch.save`` since 1.6)."""
+    default of ``torch.save`` since 1.6). `meta`: filled with the top-level entries of a torch file's dict (such as
+    a training checkpoint's "epoch" beside its state_dict), for a caller that needs them without a second read."""
     file = weight_file(path, option)
     if file.endswith(".safetensors"):
         obj = _read_safetensors(file, option)
@@ -143,6 +145,8 @@ def read_state_dict(path: str, option: str = "--checkpoint", mmap: bool = False)
         raise UserError(f"{option} {path}: not a readable PyTorch checkpoint ({first[:160]}); "
                         f"re-save it with torch.save(model.state_dict(), path)") from None
     if isinstance(obj, dict):
+        if meta is not None:
+            meta.update(obj)
         for key in STATE_DICT_KEYS:
             if key in obj and isinstance(obj[key], dict):
                 obj = obj[key]
@@ -172,9 +176,10 @@ def tied_keys(model: nn.Module) -> dict[str, str]:
     return out
 
 
-def load_checkpoint(model: nn.Module, path: str, option: str = "--checkpoint") -> None:
-    """Load a checkpoint into `model`, naming missing, unexpected and mis-shaped keys if it does not fit."""
-    state = read_state_dict(path, option)
+def load_checkpoint(model: nn.Module, path: str, option: str = "--checkpoint", meta: dict | None = None) -> None:
+    """Load a checkpoint into `model`, naming missing, unexpected and mis-shaped keys if it does not fit (`meta`:
+    as `read_state_dict`'s)."""
+    state = read_state_dict(path, option, meta=meta)
     check_fits(model, state, tied_keys(model), path, option)
     model.load_state_dict(state)
 
