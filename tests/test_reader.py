@@ -1,6 +1,6 @@
 """landscape_mpi/files/reader.py: the one reader of every file kind. Its one-line errors (missing file, not HDF5,
 another kind, no schema, a newer schema) for each kind and entry point, and a new file's in-memory copy that a run
-evaluates with (`prepare.as_read_back`) equal to what a read of the file gives."""
+evaluates with (`prepare.SurfaceFileKind.read_back`) equal to what a read of the file gives."""
 
 from __future__ import annotations
 
@@ -110,7 +110,7 @@ def test_a_new_files_in_memory_copy_is_what_a_read_gives(tmp_path):
     """Rank 0 evaluates a new file's points with the directions it wrote, the other ranks with what they read back:
     the same keys in the same order, dtypes and bytes."""
     from landscape_mpi.config.surface import Axis, SurfaceConfig
-    from landscape_mpi.surface.prepare import as_read_back
+    from landscape_mpi.surface.prepare import SurfaceFileKind
 
     config = SurfaceConfig(model="m", checkpoint="c", x=Axis(-1, 1, 4), y=Axis(-0.5, 0.7, 3))
     rng = np.random.default_rng(0)
@@ -119,7 +119,7 @@ def test_a_new_files_in_memory_copy_is_what_a_read_gives(tmp_path):
     directions = {"x": direction, "y": {k: -v for k, v in direction.items()}}
     path = str(tmp_path / "f.h5")
     store.create_surface_file(path, config, directions, {}, {})
-    mem_dirs, mem_coords = as_read_back(config, directions)
+    mem_dirs, mem_coords = SurfaceFileKind(config).read_back(directions)
     file_dirs, file_coords = reader.read_run_inputs(path, ["x", "y"])
     for a, b in zip(mem_dirs, file_dirs):
         assert list(a) == list(b)

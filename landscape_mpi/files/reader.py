@@ -228,9 +228,10 @@ class SurfaceFile:
         return {k[:-len("_indices")]: g[k][()] for k in g if k.endswith("_indices")}
 
 
-def open_surface(path: str, option: str = "") -> SurfaceFile:
-    """Open a surface file for reading (a context manager); raises UserError as `open_read` does."""
-    f = open_read(path, contract.KIND_SURFACE, option)
+def open_surface(path: str, option: str = "", kind: str = contract.KIND_SURFACE) -> SurfaceFile:
+    """Open a surface file (or a path file, `kind`: the same layout of directions, grid and results) for reading
+    (a context manager); raises UserError as `open_read` does."""
+    f = open_read(path, kind, option)
     try:
         return SurfaceFile(path, f)
     except BaseException:
@@ -256,15 +257,16 @@ def read_coords(path: str) -> list[np.ndarray]:
         return list(s.coords().values())
 
 
-def read_run_inputs(path: str, axes: Sequence[str]) -> RunInputs:
+def read_run_inputs(path: str, axes: Sequence[str], kind: str = contract.KIND_SURFACE) -> RunInputs:
     """`SurfaceFile.run_inputs` in one open (the directions and coordinates a run evaluates with)."""
-    with open_surface(path) as s:
+    with open_surface(path, kind=kind) as s:
         return s.run_inputs(axes)
 
 
-def read_run_rows(path: str, axes: Sequence[str], span: Callable[[int], tuple[int, int]]) -> RunInputs:
+def read_run_rows(path: str, axes: Sequence[str], span: Callable[[int], tuple[int, int]],
+                  kind: str = contract.KIND_SURFACE) -> RunInputs:
     """(the rows span(n) of each direction (`SurfaceFile.direction_rows`), coordinates) in one open."""
-    with open_surface(path) as s:
+    with open_surface(path, kind=kind) as s:
         return s.direction_rows(axes, span), list(s.coords().values())
 
 

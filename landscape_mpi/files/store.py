@@ -1,16 +1,7 @@
 """The surface file's writer: create it, write finished points durably (single or collective MPI-IO), the run
 lock. Its reader is landscape_mpi/files/reader.py; these two and hessian_store.py are the package's h5py calls.
 
-Layout (schema_version 1; README.md documents it as a table):
-
-    /coords/x, /coords/y, /coords/z       float64, one per grid axis
-    /results/<split>_loss, <split>_acc    float64, grid-shaped, [i, j] = value at (x[i], y[j]); NaN until computed
-    /results/done                         uint8, grid-shaped, 1 once the point's values are written
-    /results/rank                         int32, which MPI rank computed the point (-1: not yet)
-    /results/seconds                      float64, seconds the point's evaluation took
-    /directions/<axis>/<state_dict key>   every tensor of the direction space, zeros where excluded
-    /data/<split>_indices                 int64, the samples kept by --samples (only with --samples)
-    root attributes                       schema_version, config (JSON), checkpoint, checkpoint_sha256, ...
+Layout: `contract.SURFACE_SCHEMA`, the one schema (docs/file-format.md's table is generated from it).
 
 Crash safety. Every dataset is created, full size and contiguous, when the file is created (written to a
 temporary name, fsync'ed, renamed into place, and the folder fsync'ed), and never changes shape afterwards.
@@ -31,7 +22,8 @@ import glob
 import json
 import os
 import platform
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import h5py
 import numpy as np
@@ -113,36 +105,49 @@ def fresh_temporary(path: str) -> str:
     return f"{path}.tmp-{os.getpid()}"
 
 
+@dataclass(frozen=True)
+class Grid:
+    """The grid of a file of the surface family: its kind, shape, coordinates (/coords) and what else the kind
+    writes (a path file's /path group) inside the file's one atomic creation."""
+
+    kind: str
+    shape: tuple[int, ...]
+    coords: dict[str, np.ndarray]
+    write: Callable[[h5py.File], None] | None = None
+
+
 def create_surface_file(path: str, config: SurfaceConfig, directions: dict,
                         attrs: dict[str, str], data_indices: dict[str, np.ndarray | None],
-                        trajectory: dict | None = None) -> None:
+                        trajectory: dict | None = None, grid: Grid | None = None) -> None:
     """Create the complete file atomically: written under a temporary name, fsync'ed, renamed onto `path`,
     and the folder fsync'ed.
 
     `directions` maps axis name to the full-space direction (state_dict key -> tensor or array; zeros where
     excluded). `trajectory` (optional): x, y, epochs, residual arrays and an ``explained_variance`` list and
-    further attributes, stored under /trajectory.
+    further attributes, stored under /trajectory. `grid`: another file kind's grid (a path file's, `Grid`);
+    default: the surface's, from `config`.
     """
     check_out_path(path)
     tmp = fresh_temporary(path)
-    shape = config.shape
+    grid = grid or Grid(contract.KIND_SURFACE, config.shape, {n: a.values() for n, a in config.axes.items()})
+    shape = grid.shape
     try:
         # HDF5's own file locking is best effort: file systems without flock (some NFS, Lustre with
         # localflock) would refuse it; two writers are kept apart by `RunLock` instead.
         with h5py.File(tmp, "w", libver="earliest", locking="best-effort") as f:
             f.attrs[contract.SCHEMA_VERSION_ATTR] = SCHEMA_VERSION
-            f.attrs[contract.FILE_KIND_ATTR] = contract.KIND_SURFACE
+            f.attrs[contract.FILE_KIND_ATTR] = grid.kind
             f.attrs[contract.CONFIG_ATTR] = config.to_json()
             f.attrs[contract.GRID_INDEXING_ATTR] = contract.GRID_INDEXING
-            f.attrs[contract.AXES_ATTR] = json.dumps(list(config.axes))
+            f.attrs[contract.AXES_ATTR] = json.dumps(list(grid.coords))
             f.attrs[contract.METRICS_ATTR] = json.dumps(config.metrics)
             f.attrs["versions"] = json.dumps(package_versions())
             f.attrs["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
             for k, v in attrs.items():
                 f.attrs[k] = v
             coords = f.create_group(contract.COORDS)
-            for name, axis in config.axes.items():
-                coords.create_dataset(name, data=axis.values())
+            for name, values in grid.coords.items():
+                coords.create_dataset(name, data=values)
             f.create_group(contract.RESULTS)
             # Written in full now (contiguous, allocated): a run later only overwrites raw bytes in place.
             for metric in config.metrics:
@@ -164,6 +169,8 @@ def create_surface_file(path: str, config: SurfaceConfig, directions: dict,
                         t.create_dataset(key, data=value)
                     else:
                         t.attrs[key] = value
+            if grid.write is not None:
+                grid.write(f)
             if any(v is not None for v in data_indices.values()):
                 data = f.create_group(contract.DATA)
                 for split, idx in data_indices.items():

@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from landscape_mpi.files import reader, store
+from landscape_mpi.files import contract, reader, store
 from landscape_mpi.config.surface import RunOptions, SurfaceConfig, config_diff
 from landscape_mpi.directions.sources import build_directions, stream_directions
 from landscape_mpi.config.errors import UserError
@@ -68,8 +68,24 @@ def input_hashes(config: SurfaceConfig) -> dict[str, str]:
 def identity_mismatch(summary: reader.SurfaceSummary, config: SurfaceConfig, inputs: Inputs) -> list[str]:
     """Every way in which the file is not this command's surface, one phrase each (empty: resume it)."""
     diff = config_diff(summary.config, config.to_dict())
-    wanted = input_hashes(config)
-    stored = {k: v for k, v in summary.attrs.items() if k.endswith("_sha256") and not k.endswith("data_sha256")}
+    diff += hash_mismatch(input_hashes(config), summary.attrs)
+    diff += data_mismatch(summary, inputs)
+    for name, axis in config.axes.items():
+        have = summary.coords.get(name)
+        if have is None or have.shape != (axis.num,) or not np.array_equal(have, axis.values()):
+            shown = (f"{float(have[0])!r}:{float(have[-1])!r}:{len(have)}" if have is not None and len(have)
+                     else "none")
+            diff.append(f"{name}: file has {shown}, command asks {axis.spec()} (coordinates compared exactly)")
+    for name in summary.coords:
+        if name not in config.axes:
+            diff.append(f"{name} axis: the file has it, the command does not")
+    return diff
+
+
+def hash_mismatch(wanted: dict[str, str], attrs: dict) -> list[str]:
+    """How the input files differ from those the file was computed from (`input_hashes` vs its attributes)."""
+    diff = []
+    stored = {k: v for k, v in attrs.items() if k.endswith("_sha256") and not k.endswith("data_sha256")}
     for key in sorted(set(wanted) | set(stored)):
         name = key[:-len("_sha256")]
         if key not in wanted:
@@ -78,6 +94,12 @@ def identity_mismatch(summary: reader.SurfaceSummary, config: SurfaceConfig, inp
             diff.append(f"{name}: the command gives it, the file was computed without it")
         elif wanted[key] != stored[key]:
             diff.append(f"{name}: file was computed from another file (sha256 differs)")
+    return diff
+
+
+def data_mismatch(summary: reader.SurfaceSummary, inputs: Inputs) -> list[str]:
+    """How the evaluation data differ from the file's: each split's fingerprint and its --samples indices."""
+    diff = []
     for split, fp in inputs.fingerprints.items():
         old = summary.attrs.get(f"{split}_data_sha256")
         if old is not None and old != fp:
@@ -88,15 +110,6 @@ def identity_mismatch(summary: reader.SurfaceSummary, config: SurfaceConfig, inp
         new_idx = data.indices
         if (old_idx is None) != (new_idx is None) or (old_idx is not None and not np.array_equal(old_idx, new_idx)):
             diff.append(f"{data.name} data: the --samples subset differs from the file's /data/{data.name}_indices")
-    for name, axis in config.axes.items():
-        have = summary.coords.get(name)
-        if have is None or have.shape != (axis.num,) or not np.array_equal(have, axis.values()):
-            shown = (f"{float(have[0])!r}:{float(have[-1])!r}:{len(have)}" if have is not None and len(have)
-                     else "none")
-            diff.append(f"{name}: file has {shown}, command asks {axis.spec()} (coordinates compared exactly)")
-    for name in summary.coords:
-        if name not in config.axes:
-            diff.append(f"{name} axis: the file has it, the command does not")
     return diff
 
 
@@ -126,8 +139,57 @@ class Prepared:
         return replace(self, opened=None)
 
 
+class SurfaceFileKind:
+    """What `prepare` needs to know of the surface file (the path job has its own, surface/paths.py): its kind,
+    direction names and grid shape, the resume identity, and how to create it."""
+
+    kind = contract.KIND_SURFACE
+    noun = "surface"
+
+    def __init__(self, config: SurfaceConfig) -> None:
+        self.config = config
+        self.names = list(config.axes)
+        self.shape = config.shape
+
+    def mismatch(self, summary: reader.SurfaceSummary, inputs: Inputs) -> list[str]:
+        return identity_mismatch(summary, self.config, inputs)
+
+    def create(self, path: str, inputs: Inputs) -> dict:
+        """Write the complete file at `path` (atomically); returns the directions written, by name."""
+        config = self.config
+        if inputs.theta is None:
+            directions, trajectory, attrs = build_directions(config, inputs.model, config.checkpoint)
+        else:  # made and written tensor by tensor: no rank holds the whole model (surface.inputs.streams_shards).
+            # The filter norms read all of theta*: through a mapping of their own, whose pages leave this
+            # process's resident set with it (inputs.theta keeps only the rows this rank's shards read later).
+            theta = read_state_dict(config.checkpoint, "--checkpoint", mmap=True)
+            directions, trajectory, attrs = stream_directions(config, inputs.model, theta), None, {}
+        attrs = {"checkpoint": os.path.abspath(config.checkpoint), **attrs, **input_hashes(config),
+                 **data_attrs(inputs)}
+        store.create_surface_file(path, config, directions, attrs, data_indices(inputs), trajectory)
+        return directions
+
+    def read_back(self, directions: dict) -> reader.RunInputs:
+        return as_read_back(self.names, directions, [a.values() for a in self.config.axes.values()])
+
+
+def data_attrs(inputs: Inputs) -> dict[str, str]:
+    """The root attributes that identify the evaluation data (``<split>_data_sha256``)."""
+    return {f"{split}_data_sha256": fp for split, fp in inputs.fingerprints.items()}
+
+
+def data_indices(inputs: Inputs) -> dict[str, np.ndarray | None]:
+    return {d.name: d.indices for d in inputs.data}
+
+
 def prepare_file(config: SurfaceConfig, options: RunOptions, inputs: Inputs) -> Prepared:
-    """Create the file (or the --overwrite work file), or check the existing one may be resumed.
+    """`prepare` for the surface file of `config`."""
+    return prepare(SurfaceFileKind(config), options, inputs)
+
+
+def prepare(spec, options: RunOptions, inputs: Inputs) -> Prepared:
+    """Create the file (or the --overwrite work file), or check the existing one may be resumed. `spec`: the
+    file kind (`SurfaceFileKind`, or the path job's).
 
     Opens the file once: an existing one is read (summary, and where points are left, directions and
     coordinates) and checked; a new one is written under a temporary name and renamed into place, and what was
@@ -136,47 +198,34 @@ def prepare_file(config: SurfaceConfig, options: RunOptions, inputs: Inputs) -> 
     out = options.out
     store.check_out_path(out)
     path = overwrite_path(out) if options.overwrite else out
-    axes = list(config.axes)
     if os.path.exists(path):
-        with reader.open_surface(path) as f:
+        with reader.open_surface(path, kind=spec.kind) as f:
             summary = f.summary(with_values=False, with_ranks=False)
-            diff = identity_mismatch(summary, config, inputs)
+            diff = spec.mismatch(summary, inputs)
             left = int((~summary.done).sum())
             opened = None
             if not diff and left:  # a run that holds no whole model reads its rows later (inputs.theta)
-                opened = Opened(summary.done, f.run_inputs(axes) if inputs.theta is None else None)
+                opened = Opened(summary.done, f.run_inputs(spec.names) if inputs.theta is None else None)
         if not diff:
             return Prepared(path, f"resuming {path}: {summary.done.size - left}/{summary.done.size} points done",
                             left, opened)
         if not options.overwrite:
-            raise UserError(f"--out {out} holds a surface of another configuration ({'; '.join(diff)}); rerun "
+            raise UserError(f"--out {out} holds a {spec.noun} of another configuration ({'; '.join(diff)}); rerun "
                             f"with the file's settings to resume, choose another --out, or add --overwrite")
         os.remove(path)  # a stale --overwrite work file of another command: not anyone's complete surface
-    if inputs.theta is None:
-        directions, trajectory, attrs = build_directions(config, inputs.model, config.checkpoint)
-    else:  # made and written tensor by tensor: no rank holds the whole model (surface.inputs.streams_shards).
-        # The filter norms read all of theta*: through a mapping of their own, whose pages leave this process's
-        # resident set with it (inputs.theta keeps only the rows this rank's shards read later).
-        theta = read_state_dict(config.checkpoint, "--checkpoint", mmap=True)
-        directions, trajectory, attrs = stream_directions(config, inputs.model, theta), None, {}
-    attrs = {"checkpoint": os.path.abspath(config.checkpoint), **attrs, **input_hashes(config),
-             **{f"{split}_data_sha256": fp for split, fp in inputs.fingerprints.items()}}
-    indices = {d.name: d.indices for d in inputs.data}
-    store.create_surface_file(path, config, directions, attrs, indices, trajectory)
-    total = int(np.prod(config.shape))
+    directions = spec.create(path, inputs)
+    total = int(np.prod(spec.shape))
     verb = f"building the replacement of {out} in" if options.overwrite else "created"
-    opened = Opened(np.zeros(config.shape, dtype=bool),
-                    as_read_back(config, directions) if inputs.theta is None else None)
-    return Prepared(path, f"{verb} {path}: grid {'x'.join(map(str, config.shape))} = {total} points", total,
+    opened = Opened(np.zeros(spec.shape, dtype=bool), spec.read_back(directions) if inputs.theta is None else None)
+    return Prepared(path, f"{verb} {path}: grid {'x'.join(map(str, spec.shape))} = {total} points", total,
                     opened)
 
 
-def as_read_back(config: SurfaceConfig, directions: dict) -> reader.RunInputs:
+def as_read_back(names: list[str], directions: dict, coords: list[np.ndarray]) -> reader.RunInputs:
     """The (directions, coordinates) that `reader.read_run_inputs` gives of a file just created from `directions`
     (`store.create_surface_file`), without reading it: keys in HDF5's name order, arrays in the dtypes written."""
-    axes = list(config.axes)
-    stored = [{k: np.array(store.as_array(directions[a][k])) for k in sorted(directions[a])} for a in axes]
-    return stored, [config.axes[a].values() for a in axes]
+    stored = [{k: np.array(store.as_array(directions[a][k])) for k in sorted(directions[a])} for a in names]
+    return stored, coords
 
 
 def finish_overwrite(options: RunOptions, path: str) -> None:

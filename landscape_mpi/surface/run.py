@@ -38,7 +38,7 @@ from landscape_mpi.config.errors import EXIT_COMPLETE, EXIT_RESUMABLE, UserError
 from landscape_mpi.surface.inputs import Inputs, check_fit, load_inputs, read_inputs, streams_shards
 from landscape_mpi.runtime.groups import ALONE, Followers, RankGroup, close_process_group, follow, place
 from landscape_mpi.runtime.lifecycle import STOP, StopRequested, agree
-from landscape_mpi.surface.prepare import Opened, Prepared, finish_overwrite, prepare_file
+from landscape_mpi.surface.prepare import Opened, Prepared, SurfaceFileKind, finish_overwrite, prepare
 from landscape_mpi.runtime.progress import Progress
 from landscape_mpi.runtime.sharing import node_comm, share_per_node
 
@@ -51,9 +51,11 @@ def log(ctx: RunContext, message: str) -> None:
         print(f"landscape-mpi: {message}", file=sys.stderr, flush=True)
 
 
-def run_surface(config: SurfaceConfig, options: RunOptions, ctx: RunContext | None = None) -> int:
+def run_surface(config: SurfaceConfig, options: RunOptions, ctx: RunContext | None = None,
+                job: Callable[[SurfaceConfig, RunOptions, RunContext], SurfaceJob] | None = None) -> int:
     """Compute (or resume) the surface; returns the process exit code (0 complete, 75 stopped, resumable).
 
+    `job`: builds the job (default `SurfaceJob`; the path job, surface/paths.py, is one with another file kind).
     Stop signals must already be caught (`lifecycle.STOP`, installed by `lifecycle.run_main` around every
     command)."""
     # 1. ranks and devices. make_context is collective (an MPI split); a rank that fails in it alone (a broken
@@ -78,7 +80,7 @@ def run_surface(config: SurfaceConfig, options: RunOptions, ctx: RunContext | No
 
     lock = agree(comm, take_lock, ctx.rank)
     try:
-        return SurfaceJob(config, options, ctx).run()
+        return (job or SurfaceJob)(config, options, ctx).run()
     finally:
         # a group's torch.distributed process group is torn down before the interpreter exits: gloo's worker
         # threads must not outlive it (they abort the process at exit otherwise)
@@ -94,6 +96,7 @@ class SurfaceJob:
 
     def __init__(self, config: SurfaceConfig, options: RunOptions, ctx: RunContext) -> None:
         self.config, self.options, self.ctx = config, options, ctx
+        self.file = SurfaceFileKind(config)  # the file's kind: its directions, grid, identity and creation
         self.node = node_comm(ctx.comm)  # one rank per node reads the inputs; the node's other ranks receive them
         self.group = place(ctx, options.ranks_per_point, options.group_mode, options.group_timeout, self.node)
         if self.group.size > 1:
@@ -140,7 +143,7 @@ class SurfaceJob:
 
         def file_step() -> Prepared | None:
             ctx.faults.reached("file")
-            return prepare_file(self.config, self.options, inputs) if ctx.is_master else None
+            return prepare(self.file, self.options, inputs) if ctx.is_master else None
 
         mine = agree(ctx.comm, file_step, ctx.rank)
         prepared = ctx.comm.bcast(mine.broadcastable() if mine is not None else None, root=0)
@@ -155,7 +158,7 @@ class SurfaceJob:
 
         def engine_step() -> GridEvaluator:
             ctx.faults.reached("engine")
-            return GridEvaluator(self.config, self.options, inputs, stored(), ctx, ctx.faults.batch_hooks(), self.group)
+            return self.make_evaluator(inputs, stored())
 
         evaluator = agree(ctx.comm, engine_step, ctx.rank)
         if self.group.shards:
@@ -171,14 +174,19 @@ class SurfaceJob:
         """How this rank gets the file's (directions, coordinates): rank 0 has them from its file step (shared
         with its node), the first rank of every other node reads them; a member of a group that never holds
         the whole model reads its own rows of each direction."""
-        axes = list(self.config.axes)
+        names, kind = self.file.names, self.file.kind
         if inputs.theta is None:
             return share_per_node(self.node, lambda: opened.inputs if opened is not None
-                                  else reader.read_run_inputs(path, axes)).get
+                                  else reader.read_run_inputs(path, names, kind)).get
         from landscape_mpi.engine.group import shard_span
 
         group = self.group
-        return lambda: reader.read_run_rows(path, axes, lambda n: shard_span(n, group.rank, group.size))
+        return lambda: reader.read_run_rows(path, names, lambda n: shard_span(n, group.rank, group.size), kind)
+
+    def make_evaluator(self, inputs: Inputs, stored: tuple) -> GridEvaluator:
+        """This rank's evaluator of the file's points (the path job evaluates a coefficient table instead)."""
+        return GridEvaluator(self.config, self.options, inputs, stored, self.ctx, self.ctx.faults.batch_hooks(),
+                             self.group)
 
     def open_writer(self, prepared: Prepared) -> store.ResultWriter | None:
         """6. The writer: rank 0 alone, which records the run's ranks in that open (rank 0's second and last

@@ -1,0 +1,122 @@
+"""Paths between models as points of the direction space (docs/method.md#paths-between-models).
+
+Every path kind is theta(t) = theta_0 + sum_k c_k(t) d_k with d_k = theta_k - theta_0 (another model, or a part
+of one, minus the first), so the surface job's engines evaluate it unchanged: a path job is a grid of
+(curve, t) points whose coefficient vectors come from a table instead of the grid's coordinates.
+
+- ``linear`` (models A, B): one curve, c = t: (1 - t) A + t B.
+- ``chain`` (models M_0 .. M_{N-1}): one curve through every model, knots t_k = k / (N - 1), each segment linear.
+- ``bezier`` (A, B and the bend C, model 2): (1-t)^2 A + 2t(1-t) C + t^2 B = A + t^2 (B - A) + 2t(1-t) (C - A)
+  (Garipov et al. 2018).
+- ``pairs`` (N models): one linear curve per pair i < j, (1 - t) M_i + t M_j = M_0 + (1 - t) d_i + t d_j: the
+  barrier matrix, every pair in one job.
+- ``layers`` (A, B): one curve per block (a module's tensors, or a tensor), that block interpolated, the rest at A
+  (Adilova et al.): d_g is B - A on the block's tensors, zero elsewhere.
+
+`path_table` is the numpy half (the t grid and coefficients, from the kind and the counts only); `path_directions`
+the torch half (the K directions from the models' state_dicts).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from landscape_mpi.config.errors import UserError
+from landscape_mpi.directions.base import Direction, check_target, target_tensor
+
+
+@dataclass
+class PathTable:
+    """The points of a path job: a (curves x t) grid and the coefficient vector of each point."""
+
+    t: np.ndarray
+    """(n_t,) the path parameter of each column; 0 and 1 included (and every chain knot)."""
+    curves: list[str]
+    """A label per curve: "chain", "bezier", "0-1" (a pair: model indices), or a block's name."""
+    endpoints: np.ndarray
+    """(n_curves, 2) int: the models (indices into the path's checkpoints) at t = 0 and t = 1."""
+    coefficients: np.ndarray
+    """(n_curves, n_t, K): theta at point (c, j) = theta_0 + sum_k coefficients[c, j, k] d_k."""
+    knots: np.ndarray | None = None
+    """(chain) the t of each model along the chain."""
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return len(self.curves), len(self.t)
+
+
+def path_table(kind: str, n_models: int, points: int, blocks: Sequence[str] = ()) -> PathTable:
+    """The t grid and coefficients of a path of `kind` through `n_models` models (for ``bezier``: A, B, then the
+    bend), `points` values of t per curve (per segment for ``chain``), `blocks` the curves of ``layers``."""
+    t = np.linspace(0.0, 1.0, points)
+    if kind == "linear":
+        return PathTable(t, ["0-1"], np.array([[0, 1]]), t[None, :, None].copy())
+    if kind == "bezier":
+        coefficients = np.stack([t * t, 2 * t * (1 - t)], axis=1)[None]  # d_1 = B - A, d_2 = C - A
+        return PathTable(t, ["bezier"], np.array([[0, 1]]), coefficients)
+    if kind == "chain":
+        segments = n_models - 1
+        knots = np.linspace(0.0, 1.0, n_models)
+        local = np.linspace(0.0, 1.0, points)
+        t = np.concatenate([[0.0]] + [knots[s] + (knots[s + 1] - knots[s]) * local[1:] for s in range(segments)])
+        t[-1] = 1.0
+        coefficients = np.zeros((1, len(t), segments))
+        for j in range(len(t)):  # theta = (1 - u) M_s + u M_{s+1}, model m > 0 is direction m - 1
+            s = min(j // (points - 1), segments - 1)
+            u = local[j - s * (points - 1)]
+            if s > 0:
+                coefficients[0, j, s - 1] += 1 - u
+            coefficients[0, j, s] += u
+        return PathTable(t, ["chain"], np.array([[0, n_models - 1]]), coefficients, knots)
+    if kind == "pairs":
+        pairs = [(i, j) for i in range(n_models) for j in range(i + 1, n_models)]
+        coefficients = np.zeros((len(pairs), len(t), n_models - 1))
+        for c, (i, j) in enumerate(pairs):
+            if i > 0:
+                coefficients[c, :, i - 1] += 1 - t
+            coefficients[c, :, j - 1] += t
+        return PathTable(t, [f"{i}-{j}" for i, j in pairs], np.array(pairs), coefficients)
+    if kind == "layers":
+        coefficients = np.zeros((len(blocks), len(t), len(blocks)))
+        for g in range(len(blocks)):
+            coefficients[g, :, g] = t
+        return PathTable(t, list(blocks), np.tile([0, 1], (len(blocks), 1)), coefficients)
+    raise ValueError(kind)
+
+
+def blocks_of(model: nn.Module, keys: Sequence[str], by: str) -> dict[str, list[str]]:
+    """The blocks of a ``layers`` path, in model order: block name -> its state_dict keys among `keys` (the
+    direction space). `by`: ``tensor`` (one block per key) or ``module`` (the tensors a module holds itself,
+    e.g. a conv's weight and bias, a BatchNorm's weight, bias and running statistics)."""
+    if by == "tensor":
+        return {k: [k] for k in keys}
+    out: dict[str, list[str]] = {}
+    for k in keys:
+        module = k.rsplit(".", 1)[0] if "." in k else "(root)"
+        out.setdefault(module, []).append(k)
+    return out
+
+
+def path_directions(kind: str, theta0: Mapping[str, torch.Tensor], others: Sequence[Mapping[str, torch.Tensor]],
+                    keys: Sequence[str], options: Sequence[str], blocks: Mapping[str, list[str]] | None = None
+                    ) -> list[Direction]:
+    """The K directions of a path over the space `keys`: models[k] - theta_0 for every other model (``layers``:
+    B - A cut into `blocks`, zero outside each). `options` name each other model in errors (e.g.
+    ``--checkpoint B.pt``). Raises UserError for a model of another architecture."""
+    for other, option in zip(others, options):
+        check_target(theta0, other, keys, option)
+    if kind == "layers":
+        (b,) = others
+        return [{k: (target_tensor(theta0[k], b[k]) if k in mine else torch.zeros_like(theta0[k])) for k in keys}
+                for mine in map(set, blocks.values())]
+    return [{k: target_tensor(theta0[k], other[k]) for k in keys} for other in others]
+
+
+def check_blocks(blocks: Mapping[str, list[str]], by: str) -> None:
+    if not blocks:
+        raise UserError(f"--blocks {by}: the model has no tensor in the direction space to interpolate")
