@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from conftest import cli, run
-from landscape_mpi.data.datasets import CIFAR_MEAN, CIFAR_STD, decode_images, load_eval_set
 from landscape_mpi.config.errors import UserError
+from landscape_mpi.data.datasets import CIFAR_MEAN, CIFAR_STD, decode_images, load_eval_set
 from landscape_mpi.models import INPUT_SHAPES, ZOO, build_model, load_checkpoint, read_state_dict
 
 
@@ -31,6 +31,50 @@ def test_zoo_architectures():
     assert 3.5 < n["wrn56_2"] / n["resnet56"] < 4.1  # width 2: about 4x the parameters
     dense = build_model("densenet121")
     assert sum(1 for m in dense.modules() if isinstance(m, torch.nn.Conv2d)) == 120  # + the classifier: 121
+
+
+def he_resnet_shapes(stem_in: int, stem: int, widths: tuple, blocks: int, shortcut: bool, kernel: tuple) -> dict:
+    """The state_dict of a 6n+2-layer ResNet (He et al. 2016, projection shortcuts; the reference code's names),
+    written out: key -> shape."""
+    out = {"conv1.weight": (stem, stem_in, *kernel)}
+
+    def bn(prefix, c):
+        out.update({f"{prefix}.weight": (c,), f"{prefix}.bias": (c,), f"{prefix}.running_mean": (c,),
+                    f"{prefix}.running_var": (c,), f"{prefix}.num_batches_tracked": ()})
+
+    bn("bn1", stem)
+    c_in = stem
+    for s, c in enumerate(widths, start=1):
+        for b in range(blocks):
+            p = f"layer{s}.{b}"
+            out[f"{p}.conv1.weight"] = (c, c_in, *kernel)
+            bn(f"{p}.bn1", c)
+            out[f"{p}.conv2.weight"] = (c, c, *kernel)
+            bn(f"{p}.bn2", c)
+            if shortcut and c_in != c:  # the first block of stages 2 and 3 (and of stage 1 when stem != width)
+                out[f"{p}.shortcut.0.weight"] = (c, c_in, *(1,) * len(kernel))
+                bn(f"{p}.shortcut.1", c)
+            c_in = c
+    out.update({"linear.weight": (10, c_in), "linear.bias": (10,)})
+    return out
+
+
+@pytest.mark.parametrize("name, want", [
+    ("resnet20", (3, 16, (16, 32, 64), 3, True, (3, 3))),
+    ("resnet20_noshort", (3, 16, (16, 32, 64), 3, False, (3, 3))),
+    ("wrn56_2", (3, 16, (32, 64, 128), 9, True, (3, 3))),
+    ("resnet2d_8_w4", (1, 32, (32, 64, 128), 1, True, (3, 3))),
+    ("resnet1d_20_noshort_w1", (1, 8, (8, 16, 32), 3, False, (3,))),
+])
+def test_resnet_stages_have_he_et_al_layout(name, want):
+    """The CIFAR ResNets and the small ResNets (one stage builder): every state_dict key and shape as written
+    out from the architecture, stride 2 in the first block of stages 2 and 3 only."""
+    model = build_model(name)
+    assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == he_resnet_shapes(*want)
+    strides = {n: m.stride[0] for n, m in model.named_modules() if n.endswith(".conv1") and n.startswith("layer")}
+    assert {n for n, s in strides.items() if s == 2} == {"layer2.0.conv1", "layer3.0.conv1"}
+    if name == "resnet20":
+        assert sum(p.numel() for p in model.parameters()) == 272474  # He et al.'s 0.27M, option B
 
 
 def test_checkpoint_formats(tmp_path):
@@ -102,7 +146,8 @@ def test_train_and_surface_on_cifar_folder(tmp_path):
     import h5py
 
     with h5py.File(out, "r") as f:
-        assert f["results/done"][()].all() and f["data/train_indices"].shape == (10,) and "test_indices" not in f["data"]
+        assert f["results/done"][()].all() and f["data/train_indices"].shape == (10,)
+        assert "test_indices" not in f["data"]
         np.testing.assert_allclose(f["results/test_loss"][1], saved["test_loss"], rtol=1e-4)
 
 

@@ -6,17 +6,10 @@ Architectures follow Li et al. (2018) and He et al. (2016): 3x32x32 inputs, 10 c
 from __future__ import annotations
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
-from landscape_mpi.models.resnet_small import SmallBlock
-
-
-class BasicBlock(SmallBlock):
-    """The CIFAR ResNet's block: `SmallBlock` over images (the same layers, names and initialization order)."""
-
-    def __init__(self, in_planes: int, planes: int, stride: int, shortcut: bool) -> None:
-        super().__init__(2, in_planes, planes, stride, shortcut)
+from landscape_mpi.models.resnet_small import resnet_stages
 
 
 class CifarResNet(nn.Module):
@@ -30,15 +23,9 @@ class CifarResNet(nn.Module):
         planes = [16 * width, 32 * width, 64 * width]
         self.conv1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(16)
-        layers, in_planes = [], 16
-        for i, p in enumerate(planes):
-            blocks = []
-            for b in range(n):
-                blocks.append(BasicBlock(in_planes, p, 2 if (b == 0 and i > 0) else 1, shortcut))
-                in_planes = p
-            layers.append(nn.Sequential(*blocks))
-        self.layer1, self.layer2, self.layer3 = layers
-        self.linear = nn.Linear(in_planes, num_classes)
+        # the stages are the small ResNets' (models/resnet_small.py), over images, from 16 channels at any width
+        self.layer1, self.layer2, self.layer3 = resnet_stages(2, 16, planes, n, shortcut)
+        self.linear = nn.Linear(planes[-1], num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))

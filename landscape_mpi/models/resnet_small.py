@@ -11,8 +11,8 @@ net without shortcuts is a plain 56-layer convolutional stack, the case the pape
 from __future__ import annotations
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 #: channels of the first stage at width 1 (then x2, x4 in the next stages)
 BASE_CHANNELS = 8
@@ -52,6 +52,20 @@ class SmallBlock(nn.Module):
         return F.relu(out)
 
 
+def resnet_stages(dim: int, in_planes: int, planes: list[int], blocks: int, shortcut: bool) -> list[nn.Sequential]:
+    """The stages of a 6n+2-layer ResNet (this zoo's and the CIFAR nets'): stage i is `blocks` `SmallBlock`s
+    of ``planes[i]`` channels, the first block of every stage but the first with stride 2. Built in this order
+    (so a seeded model draws the same initial weights); state_dict keys ``<stage>.<block>.conv1.weight`` ..."""
+    stages = []
+    for i, p in enumerate(planes):
+        stage = []
+        for b in range(blocks):
+            stage.append(SmallBlock(dim, in_planes, p, 2 if (b == 0 and i > 0) else 1, shortcut))
+            in_planes = p
+        stages.append(nn.Sequential(*stage))
+    return stages
+
+
 class SmallResNet(nn.Module):
     """A 6n+2-layer ResNet over 1D signals (``dim=1``, input N x 1 x L) or 2D images (``dim=2``, N x 1 x H x W).
 
@@ -69,15 +83,8 @@ class SmallResNet(nn.Module):
         planes = [BASE_CHANNELS * width, 2 * BASE_CHANNELS * width, 4 * BASE_CHANNELS * width]
         self.conv1 = conv(in_channels, planes[0], 3, 1, 1, bias=False)
         self.bn1 = bn(planes[0])
-        stages, in_planes = [], planes[0]
-        for i, p in enumerate(planes):
-            blocks = []
-            for b in range(n):
-                blocks.append(SmallBlock(dim, in_planes, p, 2 if (b == 0 and i > 0) else 1, shortcut))
-                in_planes = p
-            stages.append(nn.Sequential(*blocks))
-        self.layer1, self.layer2, self.layer3 = stages
-        self.linear = nn.Linear(in_planes, num_classes)
+        self.layer1, self.layer2, self.layer3 = resnet_stages(dim, planes[0], planes, n, shortcut)
+        self.linear = nn.Linear(planes[-1], num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
