@@ -13,11 +13,11 @@ import torch.nn.functional as F
 
 import landscape_mpi.training.train as train_mod
 from conftest import cli, env, run, wait_for_files
-from landscape_mpi.data.datasets import load_split
 from landscape_mpi.config.errors import UserError
+from landscape_mpi.config.train import TrainConfig
+from landscape_mpi.data.datasets import load_split
 from landscape_mpi.models import INPUT_SHAPES, ZOO, build_model
 from landscape_mpi.models.resnet_small import zoo_entries
-from landscape_mpi.config.train import TrainConfig
 from landscape_mpi.training.train import _augment, train
 
 CPU = torch.device("cpu")
@@ -101,10 +101,10 @@ def test_bad_save_every_iters():
         TrainConfig(model="digits_cnn", out_dir="x", save_every_iters=-1)
 
 
-def _hand_trained(cfg: TrainConfig, lr_of_step, clip: float) -> tuple[dict, int]:
-    """SGD written out: the training's initialization, sample order and data, each step at `lr_of_step(k)`, the
-    gradient scaled to norm `clip` where it is larger (0: never); returns the weights and how many steps were
-    clipped."""
+def _hand_trained(cfg: TrainConfig, lr_of_step, clip: float, loss=F.cross_entropy) -> tuple[dict, int]:
+    """SGD written out: the training's initialization, sample order and data, each step at `lr_of_step(k)` on
+    `loss(model output, labels)`, the gradient scaled to norm `clip` where it is larger (0: never); returns the
+    weights and how many steps were clipped."""
     torch.manual_seed(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
     model = build_model(cfg.model)
@@ -120,7 +120,7 @@ def _hand_trained(cfg: TrainConfig, lr_of_step, clip: float) -> tuple[dict, int]
         for b in range(per_epoch):
             idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
             model.zero_grad(set_to_none=True)
-            F.cross_entropy(model(data.inputs[idx]), data.labels[idx]).backward()
+            loss(model(data.inputs[idx]), data.labels[idx]).backward()
             with torch.no_grad():
                 grads = [p.grad + cfg.weight_decay * p for p in params]
                 norm = torch.sqrt(sum((p.grad.double() ** 2).sum() for p in params))
@@ -152,6 +152,35 @@ def test_warmup_and_clipping_equal_sgd_written_out(tmp_path):
         torch.testing.assert_close(final[name], value, rtol=1e-4, atol=1e-5, msg=name)
     plain, _ = _hand_trained(cfg, lambda k: 0.05 * 0.1 ** (k // 7), 0)
     assert max((plain[n].float() - want[n].float()).abs().max().item() for n in want) > 1e-3
+
+
+def plain_next_token_loss(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """The mean over every predicted token of -log p(the next token), written out (float64): position j of a
+    sequence predicts its token j + 1, the last position predicts nothing."""
+    logp = torch.log_softmax(logits[:, :-1].double(), dim=-1)
+    return -logp.gather(-1, ids[:, 1:, None]).mean()
+
+
+def test_language_model_trains_on_the_mean_next_token_loss(tmp_path):
+    """A text training minimises the lm task's loss: gpt_tiny after 3 SGD steps (48 sequences, batch 16) has
+    the weights of SGD written out on the mean over predicted tokens of -log p(next token); the epoch files'
+    train_loss and train_acc are that loss and the token accuracy over the split, computed here by hand."""
+    cfg = TrainConfig(model="gpt_tiny", dataset="text", out_dir=str(tmp_path / "lm"), samples=48, epochs=1,
+                      batch_size=16, lr=0.5, momentum=0.9, weight_decay=0.0, seed=4)
+    final = state(train(cfg, CPU, quiet=True))
+    want, _ = _hand_trained(cfg, lambda k: 0.5, 0, loss=plain_next_token_loss)
+    for name, value in want.items():
+        torch.testing.assert_close(final["state_dict"][name], value, rtol=1e-4, atol=1e-5, msg=name)
+    start = state(tmp_path / "lm" / "epoch_000.pt")
+    assert max((start["state_dict"][n] - want[n]).abs().max().item() for n in want) > 1e-3  # the steps moved it
+    model = build_model("gpt_tiny").eval()
+    model.load_state_dict(final["state_dict"])
+    ids = train_mod.load_eval_set("text", "train", None, 48, 4).inputs
+    with torch.no_grad():
+        logits = model(ids)
+    hits = (logits[:, :-1].argmax(dim=-1) == ids[:, 1:]).double().mean().item()
+    assert final["train_loss"] == pytest.approx(plain_next_token_loss(logits, ids).item(), rel=1e-5)
+    assert final["train_acc"] == pytest.approx(hits, abs=1e-12)
 
 
 def test_resume_inside_warmup_equals_uninterrupted(tmp_path):
@@ -263,7 +292,8 @@ def test_stop_signal_during_training_resumes_exactly(cli_reference, tmp_path, si
     gate.touch()
     _, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 75, stderr
-    assert f"stopped by {signal.Signals(signum).name} at step {at_step}" in stderr and "rerun the same command" in stderr
+    assert f"stopped by {signal.Signals(signum).name} at step {at_step}" in stderr
+    assert "rerun the same command" in stderr
     assert not (out / "final.pt").exists() and (out / f"stopped_{at_step:07d}.pt").exists()
     p = run(cmd, timeout=300)
     assert f"resuming {out} from" in p.stderr

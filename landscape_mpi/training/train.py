@@ -27,14 +27,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from landscape_mpi.data.datasets import EvalSet, load_eval_set
 from landscape_mpi.config.errors import UserError
 from landscape_mpi.config.train import TrainConfig
-from landscape_mpi.runtime.faults import NO_FAULTS, Faults
-from landscape_mpi.runtime.lifecycle import STOP, StopRequested
+from landscape_mpi.data.datasets import EvalSet, load_eval_set
 from landscape_mpi.engine.evaluate import evaluate
 from landscape_mpi.models import build_model
-from landscape_mpi.tasks.lm import LanguageModelTask
+from landscape_mpi.runtime.faults import NO_FAULTS, Faults
+from landscape_mpi.runtime.lifecycle import STOP, StopRequested
+from landscape_mpi.tasks import Task, make_task
 
 #: TrainConfig fields that never change the weights, so they may differ on resume.
 RESUME_FREE_FIELDS = ("out_dir", "data_root", "save_every_iters")
@@ -66,22 +66,33 @@ def _augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return padded[batch, chan, rows[:, None, :, None], cols[:, None, None, :]]
 
 
-# ------------------------------------------------------------ causal language models (the `text` dataset)
-#: datasets of token sequences: the model is trained on the next-token loss (labels equal the inputs)
+# ------------------------------------------------------------------------ the loss: the task's (tasks/)
+#: datasets of token sequences: the model is trained on the lm task's next-token loss (labels equal the inputs)
 LM_DATASETS = ("text",)
 
 
-def lm_loss(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    """Next-token cross-entropy, the mean over the predicted tokens: ``logits[:, :-1]`` predict ``ids[:, 1:]``
-    (logits (B, T, V), ids (B, T))."""
-    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), ids[:, 1:].flatten())
+def training_task(dataset: str) -> Task:
+    """The task whose loss a training on `dataset` minimises: ``lm`` for token sequences, else ``classify``
+    with cross-entropy, the same objects (and formulas) that a surface or Hessian of the model evaluates."""
+    return make_task("lm" if dataset in LM_DATASETS else "classify", "ce")
 
 
-def lm_evaluate(model: torch.nn.Module, data: EvalSet) -> tuple[float, float]:
-    """(next-token loss, token accuracy) over every predicted token of `data`: the lm task's own evaluation
-    (landscape_mpi/tasks/lm.py), the numbers a surface of the model reports at its centre."""
-    loss, _, token_acc = evaluate(model, data, LanguageModelTask(), batch_size=512)
-    return loss, token_acc
+def batch_loss(task: Task, model: torch.nn.Module, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The task's mean loss over a batch: its loss sum divided by its count (the unit a surface averages over:
+    samples for classify, predicted tokens for lm), a 0-dim tensor to differentiate."""
+    return task.loss_sum(task.forward(model, inputs), inputs, labels) / task.count(inputs, labels)
+
+
+#: Per training task: the evaluation batch size and the metric a checkpoint stores as its accuracy.
+SCORED = {"classify": (1024, "acc"), "lm": (512, "token_acc")}
+
+
+def score(task: Task, model: torch.nn.Module, data: EvalSet) -> tuple[float, float]:
+    """(loss, accuracy) over all of `data` as the task evaluates it (the numbers a surface of the model reports
+    at its centre): classify's accuracy, lm's token accuracy."""
+    batch_size, accuracy = SCORED[task.name]
+    values = dict(zip(task.metrics, evaluate(model, data, task, batch_size=batch_size)))
+    return values["loss"], values[accuracy]
 
 
 # ------------------------------------------------------------------------------------------ training
@@ -194,8 +205,7 @@ def train(cfg: TrainConfig, device: torch.device | None = None, quiet: bool = Fa
     else:
         sched = None
     augment = cfg.augment and cfg.dataset == "cifar10"
-    lm = cfg.dataset in LM_DATASETS
-    loss_fn, score = (lm_loss, lm_evaluate) if lm else (F.cross_entropy, evaluate)  # score: (loss, accuracy)
+    task = training_task(cfg.dataset)
 
     def save(name: str, epochs_done: int, step: int, order: torch.Tensor, next_batch: int, metrics: dict) -> str:
         """Write one checkpoint atomically (temporary file, then rename: a kill never leaves half a file).
@@ -218,8 +228,8 @@ def train(cfg: TrainConfig, device: torch.device | None = None, quiet: bool = Fa
         return path
 
     def measure() -> dict:
-        tl, ta = score(model, train_dev)
-        vl, va = score(model, test_dev)
+        tl, ta = score(task, model, train_dev)
+        vl, va = score(task, model, test_dev)
         return {"train_loss": tl, "train_acc": ta, "test_loss": vl, "test_acc": va}
 
     # Resume from the latest checkpoint, or start from epoch 0 (whose file is the initialization).
@@ -264,7 +274,7 @@ def train(cfg: TrainConfig, device: torch.device | None = None, quiet: bool = Fa
             if augment:
                 xb = _augment(xb, generator)
             opt.zero_grad(set_to_none=True)
-            loss_fn(model(xb), yb).backward()
+            batch_loss(task, model, xb, yb).backward()
             if cfg.clip_grad_norm:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad_norm)
             _step(opt, warmup_factor(cfg, step, steps_per_epoch))
@@ -279,7 +289,8 @@ def train(cfg: TrainConfig, device: torch.device | None = None, quiet: bool = Fa
         metrics = measure()
         path = save(f"epoch_{epoch:03d}.pt", epoch, step, torch.empty(0, dtype=torch.int64), 0, metrics)
         if not quiet:
-            print(f"epoch {epoch:3d}/{cfg.epochs}  train loss {metrics['train_loss']:.4f} acc {metrics['train_acc']:.4f}"
+            print(f"epoch {epoch:3d}/{cfg.epochs}  "
+                  f"train loss {metrics['train_loss']:.4f} acc {metrics['train_acc']:.4f}"
                   f"  test loss {metrics['test_loss']:.4f} acc {metrics['test_acc']:.4f}  "
                   f"({time.perf_counter() - t0:.1f} s)  -> {path}", file=sys.stderr, flush=True)
         epoch, next_batch = epoch + 1, 0
