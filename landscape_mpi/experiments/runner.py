@@ -22,7 +22,6 @@ import dataclasses
 import json
 import math
 import os
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -38,7 +37,7 @@ from landscape_mpi.config.train import TrainConfig
 from landscape_mpi.experiments.definitions import Experiment, HessianStep, SurfaceStep
 from landscape_mpi.files import reader
 from landscape_mpi.models import read_state_dict
-from landscape_mpi.runtime.lifecycle import write_whole
+from landscape_mpi.runtime.lifecycle import launch, write_whole
 from landscape_mpi.training.train import TrainingStopped, finished, train
 
 
@@ -194,7 +193,7 @@ def _run_command(argv: list[str], in_process: Callable[[], int], launcher: Seque
     """``landscape-mpi ARGV`` under `launcher` as a subprocess, or `in_process` inside the guard of a command
     (one-line user errors, exit codes); StepFailed unless it completes."""
     if launcher:
-        code = subprocess.call([*launcher, sys.executable, "-m", "landscape_mpi", *argv])
+        code = launch([*launcher, sys.executable, "-m", "landscape_mpi", *argv])  # the ranks' chosen code
     else:
         from landscape_mpi.runtime.lifecycle import run_main
 

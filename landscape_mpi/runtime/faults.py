@@ -14,6 +14,10 @@ Variables:
 ``LANDSCAPE_MPI_TEST_GATE="STAGE:PATH"``
     every rank that reaches STAGE creates ``PATH.reached.<rank>`` and then waits until PATH exists (the test
     creates it). Lets a test signal or kill a job at an exact moment. (``batch:K:PATH``, ``train_step:K:PATH``.)
+    The coordinator (rank 0) keeps serving the other ranks while it waits (`serve_while_held`), so that a gate
+    inside rank 0's point does not keep the others from getting theirs: every rank can be held inside a point.
+    A held rank that catches a stop signal creates ``PATH.stopped.<rank>`` (holding the signal's name): the event
+    a test waits for before it releases the gate, seen whatever the launcher does with the rank's output.
 ``LANDSCAPE_MPI_TEST_FAIL="R:N"``
     rank R raises after evaluating N points.
 ``LANDSCAPE_MPI_TEST_DELAY="S"`` or ``"S,R:S2"``
@@ -35,9 +39,9 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
-from landscape_mpi.runtime.lifecycle import write_whole
+from landscape_mpi.runtime.lifecycle import STOP, write_whole
 
 FAIL_AT = "LANDSCAPE_MPI_TEST_FAIL_AT"
 GATE = "LANDSCAPE_MPI_TEST_GATE"
@@ -98,6 +102,8 @@ class Faults:
         self.batch_delay = _delay(env.get(BATCH_DELAY, ""), rank)
         #: one point per evaluator call while per-point faults are set
         self.single_points = bool(env.get(DELAY) or env.get(FAIL_POINTS))
+        #: called while this rank waits at the gate (the coordinator's `Master.serve`), or None
+        self._while_held: Callable[[], object] | None = None
 
     @classmethod
     def from_environment(cls, rank: int, environ: Mapping[str, str] | None = None) -> Faults:
@@ -117,8 +123,20 @@ class Faults:
         if self.gate is not None and self.gate[0] == stage:
             path = self.gate[1]
             write_whole(f"{path}.reached.{self.rank}", str(os.getpid()))  # a test that sees the file reads the pid
+            stopped = False
             while not os.path.exists(path):
+                if self._while_held is not None:
+                    self._while_held()
+                if STOP.requested and not stopped:  # the stop signal reached this held rank: a file says so
+                    write_whole(f"{path}.stopped.{self.rank}", STOP.signal_name)
+                    stopped = True
                 time.sleep(0.01)
+
+    def serve_while_held(self, serve: Callable[[], object] | None) -> None:
+        """Call `serve` while this rank waits at the gate (the coordinator serving the other ranks' requests, as
+        it does between its evaluation batches); None: just wait."""
+        if self.enabled:
+            self._while_held = serve
 
     def batch_hooks(self) -> BatchHooks:
         """Fresh per-batch and per-point hooks of this rank (their counters start at 0)."""

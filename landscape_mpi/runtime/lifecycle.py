@@ -23,7 +23,7 @@ import traceback
 from collections.abc import Callable
 from typing import TypeVar
 
-from landscape_mpi.config.errors import EXIT_FAILURE, EXIT_USER_ERROR, UserError
+from landscape_mpi.config.errors import EXIT_FAILURE, EXIT_RESUMABLE, EXIT_USER_ERROR, UserError
 from landscape_mpi.runtime.comm import SELF
 
 T = TypeVar("T")
@@ -59,6 +59,11 @@ class StopFlag:
                 os.write(2, message.encode())
             except OSError:
                 pass
+        if not self.requested:
+            # 75 at once: a launcher that was signalled too may kill this rank before it ends (Open MPI's mpiexec
+            # sends SIGKILL odls_base_sigkill_timeout after its SIGTERM); the file is resumable whenever that
+            # happens, and the code chosen at the end (0, or 1 after a failure) replaces this one
+            note_exit(EXIT_RESUMABLE)
         self.requested = True
         self.signal_name = name
 
@@ -175,6 +180,35 @@ def note_exit(code: int) -> None:
         write_whole(path, f"{code}\n")
     except OSError as exc:
         say(f"landscape-mpi: warning: cannot write the exit code to {EXIT_FILE}={path}: {exc}")
+
+
+def launch(argv: list[str]) -> int:
+    """Run a launcher line (``mpiexec -n 8 ...``, ``srun ...``) and return the exit code its ranks chose whenever
+    the launcher's own is not 0, as jobs/launch.sh does for the job scripts: a launcher that was signalled or
+    ended the ranks returns a code of its own (Open MPI's mpiexec 1, srun 143), not the ranks' 75 or 2.
+
+    The ranks write their code to a file of this launch: beside $LANDSCAPE_MPI_EXIT_FILE when a job script set
+    it (a folder every node sees), else in the temporary folder."""
+    import subprocess
+
+    base = os.environ.get(EXIT_FILE) or os.path.join(tempfile.gettempdir(), "landscape-mpi")
+    path = f"{base}.launch.{os.getpid()}"
+    if os.path.exists(path):
+        os.remove(path)
+    try:
+        code = subprocess.call(argv, env={**os.environ, EXIT_FILE: path})
+        if code != 0:
+            try:
+                with open(path) as f:
+                    chosen = f.read().strip()
+            except OSError:
+                chosen = ""
+            if chosen.isdigit():
+                code = int(chosen)
+        return code
+    finally:
+        if os.path.exists(path):
+            os.remove(path)
 
 
 def abort(message: str, code: int = EXIT_FAILURE) -> None:
