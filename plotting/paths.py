@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 from matplotlib import pyplot as plt
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
 from landscape_mpi.config.plot import PATH_KINDS
 from landscape_mpi.files.path_reader import PathFile, read_path
@@ -53,11 +54,13 @@ def plot_paths(pfs: Sequence[PathFile]) -> Figure:
     fig, (ax, right) = plt.subplots(1, 2, figsize=(10.0, 4.0), sharex=True)
     shown = None
     k = 0
+    handles = []  # the legend: one entry per file and curve (its color), then what the line styles mean
     for pf in pfs:
         for c, curve in enumerate(pf.curves):
             color = f"C{k % 10}"
             k += 1
             label = _name(pf) if len(pf.curves) == 1 else f"{_name(pf)} {curve}"
+            handles.append(Line2D([], [], color=color, label=label))
             for split, style in (("train", "-"), ("test", "--")):
                 if f"{split}_loss" in pf.values:
                     ax.plot(pf.t, pf.values[f"{split}_loss"][c], style, color=color, label=f"{label} {split}")
@@ -76,7 +79,8 @@ def plot_paths(pfs: Sequence[PathFile]) -> Figure:
     right.set_xlabel("t")
     right.set_ylabel("accuracy (%)" if shown == "acc" else f"{shown} (%)" if shown and shown.endswith("acc")
                      else (shown or ""))
-    ax.legend(fontsize=7)
+    handles += [Line2D([], [], color="k", ls="-", label="train"), Line2D([], [], color="k", ls="--", label="test")]
+    fig.legend(handles=handles, fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
     partial = [pf for pf in pfs if not pf.complete]
     title = "values along the path" + (f": {_name(pfs[0])}" if len(pfs) == 1 else "s")
     if partial:
@@ -92,7 +96,9 @@ def plot_barrier_matrix(pf: PathFile, metric: str, measure: str = "interpolation
     m = barrier_matrix(pf, metric, measure)
     n = len(pf.checkpoints)
     fig, ax = plt.subplots(figsize=(1.2 + 0.7 * n, 1.0 + 0.6 * n))
-    image = ax.imshow(np.ma.masked_invalid(m), cmap=CMAP)
+    finite = m[np.isfinite(m)]
+    top = float(finite.max()) if finite.size and finite.max() > 0 else 1.0  # barriers are >= 0: colors from 0
+    image = ax.imshow(np.ma.masked_invalid(m), cmap=CMAP, vmin=0.0, vmax=top)
     names = [os.path.basename(c) for c in pf.checkpoints]
     ax.set_xticks(range(n), names, rotation=45, ha="right", fontsize=7)
     ax.set_yticks(range(n), names, fontsize=7)
@@ -115,6 +121,10 @@ def plot_layer_barriers(pf: PathFile, metric: str, measure: str = "interpolation
     finite = np.isfinite(values)
     y = np.arange(len(names))
     ax.barh(y[finite], values[finite], color="C0")
+    for i in y[finite]:  # the value beside each bar: a zero barrier is a number, not a missing bar
+        ax.text(values[i], i, f" {values[i]:.3g}", va="center", fontsize=7)
+    top = float(values[finite].max()) if finite.any() else 0.0
+    ax.set_xlim(0.0, 1.15 * top if top > 0 else 1.0)
     if not finite.all():
         ax.barh(y[~finite], np.zeros((~finite).sum()), fill=False, hatch="//", label="not finished")
         ax.legend(fontsize=7)

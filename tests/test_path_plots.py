@@ -46,6 +46,7 @@ def test_values_along_t_of_several_paths_on_shared_axes(two_paths):
     acc = {line.get_label(): line for line in acc_ax.get_lines()}
     np.testing.assert_allclose(acc["linear (linear) test"].get_ydata(), 100 * (0.75 - bump(T17, 0, 0, 0.5)))
     assert acc_ax.get_ylabel() == "accuracy (%)"
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == [*names, "train", "test"]
     assert "curve (bezier): 15 of 17 points" in fig._suptitle.get_text()
     plt.close(fig)
 
@@ -87,6 +88,7 @@ def test_layer_wise_barrier_bars(tmp_path):
     ax = fig.axes[0]
     bars = [p for p in ax.patches if p.get_fill()]
     assert [b.get_width() for b in bars] == heights[:2]
+    assert [t.get_text().strip() for t in ax.texts] == ["0.125", "2"]  # each value written beside its bar
     assert [t.get_text() for t in ax.get_yticklabels()] == names
     hatched = [p for p in ax.patches if not p.get_fill()]
     assert len(hatched) == 1 and hatched[0].get_width() == 0 and hatched[0].get_y() + hatched[0].get_height() / 2 == 2
