@@ -59,6 +59,21 @@ def llama(attn: str = "sdpa") -> nn.Module:
     return LlamaForCausalLM(config)
 
 
+class GroupedConv(nn.Module):
+    """A convolution in 4 groups and a depthwise one (2 filters per channel), as in MobileNets and ResNeXts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 8, 3, padding=1)
+        self.grouped = nn.Conv2d(8, 12, 3, padding=1, groups=4)
+        self.depthwise = nn.Conv2d(12, 24, 3, groups=12)
+        self.fc = nn.Linear(24, 10)
+
+    def forward(self, x):
+        h = torch.relu(self.grouped(torch.relu(self.conv1(x))))
+        return self.fc(self.depthwise(h).mean((2, 3)))
+
+
 IMAGES = (4, 1, 8, 8)
 TOKENS = (2, 16)
 #: name -> (model factory, example input shape (float images or int64 token ids), the group sizes the
@@ -71,6 +86,9 @@ ARCHS = {
     # stem+stage 1 share one residual stream (8); stage 2 (16) and 3 (32) streams, each joined by a downsample
     # shortcut; one inner channel group per block (8, 16, 32)
     "resnet2d_8_w1": (lambda: build_model("resnet2d_8_w1"), IMAGES, [8, 8, 16, 16, 32, 32]),
+    # the 4 groups of `grouped` (which move whole, and carry the depthwise filters of their channels along);
+    # `grouped`'s 2 input and 3 output channels within a group; the depthwise layer's 2 filters per channel
+    "grouped_conv": (GroupedConv, IMAGES, [4, 2, 3, 2]),
     # residual stream 64; per block: 2 heads, 32 query/key units and 32 value/output units per head, 256 MLP units
     "gpt_tiny": (lambda: build_model("gpt_tiny"), TOKENS, [64] + 2 * [2, 32, 32, 256]),
     # stream 32; per block: 2 heads, 16 units per head (the fused c_attn projection ties q, k and v), 128 MLP

@@ -349,8 +349,13 @@ class _Tracer(TorchFunctionMode):
         xd, wd = self.get(x), self.get(w)
         k = w.dim() - 2
         fix([a for d in wd[2:] + xd[2:] for a in d])  # kernel windows and positions
-        if groups == 1:
-            unify(xd[1], wd[1])
+        # grouped (and depthwise) convolutions: channels are (group, channel within the group) on both sides;
+        # whole groups move together, and the channels within a group by one permutation shared by all groups
+        x_cut = reshape([xd[1]], (groups, x.shape[1] // groups)) if x.shape[1] % groups == 0 else None
+        w_cut = reshape([wd[0]], (groups, w.shape[0] // groups)) if w.shape[0] % groups == 0 else None
+        if x_cut is not None and w_cut is not None:
+            unify(x_cut[0], w_cut[0])
+            unify(x_cut[1], wd[1])
             out_channels = wd[0]
         else:
             fix([a for d in xd[1:2] + wd[:2] for a in d])
