@@ -1,31 +1,7 @@
 """The Hessian file's writer (numpy and h5py only: no torch); its reader is landscape_mpi/files/reader.py.
 
-Layout (``file_kind = "hessian"``, ``schema_version`` = contract.SCHEMA_VERSION; R rows, one per checkpoint,
-k = --top-k, P = trace probes, S = SLQ runs, T = Lanczos steps, G = density grid points, M = adaptive samples):
-
-    root attributes                   file_kind, schema_version, config (JSON of every setting), created, versions,
-                                      model, task, loss (classify's --loss; another task: its name), splits,
-                                      samples, n_params, n_samples, precision, bn_mode ("eval"),
-                                      eigenvector_convention, rows
-    /checkpoints/path, sha256         strings (R,)
-    /checkpoints/epoch                float64 (R,): the checkpoint's "epoch", else the number in its file name,
-                                      else its index; attribute epoch_source per row (JSON list)
-    /checkpoints/loss                 float64 (R,): the mean loss at the checkpoint
-    /checkpoints/seconds              float64 (R,): wall seconds spent on the row
-    /eigen/values                     float64 (R, k), largest first (ARPACK which='LA'); attrs tol, maxiter, which
-    /eigen/lambda_min                 float64 (R,), smallest algebraic eigenvalue (ARPACK which='SA')
-    /eigen/products_top, products_min int64 (R,): Hessian-vector products spent by each
-    /eigenvectors/row_<r>/<j>/<name>  float64, the eigenvector of eigen/values[r, j] keyed by parameter name
-                                      (j = 0.. --store-vectors - 1); attribute eigenvalue on group <j>
-    /trace/estimate, stderr           float64 (R,) (only with --trace-probes > 0); attrs probes, distribution
-    /trace/samples                    float64 (R, P): z^T H z per probe;  /trace/products int64 (R,)
-    /density/grid, values             float64 (R, G) (only with --slq-runs > 0): phi on each row's own grid
-    /density/nodes, weights           float64 (R, S, T): Ritz values and Gauss weights (NaN/0 where a run stopped)
-    /density/run_means                float64 (R, S): per run v^T H v (mean estimates tr(H)/n)
-    /density/sigma                    float64 (R,): the broadening in eigenvalue units; attrs runs, steps, sigma_rel
-    /density/products                 int64 (R,)
-    /adaptive/sharpness, stderr       float64 (R,) (only with --adaptive-samples > 0); attrs rho, samples, seed
-    /adaptive/values                  float64 (R, M): loss(theta + delta_m) - loss(theta)
+Layout: `contract.HESSIAN_SCHEMA`, the one schema (docs/file-format.md's table is generated from it): R rows, one
+per checkpoint, each analysis a group that is absent when skipped.
 
 The file is written complete under a temporary name, then renamed onto its path: it is never seen half written.
 """

@@ -29,10 +29,9 @@ import h5py
 import numpy as np
 
 from landscape_mpi import __version__
-
-from landscape_mpi.files import contract
-from landscape_mpi.config.surface import SurfaceConfig
 from landscape_mpi.config.errors import UserError
+from landscape_mpi.config.surface import SurfaceConfig
+from landscape_mpi.files import contract
 
 SCHEMA_VERSION = contract.SCHEMA_VERSION
 
