@@ -20,7 +20,7 @@ from landscape_mpi.data.items import EvalSet
 from landscape_mpi.runtime.faults import Faults, InjectedFault
 from landscape_mpi.runtime.lifecycle import STOP
 from landscape_mpi.tasks import ClassifyTask, LanguageModelTask
-from landscape_mpi.training.bend import BendStopped, _TaskCall, curve_loss, load_bend, state_sha256, train_bend
+from landscape_mpi.training.bend import BendStopped, curve_loss, load_bend, state_sha256, train_bend
 
 HIDDEN = 16
 TS = [i / 20 for i in range(21)]
@@ -128,17 +128,17 @@ def test_the_gradient_of_the_curve_loss_matches_finite_differences(kind):
     fixed = {k: v.clone() for k, v in model.state_dict().items() if k not in a}
     data = blobs(64, seed=5)
     x, y = data.inputs.double(), data.labels
-    call, task, t = _TaskCall(model, ClassifyTask()), ClassifyTask(), 0.3 if kind == "bezier" else 0.7
-    loss = curve_loss(call, task, kind, t, a, c, b, fixed, x, y)
+    task, t = ClassifyTask(), 0.3 if kind == "bezier" else 0.7
+    loss = curve_loss(model, task, kind, t, a, c, b, fixed, x, y)
     loss.backward()
     eps = 1e-6
     for key in ("0.weight", "1.weight", "3.bias"):
         for idx in [(0,) * c[key].dim(), tuple(s - 1 for s in c[key].shape)]:
             with torch.no_grad():
                 c[key][idx] += eps
-                up = float(curve_loss(call, task, kind, t, a, c, b, fixed, x, y))
+                up = float(curve_loss(model, task, kind, t, a, c, b, fixed, x, y))
                 c[key][idx] -= 2 * eps
-                down = float(curve_loss(call, task, kind, t, a, c, b, fixed, x, y))
+                down = float(curve_loss(model, task, kind, t, a, c, b, fixed, x, y))
                 c[key][idx] += eps
             assert c[key].grad[idx].item() == pytest.approx((up - down) / (2 * eps), rel=1e-6, abs=1e-9)
     # The chain rule, by a plain model: dL/dC = w_C(t) dL/dtheta at theta(t), BatchNorm in train mode.

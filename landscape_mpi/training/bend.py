@@ -85,12 +85,12 @@ class _TaskCall(nn.Module):
         return self.task.forward(self.model, inputs)
 
 
-def curve_loss(call: nn.Module, task: Task, kind: str, t: float, a: State, c: State, b: State,
+def curve_loss(model: nn.Module, task: Task, kind: str, t: float, a: State, c: State, b: State,
                fixed: State, inputs: Any, labels: torch.Tensor | None) -> torch.Tensor:
-    """The task's mean loss of a batch at theta(t) (`call`: `_TaskCall` of the model; `fixed`: the tensors
-    that are not on the curve, e.g. buffers), differentiable in `c`."""
+    """The task's mean loss of a batch at theta(t), differentiable in `c` (`fixed`: the model's tensors that
+    are not on the curve, e.g. buffers; the model's own tensors are not used or changed)."""
     state = {f"model.{k}": v for k, v in {**fixed, **curve_state(kind, t, a, c, b)}.items()}
-    out = functional_call(call, state, (inputs,))
+    out = functional_call(_TaskCall(model, task), state, (inputs,))
     return task.loss_sum(out, inputs, labels) / task.count(inputs, labels)
 
 
@@ -217,7 +217,6 @@ def train_bend(model: nn.Module, state_a: State, state_b: State, data: EvalSet, 
         torch.save(ck, tmp)
         os.replace(tmp, out)
 
-    call = _TaskCall(model, task)
     scratch = {k: v.to(device).clone() for k, v in fixed.items()}  # BatchNorm writes its statistics here
     last = float("nan")
     while step < steps:
@@ -232,7 +231,7 @@ def train_bend(model: nn.Module, state_a: State, state_b: State, data: EvalSet, 
         idx = order[position * batch_size:(position + 1) * batch_size].to(device)
         inputs, labels = data.select(idx)
         opt.zero_grad(set_to_none=True)
-        loss = curve_loss(call, task, kind, t, a, c, b, scratch, inputs, labels)
+        loss = curve_loss(model, task, kind, t, a, c, b, scratch, inputs, labels)
         loss.backward()
         opt.step()
         step, last = step + 1, float(loss.detach())
