@@ -1,17 +1,7 @@
 """The reader of the path file (root attribute ``file_kind = "path"``): values along a path between checkpoints,
 one row per curve, one column per value of the path parameter t (issue 27; the writer is the path job's).
 
-Layout (every name below is read from here and nowhere else in the package)::
-
-    /coords/t                  float64 (n_t,)   the path parameter of each column; 0 and 1 are columns
-    /path/checkpoints          str (n_models,)  a label per model (a bend is one of them)
-    /path/curves               str (n_curves,)  a label per curve ("0-1" for a pair, a layer name, "chain", ...)
-    /path/endpoints            int64 (n_curves, 2)  indices into /path/checkpoints of each curve's t=0, t=1 model
-    /path/knots                float64 (n_knots,)   chain only: the t of each checkpoint along the chain
-    /path/coefficients         float64 (n_curves, n_t, K)   (not read here: the job's business)
-    /results/<split>_<metric>  float64 (n_curves, n_t), NaN until computed
-    /results/done              uint8 (n_curves, n_t), 1 once the point is durable
-    root attributes            schema_version, config (JSON), metrics (JSON list), path_kind
+Layout: `contract.PATH_SCHEMA`, the one schema (docs/file-format.md#the-path-file is generated from it).
 
 Opened as every file is, through `reader.open_read` (read-only, without file locking: readable while a job
 writes it; a missing, foreign or newer file is a one-line UserError). Imports neither torch nor mpi4py.
@@ -30,10 +20,8 @@ from landscape_mpi.files.reader import NOT_METRICS, open_read
 
 __all__ = ["KIND_PATH", "PATH_KINDS", "PathFile", "read_path"]
 
-#: The root attribute ``file_kind`` of a path file, and its ``path_kind`` values.
-KIND_PATH = "path"
-PATH_KIND_ATTR = "path_kind"
-PATH_KINDS = ("linear", "chain", "bezier", "pairs", "layers")
+#: The root attribute ``file_kind`` of a path file, and its ``path_kind`` values (declared in the contract).
+KIND_PATH, PATH_KIND_ATTR, PATH_KINDS = contract.KIND_PATH, contract.PATH_KIND_ATTR, contract.PATH_KINDS
 
 T = "coords/t"
 CHECKPOINTS = "path/checkpoints"

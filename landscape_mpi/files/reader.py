@@ -41,7 +41,7 @@ StoredDirection = dict[str, np.ndarray]
 _KINDS = {
     contract.KIND_SURFACE: ("surface file", "compute it with landscape-mpi surface"),
     contract.KIND_HESSIAN: ("Hessian file", "compute it with landscape-mpi hessian"),
-    "path": ("path file", "compute it with landscape-mpi path"),
+    contract.KIND_PATH: ("path file", "compute it with landscape-mpi path"),
     None: ("file", "give an HDF5 file"),
 }
 
