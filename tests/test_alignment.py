@@ -74,7 +74,17 @@ class GroupedConv(nn.Module):
         return self.fc(self.depthwise(h).mean((2, 3)))
 
 
+def vit() -> nn.Module:
+    """torchvision's VisionTransformer, 2 blocks of nn.MultiheadAttention (packed q/k/v projection)."""
+    from torchvision.models import VisionTransformer
+
+    torch.manual_seed(0)
+    return VisionTransformer(image_size=8, patch_size=4, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32,
+                             num_classes=10)
+
+
 IMAGES = (4, 1, 8, 8)
+RGB = (2, 3, 8, 8)
 TOKENS = (2, 16)
 #: name -> (model factory, example input shape (float images or int64 token ids), the group sizes the
 #: architecture has, counted by hand from its definition)
@@ -89,6 +99,9 @@ ARCHS = {
     # the 4 groups of `grouped` (which move whole, and carry the depthwise filters of their channels along);
     # `grouped`'s 2 input and 3 output channels within a group; the depthwise layer's 2 filters per channel
     "grouped_conv": (GroupedConv, IMAGES, [4, 2, 3, 2]),
+    # stream 16 (patch embedding, class token, position embedding, every LayerNorm, the head's columns); per
+    # block: 2 heads, 8 units per head (q, k and v alike: one packed projection), 32 MLP units
+    "vit": (vit, RGB, [16] + 2 * [2, 8, 32]),
     # residual stream 64; per block: 2 heads, 32 query/key units and 32 value/output units per head, 256 MLP units
     "gpt_tiny": (lambda: build_model("gpt_tiny"), TOKENS, [64] + 2 * [2, 32, 32, 256]),
     # stream 32; per block: 2 heads, 16 units per head (the fused c_attn projection ties q, k and v), 128 MLP

@@ -92,7 +92,8 @@ CONSTANT = {"zeros_like", "ones_like", "full_like", "empty_like", "rand_like", "
 QUERY = {"size", "dim", "numel", "shape.__get__", "dtype.__get__", "device.__get__", "is_floating_point",
          "stride", "is_contiguous", "element_size", "__len__", "get_device", "requires_grad.__get__",
          "ndim.__get__", "is_cuda.__get__", "layout.__get__", "data_ptr", "nelement", "is_complex",
-         "storage_offset", "__format__", "is_meta.__get__", "grad_fn.__get__"}
+         "storage_offset", "__format__", "is_meta.__get__", "grad_fn.__get__", "is_nested.__get__",
+         "is_sparse.__get__", "is_quantized.__get__", "is_mps.__get__", "is_xpu.__get__", "names.__get__"}
 
 
 class _Tracer(TorchFunctionMode):
@@ -169,7 +170,8 @@ class _Tracer(TorchFunctionMode):
             for t in self.tensors(out):
                 self.fresh(t)
             return True
-        if not isinstance(out, torch.Tensor) and name not in ("split", "chunk", "max", "min"):
+        if not isinstance(out, torch.Tensor) and name not in ("split", "chunk", "max", "min",
+                                                              "multi_head_attention_forward"):
             return False
         x = args[0] if args and isinstance(args[0], torch.Tensor) else None
         if name in UNARY and x is not None:
@@ -265,6 +267,8 @@ class _Tracer(TorchFunctionMode):
             return self.split(name, x, args, kwargs, out)
         if name == "scaled_dot_product_attention":
             return self.attention(args, kwargs, out)
+        if name == "multi_head_attention_forward":
+            return self.packed_attention(args, kwargs, out)
         if name in ("max", "min") and x is not None:  # values and indices: the reduced axis fixed
             dim = _arg(args, kwargs, 1, "dim")
             if dim is not None:
@@ -458,6 +462,35 @@ class _Tracer(TorchFunctionMode):
             scores = torch.empty(q.shape[:-1] + (k.shape[-2],), device="meta")
             self.set(scores, qd[:-1] + [kd[-2]])
             self.elementwise([scores, mask], scores)
+        return True
+
+
+    def packed_attention(self, args, kwargs, out) -> bool:
+        """`nn.MultiheadAttention` (F.multi_head_attention_forward) with its packed in_proj_weight: the rows are
+        (q/k/v, heads, units), q, k and v alike (as GPT-2's fused projection); the output projection reads
+        (heads, units). Separate projections, bias_k/bias_v and zero attention are not understood."""
+        names = ("query", "key", "value", "embed_dim_to_check", "num_heads", "in_proj_weight", "in_proj_bias",
+                 "bias_k", "bias_v", "add_zero_attn", "dropout_p", "out_proj_weight", "out_proj_bias")
+        a = {n: _arg(args, kwargs, i, n) for i, n in enumerate(names)}
+        if (kwargs.get("use_separate_proj_weight") or a["in_proj_weight"] is None or a["bias_k"] is not None
+                or a["add_zero_attn"]):
+            return False
+        heads, w = a["num_heads"], a["in_proj_weight"]
+        cut = reshape([self.get(w)[0]], (3, heads, w.shape[0] // (3 * heads)))
+        if cut is None:
+            return False
+        fix(cut[0])
+        for t in (a["query"], a["key"], a["value"]):
+            unify(self.get(t)[-1], self.get(w)[1])
+        if isinstance(a["in_proj_bias"], torch.Tensor):
+            unify(self.get(a["in_proj_bias"])[0], self.get(w)[0])
+        wo = self.get(a["out_proj_weight"])
+        unify(wo[1], cut[1] + cut[2])
+        if isinstance(a["out_proj_bias"], torch.Tensor):
+            unify(self.get(a["out_proj_bias"])[0], wo[0])
+        self.set(out[0], self.get(a["query"])[:-1] + [wo[0]])
+        if isinstance(out[1], torch.Tensor):
+            self.fresh(out[1])
         return True
 
 
