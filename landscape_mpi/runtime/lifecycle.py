@@ -4,7 +4,9 @@ The rules, which together mean that no rank is ever left waiting for one that fa
 
 1. Stop signals (SIGTERM, SIGINT, SIGUSR1) are caught from the first line of `main` on (`STOP.install()`),
    so a signal during set-up (loading a big checkpoint, say) is remembered, never fatal; the run checks the
-   flag once set-up is done and between evaluation batches.
+   flag once set-up is done and between evaluation batches. The exit code goes to $LANDSCAPE_MPI_EXIT_FILE
+   too (`note_exit`): 75 as soon as a stop signal is caught, then the code chosen at the end, for a job script
+   whose launcher returns a code of its own (jobs/launch.sh).
 2. Every set-up step where one rank can fail alone is an *agree-or-fail* step (`agree`): each rank runs it,
    the ranks exchange their outcome (one allgather), and if any failed, every rank raises the first failure.
    A user error then ends every rank with the same one line and exit code 2.
@@ -72,6 +74,12 @@ class StopFlag:
             for s in self.SIGNALS:
                 self._previous[s] = signal.signal(s, self._handle)
         return self
+
+    def release(self) -> None:
+        """Give the signals back to their previous handlers (the default: a signal ends the process)."""
+        for s, previous in self._previous.items():
+            signal.signal(s, previous)
+        self._previous = {}
 
     def request(self, reason: str) -> None:
         """Ask for a stop from code (the coordinator's STOP message)."""
@@ -236,11 +244,25 @@ def abort_after_grace(comm, code: int) -> None:
     comm.Abort(code)
 
 
+_depth = 0
+
+
 def run_main(body: Callable[[], int]) -> int:
     """The guard around every command: exit codes (also to $LANDSCAPE_MPI_EXIT_FILE, `note_exit`), one-line
-    user errors, abort of multi-rank jobs."""
-    code = _guarded(body)
-    note_exit(code)
+    user errors, abort of multi-rank jobs.
+
+    Once the outermost command has noted its code, the stop signals end the process again: nothing is left to
+    write, and a launcher ending the job (Open MPI's mpiexec after a rank exited non-zero sends SIGTERM, then
+    SIGKILL, to one rank after another) need not wait for a rank that would only go on finalizing MPI."""
+    global _depth
+    _depth += 1
+    try:
+        code = _guarded(body)
+        note_exit(code)
+    finally:
+        _depth -= 1
+    if _depth == 0:
+        STOP.release()
     return code
 
 
