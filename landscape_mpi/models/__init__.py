@@ -93,7 +93,8 @@ def weight_file(path: str, option: str = "--checkpoint") -> str:
         found = f"only a sharded checkpoint ({sharded[0]})" if sharded else "neither"
         raise UserError(f"{option} {path}: a folder without model weights: expected {' or '.join(PRETRAINED_FILES)} "
                         f"(as save_pretrained writes them), found {found}; save with "
-                        f"save_pretrained(path, max_shard_size=...) large enough for one file, or give a state_dict file")
+                        f"save_pretrained(path, max_shard_size=...) large enough for one file, "
+                        f"or give a state_dict file")
     if not os.path.isfile(path):
         raise UserError(f"{option} {path}: no such file; give the path of a saved model (torch.save) or a "
                         f"save_pretrained folder")
