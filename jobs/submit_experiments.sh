@@ -7,7 +7,8 @@
 #   SCALE=small OUT_DIR=findings-small bash jobs/submit_experiments.sh      # the MNIST-1D set as arrays (no data)
 #
 # DATA_ROOT holds cifar-10-batches-py/ (paper scale only); OUT_DIR receives runs/, one folder per experiment and
-# findings.md. SCALE: paper (default), small, quick or tiny.
+# findings.md. SCALE: paper (default), small, quick or tiny. Extra sbatch options: SBATCH_OPTS for every job
+# (e.g. "--partition=gpu --account=abc"), ARRAY_SBATCH_OPTS for the arrays only, REPORT_SBATCH_OPTS for the report.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 SCALE=${SCALE:-paper}
@@ -25,13 +26,16 @@ for name in "${names[@]}"; do
     # width's x1 net is one of the skip experiment's no-shortcut nets (one training folder): train it once.
     after=()
     [ "$name" = width ] && [ -n "${skip_id:-}" ] && after=(--dependency="afterok:$skip_id")
-    id=$(sbatch --parsable "${after[@]}" --array=0-$((n - 1)) --job-name="landscape-$name" "$here/experiment_array.sbatch" \
-        "$name" --scale "$SCALE" "${data[@]}" --out-dir "$OUT_DIR")
+    # shellcheck disable=SC2086  # the options are words
+    id=$(sbatch --parsable ${SBATCH_OPTS:-} ${ARRAY_SBATCH_OPTS:-} "${after[@]}" --array=0-$((n - 1)) \
+        --job-name="landscape-$name" "$here/experiment_array.sbatch" "$name" --scale "$SCALE" "${data[@]}" --out-dir "$OUT_DIR")
     echo "experiment $name: array job $id ($n tasks)"
     [ "$name" = skip ] && skip_id=$id
     ids+=("$id")
 done
 dep=$(IFS=:; echo "${ids[*]}")
-id=$(sbatch --parsable --dependency="afterok:$dep" "$here/experiment_report.sbatch" --out-dir "$OUT_DIR" \
-    --out "$OUT_DIR/findings.md")
+# shellcheck disable=SC2086
+id=$(sbatch --parsable ${SBATCH_OPTS:-} ${REPORT_SBATCH_OPTS:-} --dependency="afterok:$dep" "$here/experiment_report.sbatch" \
+    --out-dir "$OUT_DIR" --out "$OUT_DIR/findings.md")
 echo "report: job $id (after $dep) -> $OUT_DIR/findings.md"
+echo "ARRAY_JOBS=$dep REPORT_JOB=$id"

@@ -17,8 +17,18 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import (BIN, ONE_POINT_AT_A_TIME, ROOT, assert_same_results, cli, env, read_results, run,
-                      wait_for_files, wait_for_text)
+from conftest import (
+    BIN,
+    ONE_POINT_AT_A_TIME,
+    ROOT,
+    assert_same_results,
+    cli,
+    env,
+    read_results,
+    run,
+    wait_for_files,
+    wait_for_text,
+)
 
 pytestmark = pytest.mark.timeout(900)
 SHRINK = ["--ntasks-per-node=2", "--cpus-per-task=1", "--overcommit", "--time=00:20:00"]
@@ -93,21 +103,24 @@ def direct(tmp_path_factory, digits_ckpt):
     return args, out
 
 
-@pytest.mark.parametrize("launcher", [None, "mpirun", "srun --mpi=pmi2 --kill-on-bad-exit=1"])
-def test_surface_job_equals_direct_run_then_exits_at_once(slurm, tmp_path, direct, launcher):
-    """Open MPI under srun (PMIx: the scripts' default launcher) and under mpirun, MPICH under srun (PMI-2)."""
+@pytest.mark.parametrize("script, launcher", [("surface_node.sbatch", None), ("surface_multinode.sbatch", "mpirun"),
+                                              ("surface_node.sbatch", "srun --mpi=pmi2 --kill-on-bad-exit=1")])
+def test_surface_job_equals_direct_run_then_exits_at_once(slurm, tmp_path, direct, script, launcher):
+    """Open MPI under srun (PMIx: the scripts' default launcher) and under mpirun (the several-node script, on one
+    node here), MPICH under srun (PMI-2)."""
     if launcher and "pmi2" in launcher and not (MPICH_BIN / "python").exists():
         pytest.skip("no .venv-mpich (scripts/install.sh makes it)")
     args, ref = direct
     out = tmp_path / "job.h5"
-    jobid = sbatch("surface_node.sbatch", [*args, "--out", str(out)], tmp_path, launcher=launcher)
+    nodes = ["--nodes=1"]  # the several-node script asks for 4: this cluster has one
+    jobid = sbatch(script, [*args, "--out", str(out)], tmp_path, nodes, launcher=launcher)
     wait_job(jobid)
     log = (tmp_path / f"landscape-{jobid}.out").read_text()
     assert "on 2 rank(s)" in log, log
     assert_same_results(ref, out)
     # the same job again on a complete grid: computes nothing, changes nothing
     before = out.read_bytes()
-    again = sbatch("surface_node.sbatch", [*args, "--out", str(out)], tmp_path, launcher=launcher)
+    again = sbatch(script, [*args, "--out", str(out)], tmp_path, nodes, launcher=launcher)
     wait_job(again)
     again_log = (tmp_path / f"landscape-{again}.out").read_text()
     assert "complete: nothing to compute" in again_log and "per-rank summary" not in again_log, again_log
@@ -204,6 +217,93 @@ def test_a_user_error_is_not_requeued_when_srun_returns_a_signal(tmp_path):
     assert p.returncode == 2 and "user error: not requeueing" in p.stdout, p.stdout
     assert not calls.exists()  # no requeue
     assert not list(tmp_path.glob(".landscape-job-7.*"))  # neither an exit file nor a failure count left
+
+
+def test_sigterm_to_every_process_of_a_plain_job_ends_it_with_75(slurm, tmp_path, direct):
+    """What SLURM does on preemption or `scancel`: SIGTERM to the batch shell and to every process of the job
+    (`scancel --full`), srun included. srun, itself sent SIGTERM, SIGKILLs the ranks at once and returns 137;
+    the ranks write 75 as soon as they catch the signal, and jobs/launch.sh (jobs/surface_node.sbatch) ends the
+    job with 75 whichever process was first: resumable, and the resumed file equals the direct run."""
+    args, ref = direct
+    out, gate = tmp_path / "term.h5", tmp_path / "gate"
+    jobid = sbatch("surface_node.sbatch", [*args, "--out", str(out)], tmp_path,
+                   LANDSCAPE_MPI_TEST_GATE=f"mid_run:{gate}", **ONE_POINT_AT_A_TIME)
+    log = tmp_path / f"landscape-{jobid}.out"
+    wait_for_files([f"{gate}.reached.0", f"{gate}.reached.1"])  # both ranks inside the grid
+    subprocess.run(["scancel", "--full", "--signal=TERM", jobid], check=True)
+    wait_for_text(log, r"caught SIGTERM: the ranks finish")  # the batch shell has it
+    gate.touch()  # ranks that outlived srun's SIGKILL go on to their batch boundary
+    info = wait_job(jobid, states=("FAILED", "COMPLETED"))
+    text = log.read_text()
+    assert info["ExitCode"] == "75:0" and "landscape-mpi exited with 75" in text, (info, text)
+    srun = re.search(r"the launcher returned (\d+)", text)  # logged only when it differs from 75
+    print(f"srun --mpi=pmix, every process of the job sent SIGTERM: srun returned {srun.group(1) if srun else 75}")
+    assert not read_results(out)["done"].all()
+    run(cli("surface", *args, "--out", str(out)))
+    assert_same_results(ref, out)
+
+
+def test_launch_helper_takes_the_ranks_code_whenever_the_launcher_fails(tmp_path):
+    """jobs/launch.sh by itself: a launcher that returns anything but 0 gives way to the code the ranks wrote to
+    $LANDSCAPE_MPI_EXIT_FILE (a signalled mpiexec returns 1, srun 143); 0 is trusted; no file or a garbled one
+    keeps the launcher's code; a stop signal before the launch is 75 without launching."""
+    # writes its first argument as the ranks' code (if any), exits with the second; "term" after the code: it
+    # first sends SIGTERM to the script (what SLURM does to the batch shell) and waits until the trap has run
+    fake = tmp_path / "launcher.sh"
+    fake.write_text('#!/bin/bash\n[ -n "$1" ] && echo "$1" > "$LANDSCAPE_MPI_EXIT_FILE"\n'
+                    'echo ran >> launched\nset -- "$1" $2\n'
+                    'if [ "$3" = term ]; then kill -TERM $PPID; trap "exit $2" USR1; while :; do sleep 0.05; done; fi\n'
+                    'exit "$2"\n')
+    fake.chmod(0o755)
+
+    def launch(chosen, launcher_rc, before=""):
+        script = (f'{before}source {ROOT / "jobs" / "launch.sh"}; landscape_launch {fake} "$@"; '
+                  'echo "launcher=$LANDSCAPE_LAUNCHER_RC job=$LANDSCAPE_RC"; exit "$LANDSCAPE_RC"')
+        p = subprocess.run(["bash", "-c", script, "x", chosen, str(launcher_rc)], capture_output=True, text=True,
+                           cwd=tmp_path, env=env(), timeout=60)
+        m = re.search(r"launcher=(\d+) job=(\d+)", p.stdout)
+        assert m and int(m.group(2)) == p.returncode, p.stdout + p.stderr
+        assert not list(tmp_path.glob(".landscape-job-*")), p.stdout  # the exit file is removed
+        return int(m.group(1)), p.returncode, p.stdout
+
+    assert launch("75", 1)[:2] == (1, 75)      # Open MPI's mpiexec, itself signalled
+    assert launch("75", 143)[:2] == (143, 75)  # srun --kill-on-bad-exit ended the others
+    assert launch("2", 143)[:2] == (143, 2)    # a user error
+    assert launch("75", 0)[:2] == (0, 0)       # the launcher's 0 is trusted
+    assert launch("", 137)[:2] == (137, 137)   # killed before any rank chose
+    assert launch("7x", 1)[:2] == (1, 1)       # not a code
+    # the script caught a stop signal during the launch and no rank chose (srun SIGKILLed them): 75, resumable
+    assert launch("", "137 term")[:2] == (137, 75)
+    assert launch("2", "143 term")[:2] == (143, 2)  # a rank's own choice still comes first
+    assert launch("", 137)[:2] == (137, 137)  # no signal: the launcher's code
+    assert "the launcher returned 1; the ranks chose exit 75" in launch("75", 1)[2]
+    ran = (tmp_path / "launched").read_text().count("ran")
+    rc, code, out = launch("0", 0, before='LANDSCAPE_STOP_SIGNAL=SIGTERM; ')  # caught while the script set up
+    assert (rc, code) == (75, 75) and (tmp_path / "launched").read_text().count("ran") == ran, out
+
+
+def test_launch_in_python_takes_the_ranks_code_and_a_signalled_rank_writes_75_at_once(tmp_path):
+    """`lifecycle.launch`, which the experiments runner uses for its --launcher steps, follows jobs/launch.sh's
+    rule; and a rank writes 75 the moment it catches a stop signal, so a launcher that SIGKILLs it afterwards
+    (Open MPI's mpiexec, itself signalled) cannot lose the code."""
+    from landscape_mpi.runtime.lifecycle import EXIT_FILE, launch
+
+    fake = tmp_path / "launcher.sh"
+    fake.write_text('#!/bin/bash\n[ -n "$1" ] && echo "$1" > "$LANDSCAPE_MPI_EXIT_FILE"\nexit "$2"\n')
+    fake.chmod(0o755)
+    assert [launch([str(fake), chosen, rc]) for chosen, rc in (("75", "1"), ("2", "143"), ("75", "0"), ("", "137"))] \
+        == [75, 2, 0, 137]
+    exit_file = tmp_path / "exit"
+    code = ("import os, signal, time\n"
+            "from landscape_mpi.runtime.lifecycle import STOP\n"
+            "STOP.install()\n"
+            "os.kill(os.getpid(), signal.SIGTERM)\n"
+            "time.sleep(0.2)\n"
+            "os._exit(9)  # killed before it could choose a code at the end\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       env=env(**{EXIT_FILE: exit_file}))
+    assert p.returncode == 9 and "caught SIGTERM" in p.stderr, p.stderr
+    assert exit_file.read_text() == "75\n"
 
 
 def _time(info, field) -> float:
