@@ -21,15 +21,15 @@ import torch
 import torch.nn.functional as F
 
 import hessian_toys as toys
-from hessian_toys import exact_hessian
 from conftest import ROOT, cli, env, mpiexec, run
+from hessian_toys import exact_hessian
+from landscape_mpi.cli import main
+from landscape_mpi.config.errors import UserError
 from landscape_mpi.curvature import hessian as hs
 from landscape_mpi.curvature import krylov
-from landscape_mpi.directions.hessian import hessian_directions
-from landscape_mpi.cli import main
 from landscape_mpi.data.datasets import EvalSet
 from landscape_mpi.directions.base import PointSetter, random_direction
-from landscape_mpi.config.errors import UserError
+from landscape_mpi.directions.hessian import hessian_directions
 from landscape_mpi.engine.evaluate import evaluate
 from landscape_mpi.files.reader import read_hessian_file
 
@@ -247,7 +247,8 @@ def test_eig_extremes_at_grid_points(ckpt_dir):
 
 
 def test_second_difference_of_surface_equals_dHd(ckpt_dir):
-    """A fine 1D surface theta* + t d, evaluated by landscape_mpi.engine.evaluate, has second derivative d^T H d at 0."""
+    """A fine 1D surface theta* + t d, evaluated by landscape_mpi.engine.evaluate, has second derivative d^T H d at
+    0."""
     model = model_at(str(ckpt_dir / "epoch_100.pt")).double()
     data = toy_set()
     state = {k: p.detach() for k, p in model.named_parameters()}
@@ -440,9 +441,10 @@ def test_extreme_pair_from_one_krylov_space_matches_separate_runs_and_the_spectr
     for spectrum, joint in [(hessian_like, True)] + [(c, False) for c in clustered]:
         a = (q * spectrum) @ q.T
         exact = np.linalg.eigvalsh(a)
-        lmax, lmin, products = krylov.extreme_pair(lambda v: a @ v, n, 1e-8, 100000)
-        top = krylov.extreme_eigenpairs(lambda v: a @ v, n, 1, "LA", 1e-8, 100000)
-        bottom = krylov.extreme_eigenpairs(lambda v: a @ v, n, 1, "SA", 1e-8, 100000)
+        matvec = a.__matmul__
+        lmax, lmin, products = krylov.extreme_pair(matvec, n, 1e-8, 100000)
+        top = krylov.extreme_eigenpairs(matvec, n, 1, "LA", 1e-8, 100000)
+        bottom = krylov.extreme_eigenpairs(matvec, n, 1, "SA", 1e-8, 100000)
         assert close(lmax, exact[-1], 1e-6) and close(lmin, exact[0], 1e-6), (lmax, lmin, exact[[-1, 0]])
         separate = top.products + bottom.products
         assert (products < separate) if joint else (products > separate), (joint, products, separate)

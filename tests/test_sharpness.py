@@ -15,8 +15,15 @@ from conftest import ROOT, cli, run
 from landscape_mpi.config.errors import UserError
 from landscape_mpi.experiments import report, rules
 from landscape_mpi.experiments.surface_data import read_surface
-from landscape_mpi.numbers.sharpness import (clipped_ratio, format_sharpness, grid_max_rise, median_clipped_ratio,
-                                             quadratic_curvature, sharpness, sharpness_for_info)
+from landscape_mpi.numbers.sharpness import (
+    clipped_ratio,
+    format_sharpness,
+    grid_max_rise,
+    median_clipped_ratio,
+    quadratic_curvature,
+    sharpness,
+    sharpness_for_info,
+)
 
 A, B = 2.0, 0.5
 
@@ -252,7 +259,8 @@ def test_compare_cli_table_json_and_errors(tmp_path):
     assert "max-rise(r=0.25)" in lines[1].split() and "med clip ratio" in lines[1] and "eps(" not in lines[1], lines[1]
     rows = json.loads(run(cli("compare", sharp, flat, "--json", "--radius", "0.3")).stdout)
     assert [r["file"] for r in rows] == [sharp, flat]
-    assert rows[0]["curvature"]["x"]["value"] == pytest.approx(2 * A) and rows[1]["curvature"]["y"]["value"] == pytest.approx(0.2)
+    assert rows[0]["curvature"]["x"]["value"] == pytest.approx(2 * A)
+    assert rows[1]["curvature"]["y"]["value"] == pytest.approx(0.2)
     assert rows[0]["max_rise"]["radius"] == 0.3 and "eps_sharpness" not in rows[0]
     assert rows[0]["max_rise"]["value"] > rows[1]["max_rise"]["value"]
     for args, msg in ((["--metric", "nope"], "no metric 'nope'"), (["--radius", "0.01"], "smaller than the grid step"),
@@ -264,7 +272,8 @@ def test_compare_cli_table_json_and_errors(tmp_path):
 def test_compare_and_sharpness_do_not_import_torch(tmp_path):
     x = np.linspace(-1, 1, 5)
     path = quadratic_file(tmp_path / "q.h5", x, x)
-    code = ("import sys; from landscape_mpi.cli import main; from landscape_mpi.numbers.sharpness import sharpness_for_info; "
+    code = ("import sys; from landscape_mpi.cli import main; "
+            "from landscape_mpi.numbers.sharpness import sharpness_for_info; "
             f"sharpness_for_info({path!r}); rc = main(['compare', {path!r}, '--json']); "
             "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'mpi4py')]; "
             "sys.exit(3 if bad else rc)")

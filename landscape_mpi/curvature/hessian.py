@@ -1,4 +1,5 @@
-"""Hessian of the mean loss: products, eigenvalues, trace, spectral density, average adaptive rise (docs/method.md#hessian).
+"""Hessian of the mean loss: products, eigenvalues, trace, spectral density, average adaptive rise
+(docs/method.md#hessian).
 
 The function whose curvature is measured is exactly the loss a surface point reports (landscape_mpi/engine/evaluate.py):
 the **sample-weighted mean** loss over every sample of the evaluation set(s), ``L(theta) = (1/N) sum_s l_s(theta)``,
@@ -36,13 +37,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from landscape_mpi.config.errors import UserError
+from landscape_mpi.curvature.krylov import Matvec, Pair, extreme_pair_vectors
 from landscape_mpi.data.datasets import EvalSet
 from landscape_mpi.directions.base import PointSetter, filter_dims, random_direction
-from landscape_mpi.config.errors import UserError
+from landscape_mpi.runtime.comm import SELF
 from landscape_mpi.tasks import Task, as_task
 from landscape_mpi.tasks.classify import loss_sum as classify_loss_sum
-from landscape_mpi.curvature.krylov import Matvec, Pair, extreme_pair_vectors
-from landscape_mpi.runtime.comm import SELF
 
 DEFAULT_BATCH_SIZE = 1024
 
@@ -197,7 +198,8 @@ class HessianOperator(DrivenOperator):
         if self.n_samples == 0:
             raise UserError("the evaluation set is empty; check --samples and --splits")
         # What the loss is a mean over (classify: samples; lm: predicted tokens; regress: target elements).
-        self.count = sum(self.task.count(*s.rows(a, a + batch_size)) for s in every for a in range(0, len(s), batch_size))
+        self.count = sum(self.task.count(*s.rows(a, a + batch_size)) for s in every
+                         for a in range(0, len(s), batch_size))
         if self.count == 0:
             raise UserError(f"the evaluation set has nothing to predict for --task {self.task.name}")
         self.products = 0

@@ -31,8 +31,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from landscape_mpi.curvature.hessian import DrivenOperator, ParamSpace
 from landscape_mpi.config.errors import UserError
+from landscape_mpi.curvature.hessian import DrivenOperator, ParamSpace
 from landscape_mpi.data.items import EvalSet, map_inputs
 from landscape_mpi.engine.group import local_rows, member_batches, reshard, shard_units
 from landscape_mpi.tasks import Task, as_task

@@ -20,16 +20,27 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from landscape_mpi.numbers.sharpness import (grid_max_rise, median_clipped_ratio, quadratic_curvature, roughness,
-                                             within_radius)
 from landscape_mpi.config.errors import UserError
 from landscape_mpi.experiments import figures as draw
 from landscape_mpi.experiments import measures, rules
 from landscape_mpi.experiments.definitions import NAMES
 from landscape_mpi.experiments.rules import MEASURES_2D, RADIUS_FRACTION, RANDOM_WALK_TRIALS, TRAIN_LOSS_TARGET, fmt
 from landscape_mpi.experiments.surface_data import SurfaceData, read_hessian_numbers, read_surface
-from landscape_mpi.experiments.verdicts import (EXPLORATORY, batch_verdicts, eig_verdict, skip_verdict,
-                                                trajectory_verdict, width_verdict)
+from landscape_mpi.experiments.verdicts import (
+    EXPLORATORY,
+    batch_verdicts,
+    eig_verdict,
+    skip_verdict,
+    trajectory_verdict,
+    width_verdict,
+)
+from landscape_mpi.numbers.sharpness import (
+    grid_max_rise,
+    median_clipped_ratio,
+    quadratic_curvature,
+    roughness,
+    within_radius,
+)
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> list[str]:
@@ -298,7 +309,8 @@ def skip_section(s: Section) -> None:
     for st, e in eig:
         if e is None or "eig_min" not in e.values or "eig_max" not in e.values:
             continue
-        rec.add(key(st), *seeds(st), {"ratio": nan_if_none(median_clipped_ratio(e.values["eig_min"], e.values["eig_max"])[0])})
+        ratio, _ = median_clipped_ratio(e.values["eig_min"], e.values["eig_max"])
+        rec.add(key(st), *seeds(st), {"ratio": nan_if_none(ratio)})
         if "train_loss" in e.values:
             sp = measures.convexity_split(e.values["train_loss"], *e.coords, e.values["eig_min"], e.values["eig_max"])
             split.add(key(st), *seeds(st), {"nonconvex": sp.nonconvex, "convex": sp.convex,
@@ -363,7 +375,8 @@ def width_section(s: Section) -> None:
     fig = draw.contours(s, [(f"width x{st['role']['width']}, depth {st['role']['depth']}, no short", d)
                             for st, d in chosen], "width_surfaces", "narrow vs wide no-shortcut ResNet")
     if fig:
-        s.lines += [f"Train loss, filter-normalized random directions (shared contour levels); {_seed_caption(t, dseed)}:",
+        s.lines += ["Train loss, filter-normalized random directions (shared contour levels); "
+                    f"{_seed_caption(t, dseed)}:",
                     "", fig, ""]
     labels = lambda w: [f"x{w}", str(depth.get(w, ""))]  # noqa: E731
     cols = ["train_loss", "test_err", "max_loss", "roughness", "non-convex fraction"]
@@ -512,7 +525,8 @@ def interpolation(s: Section, lines: Records, variants: list, wds: list[float]) 
     if fig:
         s.lines += [fig, ""]
     labels = lambda c: [str(c[0]), fmt(c[1])]  # noqa: E731
-    cols = ["train0", "train1", "barrier", "test0", "test1", "acc0", "acc1", "norm_small", "norm_large", "a_min", "a_max"]
+    cols = ["train0", "train1", "barrier", "test0", "test1", "acc0", "acc1", "norm_small", "norm_large", "a_min",
+            "a_max"]
     names = ["train loss a=0", "train loss a=1", "barrier on [0, 1]", "test loss a=0", "test loss a=1",
              "test accuracy a=0", "test accuracy a=1", "weight norm, small batch", "weight norm, large batch",
              "a from", "a to"]
@@ -543,7 +557,8 @@ def trajectory_section(s: Section) -> None:
         wd, t = st["role"]["wd"], st["role"].get("train_seed", 0)
         paths[(wd, t)] = (e1 + e2, walk_q95)
         rec.add(wd, t, None, {"e1": e1, "e2": e2, "e12": e1 + e2, "walk_mean": walk_mean, "walk_q95": walk_q95,
-                              "checkpoints": float(len(x)), "residual": float(np.max(res)) if res.size else float("nan"),
+                              "checkpoints": float(len(x)),
+                              "residual": float(np.max(res)) if res.size else float("nan"),
                               "rel": rel, "train_loss": d.at_center("train_loss")})
     t, _ = s.representative(steps)
     fig = draw.contours(s, [(f"SGD, wd {fmt(st['role']['wd'])}", d) for st, d in

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from landscape_mpi.numbers.sharpness import center_index
 from landscape_mpi.files import contract, reader
+from landscape_mpi.numbers.sharpness import center_index
 
 #: The trajectory datasets the report uses.
 TRAJECTORY_DATASETS = ("x", "y", "epochs", "residual")

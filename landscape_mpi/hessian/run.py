@@ -19,18 +19,18 @@ import time
 
 import torch
 
-from landscape_mpi.curvature import hessian as hs
-from landscape_mpi.curvature import krylov
 from landscape_mpi.config.errors import EXIT_COMPLETE, UserError
 from landscape_mpi.config.hessian import HessianConfig
+from landscape_mpi.curvature import hessian as hs
+from landscape_mpi.curvature import krylov
 from landscape_mpi.data.datasets import EvalSet, load_eval_set, map_inputs
-from landscape_mpi.tasks import make_task
 from landscape_mpi.files import hessian_store
 from landscape_mpi.files.contract import EIGENVECTOR_CONVENTION
 from landscape_mpi.files.store import check_out_path, package_versions
 from landscape_mpi.models import build_model, checkpoint_sha256, load_checkpoint, natural_key
 from landscape_mpi.runtime.groups import close_process_group, place
 from landscape_mpi.runtime.lifecycle import agree
+from landscape_mpi.tasks import make_task
 
 GLOB_CHARS = "*?["
 
@@ -110,7 +110,10 @@ def run_hessian(cfg: HessianConfig, ctx, ranks_per_point: int = 1, group_timeout
             raise UserError(f"--top-k {cfg.top_k}: must be less than the number of parameters ({space.n})")
         data = [load_eval_set(cfg.dataset, s, cfg.data_root, cfg.samples, cfg.seed) for s in cfg.splits]
         # real-valued tensors in the model's dtype (token ids stay integers)
-        data = [EvalSet(d.name, map_inputs(d.inputs, lambda t: t.to(ctx.device, dtype if t.is_floating_point() else None)),
+        def to_device(t: torch.Tensor) -> torch.Tensor:
+            return t.to(ctx.device, dtype if t.is_floating_point() else None)
+
+        data = [EvalSet(d.name, map_inputs(d.inputs, to_device),
                         d.labels.to(ctx.device, dtype if d.labels.is_floating_point() else None)
                         if d.labels is not None else None, d.indices) for d in data]
         return model, space, data
@@ -125,9 +128,9 @@ def run_hessian(cfg: HessianConfig, ctx, ranks_per_point: int = 1, group_timeout
     rows = []
     for index, path in enumerate(paths):
         start = time.perf_counter()
-        def load_row() -> tuple[str, float, str]:
+        def load_row(path: str = path, index: int = index) -> tuple[str, float, str]:
             stored: dict = {}
-            load_checkpoint(model, path, meta=stored)  # names missing / mis-shaped keys if the checkpoint does not fit
+            load_checkpoint(model, path, meta=stored)  # names missing / mis-shaped keys if it does not fit
             return (checkpoint_sha256(path), *checkpoint_epoch(path, index, stored))
 
         sha, epoch, epoch_source = on_every_rank(load_row)
@@ -141,7 +144,7 @@ def run_hessian(cfg: HessianConfig, ctx, ranks_per_point: int = 1, group_timeout
                                                               ctx.device))
         loss = op.mean_loss()
 
-        def task(matvec: krylov.Matvec) -> tuple:
+        def task(matvec: krylov.Matvec, op=op) -> tuple:
             top = krylov.extreme_eigenpairs(matvec, op.n, cfg.top_k, "LA", cfg.tol, cfg.maxiter, cfg.seed)
             bottom = krylov.extreme_eigenpairs(matvec, op.n, 1, "SA", cfg.tol, cfg.maxiter, cfg.seed)
             trace = krylov.hutchinson_trace(matvec, op.n, cfg.trace_probes, cfg.seed + 1) if cfg.trace_probes else None
@@ -171,7 +174,8 @@ def run_hessian(cfg: HessianConfig, ctx, ranks_per_point: int = 1, group_timeout
         products = top.products + bottom.products + (trace.products if trace else 0) + \
             (density.products if density else 0)
         log(f"row {index + 1}/{len(paths)} epoch {epoch:g}: loss {loss:.6g}, lambda_max {top.values[0]:.6g}, "
-            f"lambda_min {row.lambda_min:.6g}" + (f", trace {trace.estimate:.6g} +- {trace.stderr:.2g}" if trace else "")
+            f"lambda_min {row.lambda_min:.6g}"
+            + (f", trace {trace.estimate:.6g} +- {trace.stderr:.2g}" if trace else "")
             + (f", average adaptive rise {adaptive.mean:.4g}" if adaptive else "")
             + f" ({products} Hessian-vector products, {row.seconds:.1f} s)")
 
