@@ -12,9 +12,9 @@ import scipy.stats
 
 from conftest import assert_same_results, cli, mpiexec, run
 from landscape_mpi.config.errors import UserError
-from landscape_mpi.numbers.sharpness import roughness
 from landscape_mpi.experiments import experiment, experiments, measures
 from landscape_mpi.models import ZOO
+from landscape_mpi.numbers.sharpness import roughness
 
 TINY = ("--tiny",)
 
@@ -34,7 +34,8 @@ def test_roughness_of_known_surfaces():
 
 
 def test_nonconvex_fraction():
-    """(The grid max-rise, the curvature and the eigenvalue-ratio summary are shared with info: tests/test_sharpness.py.)"""
+    """(The grid max-rise, the curvature and the eigenvalue-ratio summary are shared with info:
+    tests/test_sharpness.py.)"""
     x = np.linspace(-1, 1, 11)
     X, Y = np.meshgrid(x, x, indexing="ij")
     assert measures.nonconvex_fraction(X**2 + 2 * Y**2, x, x) == 0
