@@ -409,7 +409,9 @@ PLOTTING_MAY_LOAD = {"landscape_mpi", "landscape_mpi.files", "landscape_mpi.file
                      "landscape_mpi.config", "landscape_mpi.config.errors",
                      "landscape_mpi.config.options", "landscape_mpi.config.plot",  # landscape-plot's options
                      # path files: their reader, and the barriers computed from them (torch-free, one place)
-                     "landscape_mpi.files.path_reader", "landscape_mpi.numbers", "landscape_mpi.numbers.barriers"}
+                     "landscape_mpi.files.path_reader", "landscape_mpi.numbers", "landscape_mpi.numbers.barriers",
+                     # the contract's schema names every task's metrics from the surface options (torch-free)
+                     "landscape_mpi.config.surface", "landscape_mpi.config.imports"}
 
 
 def test_plotting_needs_neither_torch_nor_mpi():

@@ -21,9 +21,12 @@ def add_parser(sub) -> None:
 
 
 def cmd_info(a: argparse.Namespace) -> int:
+    from landscape_mpi.files.reader import file_kind
     from landscape_mpi.numbers.summary import describe
 
     o = from_args(InfoOptions, a)
+    if file_kind(o.file) == "path":
+        return path_info(o)
     info = describe(o.file)
     if o.json:
         print(json.dumps(info, indent=2))
@@ -59,3 +62,34 @@ def summary_lines(info: dict) -> list[str]:
             lines.append(f"  sharpness of {metric}:")
             lines += [f"    {line}" for line in format_sharpness(numbers)]
     return lines
+
+
+def path_info(o: InfoOptions) -> int:
+    """A path file: its models, curves and progress, and the barriers of every curve (numbers/barriers.py)."""
+    from dataclasses import asdict
+
+    from landscape_mpi.files.path_reader import read_path
+    from landscape_mpi.numbers.barriers import path_barriers
+
+    pf = read_path(o.file)
+    barriers = path_barriers(pf, partial=True)
+    if o.json:
+        print(json.dumps({"file": pf.path, "kind": pf.kind, "checkpoints": pf.checkpoints, "curves": pf.curves,
+                          "done": pf.n_done, "total": int(pf.done.size), "t": pf.t.tolist(),
+                          "config": pf.config, "path_config": json.loads(pf.attrs.get("path_config", "{}")),
+                          "barriers": [asdict(b) for b in barriers]}, indent=2))
+        return EXIT_COMPLETE
+    c = pf.config
+    print(f"{pf.path}  (path file, {pf.kind})")
+    print(f"  model      {c['model']}  data {c['dataset']}  splits {','.join(c['splits'])}  bn {c['bn']}  "
+          f"space {c['dir_space']}")
+    for i, name in enumerate(pf.checkpoints):
+        print(f"  model {i:<4} {name}")
+    print(f"  grid       {len(pf.curves)} curve(s) x {len(pf.t)} values of t  "
+          f"progress {pf.n_done}/{pf.done.size}" + ("  (complete)" if pf.complete else ""))
+    print(f"  {'curve':<14}{'metric':<12}{'on':<9}{'barrier':>11}{'at t':>7}{'above ends':>12}"
+          f"{'max at t':>9}{'missing':>8}")
+    for b in barriers:
+        print(f"  {b.curve[:13]:<14}{b.metric:<12}{b.on:<9}{b.interpolation:>11.4g}{b.interpolation_t:>7.3f}"
+              f"{b.above_max:>12.4g}{b.max_t:>9.3f}{b.n_missing:>8d}")
+    return EXIT_COMPLETE

@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from landscape_mpi.config.align import Unsupported
 from landscape_mpi.config.errors import UserError
 from landscape_mpi.config.options import check_choices, option
 
@@ -45,8 +46,11 @@ class PathConfig:
                                      "then compute the path through it", group=PATH)
     bend_lr: float = option(0.05, help="learning rate of --train-bend (SGD with momentum 0.9)", group=PATH)
     align: bool = option(False, help="permute the hidden units of every model after the first to match the first "
-                                     "(weight matching, docs/paths.md#neuron-alignment) before the path is made",
+                                     "(weight matching, docs/alignment.md) before the path is made",
                          group=PATH)
+    align_unsupported: Unsupported = option("error", help="--align: an operation the aligner does not understand on "
+                                                          "a hidden axis is an error, or its units are left "
+                                                          "unpermuted (leave)", group=PATH)
     blocks: BlockMap = option("module", help="--kind layers: one curve per module (its own tensors) or per tensor",
                               group=PATH)
 

@@ -131,7 +131,7 @@ class PathFileKind:
 
         example = inputs.data[0].inputs[:2] if not isinstance(inputs.data[0].inputs, dict) else {
             k: v[:2] for k, v in inputs.data[0].inputs.items()}
-        spec = find_groups(inputs.model, example, option="--align")
+        spec = find_groups(inputs.model, example, self.path.align_unsupported, option="--align-unsupported")
         out = []
         hashes = model_hashes(self.path)
         for k, other in enumerate(others, start=1):
