@@ -20,7 +20,8 @@ from landscape_mpi.data.items import EvalSet
 from landscape_mpi.runtime.faults import Faults, InjectedFault
 from landscape_mpi.runtime.lifecycle import STOP
 from landscape_mpi.tasks import ClassifyTask, LanguageModelTask
-from landscape_mpi.training.bend import BendStopped, curve_loss, load_bend, state_sha256, train_bend
+from landscape_mpi.directions.paths import path_table
+from landscape_mpi.training.bend import BendStopped, curve_loss, curve_weights, load_bend, state_sha256, train_bend
 
 HIDDEN = 16
 TS = [i / 20 for i in range(21)]
@@ -116,6 +117,14 @@ def test_zero_steps_leave_the_midpoint_and_the_linear_path(minima, tmp_path):
         with torch.no_grad():
             straight.append(float(F.cross_entropy(model(data.inputs), data.labels)))
     assert linear == pytest.approx(straight, abs=1e-5)
+
+
+def test_the_bend_is_trained_on_the_curve_the_path_job_evaluates():
+    # Bernstein weights (w_A, w_C, w_B) at t = 0, 1/4, 1/2, 3/4, 1 (exact in binary), written out by hand
+    expected = [(1, 0, 0), (9 / 16, 6 / 16, 1 / 16), (1 / 4, 1 / 2, 1 / 4), (1 / 16, 6 / 16, 9 / 16), (0, 0, 1)]
+    assert [curve_weights("bezier", t) for t in (0.0, 0.25, 0.5, 0.75, 1.0)] == expected
+    # the path's coefficients of d_1 = B - A and d_2 = C - A are w_B and w_C
+    assert path_table("bezier", 3, 5).coefficients[0].tolist() == [[w_b, w_c] for _, w_c, w_b in expected]
 
 
 @pytest.mark.parametrize("kind", ["bezier", "chain"])

@@ -50,6 +50,14 @@ class PathTable:
         return len(self.curves), len(self.t)
 
 
+def bezier_weights(t):
+    """(w_A, w_C, w_B): the weights of A, the bend C and B on the quadratic Bezier curve at `t` (a float or an
+    array), theta(t) = w_A A + w_C C + w_B B. They sum to 1, so theta(t) = A + w_B (B - A) + w_C (C - A): w_B
+    and w_C are a ``bezier`` path's coefficients. The one formula of the curve (training/bend.py trains its bend
+    with it)."""
+    return (1 - t) ** 2, 2 * t * (1 - t), t * t
+
+
 def path_table(kind: str, n_models: int, points: int, blocks: Sequence[str] = ()) -> PathTable:
     """The t grid and coefficients of a path of `kind` through `n_models` models (for ``bezier``: A, B, then the
     bend), `points` values of t per curve (per segment for ``chain``), `blocks` the curves of ``layers``."""
@@ -57,7 +65,8 @@ def path_table(kind: str, n_models: int, points: int, blocks: Sequence[str] = ()
     if kind == "linear":
         return PathTable(t, ["0-1"], np.array([[0, 1]]), t[None, :, None].copy())
     if kind == "bezier":
-        coefficients = np.stack([t * t, 2 * t * (1 - t)], axis=1)[None]  # d_1 = B - A, d_2 = C - A
+        _, w_bend, w_b = bezier_weights(t)
+        coefficients = np.stack([w_b, w_bend], axis=1)[None]  # d_1 = B - A, d_2 = C - A
         return PathTable(t, ["bezier"], np.array([[0, 1]]), coefficients)
     if kind == "chain":
         segments = n_models - 1

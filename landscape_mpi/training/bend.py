@@ -35,6 +35,7 @@ from torch.func import functional_call
 from landscape_mpi.config.errors import UserError
 from landscape_mpi.data.datasets import EvalSet
 from landscape_mpi.data.items import first_tensor
+from landscape_mpi.directions.paths import bezier_weights
 from landscape_mpi.runtime.faults import NO_FAULTS, Faults
 from landscape_mpi.runtime.lifecycle import STOP, StopRequested
 from landscape_mpi.tasks.base import Task
@@ -56,7 +57,7 @@ class BendStopped(StopRequested):
 def curve_weights(kind: str, t: float) -> tuple[float, float, float]:
     """(w_A, w_C, w_B) with theta(t) = w_A A + w_C C + w_B B (they sum to 1)."""
     if kind == "bezier":
-        return (1.0 - t) ** 2, 2.0 * t * (1.0 - t), t * t
+        return bezier_weights(t)
     if kind == "chain":
         if t <= CHAIN_KNOT:
             s = t / CHAIN_KNOT
