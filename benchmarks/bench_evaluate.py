@@ -32,7 +32,8 @@ def main() -> None:
     model = build_model(a.model).to(device).eval()
     shape = (1, 8, 8) if ZOO[a.model][1] == "digits" else (3, 32, 32)
     g = torch.Generator().manual_seed(0)
-    data = EvalSet("train", torch.randn(a.samples, *shape, generator=g), torch.randint(0, 10, (a.samples,), generator=g))
+    data = EvalSet("train", torch.randn(a.samples, *shape, generator=g),
+                   torch.randint(0, 10, (a.samples,), generator=g))
     data = data.to(device)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     keys = space_keys(model, "weights")
@@ -47,11 +48,14 @@ def main() -> None:
     evaluate(model, data, "ce", a.batch_size)  # warm-up
     t_set = t_eval = 0.0
     for i in range(a.points):
-        sync(); t0 = time.perf_counter()
+        sync()
+        t0 = time.perf_counter()
         setter.set([0.1 * i, -0.1 * i])
-        sync(); t1 = time.perf_counter()
+        sync()
+        t1 = time.perf_counter()
         evaluate(model, data, "ce", a.batch_size)
-        sync(); t2 = time.perf_counter()
+        sync()
+        t2 = time.perf_counter()
         t_set += t1 - t0
         t_eval += t2 - t1
     n = a.points

@@ -36,9 +36,9 @@ import time
 import numpy as np
 from mpi4py import MPI
 
-from landscape_mpi.runtime import scheduler as sched
-from landscape_mpi.files import reader, store
 from landscape_mpi.config.surface import Axis, SurfaceConfig
+from landscape_mpi.files import reader, store
+from landscape_mpi.runtime import scheduler as sched
 from landscape_mpi.runtime.lifecycle import StopFlag
 
 #: Raw bytes written per point by ResultWriter.write: 4 float64 value columns, done uint8, rank int32,

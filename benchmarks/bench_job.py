@@ -223,13 +223,15 @@ def main() -> None:
             for r in range(a.rounds):
                 h5, npz = os.path.join(work, f"ours{r}.h5"), os.path.join(work, f"naive{r}.npz")
 
+                # B023: both closures run in this same iteration (the loop over step below): r, h5 and npz are current.
                 def run_ours():
-                    ours.append(ours_result(timed(cli([*resnet, "--out", h5]), f"round {r} ours"), h5))
+                    ours.append(ours_result(timed(cli([*resnet, "--out", h5]), f"round {r} ours"), h5))  # noqa: B023
 
                 def run_naive():
-                    run = timed([sys.executable, os.path.abspath(__file__), "naive-job", "--model", "resnet20",
-                                 "--checkpoint", checkpoints["resnet20"], "--out", npz], f"round {r} naive")
-                    z = np.load(npz)
+                    cmd = [sys.executable, os.path.abspath(__file__), "naive-job", "--model", "resnet20",
+                           "--checkpoint", checkpoints["resnet20"], "--out", npz]  # noqa: B023
+                    run = timed(cmd, f"round {r} naive")  # noqa: B023
+                    z = np.load(npz)  # noqa: B023
                     naive.append({**run, **json.loads(run["stdout"].strip().splitlines()[-1]),
                                   "s_per_point": float(np.median(z["seconds"])), "loss": z["loss"]})
 
@@ -249,12 +251,13 @@ def main() -> None:
             print(f"\nResNet-20, 1,000 CIFAR-shaped images per point, 5x5 grid; medians of {a.rounds} interleaved "
                   f"rounds; load average during the runs {min(r['load'] for r in ours + naive):.1f}-"
                   f"{max(r['load'] for r in ours + naive):.1f}\n")
-            print("| job | whole job s (median) | s/point (median) | job speed-up | per-point speed-up | runs (whole job s) |")
+            print("| job | whole job s (median) | s/point (median) | job speed-up | per-point speed-up "
+                  "| runs (whole job s) |")
             print("|---|---|---|---|---|---|")
             print(f"| naive (DataLoader 128, load_state_dict, .item()) | {nw:.1f} | {np_:.3f} | 1.00x | 1.00x | "
                   f"{runs(naive)} |")
-            print(f"| ours (`landscape-mpi surface`, defaults) | {ow:.1f} | {op:.3f} | {nw / ow:.2f}x | {np_ / op:.2f}x | "
-                  f"{runs(ours)} |")
+            print(f"| ours (`landscape-mpi surface`, defaults) | {ow:.1f} | {op:.3f} | {nw / ow:.2f}x "
+                  f"| {np_ / op:.2f}x | {runs(ours)} |")
             print(f"\nlargest relative train-loss difference ours vs naive over all points and rounds: {max(rel):.1e}",
                   flush=True)
 
@@ -277,14 +280,15 @@ def main() -> None:
                     for row in rows[label]:
                         row["rate"] = row["points"] / row["sched_s"]
                         row["job_rate"] = row["points"] / row["wall_s"]
-                out["scaling"][model] = {label: {k: [row[k] for row in rs] for k in ("wall_s", "sched_s", "rate", "job_rate", "load")}
-                                         for label, rs in rows.items()}
+                keys = ("wall_s", "sched_s", "rate", "job_rate", "load")
+                out["scaling"][model] = {label: {k: [row[k] for row in rs] for k in keys} for label, rs in rows.items()}
                 base = median(rows[configs[0][0]], "rate")
                 base_job = median(rows[configs[0][0]], "job_rate")
                 loads = [row["load"] for rs in rows.values() for row in rs]
                 print(f"\n{model}, {points} points, medians of {a.scaling_rounds} rounds (interleaved); load average "
                       f"during the runs {min(loads):.1f}-{max(loads):.1f}\n")
-                print("| ranks x threads | points/s (scheduled run) | vs 1x1 | whole job s | points/s (whole job) | vs 1x1 |")
+                print("| ranks x threads | points/s (scheduled run) | vs 1x1 | whole job s | points/s (whole job) "
+                      "| vs 1x1 |")
                 print("|---|---|---|---|---|---|")
                 for label in rows:
                     rate, job_rate = median(rows[label], "rate"), median(rows[label], "job_rate")

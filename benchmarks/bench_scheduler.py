@@ -18,9 +18,8 @@ import json
 import sys
 import time
 
-from mpi4py import MPI
-
 import numpy as np
+from mpi4py import MPI
 
 from landscape_mpi.runtime import scheduler as sched
 from landscape_mpi.runtime.lifecycle import StopFlag

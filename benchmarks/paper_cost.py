@@ -97,8 +97,8 @@ def main() -> None:
     p.add_argument("--tflops", type=float, default=50.0, help="sustained rate, TFLOP/s per GPU (an assumption)")
     a = p.parse_args()
     hours = lambda f: f / (a.tflops * 1e12) / 3600  # noqa: E731
-    print(f"| experiment ({a.scale}) | trainings | surfaces | training GPU-h | loss surfaces GPU-h | eigenvalue maps GPU-h "
-          f"| Hessian steps GPU-h | total GPU-h |")
+    print(f"| experiment ({a.scale}) | trainings | surfaces | training GPU-h | loss surfaces GPU-h "
+          f"| eigenvalue maps GPU-h | Hessian steps GPU-h | total GPU-h |")
     print("|---|---|---|---|---|---|---|---|")
     total = 0.0
     for name, runs, surfaces, train, surf, eig, hess in costs(a.scale):
