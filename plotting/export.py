@@ -69,7 +69,8 @@ def write_vtp(surface: Surface, metric: str, path: str, log: bool = False, zmax:
     connectivity = np.array(quads, dtype=np.int64).ravel()
     offsets = 4 * np.arange(1, len(quads) + 1)
     with open(path, "w") as f:
-        f.write('<?xml version="1.0"?>\n<VTKFile type="PolyData" version="0.1" byte_order="LittleEndian" header_type="UInt32">\n'
+        f.write('<?xml version="1.0"?>\n'
+                '<VTKFile type="PolyData" version="0.1" byte_order="LittleEndian" header_type="UInt32">\n'
                 '<PolyData>\n'
                 f'<Piece NumberOfPoints="{len(points)}" NumberOfVerts="0" NumberOfLines="0" NumberOfStrips="0" '
                 f'NumberOfPolys="{len(quads)}">\n'
@@ -98,7 +99,8 @@ def write_vti(surface: Surface, path: str, metrics: list[str] | None = None) -> 
         # VTK orders image points with x fastest; the file's arrays are C-ordered [i, j, k] (k fastest).
         arrays.append(_array(v.transpose(2, 1, 0), "f8", m))
     with open(path, "w") as f:
-        f.write('<?xml version="1.0"?>\n<VTKFile type="ImageData" version="0.1" byte_order="LittleEndian" header_type="UInt32">\n'
+        f.write('<?xml version="1.0"?>\n'
+                '<VTKFile type="ImageData" version="0.1" byte_order="LittleEndian" header_type="UInt32">\n'
                 f'<ImageData WholeExtent="{extent}" Origin="{" ".join(map(repr, origin))}" '
                 f'Spacing="{" ".join(map(repr, spacing))}">\n'
                 f'<Piece Extent="{extent}">\n<PointData Scalars="{metrics[0]}">\n' + "\n".join(arrays) +

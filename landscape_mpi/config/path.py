@@ -90,5 +90,5 @@ LOCATION_FIELDS = ("checkpoints", "bend", "train_bend", "bend_lr")
 
 def path_config_diff(stored: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
     """``field: file has A, command asks B`` for every field (but the files' names) that differs."""
-    return [f"{k}: file has {stored.get(k)!r}, command asks {wanted.get(k)!r}" for k in sorted(set(stored) | set(wanted))
-            if k not in LOCATION_FIELDS and stored.get(k) != wanted.get(k)]
+    return [f"{k}: file has {stored.get(k)!r}, command asks {wanted.get(k)!r}"
+            for k in sorted(set(stored) | set(wanted)) if k not in LOCATION_FIELDS and stored.get(k) != wanted.get(k)]

@@ -19,8 +19,18 @@ import torch
 
 from landscape_mpi.config.errors import UserError
 from landscape_mpi.data.items import (  # noqa: F401  (re-exported: the split types live in items)
-    LABEL_KEYS, CompactImages, EvalSet, Inputs, collate, collate_user_items, decode_images, first_tensor, map_inputs,
-    open_user_dataset, subset_indices)
+    LABEL_KEYS,
+    CompactImages,
+    EvalSet,
+    Inputs,
+    collate,
+    collate_user_items,
+    decode_images,
+    first_tensor,
+    map_inputs,
+    open_user_dataset,
+    subset_indices,
+)
 from landscape_mpi.data.stream import open_streamed
 
 CIFAR_FOLDER = "cifar-10-batches-py"
@@ -56,7 +66,8 @@ def _load(dataset: str, split: str, data_root: str | None) -> tuple[Inputs, torc
         return (*text_split(split), None)
     if ":" in dataset:
         return (*_user_dataset(dataset, split), None)
-    raise UserError(f"--dataset {dataset}: unknown dataset; choose digits, mnist1d, cifar10, text or package.module:factory")
+    raise UserError(f"--dataset {dataset}: unknown dataset; choose digits, mnist1d, cifar10, text or "
+                    "package.module:factory")
 
 
 def load_eval_set(dataset: str, split: str, data_root: str | None, samples: int | None, seed: int,
@@ -185,7 +196,8 @@ def _cifar10(split: str, root: str | None) -> tuple[torch.Tensor, torch.Tensor, 
     try:
         ds = LocalCIFAR10(root, train=(split == "train"), download=False)
     except Exception as exc:
-        raise UserError(f"--data-root {root}: cannot read CIFAR-10 ({exc}); re-extract cifar-10-python.tar.gz there") from None
+        raise UserError(f"--data-root {root}: cannot read CIFAR-10 ({exc}); "
+                        "re-extract cifar-10-python.tar.gz there") from None
     raw = torch.from_numpy(np.ascontiguousarray(ds.data)).permute(0, 3, 1, 2).contiguous()
     compact = CompactImages(raw, torch.tensor(CIFAR_MEAN).view(1, 3, 1, 1), torch.tensor(CIFAR_STD).view(1, 3, 1, 1))
     x = decode_images(raw, compact.mean, compact.std)

@@ -1,4 +1,5 @@
-"""Directions from a Hessian file: the top eigenvectors written by `landscape-mpi hessian` (docs/method.md#directions)."""
+"""Directions from a Hessian file: the top eigenvectors written by `landscape-mpi hessian`
+(docs/method.md#directions)."""
 
 from __future__ import annotations
 

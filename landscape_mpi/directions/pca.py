@@ -119,7 +119,8 @@ def _exact(m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int, float]:
     return s[:2], vh[:2], 0, float(torch.finfo(m.dtype).eps)
 
 
-def _randomized(m: torch.Tensor, tol: float, max_iters: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, int, float]:
+def _randomized(m: torch.Tensor, tol: float, max_iters: int,
+                seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, int, float]:
     """Top two singular triplets by randomized subspace iteration (Halko, Martinsson, Tropp 2011, alg. 4.4):
     a seeded Gaussian start, re-orthonormalized every step, stopped when the top two singular values change
     by less than `tol` relative. Only products with `m` and `m.T` are formed: no n x n or p x p matrix."""
@@ -131,7 +132,7 @@ def _randomized(m: torch.Tensor, tol: float, max_iters: int, seed: int = 0) -> t
     prev = None
     change = float("inf")
     it = 0
-    for it in range(1, max_iters + 1):
+    for it in range(1, max_iters + 1):  # noqa: B007  (the count of iterations run is returned)
         y = torch.linalg.qr(m @ basis).Q  # (n, q)
         basis = torch.linalg.qr(m.T @ y).Q  # (p, q)
         s = torch.linalg.svdvals(m @ basis)[:2].double()

@@ -9,9 +9,18 @@ import torch
 from torch import nn
 
 from landscape_mpi.config.errors import UserError
-from landscape_mpi.directions.base import (Direction, StreamedDirection, check_running_var, check_target,
-                                           filter_dims, random_direction, random_tensor, space_keys,
-                                           target_direction, target_tensor)
+from landscape_mpi.directions.base import (
+    Direction,
+    StreamedDirection,
+    check_running_var,
+    check_target,
+    filter_dims,
+    random_direction,
+    random_tensor,
+    space_keys,
+    target_direction,
+    target_tensor,
+)
 from landscape_mpi.directions.hessian import hessian_directions
 from landscape_mpi.directions.pca import pca_from_files
 from landscape_mpi.directions.reference import read_reference_directions

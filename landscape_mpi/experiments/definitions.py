@@ -1,4 +1,5 @@
-"""The paper's findings (docs/method.md#the-papers-claims) as experiments: which models to train and which surfaces to compute.
+"""The paper's findings (docs/method.md#the-papers-claims) as experiments: which models to train and which surfaces
+to compute.
 
 An experiment is data, not code: training runs (`TrainRun`, shared between experiments by name, so the
 depth-56 no-shortcut net of the skip experiment is also the width experiment's x1 net), surface steps
@@ -231,10 +232,11 @@ SCALE_SETTINGS: dict[str, Scale] = {
     # ended at train loss 0.98 and the x4 at 0.49; at lr 0.005 for 200 epochs the x1 net ended at 0.040 on
     # training seed 11 but 0.35 on seed 12 (test accuracy 72%). With them, seed 12: 0.24 after 60 epochs, 0.050
     # after 150 (test accuracy 93%). The x4 net and the other seeds are checked by the confirmatory run (the
-    # report says per model whether it reached the target: all did). Batch 32 vs 512 (ratio 16): the equal-steps large-batch nets
-    # train 960 epochs (about 5 minutes each), the scaled-rate ones use lr 0.32 (a probe at seed 11: train loss
-    # 0.002, test accuracy 98%, after a loss spike in the first epochs; no warm-up, as fixed before the run). 3 x 3 seeds:
-    # about 6 h of wall time on 2 cores, measured over nine sittings (docs/reproducing.md#time-on-this-machine).
+    # report says per model whether it reached the target: all did). Batch 32 vs 512 (ratio 16): the equal-steps
+    # large-batch nets train 960 epochs (about 5 minutes each), the scaled-rate ones use lr 0.32 (a probe at seed 11:
+    # train loss 0.002, test accuracy 98%, after a loss spike in the first epochs; no warm-up, as fixed before the
+    # run). 3 x 3 seeds: about 6 h of wall time on 2 cores, measured over nine sittings
+    # (docs/reproducing.md#time-on-this-machine).
     "small": Scale("mnist1d", "resnet1d", (8, 20, 56), 60, "-1:1:21", "-1:1:41", "-0.1:0.1:41", "-1:1:7", 1000, 256,
                    32, 512, 0.02, 4, train_seeds=SEEDS, direction_seeds=DIRECTION_SEEDS,
                    hard=(("epochs", 150), ("warmup_epochs", 5), ("clip_grad_norm", 5.0))),
@@ -315,7 +317,8 @@ def skip(scale: str) -> Experiment:
                 stem = f"d{depth}_{'short' if shortcut else 'noshort'}"
                 for d in s.direction_seeds:
                     role = {"depth": depth, "shortcut": shortcut, "train_seed": t, "direction_seed": d}
-                    surfaces.append(SurfaceStep(stem + _seeds(t, d), r.name, {**_plane(s.grid2d), **_common(s, s.samples, d)},
+                    surfaces.append(SurfaceStep(stem + _seeds(t, d), r.name,
+                                                {**_plane(s.grid2d), **_common(s, s.samples, d)},
                                                 role={"kind": "loss2d", **role}))
                 for d in s.eig_direction_seeds or s.direction_seeds:
                     role = {"depth": depth, "shortcut": shortcut, "train_seed": t, "direction_seed": d}

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from landscape_mpi.experiments.surface_data import SurfaceData
 from landscape_mpi.experiments.rules import fmt
+from landscape_mpi.experiments.surface_data import SurfaceData
 
 
 def contours(section, panels: list[tuple[str, SurfaceData | None]], stem: str, alt: str,

@@ -115,13 +115,15 @@ def _chaos_rules() -> list[Rule]:
                         "two conditions, twice: a = the deepest no-shortcut net, b = the deepest net with shortcuts; "
                         "and a = the deepest no-shortcut net, b = the shallowest no-shortcut net. " + TWO,
                         TWO_THRESHOLD.format(ratio=f" and mean(a) >= {ROUGHER:g} x mean(b)") +
-                        " The claim is reproduced iff both comparisons are, not reproduced iff either is not.", note=note))
+                        " The claim is reproduced iff both comparisons are, not reproduced iff either is not.",
+                        note=note))
     for m, (measure, note) in CHAOS.items():
         out.append(Rule(f"eig/{m}", f"|lambda_min/lambda_max| is larger where the landscape is chaotic ({m})",
                         f"{measure[:-1]}, against the median over the eigenvalue map's points of abs(eig_min/eig_max) "
                         "clipped to [0, 1], over the skip experiment's conditions.", CORR, CORR_THRESHOLD,
                         note=(note + " " if note else "") + f"The median clipped ratio replaced the unclipped mean in "
-                        f"commit {MEDIAN_RATIO_COMMIT}, after the first results; version 2 pre-registers it. " + CORR_WHY))
+                        f"commit {MEDIAN_RATIO_COMMIT}, after the first results; version 2 pre-registers it. "
+                        + CORR_WHY))
     for m, (measure, note) in CHAOS.items():
         out.append(Rule(f"width/{m}", f"Wider networks are smoother ({m})", measure,
                         "two conditions: a = the narrow (x1) net, b = the wide net. " + TWO,
@@ -204,7 +206,8 @@ def two_conditions(a: Mapping[int, float], b: Mapping[int, float], ratio: float 
               f"seeds), difference {fmt(diff)}, {SPREAD:g} x pooled sd {fmt(SPREAD * sp)}, {names[0]} larger in "
               f"{wins} of {n} seeds")
     if ratio is not None:
-        detail += f", ratio of means {fmt(float(x.mean() / y.mean())) if y.mean() != 0 else 'n/a'} (threshold {ratio:g})"
+        mean_ratio = fmt(float(x.mean() / y.mean())) if y.mean() != 0 else "n/a"
+        detail += f", ratio of means {mean_ratio} (threshold {ratio:g})"
     if n < MIN_SEEDS:
         return Outcome(INCONCLUSIVE, f"fewer than {MIN_SEEDS} training seeds: {detail}.")
     if diff <= 0:

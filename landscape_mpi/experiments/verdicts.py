@@ -108,8 +108,8 @@ def batch_verdicts(s, rise: PerSeed, rise_none: PerSeed, err: Mapping[object, fl
         for wd in wds:
             small, large = (None, wd, False), (v, wd, True)
             o = rules.two_conditions(rise.get(large, {}), rise.get(small, {}), None, ("large", "small"))
-            _say(s, f"Large-batch minima are sharper (filter-normalized; {v} variant, wd {fmt(wd)})", "batch/sharper", o,
-                 rules.training_gate(_models(loss, [small, large], _batch_name), target=True))
+            _say(s, f"Large-batch minima are sharper (filter-normalized; {v} variant, wd {fmt(wd)})", "batch/sharper",
+                 o, rules.training_gate(_models(loss, [small, large], _batch_name), target=True))
     means = {k: float(np.mean(list(vals.values()))) for k, vals in rise.items() if vals}
     o = rules.correlation(means, err, seeds, ("filter-normalized grid max-rise", "test error"))
     o = Outcome(o.verdict, o.reason[:-1] + f"; per model (not a test): rho {fmt(unit_rho)}.")
