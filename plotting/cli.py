@@ -141,16 +141,22 @@ def main(argv: list[str] | None = None) -> int:
         for path in hessian_files:
             for made in draw_hessian_file(path, out_dir, a):
                 _print(made)
-        if path_files:  # plotting.paths: values along t, barrier matrix, layer-wise barriers
-            path_kinds = [k for k in a.kind if k in PATH_KINDS]
+        plane = "plane_path" in a.kind  # path files drawn on a surface through their models
+        path_kinds = [k for k in a.kind if k in PATH_KINDS and k != "plane_path"]
+        if path_files and (path_kinds or not plane):  # plotting.paths: values along t, barriers
             for made in paths.draw_path_files(path_files, path_kinds, out_dir, a.metric, a.format, a.dpi):
                 _print(made)
-        if not surface_files:
+        if plane:
+            planes = [read_surface(p, metrics=(a.metric,)) for p in surface_files]
+            for made in paths.draw_plane_paths(planes, path_files, a, out_dir, use_log(planes, "contour", a)):
+                _print(made)
+        surface_kinds = [k for k in a.kind if k not in PATH_KINDS]
+        if not surface_files or (plane and not surface_kinds):
             return 0
         surfaces = [read_surface(p, metrics=()) for p in surface_files]  # header and done mask only
         if len({s.ndim for s in surfaces}) > 1:
             raise PlotError("the files mix 1D, 2D and 3D grids; give files of one kind")
-        kinds = [k for k in a.kind if k not in PATH_KINDS] or default_kinds(surfaces)
+        kinds = surface_kinds or default_kinds(surfaces)
         if not kinds:
             raise PlotError("nothing to draw for these files; choose --kind")
         for s in surfaces:

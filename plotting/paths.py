@@ -1,8 +1,9 @@
 """Figures of path files (values along paths between models; landscape_mpi/files/path_reader.py), from the files
 alone: the values along t of several paths on shared axes (linear vs aligned vs curve), the barrier matrix of a
-``pairs`` file as a heat map, and the layer-wise barriers of a ``layers`` file as bars. The barriers are the
-files layer's numbers (landscape_mpi/numbers/barriers.py; docs/barriers.md). Points not computed yet are gaps
-in the lines; a pair or layer with points missing is left blank (matrix) or hatched at 0 (bars).
+``pairs`` file as a heat map, the layer-wise barriers of a ``layers`` file as bars, and a path's curve drawn on
+the contours of a surface file computed on the plane through its models (Garipov et al.'s figure). The barriers
+are the files layer's numbers (landscape_mpi/numbers/barriers.py; docs/barriers.md). Points not computed yet are
+gaps in the lines; a pair or layer with points missing is left blank (matrix) or hatched at 0 (bars).
 """
 
 from __future__ import annotations
@@ -15,14 +16,16 @@ from matplotlib import pyplot as plt
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from landscape_mpi.config.plot import PATH_KINDS
+from landscape_mpi.config.plot import PATH_KINDS, PlotOptions
 from landscape_mpi.files.path_reader import PathFile, read_path
 from landscape_mpi.numbers.barriers import barrier_label, barrier_matrix, layer_barriers
-from plotting.figures import CMAP, save, second_metric
-from plotting.reader import PlotError
+from plotting.figures import CMAP, levels_for, plot_contour, save, second_metric
+from plotting.fill import fill_missing
+from plotting.reader import PlotError, Surface
 
 __all__ = ["PATH_KINDS", "default_kinds", "plot_paths", "plot_barrier_matrix", "plot_layer_barriers",
-           "draw_path_files"]
+           "draw_path_files", "PLANE_MODELS", "plane_coordinates", "curve_on_plane", "plot_plane_path",
+           "draw_plane_paths"]
 
 
 def _name(pf: PathFile) -> str:
@@ -158,4 +161,104 @@ def draw_path_files(paths: Sequence[str], kinds: Sequence[str] | None, out_dir: 
         for pf in chosen:
             stem = os.path.splitext(os.path.basename(pf.path))[0]
             written.append(save(plot(pf, metric, measure), os.path.join(out_dir, f"{stem}_{kind}.{fmt}"), dpi))
+    return written
+
+
+# ------------------------------------------------------------------------------- a path on a plane of models
+#: The surface's models and where they sit on its plane theta* + x (x_target - theta*) + y (y_target - theta*)
+#: (`landscape-mpi surface --checkpoint A --x-target B --y-target C`): file attribute, name, (x, y).
+PLANE_MODELS = (("checkpoint", "A", (0.0, 0.0)), ("x_target", "B", (1.0, 0.0)), ("y_target", "C", (0.0, 1.0)))
+
+
+def _short_hash(h: object) -> str:
+    return f"{str(h)[:12]}..." if h else "none recorded"
+
+
+def plane_coordinates(surface: Surface, pf: PathFile) -> np.ndarray:
+    """(n_models, 2): where each model of `pf` sits on the plane of `surface`, found by sha256 (the path file's
+    ``model_<i>_sha256`` among the surface's ``checkpoint``, ``x_target`` and ``y_target`` hashes). Raises
+    PlotError, one line, for a path whose models are not all among the surface's, or that leaves the plane
+    (``layers``; ``--align``, which permuted the models after they were hashed)."""
+    if pf.kind == "layers":
+        raise PlotError(f"{pf.path}: a layers path moves one block at a time, off the plane of the models; "
+                        f"--kind plane_path draws linear, chain, bezier and pairs path files")
+    if pf.attrs.get("alignment"):
+        raise PlotError(f"{pf.path}: its models were permuted (--align), so its curve is not on the plane of the "
+                        f"checkpoints; draw a path computed without --align")
+    hashes = {name: surface.attrs.get(f"{name}_sha256") for name, _, _ in PLANE_MODELS}
+    where = {hashes[name]: xy for name, _, xy in PLANE_MODELS if hashes[name]}
+    out = []
+    for i, label in enumerate(pf.checkpoints):
+        h = pf.attrs.get(f"model_{i}_sha256")
+        if h not in where:
+            raise PlotError(f"{pf.path}: its model {i} ({os.path.basename(label)}, sha256 {_short_hash(h)}) is none "
+                            f"of {surface.path}'s --checkpoint, --x-target, --y-target; compute the surface with "
+                            f"--checkpoint A --x-target B --y-target C of the path's models")
+        out.append(where[h])
+    return np.array(out, dtype=np.float64)
+
+
+def curve_on_plane(pf: PathFile, at: np.ndarray) -> np.ndarray:
+    """(n_curves, n_t, 2): the plane coordinates of every point of every curve of `pf`, its models at `at`
+    (`plane_coordinates`): theta = M_0 + sum_k c_k (M_k - M_0) is at at[0] + sum_k c_k (at[k] - at[0]), with the
+    file's own coefficients c_k (for a bezier path on the plane through A, B and its bend: (c_1, c_2) = (t^2,
+    2t(1 - t)) as they are)."""
+    return at[0] + pf.coefficients @ (at[1:] - at[0])
+
+
+def plot_plane_path(surface: Surface, pfs: Sequence[PathFile], metric: str, levels: np.ndarray,
+                    log: bool = False) -> Figure:
+    """The contours of `surface` (a 2D surface on the plane through A, B and C) with the curves of the path
+    files `pfs` drawn on them, the straight line between each curve's ends (the linear path), and the models
+    marked and named (Garipov et al. 2018, their figure of a trained curve)."""
+    at = [plane_coordinates(surface, pf) for pf in pfs]  # every file checked before anything is drawn
+    fig = plot_contour(surface, metric, levels, log)
+    ax = fig.axes[0]
+    linear: set[tuple] = set()
+    n = 0  # curves drawn so far: the first crimson, the others the color cycle's
+    for pf, xy in zip(pfs, at):
+        curves = curve_on_plane(pf, xy)
+        for c, curve in enumerate(pf.curves):
+            ends = tuple(map(tuple, xy[pf.endpoints[c]]))
+            if ends not in linear and pf.kind in ("bezier", "chain"):  # the others are straight already
+                ax.plot(*np.transpose(ends), "--", color="0.3", lw=1.0, label=None if linear else "linear path")
+                linear.add(ends)
+            label = _name(pf) if len(pf.curves) == 1 else f"{_name(pf)} {curve}"
+            ax.plot(curves[c, :, 0], curves[c, :, 1], "-o", color="crimson" if n == 0 else f"C{n % 10}", ms=2.5,
+                    lw=1.6, label=label)
+            n += 1
+    names = {xy: name for _, name, xy in PLANE_MODELS}
+    marked: dict[tuple, str] = {}
+    for pf, xy in zip(pfs, at):
+        for i, point in enumerate(map(tuple, xy)):
+            role = " (bend)" if pf.kind == "bezier" and i == 2 else ""
+            marked.setdefault(point, f"{names[point]}{role}: {os.path.basename(pf.checkpoints[i])}")
+    points = np.array(sorted(marked))
+    ax.plot(points[:, 0], points[:, 1], "o", color="w", mec="k", ms=6, ls="none", label="models")
+    for point, text in marked.items():
+        ax.annotate(text, point, fontsize=7, xytext=(4, 4), textcoords="offset points")
+    ax.set_xlabel("x: weight of B - A")
+    ax.set_ylabel("y: weight of C - A")
+    ax.legend(fontsize=7)
+    ax.set_title(f"{', '.join(_name(pf) for pf in pfs)} on the plane through A, B, C\n{ax.get_title()}", fontsize=9)
+    return fig
+
+
+def draw_plane_paths(surfaces: Sequence[Surface], path_files: Sequence[str], a: PlotOptions, out_dir: str,
+                     log: bool) -> list[str]:
+    """``--kind plane_path``: each 2D surface (its `a.metric` read) with the curves of every path file drawn
+    on it, into `out_dir`; returns the written paths."""
+    if not surfaces or not path_files:
+        raise PlotError("--kind plane_path draws path files on a surface file: give both, e.g. landscape-plot "
+                        "plane.h5 bezier.h5 --kind plane_path")
+    pfs = [read_path(p) for p in path_files]
+    written = []
+    for s in surfaces:
+        if s.n_done == 0:
+            raise PlotError(f"{s.path}: no point computed yet; try again once the job has written some")
+        drawn = fill_missing(s, [a.metric]) if a.fill_missing else s
+        levels = levels_for([drawn.metric(a.metric)], a.vmin, a.vmax, a.levels, log)
+        stem = os.path.splitext(os.path.basename(s.path))[0]
+        written.append(save(plot_plane_path(drawn, pfs, a.metric, levels, log),
+                            os.path.join(out_dir, f"{stem}_{a.metric}_plane_path.{a.format}"), a.dpi))
     return written

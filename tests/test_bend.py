@@ -17,10 +17,10 @@ from torch import nn
 
 from landscape_mpi.config.errors import UserError
 from landscape_mpi.data.items import EvalSet
+from landscape_mpi.directions.paths import path_table
 from landscape_mpi.runtime.faults import Faults, InjectedFault
 from landscape_mpi.runtime.lifecycle import STOP
 from landscape_mpi.tasks import ClassifyTask, LanguageModelTask
-from landscape_mpi.directions.paths import path_table
 from landscape_mpi.training.bend import BendStopped, curve_loss, curve_weights, load_bend, state_sha256, train_bend
 
 HIDDEN = 16

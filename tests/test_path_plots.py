@@ -1,11 +1,16 @@
 """Figures of path files (plotting/paths.py and `landscape-plot` on path files): what is drawn is read back from
 the matplotlib objects and compared with the values written into the files (and with barriers worked out by
-hand), not only checked to exist."""
+hand), not only checked to exist; the plane figure on real files of `surface` and `path`."""
 
 from __future__ import annotations
 
+import json
+import shutil
+
+import h5py
 import numpy as np
 import pytest
+import torch
 from matplotlib import pyplot as plt
 
 from landscape_mpi.files.path_reader import read_path
@@ -102,3 +107,84 @@ def test_landscape_plot_draws_path_files(two_paths, tmp_path, capsys):
     assert (out / "paths.png").stat().st_size > 0
     assert cli.main([two_paths[0], "--kind", "barrier_matrix", "--out", str(out)]) == 2
     assert "--kind barrier_matrix draws pairs path files; none of these is one" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------- a path on a plane of models
+@pytest.fixture(scope="module")
+def plane(tmp_path_factory):
+    """Real files of the two commands on three digits_mlp nets built from seeds 0, 1, 2 (A, B, C) and a fourth
+    (D, seed 3): the surface on the plane A + x (B - A) + y (C - A), the Bezier path from A to B through the bend
+    C, the same curve with B and C swapped (A to C through B), and one through the bend D (off the plane)."""
+    from landscape_mpi.cli import main
+    from landscape_mpi.models import build_model
+
+    out = tmp_path_factory.mktemp("plane")
+    ckpt = {}
+    for seed, name in enumerate("ABCD"):
+        torch.manual_seed(seed)
+        ckpt[name] = str(out / f"{name}.pt")
+        torch.save({"state_dict": build_model("digits_mlp").state_dict()}, ckpt[name])
+    common = ["--model", "digits_mlp", "--dataset", "digits", "--samples", "32"]
+    files = {n: str(out / f"{n}.h5") for n in ("surface", "bezier", "swapped", "off")}
+    assert main(["surface", *common, "--checkpoint", ckpt["A"], "--x-target", ckpt["B"], "--y-target", ckpt["C"],
+                 "--x=-0.5:1.5:5", "--y=-0.5:1.5:5", "--out", files["surface"]]) == 0
+    for name, b, bend in (("bezier", "B", "C"), ("swapped", "C", "B"), ("off", "B", "D")):
+        assert main(["path", *common, "--kind", "bezier", "--checkpoint", ckpt["A"], "--checkpoint", ckpt[b],
+                     "--bend", ckpt[bend], "--points", "5", "--out", files[name]]) == 0
+    return files
+
+
+def test_a_bezier_path_drawn_on_the_plane_through_its_ends_and_bend(plane):
+    from plotting.paths import plot_plane_path
+    from plotting.reader import read_surface
+
+    surface = read_surface(plane["surface"])
+    bezier, swapped = read_path(plane["bezier"]), read_path(plane["swapped"])
+    t = np.linspace(0, 1, 5)
+    # the path file's own coefficients (d_1 = B - A, d_2 = C - A): Garipov et al.'s curve, t^2 and 2t(1 - t)
+    np.testing.assert_allclose(bezier.coefficients[0], np.stack([t * t, 2 * t * (1 - t)], axis=1), rtol=0, atol=1e-15)
+    fig = plot_plane_path(surface, [bezier, swapped], "train_loss", np.linspace(0.1, 5.0, 10))
+    ax = fig.axes[0]
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    curve = lines["bezier (bezier)"]
+    np.testing.assert_array_equal(curve.get_xdata(), bezier.coefficients[0, :, 0])  # drawn as stored
+    np.testing.assert_array_equal(curve.get_ydata(), bezier.coefficients[0, :, 1])
+    # A to C through the bend B: the models are found by sha256, so x is B's coefficient (the second), y is C's
+    np.testing.assert_array_equal(lines["swapped (bezier)"].get_xdata(), swapped.coefficients[0, :, 1])
+    np.testing.assert_array_equal(lines["swapped (bezier)"].get_ydata(), swapped.coefficients[0, :, 0])
+    linear = [line for line in ax.get_lines() if line.get_linestyle() == "--"]
+    assert [(tuple(line.get_xdata()), tuple(line.get_ydata())) for line in linear] == [((0, 1), (0, 0)),
+                                                                                        ((0, 0), (0, 1))]
+    assert linear[0].get_label() == "linear path"
+    models = lines["models"]
+    assert sorted(zip(models.get_xdata(), models.get_ydata())) == [(0, 0), (0, 1), (1, 0)]
+    assert sorted(t.get_text() for t in ax.texts if t.get_text().endswith(".pt")) == [
+        "A: A.pt", "B: B.pt", "C (bend): C.pt"]
+    assert ax.get_xlabel() == "x: weight of B - A"
+    plt.close(fig)
+
+
+def test_landscape_plot_draws_the_plane_figure_alone(plane, tmp_path, capsys):
+    out = tmp_path / "figs"
+    assert cli.main([plane["surface"], plane["bezier"], "--kind", "plane_path", "--out", str(out)]) == 0
+    assert capsys.readouterr().out.split() == [str(out / "surface_train_loss_plane_path.png")]
+    assert (out / "surface_train_loss_plane_path.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("case", ["other bend", "aligned", "no surface"])
+def test_a_path_off_the_surface_plane_is_refused_in_one_line(plane, tmp_path, capsys, case):
+    files = [plane["surface"], plane["off"]]
+    expected = f"{plane['off']}: its model 2 (D.pt, sha256 "
+    if case == "aligned":  # the path's models permuted after they were hashed: another curve, the same hashes
+        aligned = str(tmp_path / "aligned.h5")
+        shutil.copy(plane["bezier"], aligned)
+        with h5py.File(aligned, "r+") as f:
+            f.attrs["alignment"] = json.dumps({"1": "aligned.align-1.h5"})
+        files, expected = [plane["surface"], aligned], f"{aligned}: its models were permuted (--align)"
+    elif case == "no surface":
+        files, expected = [plane["bezier"]], "--kind plane_path draws path files on a surface file: give both"
+    out = tmp_path / "figs"
+    assert cli.main([*files, "--kind", "plane_path", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"landscape-plot: error: {expected}"), err
+    assert not list(out.iterdir())  # nothing drawn

@@ -18,8 +18,9 @@ FIGURE_KINDS: tuple[FigureKind, ...] = literal_values(FigureKind)
 #: Exports (ParaView, plotly), always with their gaps.
 ExportKind = Literal["vtp", "vti", "html"]
 EXPORT_KINDS: tuple[ExportKind, ...] = literal_values(ExportKind)
-#: Figures of path files (plotting/paths.py): values along t, the barrier matrix, layer-wise barriers.
-PathKind = Literal["path", "barrier_matrix", "layer_barriers"]
+#: Figures of path files (plotting/paths.py): values along t, the barrier matrix, layer-wise barriers, and a
+#: path's curve on a surface file through its models (plane_path: given a surface file and path files).
+PathKind = Literal["path", "barrier_matrix", "layer_barriers", "plane_path"]
 PATH_KINDS: tuple[PathKind, ...] = literal_values(PathKind)
 PlotKind = Literal[FigureKind, ExportKind, PathKind]
 KINDS: tuple[PlotKind, ...] = literal_values(PlotKind)

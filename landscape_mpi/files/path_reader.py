@@ -28,6 +28,7 @@ CHECKPOINTS = "path/checkpoints"
 CURVES = "path/curves"
 ENDPOINTS = "path/endpoints"
 KNOTS = "path/knots"
+COEFFICIENTS = "path/coefficients"
 
 
 def _text(v):
@@ -40,7 +41,7 @@ def _strings(ds) -> list[str]:
 
 @dataclass
 class PathFile:
-    """Everything of a path file but its directions and coefficients (a path file is small: n_curves x n_t)."""
+    """Everything of a path file but its directions (a path file is small: n_curves x n_t)."""
 
     path: str
     kind: str
@@ -55,6 +56,9 @@ class PathFile:
     """(n_curves, 2) int: indices into `checkpoints` of each curve's t = 0 and t = 1 model."""
     knots: np.ndarray | None
     """The t of each checkpoint along a chain (chain files only), else None."""
+    coefficients: np.ndarray
+    """(n_curves, n_t, K): the weights at point (c, j) are checkpoint 0 + sum_k coefficients[c, j, k - 1] d_k,
+    d_k = checkpoint k minus checkpoint 0, k = 1 .. K (``layers``: d_k is B - A on block k only)."""
     done: np.ndarray
     """(n_curves, n_t) bool."""
     values: dict[str, np.ndarray] = field(default_factory=dict)
@@ -98,7 +102,8 @@ def read_path(path: str, option: str = "") -> PathFile:
                            config=json.loads(attrs[contract.CONFIG_ATTR]), attrs=attrs,
                            t=f[T][()].astype(np.float64), checkpoints=_strings(f[CHECKPOINTS]),
                            curves=_strings(f[CURVES]), endpoints=f[ENDPOINTS][()].astype(np.int64),
-                           knots=f[KNOTS][()].astype(np.float64) if KNOTS in f else None, done=done, values=values)
+                           knots=f[KNOTS][()].astype(np.float64) if KNOTS in f else None,
+                           coefficients=f[COEFFICIENTS][()].astype(np.float64), done=done, values=values)
         except KeyError as exc:
             where = f"{option} {path}" if option else path
             raise UserError(f"{where}: a path file without a part it must have ({exc}); recompute it with "
