@@ -114,7 +114,8 @@ def test_landscape_plot_draws_path_files(two_paths, tmp_path, capsys):
 def plane(tmp_path_factory):
     """Real files of the two commands on three digits_mlp nets built from seeds 0, 1, 2 (A, B, C) and a fourth
     (D, seed 3): the surface on the plane A + x (B - A) + y (C - A), the Bezier path from A to B through the bend
-    C, the same curve with B and C swapped (A to C through B), and one through the bend D (off the plane)."""
+    C, the same curve with B and C swapped (A to C through B), one through the bend D (off the plane), and the
+    chain A -> C -> B."""
     from landscape_mpi.cli import main
     from landscape_mpi.models import build_model
 
@@ -125,12 +126,14 @@ def plane(tmp_path_factory):
         ckpt[name] = str(out / f"{name}.pt")
         torch.save({"state_dict": build_model("digits_mlp").state_dict()}, ckpt[name])
     common = ["--model", "digits_mlp", "--dataset", "digits", "--samples", "32"]
-    files = {n: str(out / f"{n}.h5") for n in ("surface", "bezier", "swapped", "off")}
+    files = {n: str(out / f"{n}.h5") for n in ("surface", "bezier", "swapped", "off", "chain")}
     assert main(["surface", *common, "--checkpoint", ckpt["A"], "--x-target", ckpt["B"], "--y-target", ckpt["C"],
                  "--x=-0.5:1.5:5", "--y=-0.5:1.5:5", "--out", files["surface"]]) == 0
     for name, b, bend in (("bezier", "B", "C"), ("swapped", "C", "B"), ("off", "B", "D")):
         assert main(["path", *common, "--kind", "bezier", "--checkpoint", ckpt["A"], "--checkpoint", ckpt[b],
                      "--bend", ckpt[bend], "--points", "5", "--out", files[name]]) == 0
+    assert main(["path", *common, "--kind", "chain", *(x for m in "ACB" for x in ("--checkpoint", ckpt[m])),
+                 "--points", "3", "--out", files["chain"]]) == 0
     return files
 
 
@@ -139,11 +142,11 @@ def test_a_bezier_path_drawn_on_the_plane_through_its_ends_and_bend(plane):
     from plotting.reader import read_surface
 
     surface = read_surface(plane["surface"])
-    bezier, swapped = read_path(plane["bezier"]), read_path(plane["swapped"])
+    bezier, swapped, chain = (read_path(plane[n]) for n in ("bezier", "swapped", "chain"))
     t = np.linspace(0, 1, 5)
     # the path file's own coefficients (d_1 = B - A, d_2 = C - A): Garipov et al.'s curve, t^2 and 2t(1 - t)
     np.testing.assert_allclose(bezier.coefficients[0], np.stack([t * t, 2 * t * (1 - t)], axis=1), rtol=0, atol=1e-15)
-    fig = plot_plane_path(surface, [bezier, swapped], "train_loss", np.linspace(0.1, 5.0, 10))
+    fig = plot_plane_path(surface, [bezier, swapped, chain], "train_loss", np.linspace(0.1, 5.0, 10))
     ax = fig.axes[0]
     lines = {line.get_label(): line for line in ax.get_lines()}
     curve = lines["bezier (bezier)"]
@@ -152,7 +155,10 @@ def test_a_bezier_path_drawn_on_the_plane_through_its_ends_and_bend(plane):
     # A to C through the bend B: the models are found by sha256, so x is B's coefficient (the second), y is C's
     np.testing.assert_array_equal(lines["swapped (bezier)"].get_xdata(), swapped.coefficients[0, :, 1])
     np.testing.assert_array_equal(lines["swapped (bezier)"].get_ydata(), swapped.coefficients[0, :, 0])
-    linear = [line for line in ax.get_lines() if line.get_linestyle() == "--"]
+    # the chain A -> C -> B, t = 0, .25, .5, .75, 1: through C at its knot, straight on each segment
+    drawn = lines["chain (chain)"]
+    assert list(zip(drawn.get_xdata(), drawn.get_ydata())) == [(0, 0), (0, .5), (0, 1), (.5, .5), (1, 0)]
+    linear = [line for line in ax.get_lines() if line.get_linestyle() == "--"]  # the chain's is the bezier's
     assert [(tuple(line.get_xdata()), tuple(line.get_ydata())) for line in linear] == [((0, 1), (0, 0)),
                                                                                         ((0, 0), (0, 1))]
     assert linear[0].get_label() == "linear path"
@@ -171,7 +177,7 @@ def test_landscape_plot_draws_the_plane_figure_alone(plane, tmp_path, capsys):
     assert (out / "surface_train_loss_plane_path.png").stat().st_size > 0
 
 
-@pytest.mark.parametrize("case", ["other bend", "aligned", "no surface"])
+@pytest.mark.parametrize("case", ["other bend", "aligned", "layers", "no surface"])
 def test_a_path_off_the_surface_plane_is_refused_in_one_line(plane, tmp_path, capsys, case):
     files = [plane["surface"], plane["off"]]
     expected = f"{plane['off']}: its model 2 (D.pt, sha256 "
@@ -181,6 +187,12 @@ def test_a_path_off_the_surface_plane_is_refused_in_one_line(plane, tmp_path, ca
         with h5py.File(aligned, "r+") as f:
             f.attrs["alignment"] = json.dumps({"1": "aligned.align-1.h5"})
         files, expected = [plane["surface"], aligned], f"{aligned}: its models were permuted (--align)"
+    elif case == "layers":  # one block at a time: off the plane, whatever its models
+        layers = str(tmp_path / "layers.h5")
+        shutil.copy(plane["bezier"], layers)
+        with h5py.File(layers, "r+") as f:
+            f.attrs["path_kind"] = "layers"
+        files, expected = [plane["surface"], layers], f"{layers}: a layers path moves one block at a time"
     elif case == "no surface":
         files, expected = [plane["bezier"]], "--kind plane_path draws path files on a surface file: give both"
     out = tmp_path / "figs"
