@@ -200,3 +200,22 @@ def test_a_path_off_the_surface_plane_is_refused_in_one_line(plane, tmp_path, ca
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith(f"landscape-plot: error: {expected}"), err
     assert not list(out.iterdir())  # nothing drawn
+
+
+def test_the_plane_figure_of_a_partial_surface_with_fill_missing(plane, tmp_path, monkeypatch):
+    import plotting.paths
+
+    partial = str(tmp_path / "partial.h5")
+    shutil.copy(plane["surface"], partial)
+    with h5py.File(partial, "r+") as f:  # two points not computed yet
+        f["results/done"][0, 0] = 0
+        f["results/done"][4, 4] = 0
+    figures = []
+    monkeypatch.setattr(plotting.paths, "save", lambda fig, path, dpi: figures.append(fig) or path)
+    assert cli.main([partial, plane["bezier"], "--kind", "plane_path", "--fill-missing", "--out", str(tmp_path)]) == 0
+    (fig,) = figures
+    ax = fig.axes[0]
+    assert "INTERPOLATED from 23 of 25 points" in ax.get_title()
+    dots = {line.get_label(): line for line in ax.get_lines()}["computed points"]
+    assert len(dots.get_xdata()) == 23 and (-0.5, -0.5) not in set(zip(dots.get_xdata(), dots.get_ydata()))
+    plt.close(fig)
