@@ -10,13 +10,28 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
 
-from conftest import (ROOT, Job, cli, kill_job, mpi_flavor, mpiexec, processes_with, rank_pids, run, wait_for_files,
-                      wait_for_points, wait_until)
+from conftest import (
+    ROOT,
+    Job,
+    cli,
+    kill_job,
+    mpi_flavor,
+    mpiexec,
+    processes_with,
+    rank_pids,
+    run,
+    wait_for_points,
+    wait_until,
+)
 from group_helpers import LM_ARGS, assert_equal_to_reference, contents, gpt_ckpt, lm_reference  # noqa: F401  (fixtures)
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import stress_stops  # noqa: E402
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -58,18 +73,6 @@ def test_a_failing_group_member_ends_every_rank_with_its_message(tmp_path, gpt_c
     assert "rank 3: " in job.stderr, job.stderr[-3000:]
 
 
-def world_rank_of(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/environ", "rb") as f:
-            environ = dict(item.split(b"=", 1) for item in f.read().split(b"\0") if b"=" in item)
-    except OSError:
-        return None
-    for key in (b"OMPI_COMM_WORLD_RANK", b"PMI_RANK", b"PMIX_RANK"):
-        if key in environ:
-            return int(environ[key])
-    return None
-
-
 def test_sigkill_of_one_group_member_ends_every_rank_naming_it(tmp_path, gpt_ckpt):
     out = tmp_path / "member.h5"
     with Job(mpiexec(4) + cli("surface", *LM_ARGS, "--checkpoint", gpt_ckpt, "--out", str(out),
@@ -77,7 +80,7 @@ def test_sigkill_of_one_group_member_ends_every_rank_naming_it(tmp_path, gpt_ckp
                               "--group-timeout", "20"),
              LANDSCAPE_MPI_TEST_DELAY="0.3") as job:
         wait_for_points(out, 1)
-        pids = {world_rank_of(p): p for p in rank_pids(job.proc.pid)}
+        pids = {stress_stops.world_rank(p): p for p in rank_pids(job.proc.pid)}
         assert sorted(pids) == [0, 1, 2, 3], pids
         os.kill(pids[3], signal.SIGKILL)  # the follower of the second group
         t_kill = time.monotonic()
@@ -94,36 +97,22 @@ def test_sigkill_of_one_group_member_ends_every_rank_naming_it(tmp_path, gpt_ckp
     assert named in job.stderr, job.stderr[-3000:]
 
 
-#: "one follower" passes too (docs/mpi.md) and is left out of CI for its time: add it here to run it.
-SIGNALLED = ["every rank"]
-
-
-@pytest.mark.parametrize("signalled", SIGNALLED)
-def test_sigterm_inside_a_point_stops_every_group_resumable(tmp_path, gpt_ckpt, lm_reference, signalled):
-    """SIGTERM while the first group is inside a point (its two ranks held after their 2nd batch; the second
-    group wherever it is): the groups agree on the stop at a batch boundary, every rank exits 75, and the file
-    resumes to the uninterrupted run's values. With "one follower", a signal to the follower alone (world rank 1)
-    stops the job the same way: the follower's flag reaches its leader through the group's per-batch agreement
-    (run by hand: add it to SIGNALLED)."""
-    out, gate = tmp_path / "term.h5", tmp_path / "gate"
-    with Job(mpiexec(4) + cli("surface", *LM_ARGS, "--checkpoint", gpt_ckpt, "--out", str(out),
-                              "--ranks-per-point", "2", "--flush-seconds", "0.05", "--chunk-size", "1",
-                              "--group-timeout", "120"),
-             LANDSCAPE_MPI_TEST_GATE=f"batch:2:{gate}") as job:
-        # only the first group is waited for: the coordinator (rank 0) holds at the gate, so it may not yet have
-        # handed the second group a point
-        wait_for_files([f"{gate}.reached.0", f"{gate}.reached.1"])
-        pids = {world_rank_of(p): p for p in rank_pids(job.proc.pid)}
-        assert sorted(pids) == [0, 1, 2, 3], pids
-        targets = [0, 1, 2, 3] if signalled == "every rank" else [1]
-        for r in targets:
-            os.kill(pids[r], signal.SIGTERM)
-        for r in targets:  # the handlers ran: the signal reached each process (an event, not a time window)
-            job.wait_for_line(rf"rank {r} caught SIGTERM")
-        gate.touch()
-        assert job.wait(300) == 75, job.stderr[-3000:]
-    assert "Rerun the same command to resume" in job.stderr
-    got, _ = contents(out)
-    assert not got["done"].all(), got["done"]  # stopped inside the grid, not after it
-    run(cli("surface", *LM_ARGS, "--checkpoint", gpt_ckpt, "--out", str(out)))  # resumed by one process
-    assert_equal_to_reference(out, lm_reference)
+@pytest.mark.parametrize("mpi, way", [("openmpi", "every"), ("openmpi", "mpiexec"), ("openmpi", "follower"),
+                                      ("mpich", "mpiexec")])
+def test_sigterm_inside_every_groups_point_stops_with_75_and_resumes(tmp_path, gpt_ckpt, lm_reference, mpi, way):
+    """benchmarks/stress_stops.py's try, once per way (its 20-try table is in docs/mpi.md): 4 ranks in 2 groups of
+    2, launched through jobs/launch.sh as the job scripts launch, every rank held inside a point; SIGTERM to every
+    process (as SLURM sends it), to mpiexec alone (Open MPI's sleeps and SIGKILLs, MPICH's forwards), or to the
+    second group's follower alone. The job ends within STOP_SECONDS, its exit code (the ranks' choice, through the
+    helper) is 75 whatever the launcher returned, the grid is unfinished, and the resumed file equals the
+    uninterrupted run's."""
+    found = stress_stops.mpis(ROOT)
+    if mpi not in found:
+        pytest.skip(f"no {mpi} here (scripts/install.sh makes .venv and .venv-mpich)")
+    t = stress_stops.one_try(found[mpi], way, gpt_ckpt, tmp_path / "try")
+    assert t.ok, f"{t.problems}\n{t.log[-4000:]}"
+    assert t.job_rc == 75 and t.seconds < stress_stops.STOP_SECONDS
+    if way != "follower":  # the launcher was signalled: what it returns itself (docs/mpi.md)
+        assert t.launcher_rc == {"openmpi": 1, "mpich": 75}[mpi], t.log[-3000:]
+    run(cli("surface", *LM_ARGS, "--checkpoint", gpt_ckpt, "--out", t.out))  # resumed by one process
+    assert_equal_to_reference(t.out, lm_reference)
