@@ -13,8 +13,7 @@ import numpy as np
 import pytest
 
 from landscape_mpi.runtime.comm import SELF
-from landscape_mpi.runtime.groups import (ALONE, END, POINTS, TAG_GROUP, Followers, RankGroup, alone, make_groups,
-                                          place)
+from landscape_mpi.runtime.groups import ALONE, END, POINTS, TAG_GROUP, Followers, RankGroup, alone, make_groups, place
 
 
 class Recorder:

@@ -34,6 +34,8 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import nn
 
+from landscape_mpi.config.errors import UserError
+from landscape_mpi.config.surface import BN_MODES, ENGINES, PRECISIONS
 from landscape_mpi.data.datasets import EvalSet
 from landscape_mpi.directions.base import Direction
 from landscape_mpi.engine.common import Engine, data_to_device, set_precision
@@ -43,8 +45,6 @@ from landscape_mpi.engine.fold import FoldError, plan_fold
 from landscape_mpi.runtime.groups import ALONE, RankGroup
 from landscape_mpi.runtime.lifecycle import StopRequested
 from landscape_mpi.tasks import Task, as_task, has_own_forward, is_classify
-from landscape_mpi.config.errors import UserError
-from landscape_mpi.config.surface import BN_MODES, ENGINES, PRECISIONS
 
 __all__ = ["Engine", "make_engine", "KINDS", "PRECISIONS", "BN_MODES", "default_batch_size", "choose_group_size",
            "tune_cpu_allocator", "recalibrate_bn"]
@@ -136,10 +136,11 @@ def make_engine(model: nn.Module, directions: list[Direction], data: list[EvalSe
 
     `directions`: one dict per axis, state_dict key -> CPU tensor (a subset of the keys). `data`: the
     evaluation splits (CPU), results in this order. `loss`: a Task (`landscape_mpi.tasks`), or "ce" | "mse"
-    (the classify task with that loss); a task with its own ``forward`` is evaluated by the eager engine. `precision`: "fp32" (TF32 off)
-    | "tf32" | "bf16" (autocast); sets torch's backend flags. `batch_size`: samples per forward (None: per
-    device, `default_batch_size`); any value gives the same results up to rounding. `bn`: "eval" (the
-    running statistics at each point) | "recalibrate" (re-estimated at each point from `bn_data`).
+    (the classify task with that loss); a task with its own ``forward`` is evaluated by the eager engine.
+    `precision`: "fp32" (TF32 off) | "tf32" | "bf16" (autocast); sets torch's backend flags. `batch_size`:
+    samples per forward (None: per device, `default_batch_size`); any value gives the same results up to
+    rounding. `bn`: "eval" (the running statistics at each point) | "recalibrate" (re-estimated at each point
+    from `bn_data`).
     `kind`: one of KINDS. `compact`: keep image splits that have a uint8 form (CIFAR-10) as uint8 on the
     device and normalize each batch (the same values; None: on CUDA only, where device memory is the limit;
     the fast engines only). Choices and fallbacks are reported through `log`.

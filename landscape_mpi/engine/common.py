@@ -11,7 +11,6 @@ import torch
 from landscape_mpi.data.datasets import EvalSet, decode_images, map_inputs
 
 
-
 class Engine:
     """Evaluates grid points: coordinates in, the task's metrics per split out (classify: [loss, acc]).
 

@@ -19,8 +19,8 @@ from torch import nn
 from landscape_mpi.data.datasets import EvalSet
 from landscape_mpi.directions.base import Direction
 from landscape_mpi.engine.common import AffineFamily, Engine, Progress, as_coords, autocast
-from landscape_mpi.engine.fold import FoldPlan, _scale_shift, fold_tensors
 from landscape_mpi.engine.evaluate import batch_loss_sum, evaluate_task, per_sample_loss
+from landscape_mpi.engine.fold import FoldPlan, _scale_shift, fold_tensors
 from landscape_mpi.tasks import Task, add_sums, model_output
 
 
@@ -158,7 +158,8 @@ class FoldedEngine(_OnFoldedModel):
         try:
             return self.forward(x)
         except Exception as exc:  # inductor/dynamo failures come in many types; the eager module is exact
-            self.log(f"engine: torch.compile failed ({type(exc).__name__}: {str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ''}); "
+            first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
+            self.log(f"engine: torch.compile failed ({type(exc).__name__}: {first}); "
                      f"continuing without compiling")
             self.compiled = False
             self.name = self.name.replace("+compiled", "")
@@ -285,7 +286,8 @@ def probe_batched(engine: BatchedEngine, reference: Callable[[torch.Tensor], tor
     try:
         got = model_output(engine.logits(engine.tensors.stacked(coords), x))
     except Exception as exc:  # vmap lacks batching rules for some ops: fall back, do not fail
-        return f"vmap cannot run this model ({type(exc).__name__}: {str(exc).strip().splitlines()[0][:120] if str(exc).strip() else ''})"
+        first = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else ""
+        return f"vmap cannot run this model ({type(exc).__name__}: {first})"
     for i in range(2):
         engine.tensors.write([float(v) for v in coords[i]])
         with torch.no_grad(), autocast(engine.precision, engine.device):

@@ -82,7 +82,8 @@ def plan_fold(model: nn.Module, example: torch.Tensor) -> FoldPlan:
     try:
         gm = torch.fx.symbolic_trace(model)
     except Exception as exc:  # torch.fx raises many types (TraceError, TypeError, NotImplementedError...)
-        raise FoldError(f"torch.fx cannot trace the model ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})") from None
+        first = str(exc).splitlines()[0][:120]
+        raise FoldError(f"torch.fx cannot trace the model ({type(exc).__name__}: {first})") from None
     gm.eval()
     try:
         with torch.no_grad():

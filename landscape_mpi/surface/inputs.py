@@ -16,11 +16,17 @@ import numpy as np
 import torch
 from torch import nn
 
+from landscape_mpi.config.errors import UserError
 from landscape_mpi.config.surface import SurfaceConfig
 from landscape_mpi.data.datasets import EvalSet, load_eval_set
-from landscape_mpi.config.errors import UserError
-from landscape_mpi.models import (build_model, check_fits, load_checkpoint, parameters_on_meta, read_state_dict,
-                                  tied_parameters)
+from landscape_mpi.models import (
+    build_model,
+    check_fits,
+    load_checkpoint,
+    parameters_on_meta,
+    read_state_dict,
+    tied_parameters,
+)
 from landscape_mpi.tasks import ClassifyTask, Task, make_task
 from landscape_mpi.tasks.base import describe
 

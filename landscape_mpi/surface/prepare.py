@@ -21,12 +21,12 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from landscape_mpi.files import contract, reader, store
+from landscape_mpi.config.errors import UserError
 from landscape_mpi.config.surface import RunOptions, SurfaceConfig, config_diff
 from landscape_mpi.directions.sources import build_directions, stream_directions
-from landscape_mpi.config.errors import UserError
-from landscape_mpi.surface.inputs import Inputs
+from landscape_mpi.files import contract, reader, store
 from landscape_mpi.models import checkpoint_sha256, read_state_dict
+from landscape_mpi.surface.inputs import Inputs
 
 
 def overwrite_path(out: str) -> str:

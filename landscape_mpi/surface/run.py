@@ -27,20 +27,20 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from landscape_mpi.runtime import scheduler as sched
-from landscape_mpi.files import reader, store
+from landscape_mpi.config.errors import EXIT_COMPLETE, EXIT_RESUMABLE, UserError
 from landscape_mpi.config.surface import RunOptions, SurfaceConfig, check_groups
+from landscape_mpi.directions.base import PointSetter, space_keys
+from landscape_mpi.files import reader, store
+from landscape_mpi.runtime import scheduler as sched
 from landscape_mpi.runtime.comm import mpi_communicator
 from landscape_mpi.runtime.context import RunContext, make_context
 from landscape_mpi.runtime.faults import BatchHooks
-from landscape_mpi.directions.base import PointSetter, space_keys
-from landscape_mpi.config.errors import EXIT_COMPLETE, EXIT_RESUMABLE, UserError
-from landscape_mpi.surface.inputs import Inputs, check_fit, load_inputs, read_inputs, streams_shards
 from landscape_mpi.runtime.groups import ALONE, Followers, RankGroup, close_process_group, follow, place
 from landscape_mpi.runtime.lifecycle import STOP, StopRequested, agree
-from landscape_mpi.surface.prepare import Opened, Prepared, SurfaceFileKind, finish_overwrite, prepare
 from landscape_mpi.runtime.progress import Progress
 from landscape_mpi.runtime.sharing import node_comm, share_per_node
+from landscape_mpi.surface.inputs import Inputs, check_fit, load_inputs, read_inputs, streams_shards
+from landscape_mpi.surface.prepare import Opened, Prepared, SurfaceFileKind, finish_overwrite, prepare
 
 #: ARPACK restarts allowed for each eigenvalue of a curvature map point.
 EIG_MAXITER = 1000
@@ -267,7 +267,8 @@ class SurfaceJob:
 # ----------------------------------------------------------------------------------- evaluation
 class GridEvaluator:
     """Flat grid indices in, the file's columns out: the engine's task metrics per split at the file's exact
-    coordinates, and with --metrics ...,eig the Hessian's extreme eigenvalues and the Hessian-vector products they took."""
+    coordinates, and with --metrics ...,eig the Hessian's extreme eigenvalues and the Hessian-vector products
+    they took."""
 
     def __init__(self, config: SurfaceConfig, options: RunOptions, inputs: Inputs, stored: tuple, ctx: RunContext,
                  hooks: BatchHooks, group: RankGroup = ALONE) -> None:
