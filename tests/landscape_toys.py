@@ -1,4 +1,5 @@
-"""A user model and dataset given by import path (--model landscape_toys:make_model, --dataset landscape_toys:make_data).
+"""A user model and dataset given by import path (--model landscape_toys:make_model,
+--dataset landscape_toys:make_data).
 
 Deliberately not part of the package: tests put this folder on PYTHONPATH, as a user would.
 """

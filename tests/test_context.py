@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from conftest import cli, env, mpiexec, run
-from landscape_mpi.runtime import context
 from landscape_mpi.config.errors import UserError
+from landscape_mpi.runtime import context
 
 #: A process that builds its context and reports what it got.
 REPORT = ("from landscape_mpi.runtime.context import make_context; import torch; c = make_context('cpu'); "

@@ -4,9 +4,15 @@ import numpy as np
 import pytest
 import torch
 
-from landscape_mpi.directions.base import (PointSetter, check_running_var, normalize, random_direction, space_keys,
-                                      target_direction)
 from landscape_mpi.config.errors import UserError
+from landscape_mpi.directions.base import (
+    PointSetter,
+    check_running_var,
+    normalize,
+    random_direction,
+    space_keys,
+    target_direction,
+)
 from landscape_mpi.models import build_model
 
 

@@ -10,10 +10,10 @@ import torch.nn.functional as F
 from torch import nn
 
 import landscape_toys
+from landscape_mpi.config.errors import UserError
 from landscape_mpi.data.datasets import EvalSet
 from landscape_mpi.directions.base import random_direction, space_keys
 from landscape_mpi.engine import make_engine, recalibrate_bn
-from landscape_mpi.config.errors import UserError
 from landscape_mpi.models import build_model
 
 CPU = torch.device("cpu")
@@ -50,8 +50,10 @@ def setup(name: str, n_train: int = 40, n_test: int = 24, space: str = "weights"
     dirs = [random_direction(state, keys, g, "filter", ignore) for _ in range(2)]
     shape = SHAPES.get(name, (1, 8, 8))
     classes = 3 if name.startswith("landscape_toys") else classes
-    data = [EvalSet("train", torch.randn(n_train, *shape, generator=g), torch.randint(0, classes, (n_train,), generator=g)),
-            EvalSet("test", torch.randn(n_test, *shape, generator=g), torch.randint(0, classes, (n_test,), generator=g))]
+    data = [EvalSet("train", torch.randn(n_train, *shape, generator=g),
+                    torch.randint(0, classes, (n_train,), generator=g)),
+            EvalSet("test", torch.randn(n_test, *shape, generator=g),
+                    torch.randint(0, classes, (n_test,), generator=g))]
     return model, dirs, data
 
 
@@ -108,7 +110,8 @@ def test_eager_oracle_equals_direct_computation(loss):
     got = make_engine(model, dirs, data, loss=loss, device=CPU, kind="eager", batch_size=7, log=quiet).evaluate(COORDS)
     assert_matches(got, direct_values(model, dirs, data, COORDS, loss), data)
     # the caller's model is left at theta*
-    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), setup("digits_cnn")[0].state_dict().values()))
+    assert all(torch.equal(a, b)
+               for a, b in zip(model.state_dict().values(), setup("digits_cnn")[0].state_dict().values()))
 
 
 @pytest.mark.parametrize("name", list(SHAPES))
@@ -164,7 +167,8 @@ def test_compact_uint8_images_give_the_same_values():
         logs: list[str] = []
         compact = make_engine(model, dirs, data, loss="ce", device=CPU, kind=kind, batch_size=4, compact=True,
                               log=logs.append)
-        assert all(isinstance(s.inputs, DecodedImages) and s.inputs.raw.dtype == torch.uint8 for s in compact.data), logs
+        assert all(isinstance(s.inputs, DecodedImages) and s.inputs.raw.dtype == torch.uint8
+                   for s in compact.data), logs
         assert any("uint8" in line for line in logs), logs
         got = compact.evaluate(coords)
         np.testing.assert_array_equal(got, plain.evaluate(coords))
@@ -205,7 +209,8 @@ def test_batch_size_changes_no_value():
     model, dirs, data, want = oracle("digits_cnn")
     for bs in (3, 1000):
         for kind in ("folded", "batched"):
-            got = make_engine(model, dirs, data, loss="ce", device=CPU, kind=kind, batch_size=bs, log=quiet).evaluate(COORDS)
+            got = make_engine(model, dirs, data, loss="ce", device=CPU, kind=kind, batch_size=bs,
+                              log=quiet).evaluate(COORDS)
             assert_matches(got, want, data)
 
 

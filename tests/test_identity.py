@@ -229,8 +229,8 @@ def test_stored_directions_have_the_checkpoints_filter_norms(tmp_path, digits_ck
 # ------------------------------------------------------------------------------------- durability
 def test_write_protocol_order_values_fsync_done_fsync(tmp_path, monkeypatch):
     """The calls the writer makes, recorded: every value dataset, flush+fsync, then done, flush+fsync."""
-    from landscape_mpi.files import store
     from landscape_mpi.config.surface import Axis, SurfaceConfig
+    from landscape_mpi.files import store
 
     config = SurfaceConfig(model="m", checkpoint="c", x=Axis(-1, 1, 4))
     path = str(tmp_path / "f.h5")

@@ -123,7 +123,8 @@ def trained(tmp_path_factory):
     return out
 
 
-GPT = ["--model", "gpt_tiny", "--dataset", "text", "--task", "lm", "--device", "cpu", "--threads", "1"]  # two pytest workers share 2 cores
+# --threads 1: two pytest workers share 2 cores
+GPT = ["--model", "gpt_tiny", "--dataset", "text", "--task", "lm", "--device", "cpu", "--threads", "1"]
 
 
 def test_hessian_cli_on_the_language_model(trained, tmp_path):

@@ -48,7 +48,8 @@ def partial2d(tmp_path):
     done = np.ones(loss.shape, bool)
     done[4:, 3:] = False  # the last points of the grid are not computed yet
     acc = 1.0 / loss
-    return write_file(tmp_path / "partial.h5", {"x": X, "y": Y}, {"train_loss": loss, "train_acc": acc}, done), loss, done
+    path = write_file(tmp_path / "partial.h5", {"x": X, "y": Y}, {"train_loss": loss, "train_acc": acc}, done)
+    return path, loss, done
 
 
 def contour_set(ax):
@@ -233,8 +234,8 @@ def test_1d_overlay_with_partial_file(tmp_path):
     fig = figures.plot_1d([read_surface(a), read_surface(b)], log=False)
     ax, acc_ax = fig.axes
     assert len(ax.lines) == 4 and len(acc_ax.lines) == 4
-    labels = [l.get_label() for l in ax.lines]
-    assert any("small_batch" in l for l in labels) and any("large_batch" in l for l in labels)
+    labels = [line.get_label() for line in ax.lines]
+    assert any("small_batch" in label for label in labels) and any("large_batch" in label for label in labels)
     assert np.isnan(ax.lines[2].get_ydata()[6:]).all()  # the partial file's missing points: gaps
     assert "6 of 11 points" in ax.get_title()
     figures.plt.close(fig)
@@ -405,8 +406,8 @@ def test_plot_while_job_is_writing(tmp_path, digits_ckpt):
 
 #: What plotting may load of landscape_mpi: the files layer's reader and contract (and the packages and the error
 #: class they sit on); never torch, MPI or a heavy layer.
-PLOTTING_MAY_LOAD = {"landscape_mpi", "landscape_mpi.files", "landscape_mpi.files.reader", "landscape_mpi.files.contract",
-                     "landscape_mpi.config", "landscape_mpi.config.errors",
+PLOTTING_MAY_LOAD = {"landscape_mpi", "landscape_mpi.files", "landscape_mpi.files.reader",
+                     "landscape_mpi.files.contract", "landscape_mpi.config", "landscape_mpi.config.errors",
                      "landscape_mpi.config.options", "landscape_mpi.config.plot",  # landscape-plot's options
                      # path files: their reader, and the barriers computed from them (torch-free, one place)
                      "landscape_mpi.files.path_reader", "landscape_mpi.numbers", "landscape_mpi.numbers.barriers",
@@ -417,7 +418,8 @@ PLOTTING_MAY_LOAD = {"landscape_mpi", "landscape_mpi.files", "landscape_mpi.file
 def test_plotting_needs_neither_torch_nor_mpi():
     code = ("import sys, json, plotting.cli, plotting.figures, plotting.export, plotting.reader, plotting.fill, "
             "plotting.paths; "
-            "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'mpi4py', 'landscape_mpi'))))")
+            "print(json.dumps(sorted(m for m in sys.modules "
+            "if m.split('.')[0] in ('torch', 'mpi4py', 'landscape_mpi'))))")
     p = subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, capture_output=True, text=True)
     loaded = set(json.loads(p.stdout))
     assert loaded <= PLOTTING_MAY_LOAD, loaded - PLOTTING_MAY_LOAD
@@ -496,7 +498,7 @@ def test_fill_missing_is_exact_for_a_plane_and_marked(tmp_path):
         fig = plot(filled, "train_loss", levels)
         ax = fig.axes[0]
         assert "INTERPOLATED" in ax.get_title() and f"{done.sum()} of {done.size} points" in ax.get_title()
-        dots = [l for l in ax.lines if l.get_label() == "computed points"]  # exactly the finished points
+        dots = [line for line in ax.lines if line.get_label() == "computed points"]  # exactly the finished points
         assert len(dots) == 1
         assert np.array_equal(dots[0].get_xdata(), XX[done]) and np.array_equal(dots[0].get_ydata(), YY[done])
         if plot is figures.plot_heatmap:
@@ -506,7 +508,8 @@ def test_fill_missing_is_exact_for_a_plane_and_marked(tmp_path):
         figures.plt.close(fig)
     fig = figures.plot_contour(s, "train_loss", levels)  # without the option: gaps, no mark
     ax = fig.axes[0]
-    assert "INTERPOLATED" not in ax.get_title() and not [l for l in ax.lines if l.get_label() == "computed points"]
+    assert "INTERPOLATED" not in ax.get_title()
+    assert not [line for line in ax.lines if line.get_label() == "computed points"]
     assert lines_in_blank_cells(contour_set(ax), x, y, ~done) == 0
     figures.plt.close(fig)
     fig = figures.plot_heatmap(s, "train_loss", levels)
@@ -609,6 +612,7 @@ def test_hessian_files_are_handed_to_plotting_hessian(tmp_path, partial2d, monke
         f.attrs["schema_version"] = 1
         f.attrs["file_kind"] = "hessian"
     out = tmp_path / "figs"
-    assert plot_cli.main([h, partial2d[0], "--kind", "contour", "--out", str(out), "--format", "svg", "--dpi", "50"]) == 0
+    assert plot_cli.main([h, partial2d[0], "--kind", "contour", "--out", str(out), "--format", "svg",
+                          "--dpi", "50"]) == 0
     assert calls == [(h, str(out), "svg", 50)]
     assert (out / "partial_train_loss_contour.svg").exists()  # the surface beside it is drawn as usual

@@ -90,8 +90,8 @@ def test_streamed_under_two_ranks_equals_one_process(tmp_path):
 def test_items_that_cannot_be_collated_are_one_line_and_no_file(tmp_path):
     ck = save(task_toys.make_lm(), tmp_path / "lm.pt")
     out = tmp_path / "s.h5"
-    p = run(cli("surface", *LM, "--model", "task_toys:make_lm", "--dataset", "stream_toys:ragged_stream", "--stream-data", "--checkpoint", ck,
-                "--out", str(out)), check_rc=None)
+    p = run(cli("surface", *LM, "--model", "task_toys:make_lm", "--dataset", "stream_toys:ragged_stream",
+                "--stream-data", "--checkpoint", ck, "--out", str(out)), check_rc=None)
     one_line_error(p, "stream_toys:ragged_stream", "pad them")
     assert not out.exists()
 

@@ -114,8 +114,8 @@ def test_lm_with_a_classifier_is_one_line_and_no_file(tmp_path):
     assert not (tmp_path / "s.h5").exists()
     # classify (the default) on an LM: names what the model returns
     ck = save(task_toys.make_lm(), tmp_path / "lm.pt")
-    p = run(cli("surface", "--model", "task_toys:make_lm", "--dataset", "task_toys:labels_only_dict_data", "--checkpoint", ck,
-                "--x=-1:1:3", "--out", str(tmp_path / "s.h5")), check_rc=None)
+    p = run(cli("surface", "--model", "task_toys:make_lm", "--dataset", "task_toys:labels_only_dict_data",
+                "--checkpoint", ck, "--x=-1:1:3", "--out", str(tmp_path / "s.h5")), check_rc=None)
     one_line_error(p, "--model task_toys:make_lm", "expected logits of shape (batch, classes)")
     assert not (tmp_path / "s.h5").exists()
     p = run(cli("surface", *LM, "--loss", "mse", "--checkpoint", ck, "--x=-1:1:3", "--out", str(tmp_path / "s.h5")),
@@ -161,8 +161,8 @@ def test_regress_user_task_and_builtin_equal_a_plain_computation(tmp_path):
 
 def test_classify_dict_items_and_unreadable_items(tmp_path):
     import landscape_toys
-    from landscape_mpi.data.datasets import collate, load_eval_set
     from landscape_mpi.config.errors import UserError
+    from landscape_mpi.data.datasets import collate, load_eval_set
 
     ds = landscape_toys.make_data("train")
     x, y = collate([{"pixel_values": ds[i][0], "labels": ds[i][1]} for i in range(len(ds))])

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from landscape_mpi.config.errors import UserError
-from landscape_mpi.models import build_model
-from landscape_mpi.directions.reference import read_reference_directions
 from landscape_mpi.directions.pca import pca_directions, pca_from_files, trajectory_files
+from landscape_mpi.directions.reference import read_reference_directions
+from landscape_mpi.models import build_model
 
 SHAPES = {"l1.weight": (6, 5), "l1.bias": (6,), "l2.weight": (3, 6), "l2.bias": (3,)}
 KEYS = list(SHAPES)

@@ -100,7 +100,8 @@ def test_two_targets_and_same_dir(tmp_path, toy_ckpts):
     loss2, _ = independent_eval(toy_ckpts[2], [], (), "train")
     np.testing.assert_allclose(res["train_loss"][0, 1], loss2, rtol=1e-5)
     out2 = tmp_path / "same.h5"
-    run(cli("surface", *TOY, "--checkpoint", toy_ckpts[0], "--same-dir", "--x=-1:1:3", "--y=-1:1:3", "--out", str(out2)))
+    run(cli("surface", *TOY, "--checkpoint", toy_ckpts[0], "--same-dir", "--x=-1:1:3", "--y=-1:1:3",
+            "--out", str(out2)))
     _, (dx, dy), res = read(out2)
     assert all(np.array_equal(dx[k], dy[k]) for k in dx)
     np.testing.assert_allclose(res["train_loss"][2, 0], res["train_loss"][0, 2], rtol=1e-6)  # 1*dx - 1*dy = 0

@@ -213,7 +213,8 @@ def test_width_and_batch_claims():
     s = recorder()
     verdicts.width_verdict(s, "non-convex fraction", {1: per_seed([0.67, 0.7, 0.65]), 4: per_seed([0.3, 0.31, 0.29])},
                            {1: per_seed([0.05] * 3), 4: per_seed([0.01] * 3)})
-    verdicts.width_verdict(s, "roughness", {1: per_seed([0.0029, 0.003, 0.0031]), 4: per_seed([0.0033, 0.0034, 0.0032])},
+    verdicts.width_verdict(s, "roughness",
+                           {1: per_seed([0.0029, 0.003, 0.0031]), 4: per_seed([0.0033, 0.0034, 0.0032])},
                            {1: per_seed([0.05] * 3), 4: per_seed([0.01] * 3)})
     assert [v for _, v, _ in s.lines] == [REPRODUCED, NOT_REPRODUCED]
     s.lines.clear()

@@ -111,6 +111,7 @@ def test_groups_on_nccl_equal_one_process(tmp_path):
     if gpus < 2:
         pytest.skip(f"groups on NCCL need 2 GPUs or more, this machine has {gpus}")
     import h5py
+
     from landscape_mpi.models import build_model
 
     torch.manual_seed(0)
