@@ -5,6 +5,7 @@ Oracles: the uninterrupted one-process run (a resumed file must equal it); the e
 waited for as an event (the 30 s bound is the requirement, not a sleep).
 """
 
+# ruff: noqa: F811  (the fixtures imported from group_helpers are the tests' arguments)
 from __future__ import annotations
 
 import os
