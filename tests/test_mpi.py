@@ -18,8 +18,21 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import (ONE_POINT_AT_A_TIME, ROOT, Job, assert_same_results, cli, env, kill_job, mpi_flavor,
-                      mpiexec, rank_pids, read_results, run, wait_for_files)
+from conftest import (
+    ONE_POINT_AT_A_TIME,
+    ROOT,
+    Job,
+    assert_same_results,
+    cli,
+    env,
+    kill_job,
+    mpi_flavor,
+    mpiexec,
+    rank_pids,
+    read_results,
+    run,
+    wait_for_files,
+)
 
 pytestmark = pytest.mark.timeout(600)
 DIGITS = ["--model", "digits_cnn", "--dataset", "digits", "--threads", "1"]
@@ -216,9 +229,10 @@ def test_io_collective_equals_single(tmp_path, reference):
 
 
 def test_io_collective_without_parallel_h5py_is_a_clear_error(tmp_path, reference, monkeypatch):
+    import h5py as h
+
     from landscape_mpi.config.errors import UserError
     from landscape_mpi.surface.run import check_collective_io
-    import h5py as h
 
     monkeypatch.setattr(h, "get_config", lambda: type("C", (), {"mpi": False})())
     with pytest.raises(UserError, match="parallel HDF5.*--io single"):

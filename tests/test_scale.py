@@ -13,8 +13,19 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import (ROOT, Job, assert_same_results, cli, env, kill_job, mpiexec, read_results, run,
-                      wait_for_files, wait_for_points)
+from conftest import (
+    ROOT,
+    Job,
+    assert_same_results,
+    cli,
+    env,
+    kill_job,
+    mpiexec,
+    read_results,
+    run,
+    wait_for_files,
+    wait_for_points,
+)
 
 METRICS = ("train_loss", "train_acc", "test_loss", "test_acc")
 
@@ -30,7 +41,7 @@ def grid(tmp_path_factory, digits_ckpt):
 
 
 def phases(stderr: str) -> list[int]:
-    line = [l for l in stderr.splitlines() if "collective write phases per rank" in l]
+    line = [ln for ln in stderr.splitlines() if "collective write phases per rank" in ln]
     assert line, stderr
     return json.loads(line[-1].split("per rank: ")[1])
 
