@@ -38,6 +38,8 @@ ONE_POINT_AT_A_TIME = {"LANDSCAPE_MPI_TEST_DELAY": "0"}
 collect_ignore_glob = [] if (torch.cuda.is_available() or os.environ.get("LANDSCAPE_GPU_CHECK_DEVICE")) else ["gpu/*"]
 #: Set to 1 to let skipped tests pass (a developer machine without SLURM or MPICH); CI never sets it.
 ALLOW_SKIP = "LANDSCAPE_MPI_ALLOW_SKIP"
+#: The group tests' fixtures (gpt_ckpt, lm_reference), offered to every test module without an import.
+pytest_plugins = ["group_helpers"]
 
 
 # ------------------------------------------------------------------------------ skipped tests fail the run

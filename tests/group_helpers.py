@@ -1,5 +1,6 @@
 """Shared by the group tests (tests/test_groups*.py): the language-model command, its one-process reference run
-and the comparison with it. The fixtures are imported by the test modules."""
+and the comparison with it. conftest.py loads this module as a plugin, so its fixtures reach every test module
+without an import."""
 
 from __future__ import annotations
 
