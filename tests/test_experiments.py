@@ -296,7 +296,8 @@ def test_every_step_of_every_experiment_is_computed(tiny_run):
     out, log = tiny_run
     assert sorted(p.stem for p in (out / "batch").glob("hess_*.h5")) == sorted(HESSIANS)
     for name, steps in EXPECTED.items():
-        assert sorted(p.stem for p in (out / name).glob("*.h5") if not p.stem.startswith("hess_")) == sorted(steps), name
+        stems = sorted(p.stem for p in (out / name).glob("*.h5") if not p.stem.startswith("hess_"))
+        assert stems == sorted(steps), name
         assert not list((out / name).glob("*.skipped"))
         for step in steps:
             with h5py.File(out / name / f"{step}.h5", "r") as f:
@@ -488,7 +489,8 @@ def test_hessian_steps_under_a_launcher_equal_in_process(tiny_run, tmp_path):
 
 def hand_roughness(v):
     """Mean abs second difference along both axes over the loss range (independent of measures.py)."""
-    d2 = np.concatenate([np.abs(v[:-2] - 2 * v[1:-1] + v[2:]).ravel(), np.abs(v[:, :-2] - 2 * v[:, 1:-1] + v[:, 2:]).ravel()])
+    d2 = np.concatenate([np.abs(v[:-2] - 2 * v[1:-1] + v[2:]).ravel(),
+                         np.abs(v[:, :-2] - 2 * v[:, 1:-1] + v[:, 2:]).ravel()])
     return d2.mean() / (v.max() - v.min())
 
 
