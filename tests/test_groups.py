@@ -14,7 +14,7 @@ import h5py
 import pytest
 
 from conftest import cli, mpiexec, one_line_error, run
-from group_helpers import LM_ARGS, assert_equal_to_reference, gpt_ckpt, lm_reference  # noqa: F401  (fixtures)
+from group_helpers import LM_ARGS, assert_equal_to_reference  # its fixtures gpt_ckpt, lm_reference: a conftest plugin
 
 pytestmark = pytest.mark.timeout(900)
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from conftest import cli, mpiexec, run
-from group_helpers import LM_ARGS, gpt_ckpt  # noqa: F401  (fixtures)
+from group_helpers import LM_ARGS  # its fixture gpt_ckpt: a conftest plugin
 
 pytestmark = pytest.mark.timeout(900)
 

@@ -3,12 +3,11 @@ streams_shards): the model built with its parameters on the meta device, theta* 
 and written tensor by tensor by the file step and read back row by row by each member.
 
 Oracles: `build_directions` on the whole model (the plain path) for the streamed directions' bits; the peak
-resident memory of the unsharded run of the same command (the whole-model path) for the memory; the one-rank pre-flight's message for a
-model that does not fit the data.
+resident memory of the unsharded run of the same command (the whole-model path) for the memory; the one-rank
+pre-flight's message for a model that does not fit the data.
 """
 
 from __future__ import annotations
-
 
 import numpy as np
 import pytest
