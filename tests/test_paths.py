@@ -6,6 +6,7 @@ against an uninterrupted one; and every bad input as one line, exit 2, no file."
 from __future__ import annotations
 
 import os
+import subprocess
 
 import h5py
 import numpy as np
@@ -214,7 +215,9 @@ def test_a_linear_path_in_a_sharded_group_equals_one_process(models, tmp_path):
 
 @pytest.mark.parametrize("case", ["one model", "other architecture", "bend of another model", "bezier no bend",
                                   "points"])
-def test_bad_input_is_one_line_and_no_file(models, tmp_path, case):
+def test_bad_input_is_one_line_and_no_file(models, tmp_path, case, capsys):
+    """In process (the CLI's own guard, `main`, maps the error to its line and exit code); one case also as the
+    console command a user runs."""
     out = str(tmp_path / "bad.h5")
     base = ["path", *COMMON, "--out", out]
     args, needles = {
@@ -227,6 +230,11 @@ def test_bad_input_is_one_line_and_no_file(models, tmp_path, case):
                            ["--bend"]),
         "points": (["--checkpoint", models["A"], "--checkpoint", models["B"], "--points", "1"], ["--points"]),
     }[case]
-    p = run(cli(*base, *args), check_rc=None)
+    if case == "other architecture":
+        p = run(cli(*base, *args), check_rc=None)
+    else:
+        capsys.readouterr()
+        code = main([*base, *args])
+        p = subprocess.CompletedProcess(base, code, *capsys.readouterr())
     one_line_error(p, *needles)
     assert not os.path.exists(out)
