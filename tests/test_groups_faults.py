@@ -101,7 +101,7 @@ def test_sigkill_of_one_group_member_ends_every_rank_naming_it(tmp_path, gpt_ckp
 @pytest.mark.parametrize("mpi, way", [("openmpi", "every"), ("openmpi", "mpiexec"), ("openmpi", "follower"),
                                       ("mpich", "mpiexec")])
 def test_sigterm_inside_every_groups_point_stops_with_75_and_resumes(tmp_path, gpt_ckpt, lm_reference, mpi, way):
-    """benchmarks/stress_stops.py's try, once per way (its 20-try table is in docs/mpi.md): 4 ranks in 2 groups of
+    """benchmarks/stress_stops.py's try, once per way (its table is in docs/mpi.md): 4 ranks in 2 groups of
     2, launched through jobs/launch.sh as the job scripts launch, every rank held inside a point; SIGTERM to every
     process (as SLURM sends it), to mpiexec alone (Open MPI's sleeps and SIGKILLs, MPICH's forwards), or to the
     second group's follower alone. The job ends within STOP_SECONDS, its exit code (the ranks' choice, through the
