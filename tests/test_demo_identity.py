@@ -12,7 +12,7 @@ of training the weights differ by 2e-6 relative here and the losses by 4e-4 on a
    machine kind: directions 2e-6 relative in norm per tensor, losses 2.0e-6 relative at worst, accuracies
    identical. Allowed: directions 2e-5 relative in norm per tensor, losses 2e-5 relative elementwise (10x the
    measured), accuracies one sample per point (a sample whose two largest logits tie to round-off may flip).
-   The same check on a surface computed in bfloat16 fails (a real change of behaviour, ~1e-3).
+   The same check fails on a surface of 1,436 of the 1,437 training digits (a real change of ~1e-3).
 2. Training: the demo's recipe for one epoch, compared per tensor with the stored state_dict in norm. Measured
    between CPU capabilities: 6e-7 relative at most; a 1% larger learning rate moves the tensors by up to 6e-2
    (1.9e-3 or more for 11 of 14). Allowed: 1e-3, 1,600x the capability difference, 60x below the 1% change; the
@@ -85,10 +85,12 @@ def test_demo_surface_from_the_stored_checkpoint_equals_the_reference(tmp_path):
     assert surface_differences(os.path.join(out_dir, "surface.h5"), out_dir) == {}
 
 
-def test_the_surface_check_fails_for_a_surface_computed_in_bfloat16(tmp_path):
-    out_dir = demo_from_stored_checkpoint(tmp_path, "--precision", "bf16")
+def test_the_surface_check_fails_when_one_training_sample_is_left_out(tmp_path):
+    """A real change that moves the training losses by about 1e-3 of their value (1,436 of the 1,437 training
+    digits; the 360 test digits all kept): the check names the training values and passes the test values."""
+    out_dir = demo_from_stored_checkpoint(tmp_path, "--samples", "1436")
     differing = surface_differences(os.path.join(out_dir, "surface.h5"), out_dir)
-    assert {"results/train_loss", "results/test_loss"} <= set(differing), differing
+    assert "results/train_loss" in differing and "results/test_loss" not in differing, differing
 
 
 def training_differences(state: dict[str, torch.Tensor]) -> dict[str, float]:
