@@ -89,8 +89,7 @@ def main() -> None:
                 times[k].append((time.perf_counter() - start) / len(coords))
         base = statistics.median(times["surface point"])
         for k, v in times.items():
-            rows.append((name, k, kinds[k][0].describe().split(",")[0], statistics.median(v),
-                         statistics.median(v) / base))
+            rows.append((name, k, kinds[k][0].name, statistics.median(v), statistics.median(v) / base))
     print("\n| model | point | engine | seconds per point (median) | vs a surface point |")
     print("|---|---|---|---|---|")
     for name, k, engine, s, ratio in rows:
