@@ -48,11 +48,15 @@ def evaluation_config(path: PathConfig, config: SurfaceConfig) -> SurfaceConfig:
     return replace(config, checkpoint=path.checkpoints[0], x=Axis(0.0, 1.0, len(table.t)), y=None, z=None)
 
 
+def model_options(path: PathConfig) -> list[str]:
+    """The option that names each model of the path (the bend last), for errors: ``--checkpoint`` or ``--bend``."""
+    return ["--checkpoint"] * len(path.checkpoints) + (["--bend"] if path.bend else [])
+
+
 def model_hashes(path: PathConfig) -> dict[str, str]:
     """``model_<i>_sha256`` of every model of the path (the bend last): what a resume must find unchanged."""
-    options = [f"--checkpoint {p}" for p in path.checkpoints] + ([f"--bend {path.bend}"] if path.bend else [])
-    return {f"model_{i}_sha256": checkpoint_sha256(p, option.split()[0])
-            for i, (p, option) in enumerate(zip(path.models, options))}
+    return {f"model_{i}_sha256": checkpoint_sha256(p, option)
+            for i, (p, option) in enumerate(zip(path.models, model_options(path)))}
 
 
 class PathFileKind:
@@ -89,7 +93,7 @@ class PathFileKind:
     def create(self, out: str, inputs: Inputs) -> dict:
         """Write the complete path file at `out`: the directions from the models, the coefficient table."""
         path, config, table = self.path, self.config, self.table
-        options = [f"--checkpoint {p}" for p in path.checkpoints] + ([f"--bend {path.bend}"] if path.bend else [])
+        options = [f"{o} {p}" for o, p in zip(model_options(path), path.models)]
         keys = space_keys(inputs.model, config.dir_space)
         if inputs.theta is None:  # the whole model on this rank: directions in memory
             theta0 = {k: v.detach().cpu() for k, v in inputs.model.state_dict().items()}

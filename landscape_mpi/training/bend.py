@@ -39,6 +39,7 @@ from landscape_mpi.directions.paths import bezier_weights
 from landscape_mpi.runtime.faults import NO_FAULTS, Faults
 from landscape_mpi.runtime.lifecycle import STOP, StopRequested
 from landscape_mpi.tasks.base import Task
+from landscape_mpi.training.train import read_checkpoint
 
 __all__ = ["KINDS", "CHAIN_KNOT", "curve_weights", "curve_state", "curve_loss", "state_sha256", "train_bend",
            "load_bend", "BendStopped"]
@@ -116,11 +117,7 @@ def _check_endpoints(model: nn.Module, a: State, b: State) -> None:
 
 
 def _load(path: str) -> dict[str, Any]:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for a damaged file
-        raise UserError(f"{path}: cannot read this bend checkpoint ({type(exc).__name__}); delete it to train "
-                        f"the bend again") from None
+    return read_checkpoint(path, "bend checkpoint", "delete it to train the bend again")
 
 
 def load_bend(path: str, endpoint_hashes: tuple[str, str] | None = None, option: str = "--bend"

@@ -134,12 +134,14 @@ def _check_config(path: str, stored_json: str | None, cfg: TrainConfig) -> None:
                         f"use the same settings to resume, or another --out-dir")
 
 
-def _load(path: str) -> dict[str, Any]:
+def read_checkpoint(path: str, noun: str = "checkpoint", fix: str = "delete it to resume from the one before"
+                    ) -> dict[str, Any]:
+    """A training checkpoint (or a bend's, training/bend.py) on the CPU; a damaged file is a UserError naming
+    `fix`."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a damaged file
-        raise UserError(f"{path}: cannot read this checkpoint ({type(exc).__name__}); delete it to resume from "
-                        f"the one before") from None
+        raise UserError(f"{path}: cannot read this {noun} ({type(exc).__name__}); {fix}") from None
 
 
 def _latest_checkpoint(out_dir: str, steps_per_epoch: int) -> str | None:
@@ -164,7 +166,7 @@ def finished(cfg: TrainConfig) -> str | None:
     final = os.path.join(cfg.out_dir, FINAL)
     if not os.path.isfile(final):
         return None
-    _check_config(final, _load(final).get("config"), cfg)
+    _check_config(final, read_checkpoint(final).get("config"), cfg)
     return final
 
 
@@ -239,7 +241,7 @@ def train(cfg: TrainConfig, device: torch.device | None = None, quiet: bool = Fa
     if latest is None:
         path = save("epoch_000.pt", 0, 0, order, 0, measure())
     else:
-        ck = _load(latest)
+        ck = read_checkpoint(latest)
         _check_config(latest, ck.get("config"), cfg)
         if "resume" not in ck:
             raise UserError(f"{latest} holds no resume state (written by an older version): "
