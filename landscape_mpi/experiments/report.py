@@ -552,6 +552,9 @@ def trajectory_section(s: Section) -> None:
         dist = np.sqrt(x**2 + y**2 + res**2) if res.size == x.size else np.empty(0)
         rel = float(np.max(res) / np.max(dist)) if dist.size and np.max(dist) > 0 else float("nan")
         step_norms = tr.get("step_norms")  # the run's own step sizes (files written before they were stored: none)
+        if step_norms is None:
+            s.notes.append(f"`{st['name']}` holds no step lengths (/trajectory/step_norms, written before they were "
+                           "stored): its random walk takes equal steps, not the run's schedule.")
         walk_mean, walk_q95 = measures.random_walk_explained(len(x), trials=RANDOM_WALK_TRIALS,
                                                              step_norms=step_norms)
         wd, t = st["role"]["wd"], st["role"].get("train_seed", 0)

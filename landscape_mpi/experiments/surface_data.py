@@ -10,8 +10,9 @@ import numpy as np
 from landscape_mpi.files import contract, reader
 from landscape_mpi.numbers.sharpness import center_index
 
-#: The trajectory datasets the report uses.
-TRAJECTORY_DATASETS = ("x", "y", "epochs", "residual")
+#: The trajectory datasets the report uses: the path on the PCA plane, its residual off the plane, and the run's own
+#: step lengths between consecutive checkpoints (the random-walk baseline takes them: measures.random_walk_explained).
+TRAJECTORY_DATASETS = ("x", "y", "epochs", "residual", "step_norms")
 
 
 @dataclass
