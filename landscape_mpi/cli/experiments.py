@@ -43,6 +43,12 @@ def cmd_run(a: argparse.Namespace) -> int:
     o = from_args(ExperimentsRun, a)
     scale = o.scale_name
     launcher = shlex.split(o.launcher) if o.launcher else None
+    from landscape_mpi.experiments.path_definitions import is_path_name
+
+    if is_path_name(o.name):  # the path findings (issue 27): their own definitions and runner
+        from landscape_mpi.experiments.path_runner import run_paths
+
+        return run_paths(o.name, scale, o.out_dir, o.device, launcher, o.data_root, o.task)
     for exp in experiments(o.name, scale):
         try:
             seconds = run_experiment(exp, o.out_dir, o.device, launcher, o.data_root, o.task)

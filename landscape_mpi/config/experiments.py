@@ -19,7 +19,9 @@ DEFAULT_OUT_DIR = "experiments-out"
 class ExperimentsRun:
     """`experiments run`: train and compute the surfaces of one experiment or all (resumable)."""
 
-    name: str = option(help="skip, batch, width, trajectory, a comma-separated list, or all", positional=True)
+    name: str = option(help="skip, batch, width, trajectory, a comma-separated list, or all; the path "
+                                    "findings: path_seeds, path_width, path_parent, or paths (scales tiny and "
+                                    "small)", positional=True)
     scale: Scale = option("small", help="tiny: CI-sized; quick: the small set reduced to about an hour on 2 "
                                         "cores; small: MNIST-1D on a few CPU cores; paper: CIFAR-10 (--data-root)")
     tiny: bool = option(False, help="the same as --scale tiny")

@@ -269,3 +269,6 @@ def rules_section(commit: str | None = None) -> list[str]:
              f"never stronger than its statistic. A verdict involving a net whose train loss is above "
              f"{fmt(UNTRAINED_LOSS)} (ln 10 / 2) is inconclusive.", ""]
     return lines + [f"- {r.text()}" for r in RULES] + [""]
+
+#: The commit that fixed version 1 (this module's rules and their tests), before any path experiment ran.
+PATH_RULES_COMMIT = "e0b6003"

@@ -643,8 +643,10 @@ def render(out_dir: str, figures: str, rel_figures: str) -> str:
 
 def write_report(out_dir: str, out: str, figures: str) -> str:
     """Write the report to `out` and its figures into `figures`; returns the markdown."""
+    from landscape_mpi.experiments.path_report import report_text  # the path findings' section (issue 27)
+
     rel = os.path.relpath(figures, os.path.dirname(os.path.abspath(out)))
-    text = render(out_dir, figures, rel)
+    text = report_text(out_dir, out, figures, rel, lambda: render(out_dir, figures, rel))
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     with open(out, "w") as f:
         f.write(text)
