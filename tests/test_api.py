@@ -192,7 +192,7 @@ def test_hessian_and_path(tmp_path):
     """The Hessian's eigenvalues are the exact Hessian's; the path's file is the command's, and t = 1 is model B."""
     torch.manual_seed(3)
     model = blob_model().eval()
-    options = dict(top_k=2, trace_probes=0, slq_runs=0, adaptive_samples=0, samples=64)
+    options = dict(top_k=2, trace_probes=0, slq_runs=0, adaptive_samples=0, samples=64, threads=1)
     h = lm.hessian(model, blobs("train"), out=str(tmp_path / "api_h.h5"), **options)
     assert h.complete and h.path.endswith("api_h.h5")
     api = reader.read_hessian_file(h.path)
@@ -205,11 +205,12 @@ def test_hessian_and_path(tmp_path):
 
     torch.manual_seed(4)
     other = blob_model().eval()
-    p = lm.path([model, other], blobs("train"), out=str(tmp_path / "api_p.h5"), points=3, bn="eval")
+    p = lm.path([model, other], blobs("train"), out=str(tmp_path / "api_p.h5"), points=3, bn="eval",
+                threads=1)
     a, b = save_checkpoint(model, tmp_path / "cli", "model_0"), save_checkpoint(other, tmp_path / "cli", "model_1")
     assert main(["path", "--model", "hessian_toys:make_model", "--checkpoint", a, "--checkpoint", b, "--dataset",
-                 "hessian_toys:make_data",
-                 "--splits", "train", "--points", "3", "--bn", "eval", "--out", str(tmp_path / "cli_p.h5")]) == 0
+                 "hessian_toys:make_data", "--splits", "train", "--points", "3", "--bn", "eval", "--threads", "1",
+                 "--out", str(tmp_path / "cli_p.h5")]) == 0
     api_p, cli_p = (read_path(str(tmp_path / n)) for n in ("api_p.h5", "cli_p.h5"))
     for name in cli_p.values:
         assert np.array_equal(api_p.values[name], cli_p.values[name]), name
@@ -257,6 +258,11 @@ def test_the_docs_example_runs(tmp_path, monkeypatch):
     assert block, "docs/api.md lost its worked example"
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MPLBACKEND", "Agg")
-    exec(compile(block.group(1), "docs/api.md", "exec"), {"__name__": "docs_api"})
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the training loop's tiny steps: 2 threads on a busy 2-core machine cost 30x more
+    try:
+        exec(compile(block.group(1), "docs/api.md", "exec"), {"__name__": "docs_api"})
+    finally:
+        torch.set_num_threads(threads)
     assert (tmp_path / "xor.h5").exists()
 
