@@ -14,7 +14,7 @@ import sys
 from landscape_mpi.config.options import add_options, from_args
 from landscape_mpi.config.plot import FIGURE_KINDS, PATH_KINDS, PlotOptions
 from landscape_mpi.files.reader import UserError, file_kind
-from plotting import export, figures, paths
+from plotting import export, figures, paths, uncertainty
 from plotting.fill import fill_missing
 from plotting.reader import PlotError, Surface, read_metrics, read_surface
 
@@ -36,7 +36,7 @@ def default_kinds(surfaces: list[Surface]) -> list[str]:
     if len(surfaces) > 1:
         return ["1d"] if s.ndim == 1 else ["compare"] if s.ndim == 2 else []
     if s.ndim == 1:
-        return ["1d"]
+        return ["1d"] + (["uncertainty"] if uncertainty.has_uncertainty(s) else [])
     if s.ndim == 3:
         return ["vti"]
     kinds = ["contour", "contourf", "heatmap", "surface3d", "vtp", "html"]
@@ -46,6 +46,8 @@ def default_kinds(surfaces: list[Surface]) -> list[str]:
             kinds.append("trajectory_residual")
     if "eig_ratio" in s.available:
         kinds.append("eig_ratio")
+    if uncertainty.has_uncertainty(s):  # --tolerance: the estimates' standard errors and samples read
+        kinds.append("uncertainty")
     return kinds
 
 
@@ -59,6 +61,8 @@ def needed_metrics(surface: Surface, kind: str, metric: str) -> list[str]:
         return ["eig_ratio"]
     if kind == "trajectory_residual":
         return []
+    if kind == "uncertainty":
+        return [m for m in uncertainty.uncertainty_metrics(metric) if m in surface.available]
     return [metric]
 
 
@@ -85,6 +89,9 @@ def draw(surfaces: list[Surface], kind: str, a: PlotOptions, out_dir: str) -> st
         return figures.save(figures.plot_1d(surfaces, a.log), os.path.join(out_dir, f"{name}.{a.format}"), a.dpi)
     if kind == "eig_ratio":
         return figures.save(figures.plot_eig_ratio(s), os.path.join(out_dir, f"{stem}_eig_ratio.{a.format}"), a.dpi)
+    if kind == "uncertainty":
+        return figures.save(uncertainty.plot_uncertainty(s, a.metric),
+                            os.path.join(out_dir, f"{stem}_{a.metric}_uncertainty.{a.format}"), a.dpi)
     if kind == "trajectory_residual":
         return figures.save(figures.plot_trajectory_residual(s),
                             os.path.join(out_dir, f"{stem}_trajectory_residual.{a.format}"), a.dpi)

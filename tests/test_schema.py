@@ -82,12 +82,14 @@ def written(tmp_path_factory) -> dict[str, str]:
            str(d / "reg.pt"), "--x=-1:1:3"]
     runs["lm"] = ["surface", "--model", "task_toys:make_lm", "--dataset", "task_toys:token_data", "--task", "lm",
                   "--checkpoint", str(d / "lm.pt"), "--x=-1:1:3"]
-    runs["regress"] = ["surface", *reg, "--task", "regress"]
+    sequential = ["--tolerance", "0.5", "--min-samples", "8", "--tolerance-block", "4"]  # its columns and rule
+    runs["regress"] = ["surface", *reg, "--task", "regress", *sequential]
     runs["user_task"] = ["surface", *reg, "--task", "task_toys:squared_error"]
     models = [a for e in (1, 2, 4) for a in ("--checkpoint", str(d / f"epoch_{e:03d}.pt"))]
     runs["path_chain"] = ["path", *TOY, "--kind", "chain", *models, "--points", "3", "--samples", "30"]
     runs["path_lm"] = ["path", "--model", "task_toys:make_lm", "--dataset", "task_toys:token_data", "--task", "lm",
-                       "--checkpoint", str(d / "lm.pt"), "--checkpoint", str(d / "lm_other.pt"), "--points", "3"]
+                       "--checkpoint", str(d / "lm.pt"), "--checkpoint", str(d / "lm_other.pt"), "--points", "3",
+                       *sequential]
     runs["path_aligned"] = ["path", *TOY, "--align", *models[:4], "--points", "2", "--samples", "30"]
     for name, args in runs.items():
         assert main([*args, "--out", out[name]]) == 0, name

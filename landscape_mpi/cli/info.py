@@ -54,6 +54,10 @@ def summary_lines(info: dict) -> list[str]:
             lines.append(f"  {name:<11}no finite values yet{extra}")
         else:
             lines.append(f"  {name + ' ':<11}{r['min']:.6g} .. {r['max']:.6g}{extra}")
+    if info.get("estimates"):
+        from landscape_mpi.numbers.estimates import estimate_lines
+
+        lines += estimate_lines(info["estimates"])
     sharp = info.get("sharpness") or {}
     if "unavailable" not in sharp:
         from landscape_mpi.numbers.sharpness import format_sharpness

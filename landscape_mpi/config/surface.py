@@ -139,6 +139,11 @@ def _space_for_targets(values: dict[str, Any]) -> str:
 
 
 DATA, GRID, RUN = "model and data", "grid and directions", "run"
+#: The defaults of --min-samples and --tolerance-block (sequential estimates, --tolerance).
+SEQUENTIAL_MIN_SAMPLES, SEQUENTIAL_BLOCK = 256, 32
+#: The fields of the sequential rule: stored only in a file computed with --tolerance (an exact file's config is
+#: what it was before the rule existed).
+SEQUENTIAL_FIELDS = {"tolerance": None, "min_samples": SEQUENTIAL_MIN_SAMPLES, "tolerance_block": SEQUENTIAL_BLOCK}
 
 
 @dataclass(frozen=True)
@@ -207,6 +212,15 @@ class SurfaceConfig:
                        parse=parse_metrics, format=format_metrics, group=DATA)
     eig_tol: float = option(1e-3, help="relative tolerance (ARPACK) of the eigenvalues of --metrics loss,eig",
                             group=DATA)
+    tolerance: float | None = option(None, help="sequential estimates (default: exact full passes): read each "
+                                                "split in one fixed random order, the same at every point, and "
+                                                "stop once the loss's standard error is below REL x |loss|, e.g. "
+                                                "0.01 (docs/method.md#sequential-estimates)", group=DATA)
+    min_samples: int = option(SEQUENTIAL_MIN_SAMPLES, help="with --tolerance: samples read before the rule may "
+                                                           "stop (whole blocks, two at least)", group=DATA)
+    tolerance_block: int = option(SEQUENTIAL_BLOCK, help="with --tolerance: samples per block, the unit of the "
+                                                         "standard error (not --batch-size: values do not depend "
+                                                         "on it)", group=DATA)
 
     def __post_init__(self) -> None:
         if self.z is not None and self.y is None:
@@ -233,6 +247,25 @@ class SurfaceConfig:
             raise UserError("--same-dir needs a y axis: add --y=min:max:num")
         if self.same_dir and self.y_target is not None:
             raise UserError("--same-dir and --y-target contradict each other: keep one")
+        self.check_sequential()
+
+    def check_sequential(self) -> None:
+        """--tolerance in (0, 1); --min-samples and --tolerance-block positive and only with --tolerance."""
+        if self.tolerance is None:
+            for name in ("min_samples", "tolerance_block"):
+                if getattr(self, name) != SEQUENTIAL_FIELDS[name]:
+                    flag = "--" + name.replace("_", "-")
+                    raise UserError(f"{flag} is a setting of sequential estimates: add --tolerance REL or drop "
+                                    f"{flag}")
+            return
+        if not (0 < self.tolerance < 1):
+            raise UserError(f"--tolerance {self.tolerance}: must be between 0 and 1 (relative standard error of "
+                            f"the loss), e.g. 0.01")
+        if self.min_samples < 1:
+            raise UserError(f"--min-samples {self.min_samples}: must be a positive number of samples, e.g. 256")
+        if self.tolerance_block < 1:
+            raise UserError(f"--tolerance-block {self.tolerance_block}: must be a positive number of samples, "
+                            f"e.g. 32")
 
     # ----------------------------------------------------------------------------------------- grid
     @property
@@ -250,6 +283,15 @@ class SurfaceConfig:
         names = [f"{s}_{m}" for s in self.splits for m in task_metrics(self.task)]
         return names + (["eig_max", "eig_min"] if self.eig else [])
 
+    @property
+    def sequential_columns(self) -> list[str]:
+        """With --tolerance, the per-point columns after the metrics: per split the samples read
+        (``<split>_samples``) and each metric's standard error (``<split>_<metric>_se``); else none."""
+        if self.tolerance is None:
+            return []
+        return [name for s in self.splits
+                for name in (f"{s}_samples", *(f"{s}_{m}_se" for m in task_metrics(self.task)))]
+
     def target(self, axis: str) -> str | None:
         return {"x": self.x_target, "y": self.y_target}.get(axis)
 
@@ -266,6 +308,9 @@ class SurfaceConfig:
         d["splits"] = list(self.splits)
         if not full and d["task"] == DEFAULT_TASK:
             del d["task"]
+        if not full and self.tolerance is None:
+            for name in SEQUENTIAL_FIELDS:
+                del d[name]
         return d
 
     @classmethod
@@ -296,8 +341,14 @@ def config_diff(stored: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
     compared only as given / not given (their content is compared by sha256); axes by their coordinates.
     """
     stored = SurfaceConfig.from_dict(stored).to_dict(full=True)
-    wanted = {**wanted, "task": wanted.get("task", DEFAULT_TASK)}
+    wanted = {**SEQUENTIAL_FIELDS, **wanted, "task": wanted.get("task", DEFAULT_TASK)}
     lines = []
+    if (stored["tolerance"] is None) != (wanted["tolerance"] is None):  # one phrase naming the option
+        lines.append("--tolerance: the file holds exact full passes, the command asks sequential estimates "
+                     "(drop --tolerance)" if stored["tolerance"] is None else
+                     f"--tolerance: the file holds sequential estimates (--tolerance {stored['tolerance']}), the "
+                     f"command asks exact full passes (add --tolerance {stored['tolerance']})")
+        stored = {**stored, **{k: wanted[k] for k in SEQUENTIAL_FIELDS}}
     for key in sorted(set(stored) | set(wanted)):
         if key in AXIS_FIELDS:
             continue
@@ -378,10 +429,17 @@ class RunOptions(GroupOptions):
 
 
 def check_groups(config: SurfaceConfig, options: RunOptions) -> None:
-    """What a group of ranks per point does not do (yet): one line each, before anything runs."""
+    """What a group of ranks per point does not do (yet), and what sequential estimates (--tolerance) cannot read:
+    one line each, before anything runs."""
+    if config.tolerance is not None and options.stream_data:
+        raise UserError("--tolerance reads each split in a fixed random order, which --stream-data (in order, a "
+                        "batch at a time) cannot: drop one of them")
     if options.ranks_per_point == 1:
         return
     flag = f"--ranks-per-point {options.ranks_per_point}"
+    if config.tolerance is not None:
+        raise UserError(f"{flag}: --tolerance evaluates a point on one rank (sequential estimates); drop "
+                        f"--ranks-per-point or --tolerance")
     if config.bn == "recalibrate":
         raise UserError(f"{flag}: --bn recalibrate is done by one rank per point; drop --ranks-per-point or use "
                         f"--bn eval")

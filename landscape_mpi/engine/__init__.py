@@ -16,6 +16,8 @@ with its own ``forward``, or dict inputs, is evaluated by the eager engine (with
 - ``batched``: K grid points per forward (torch.func.vmap over the folded model's stacked tensors).
 - ``auto``: ``batched`` for small models (under SMALL_MODEL_FLOPS per sample), else ``channels_last`` for
   4D-input models, else ``folded``; ``eager`` with bn="recalibrate" or when the model cannot be traced.
+- ``sequential`` (``--tolerance``, `engine.sequential`): one of the per-point engines above reading each split's
+  blocks in a fixed random order until the loss's standard error is small enough (not exact: an estimate).
 - a group of ranks per point (`group`, the rank's placement, of 2 or more ranks): ``group-shard`` or
   ``group-data`` (`engine.group`, the placement's --group-mode), whatever ``kind`` (auto or eager: the others
   are refused with the option, `config.surface.check_groups`).
@@ -42,6 +44,7 @@ from landscape_mpi.engine.common import Engine, data_to_device, set_precision
 from landscape_mpi.engine.eager import EagerEngine, batchnorms, recalibrate_bn
 from landscape_mpi.engine.fast import BatchedEngine, FoldedEngine, FoldedTensors, count_flops, probe_batched
 from landscape_mpi.engine.fold import FoldError, plan_fold
+from landscape_mpi.engine.sequential import SequentialEngine, SequentialRule
 from landscape_mpi.runtime.groups import ALONE, RankGroup
 from landscape_mpi.runtime.lifecycle import StopRequested
 from landscape_mpi.tasks import Task, as_task, has_own_forward, is_classify
@@ -131,7 +134,7 @@ def make_engine(model: nn.Module, directions: list[Direction], data: list[EvalSe
                 bn: str = "eval", bn_data: EvalSet | None = None, kind: str = "auto",
                 compact: bool | None = None, log: Callable[[str], None] = print, group: RankGroup = ALONE,
                 theta: Mapping[str, torch.Tensor] | None = None, stop: type[BaseException] = StopRequested,
-                check_stop: Callable[[], None] | None = None) -> Engine:
+                check_stop: Callable[[], None] | None = None, rule: SequentialRule | None = None) -> Engine:
     """The engine that evaluates `model` (at theta*, on the CPU) moved along `directions` on `data`.
 
     `directions`: one dict per axis, state_dict key -> CPU tensor (a subset of the keys). `data`: the
@@ -151,6 +154,10 @@ def make_engine(model: nn.Module, directions: list[Direction], data: list[EvalSe
     `directions` this member's rows), `stop` (the exception a stop raises from `on_batch`, agreed by the group)
     and `check_stop` (a follower's own signal check) are the group engine's.
 
+    `rule`: sequential estimates (--tolerance; `engine.sequential`): the engine chosen as above evaluates one
+    point per forward (`Engine.point_forward`: a batched one through its folded model) and the `SequentialEngine`
+    wrapping it reads each split's blocks in the rule's order until the rule holds. None: exact full passes.
+
     The option values are checked where they are declared (SurfaceConfig, RunOptions). Raises UserError for
     bn="recalibrate" without `bn_data` (2+ samples) or on a model without BatchNorm.
     """
@@ -163,9 +170,18 @@ def make_engine(model: nn.Module, directions: list[Direction], data: list[EvalSe
                             "drop --bn recalibrate")
     set_precision(precision, device)
     bs = batch_size or default_batch_size(device)
+    task = as_task(loss)
+    if rule is not None:
+        if group.size > 1 or any(s.streamed for s in data):
+            raise UserError("--tolerance needs each split in memory on one rank: drop --ranks-per-point and "
+                            "--stream-data, or --tolerance")
+        inner = make_engine(model, directions, data, loss=task, device=device, precision=precision, batch_size=bs,
+                            bn=bn, bn_data=bn_data, kind=kind, compact=compact, log=log)
+        e = SequentialEngine(inner, task, rule, bs, precision, device)
+        log(e.describe())
+        return e
     n_axes = len(directions)
 
-    task = as_task(loss)
     if group.size > 1:
         from landscape_mpi.engine.group import GroupEngine
 

@@ -34,6 +34,11 @@ class Engine:
         """One line for the log: the engine and its settings."""
         return f"engine {self.name}, group_size {self.group_size}"
 
+    def point_forward(self, coords: Sequence[float]) -> Callable:
+        """Set the weights at one point and return the callable that computes the model's output there (a
+        per-point engine's; `engine.sequential` reads its own batches through it)."""
+        raise NotImplementedError(f"engine {self.name} evaluates whole splits only")
+
 
 class Progress:
     """Counts evaluated samples of one `evaluate` call and reports the fraction to `on_batch`."""

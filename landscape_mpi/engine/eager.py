@@ -127,6 +127,12 @@ class EagerEngine(Engine):
             n += len(recalibration_batches(len(self.bn_data), self.batch_size))
         return n
 
+    def point_forward(self, coords: Sequence[float]) -> nn.Module:
+        self.setter.set([float(v) for v in coords])
+        if self.bn_data is not None:
+            recalibrate_bn(self.model, self.bn_data, self.batch_size, self.precision)
+        return self.model
+
     def evaluate(self, coords: np.ndarray) -> np.ndarray:
         c = as_coords(coords, self.n_axes)
         m = len(self.task.metrics)

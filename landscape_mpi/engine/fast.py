@@ -129,6 +129,11 @@ class _OnFoldedModel(Engine):
         """Forward calls of one pass over every split (the progress unit)."""
         return sum(math.ceil(len(s) / self.batch_size) for s in self.data)
 
+    def point_forward(self, coords: Sequence[float]) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The folded model with its tensors at one point (one point per forward, whatever the engine)."""
+        self.tensors.write([float(v) for v in coords])
+        return self.module
+
 
 class FoldedEngine(_OnFoldedModel):
     """One point per forward on the folded model: optional channels-last and torch.compile."""
@@ -151,6 +156,10 @@ class FoldedEngine(_OnFoldedModel):
     def describe(self) -> str:
         return (f"engine {self.name} (BatchNorm folded, {self._sync()}), batch {self.batch_size}, "
                 f"precision {self.precision}")
+
+    def point_forward(self, coords: Sequence[float]) -> Callable[[torch.Tensor], torch.Tensor]:
+        self.tensors.write([float(v) for v in coords])
+        return self._forward
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.compiled:

@@ -49,6 +49,12 @@ SECONDS = "results/seconds"
 EIG_MAX = "results/eig_max"
 EIG_MIN = "results/eig_min"
 EIG_ITERS = "results/eig_iters"
+#: --tolerance (sequential estimates): the rule's root attribute, the columns' suffixes, the order of a split.
+SEQUENTIAL_ATTR = "sequential"
+SAMPLES_SUFFIX = "_samples"
+SE_SUFFIX = "_se"
+SEQUENTIAL_ORDER = ("split i (train 0, test 1) in the order numpy.random.default_rng([order_seed, 0x5E9, i])"
+                    ".permutation(n), blocks of `block` consecutive samples of it, the same at every point")
 #: /results datasets that are bookkeeping, not values.
 BOOKKEEPING = (DONE, RANK, SECONDS, EIG_ITERS)
 
@@ -173,6 +179,12 @@ def _points(shape: tuple, what: str) -> list[Entry]:
         Entry("/results/rank", "int32", shape, ALWAYS, "the MPI rank that computed the point (-1: not yet)"),
         Entry("/results/seconds", "float64", shape, ALWAYS,
               "seconds the point's evaluation took (a group's time shared by its points)"),
+        Entry("/results/<split>_samples", "int64", shape, "--tolerance",
+              "samples of the split the point's sequential estimate read (-1: not yet); all of them: exact"),
+        Entry("/results/<split>_<metric>_se", "float64", shape, "--tolerance",
+              "the standard error of the metric's estimate (0 where the whole split was read; NaN until computed)"),
+        Entry("/@sequential", "json", (), "--tolerance",
+              "the stopping rule: tolerance, min_samples, block, order_seed, the order and the estimators"),
         Entry("/data/<split>_indices", "int64", ("n_kept_<split>",), "--samples", "the samples of the split kept"),
         Entry("/ranks/host", "str", ("n_ranks",), "once a run has started",
               "the host of every MPI rank of the latest run"),

@@ -156,6 +156,12 @@ def create_surface_file(path: str, config: SurfaceConfig, directions: dict,
             f.create_dataset(contract.DONE, data=np.zeros(shape, dtype=np.uint8))
             if config.eig:
                 f.create_dataset(contract.EIG_ITERS, data=np.full(shape, -1, dtype=np.int32))
+            for name in config.sequential_columns:  # --tolerance: samples read (-1: not yet), standard errors
+                samples = name.endswith(contract.SAMPLES_SUFFIX)
+                f.create_dataset(f"{contract.RESULTS}/{name}", data=np.full(shape, -1, dtype=np.int64) if samples
+                                 else np.full(shape, np.nan))
+            if config.tolerance is not None and contract.SEQUENTIAL_ATTR not in attrs:
+                f.attrs[contract.SEQUENTIAL_ATTR] = json.dumps(sequential_rule_attr(config))
             group = f.create_group(contract.DIRECTIONS)
             for axis, direction in directions.items():
                 g = group.create_group(axis)
@@ -248,7 +254,19 @@ class RunLock:
 
 def result_columns(config: SurfaceConfig) -> list[str]:
     """The per-point columns a run writes, in the order of the evaluator's values."""
-    return config.metrics + ([contract.EIG_ITERS.split("/")[-1]] if config.eig else [])
+    return config.metrics + ([contract.EIG_ITERS.split("/")[-1]] if config.eig else []) + config.sequential_columns
+
+
+def sequential_rule_attr(config: SurfaceConfig, split_sizes: dict[str, int] | None = None) -> dict:
+    """The root attribute ``sequential`` of a file computed with --tolerance: the stopping rule, in full, and the
+    samples of each split (`split_sizes`, where known: what a point reads at most)."""
+    return {**({"split_samples": split_sizes} if split_sizes else {}), "tolerance": config.tolerance,
+            "min_samples": config.min_samples, "block": config.tolerance_block, "order_seed": config.seed,
+            "order": contract.SEQUENTIAL_ORDER,
+            "stop": "after at least max(2, ceil(min_samples / block)) blocks, at the first block where "
+                    "se(loss) <= tolerance * |loss|; a non-finite loss reads the whole split",
+            "loss_se": "ratio estimator over blocks, finite-population correction 1 - n/N",
+            "metric_se": "delete-one-block jackknife, finite-population correction 1 - n/N"}
 
 
 class ResultWriter:

@@ -30,6 +30,7 @@ import numpy as np
 from landscape_mpi.config.compare import DEFAULT_LEVELS, DEFAULT_RADIUS
 from landscape_mpi.config.errors import UserError
 from landscape_mpi.files import reader
+from landscape_mpi.numbers.estimates import sharpness_uncertainty
 
 #: Points on each side of the center used by the quadratic fit along each axis (2: five points).
 FIT_HALF_WIDTH = 2
@@ -202,7 +203,9 @@ def sharpness(path: str, metric: str = "train_loss", radius: float = DEFAULT_RAD
     basin [{level, threshold, fraction, area}] (share of the done points with L <= L(center) + level, and that
     share times the box's area/length/volume); roughness; barrier {value, max, at, endpoints, points} for a 1D
     interpolation file (config x_target set) else None; eig {median_clipped_ratio, mean_abs_ratio,
-    max_abs_ratio, points, center} where the file holds eig_max/eig_min, else None (see `_eig`).
+    max_abs_ratio, points, center} where the file holds eig_max/eig_min, else None (see `_eig`); a file of
+    sequential estimates (--tolerance): the same numbers of the estimates, and uncertainty {z, center_se,
+    max_rise_se, basin [{level, fraction_low, fraction_high}]} (`numbers.estimates.sharpness_uncertainty`).
 
     Raises UserError for an unreadable file, an unknown metric, a radius <= 0 or smaller than the grid step
     (no neighbour of the center could be inside), or a level <= 0.
@@ -254,6 +257,9 @@ def sharpness(path: str, metric: str = "train_loss", radius: float = DEFAULT_RAD
         frac = below / n_done
         basin.append({"level": level, "threshold": float(l0 + level), "fraction": frac, "area": frac * box})
     out["basin"] = basin
+    uncertainty = sharpness_uncertainty(path, metric, v, grid.done, center, rise.at, levels)
+    if uncertainty is not None:  # --tolerance: the numbers above are of the estimates; how far their errors reach
+        out["uncertainty"] = uncertainty
     out["roughness"] = roughness(v)
     out["barrier"] = _barrier(grid) if grid.config.get("x_target") and len(grid.axes) == 1 else None
     out["eig"] = _eig(grid, center)
@@ -357,6 +363,11 @@ def format_sharpness(s: dict) -> list[str]:
     lines.append("curvature at center " + ", ".join(f"{k} {g(c['value'])}" for k, c in s["curvature"].items()))
     lines.append("basin fraction " + ", ".join(f"+{b['level']:g}: {g(b['fraction'])}" for b in s["basin"]))
     lines.append(f"roughness {g(s['roughness'])}")
+    u = s.get("uncertainty")
+    if u is not None:
+        lines.append(f"of sequential estimates: center se {g(u['center_se'])}, grid max-rise se <= "
+                     f"{g(u['max_rise_se'])}; basin fraction within {u['z']:g} se " + ", ".join(
+                         f"+{b['level']:g}: {g(b['fraction_low'])}..{g(b['fraction_high'])}" for b in u["basin"]))
     if s["barrier"] is not None:
         lines.append(f"barrier {g(s['barrier']['value'])} (max {g(s['barrier']['max'])} at a={g(s['barrier']['at'])})")
     if s["eig"] is not None:

@@ -34,6 +34,11 @@ def describe(path: str) -> dict[str, Any]:
             "metrics": ranges, "points_per_rank": {str(int(r)): int(c) for r, c in zip(ranks, counts)},
             "checkpoint": s.attrs.get("checkpoint"), "checkpoint_sha256": s.attrs.get("checkpoint_sha256"),
             "created": s.attrs.get("created"), "versions": json.loads(s.attrs.get("versions", "{}"))}
+    from landscape_mpi.numbers.estimates import describe_estimates
+
+    estimates = describe_estimates(path)
+    if estimates is not None:  # --tolerance: the rule, samples read and standard errors
+        info["estimates"] = estimates
     try:
         from landscape_mpi.numbers.sharpness import sharpness_for_info
 

@@ -16,6 +16,7 @@ when complete.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from dataclasses import dataclass, replace
 
@@ -166,6 +167,9 @@ class SurfaceFileKind:
             directions, trajectory, attrs = stream_directions(config, inputs.model, theta), None, {}
         attrs = {"checkpoint": os.path.abspath(config.checkpoint), **attrs, **input_hashes(config),
                  **data_attrs(inputs)}
+        if config.tolerance is not None:  # the rule, with the size of each split (what a point reads at most)
+            attrs[contract.SEQUENTIAL_ATTR] = json.dumps(store.sequential_rule_attr(
+                config, {d.name: len(d) for d in inputs.data}))
         store.create_surface_file(path, config, directions, attrs, data_indices(inputs), trajectory)
         return directions
 

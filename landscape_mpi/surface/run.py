@@ -292,7 +292,9 @@ class GridEvaluator:
                                   precision=config.precision, batch_size=options.batch_size, bn=config.bn,
                                   bn_data=inputs.bn_data, kind=options.engine, log=lambda m: log(ctx, m),
                                   group=group, theta=inputs.theta, stop=StopRequested,
-                                  check_stop=None if group.is_leader else STOP.check)
+                                  check_stop=None if group.is_leader else STOP.check,
+                                  rule=sequential_rule(config))
+        self.n_metrics = len(config.metrics) - (2 if config.eig else 0)  # the engine's metric columns
         if inputs.theta is not None:  # the pre-flight's fit check, on the sharded model (a group collective)
             for split in self.engine.data:  # on the device
                 check_fit(self.engine.model, split, config, inputs.task, grad_mode=torch.no_grad)
@@ -324,8 +326,9 @@ class GridEvaluator:
         except StopRequested as exc:  # the group agreed on a stop another member caught: this rank stops too
             STOP.request(str(exc) or "stop")
             raise
-        if self.eig is not None:
-            values = np.concatenate([values, np.array([self.eig(p) for p in coords])], axis=1)
+        if self.eig is not None:  # the file's column order: metrics, eig_max, eig_min, eig_iters, then --tolerance's
+            n = self.n_metrics
+            values = np.concatenate([values[:, :n], np.array([self.eig(p) for p in coords]), values[:, n:]], axis=1)
         self.hooks.after_points(len(flats))
         return values
 
@@ -385,6 +388,16 @@ def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return f"cuda:{device.index} {torch.cuda.get_device_name(device)}"
     return "cpu"
+def sequential_rule(config: SurfaceConfig):
+    """The stopping rule of --tolerance (`engine.sequential.SequentialRule`; its order seeded by --seed), or None
+    for exact full passes."""
+    if config.tolerance is None:
+        return None
+    from landscape_mpi.engine.sequential import SequentialRule
+
+    return SequentialRule(config.tolerance, config.min_samples, config.tolerance_block, config.seed)
+
+
 
 
 def gather_ranks(ctx: RunContext) -> tuple[list[str], list[str]]:
