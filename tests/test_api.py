@@ -28,6 +28,7 @@ from hessian_toys import exact_hessian
 from hessian_toys import make_data as blobs
 from hessian_toys import make_model as blob_model
 from landscape_mpi.cli import main
+from landscape_mpi.config.errors import UserError
 from landscape_mpi.data.datasets import load_eval_set
 from landscape_mpi.files import reader
 from landscape_mpi.files.path_reader import read_path
@@ -140,6 +141,29 @@ def test_open_equals_the_readers_arrays(api_file, tmp_path):
         assert ds.attrs["config"] == f.attrs["config"] and ds.attrs["seed"] == 0 and ds.attrs["file_kind"] == "surface"
     assert np.isnan(ds.train_loss.values[1:, :]).all() and not np.isnan(ds.train_loss.values[0, :]).any()
     assert ds.train_loss.attrs == {"split": "train", "metric": "loss"}
+
+
+def test_the_figures_take_a_dataset(api_file):
+    """plotting's figures draw a Dataset (plotting/dataset.py) as they draw the file: the same Surface."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from plotting.dataset import as_surface
+    from plotting.figures import levels_for, plot_contour
+    from plotting.reader import read_surface
+
+    _, result = api_file
+    given, read = as_surface(result.dataset), read_surface(result.path)
+    assert sorted(given.available) == sorted(read.available) and given.path == result.path
+    for name in read.available:
+        assert np.array_equal(given.metric(name), read.metric(name), equal_nan=True), name
+    assert given.coords.keys() == read.coords.keys() and np.array_equal(given.done, read.done)
+    assert given.config == read.config
+    figure = plot_contour(given, "train_loss", levels_for([given.metric("train_loss")]))
+    assert figure.axes and figure.axes[0].get_title() == plot_contour(read, "train_loss", levels_for(
+        [read.metric("train_loss")])).axes[0].get_title()
+    with pytest.raises(UserError, match="a hessian Dataset, not a surface's"):
+        as_surface(result.dataset.assign_attrs(file_kind="hessian"))
 
 
 def test_open_imports_no_torch(api_file):

@@ -35,11 +35,10 @@ def open_dataset(path: str):
     """The file at `path` (surface, path or Hessian file) as an `xarray.Dataset`, read now (a snapshot of a file
     a job is still writing). Raises UserError, one line, for a missing file or one that is not landscape-mpi's."""
     kind = reader.file_kind(path)
-    if kind == contract.KIND_HESSIAN:
-        return _hessian(path)
-    if kind == contract.KIND_PATH:
-        return _path(path)
-    return _surface(path)
+    read = {contract.KIND_HESSIAN: _hessian, contract.KIND_PATH: _path}.get(kind, _surface)
+    dataset = read(path)
+    dataset.encoding["source"] = path  # where it was read from, as xarray's own open_dataset records it
+    return dataset
 
 
 def _attrs(attrs: dict, config: dict, kind: str) -> dict:
