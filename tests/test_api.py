@@ -256,9 +256,13 @@ torch.manual_seed(0)
 model = make_model().eval()
 result = lm.surface(model, {"train": make_data("train"), "test": make_data("test")}, out=sys.argv[1],
                     x=(-1, 1, 5), y=(-1, 1, 3))
+memory = lm.surface(model, make_data("test"), x=(-1, 1, 5))  # in memory: rank 0's temporary file, shared
 from mpi4py import MPI
 rank = MPI.COMM_WORLD.Get_rank()
-assert (result is None) == (rank != 0), (rank, result)
+assert (result is None) == (rank != 0) and (memory is None) == (rank != 0), (rank, result, memory)
+if rank == 0:
+    assert memory.path is None and memory.complete
+    torch.save(torch.from_numpy(memory.dataset.train_loss.values), sys.argv[1] + ".memory.pt")
 print(f"rank {rank}: {'a result' if result is not None else 'None'} of {MPI.COMM_WORLD.Get_size()}")
 """
 
@@ -273,6 +277,11 @@ def test_the_same_script_under_mpiexec_equals_one_process(api_file, tmp_path):
     p = run(mpiexec(2) + [sys.executable, str(script), str(out)], timeout=300)
     assert sorted(re.findall(r"rank \d: .* of 2", p.stdout)) == ["rank 0: a result of 2", "rank 1: None of 2"]
     assert_same(surface_parts(out), surface_parts(result.path))
+    # in memory under MPI: the test split evaluated as the one dataset (train); x = 0 is theta*
+    memory = torch.load(str(out) + ".memory.pt").numpy()
+    assert memory.shape == (5,) and memory[2] == pytest.approx(center_loss(seeded_model(), make_data("test")),
+                                                               rel=1e-6)
+    assert sorted(os.listdir(tmp_path)) == ["mpi.h5", "mpi.h5.memory.pt", "script.py"]
 
 
 def test_the_docs_example_runs(tmp_path, monkeypatch):
