@@ -152,6 +152,9 @@ class SequentialEngine(Engine):
         inner.data = self.data  # one copy on the device: the inner engine only sets the weights from here on
         self.forwards = 0
         self.samples_read = 0
+        """Samples the estimates used, and samples forwarded (a forward covers whole blocks: the rule may stop
+        inside one, whose later blocks are computed and not used; benchmarks/bench_fidelity.py counts these)."""
+        self.rows_forwarded = 0
         self.trace: list[list[np.ndarray]] | None = None
         """Set to a list to record, per point, the sample indices read of each split (tests)."""
 
@@ -178,6 +181,7 @@ class SequentialEngine(Engine):
             with torch.inference_mode(), autocast(self.precision, self.device):
                 out = task.forward(forward, x)
             self.forwards += 1
+            self.rows_forwarded += hi - lo
             sliceable = isinstance(out, torch.Tensor) and out.dim() > 0 and out.shape[0] == hi - lo
             for a, b in chunk:
                 if len(chunk) == 1:
@@ -189,6 +193,7 @@ class SequentialEngine(Engine):
                     else:  # an output not indexed by sample first: this block on its own
                         with torch.inference_mode(), autocast(self.precision, self.device):
                             ob = task.forward(forward, xb)
+                        self.rows_forwarded += b - a
                 s = task.batch_sums(ob, xb, yb)
                 sums.append(s)
                 add_sums(total, s)
