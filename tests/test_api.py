@@ -10,9 +10,11 @@ import copy
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 import h5py
@@ -23,7 +25,7 @@ import torch.nn.functional as F
 
 import landscape_mpi
 import landscape_mpi.api as lm
-from conftest import ROOT, env, mpiexec, run
+from conftest import ROOT, env, mpiexec, run, wait_until
 from hessian_toys import exact_hessian
 from hessian_toys import make_data as blobs
 from hessian_toys import make_model as blob_model
@@ -192,6 +194,33 @@ def test_in_memory_writes_nothing(tmp_path, monkeypatch):
     assert result.dataset.train_loss.dims == ("x",) and "test_loss" not in result.dataset  # one dataset: train
     assert result.dataset.train_loss.sel(x=0.0).item() == pytest.approx(center_loss(model, make_data("train")),
                                                                         rel=1e-6)
+
+
+def test_ctrl_c_stops_the_call_and_the_same_call_resumes(api_file, tmp_path, monkeypatch):
+    """SIGINT (a notebook's interrupt) while the job is inside a point: the call returns complete=False with the
+    finished points; the same call again completes the file, equal to the uninterrupted one."""
+    gate = tmp_path / "gate"
+    monkeypatch.setenv("LANDSCAPE_MPI_TEST_GATE", f"mid_run:{gate}")  # held after the first point
+    monkeypatch.setenv("LANDSCAPE_MPI_TEST_DELAY", "0")  # one point at a time
+    out = str(tmp_path / "stopped.h5")
+
+    def interrupt() -> None:
+        wait_until(lambda: Path(f"{gate}.reached.0").exists(), 120, "the job held after its first point")
+        os.kill(os.getpid(), signal.SIGINT)
+        wait_until(lambda: Path(f"{gate}.stopped.0").exists(), 120, "the stop seen by the held job")
+        gate.touch()
+
+    before = signal.getsignal(signal.SIGINT)
+    thread = threading.Thread(target=interrupt)
+    thread.start()
+    stopped = lm.surface(seeded_model(), toy_data(), out=out, x=(-1, 1, 5), y=(-1, 1, 3))
+    thread.join()
+    assert not stopped.complete and int(stopped.dataset.done.sum()) == 1
+    assert signal.getsignal(signal.SIGINT) == before  # the call gave the signal back
+    monkeypatch.delenv("LANDSCAPE_MPI_TEST_GATE")
+    resumed = lm.surface(seeded_model(), toy_data(), out=out, x=(-1, 1, 5), y=(-1, 1, 3))
+    assert resumed.complete
+    assert_same(surface_parts(out), surface_parts(api_file[1].path))
 
 
 def test_an_api_error_is_the_command_line(tmp_path, capsys):
