@@ -14,7 +14,7 @@ import sys
 from landscape_mpi.config.options import add_options, from_args
 from landscape_mpi.config.plot import FIGURE_KINDS, PATH_KINDS, PlotOptions
 from landscape_mpi.files.reader import UserError, file_kind
-from plotting import export, figures, paths, uncertainty
+from plotting import export, figures, paths, scattered, uncertainty
 from plotting.fill import fill_missing
 from plotting.reader import PlotError, Surface, read_metrics, read_surface
 
@@ -35,6 +35,8 @@ def default_kinds(surfaces: list[Surface]) -> list[str]:
     s = surfaces[0]
     if len(surfaces) > 1:
         return ["1d"] if s.ndim == 1 else ["compare"] if s.ndim == 2 else []
+    if scattered.is_adaptive(s):  # the computed points as they are (plotting/scattered.py); 3D: exported with gaps
+        return ["scattered"] if s.ndim < 3 else ["vti"]
     if s.ndim == 1:
         return ["1d"] + (["uncertainty"] if uncertainty.has_uncertainty(s) else [])
     if s.ndim == 3:
@@ -67,7 +69,7 @@ def needed_metrics(surface: Surface, kind: str, metric: str) -> list[str]:
 
 
 #: The figures whose scale --scale auto chooses from the data (the others follow --scale log only).
-AUTO_SCALED = ("contour", "contourf", "heatmap", "surface3d", "trajectory", "compare")
+AUTO_SCALED = ("contour", "contourf", "heatmap", "surface3d", "trajectory", "compare", "scattered")
 
 
 def use_log(surfaces: list[Surface], kind: str, a: PlotOptions) -> bool:
@@ -106,7 +108,8 @@ def draw(surfaces: list[Surface], kind: str, a: PlotOptions, out_dir: str) -> st
         fig = figures.plot_compare(surfaces, a.metric, levels, a.log)
         return figures.save(fig, os.path.join(out_dir, f"compare_{a.metric}.{a.format}"), a.dpi)
     plot = {"contour": figures.plot_contour, "contourf": figures.plot_contourf, "heatmap": figures.plot_heatmap,
-            "surface3d": figures.plot_surface3d, "trajectory": figures.plot_trajectory}[kind]
+            "surface3d": figures.plot_surface3d, "trajectory": figures.plot_trajectory,
+            "scattered": scattered.plot_scattered}[kind]
     return figures.save(plot(s, a.metric, levels, a.log), os.path.join(out_dir, f"{stem}_{a.metric}_{kind}.{a.format}"),
                         a.dpi)
 

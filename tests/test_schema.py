@@ -62,7 +62,7 @@ def written(tmp_path_factory) -> dict[str, str]:
     final, first = str(d / "epoch_004.pt"), str(d / "epoch_001.pt")
     out = {name: str(d / f"{name}.h5") for name in ("hessian", "eig_hessian_dirs", "pca", "target_3d", "lm",
                                                        "regress", "user_task", "path_chain", "path_lm",
-                                                       "path_aligned")}
+                                                       "path_aligned", "adaptive")}
     runs = {
         "hessian": ["hessian", *TOY, "--checkpoint", final, "--samples", "40", "--top-k", "2", "--tol", "1e-2",
                     "--trace-probes", "2", "--slq-runs", "2", "--slq-steps", "4", "--adaptive-samples", "2"],
@@ -85,6 +85,7 @@ def written(tmp_path_factory) -> dict[str, str]:
     sequential = ["--tolerance", "0.5", "--min-samples", "8", "--tolerance-block", "4"]  # its columns and rule
     runs["regress"] = ["surface", *reg, "--task", "regress", *sequential]
     runs["user_task"] = ["surface", *reg, "--task", "task_toys:squared_error"]
+    runs["adaptive"] = ["surface", *reg, "--task", "regress", "--adaptive", "3", "--adaptive-coarse", "1"]
     models = [a for e in (1, 2, 4) for a in ("--checkpoint", str(d / f"epoch_{e:03d}.pt"))]
     runs["path_chain"] = ["path", *TOY, "--kind", "chain", *models, "--points", "3", "--samples", "30"]
     runs["path_lm"] = ["path", "--model", "task_toys:make_lm", "--dataset", "task_toys:token_data", "--task", "lm",

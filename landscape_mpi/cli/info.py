@@ -54,6 +54,10 @@ def summary_lines(info: dict) -> list[str]:
             lines.append(f"  {name:<11}no finite values yet{extra}")
         else:
             lines.append(f"  {name + ' ':<11}{r['min']:.6g} .. {r['max']:.6g}{extra}")
+    if info.get("adaptive"):
+        from landscape_mpi.numbers.refinement import adaptive_lines
+
+        lines += adaptive_lines(info["adaptive"])
     if info.get("estimates"):
         from landscape_mpi.numbers.estimates import estimate_lines
 

@@ -17,6 +17,8 @@ def add_parser(sub) -> None:
 
 
 def cmd_surface(a: argparse.Namespace) -> int:
+    from landscape_mpi.surface.adaptive import job_of
     from landscape_mpi.surface.run import run_surface
 
-    return run_surface(from_args(SurfaceConfig, a), from_args(RunOptions, a))
+    config = from_args(SurfaceConfig, a)
+    return run_surface(config, from_args(RunOptions, a), job=job_of(config))

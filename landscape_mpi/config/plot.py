@@ -13,7 +13,7 @@ from landscape_mpi.config.options import check_choices, literal_values, option
 
 #: Figures (matplotlib), drawn with --fill-missing's interpolated points where asked.
 FigureKind = Literal["1d", "contour", "contourf", "heatmap", "surface3d", "compare", "trajectory",
-                     "trajectory_residual", "eig_ratio", "uncertainty"]
+                     "trajectory_residual", "eig_ratio", "uncertainty", "scattered"]
 FIGURE_KINDS: tuple[FigureKind, ...] = literal_values(FigureKind)
 #: Exports (ParaView, plotly), always with their gaps.
 ExportKind = Literal["vtp", "vti", "html"]

@@ -99,6 +99,18 @@ class Axis:
         return np.linspace(self.start, self.stop, self.num, dtype=np.float64)
 
 
+def coarse_indices(n: int, level: int) -> list[int]:
+    """The indices of an axis of `n` points that bisection reaches in `level` steps: both ends, then the middle
+    ``(lo + hi) // 2`` of every interval of two or more steps (2^level + 1 indices where the axis has them). The
+    coarse grid of an adaptive surface (--adaptive-coarse), and the cells it refines, are made of these."""
+    points, intervals = {0, n - 1}, [(0, n - 1)]
+    for _ in range(level):
+        intervals = [half for lo, hi in intervals if hi - lo >= 2
+                     for half in ((lo, (lo + hi) // 2), ((lo + hi) // 2, hi))]
+        points.update(lo for lo, _ in intervals)
+    return sorted(points)
+
+
 def parse_metrics(spec: str) -> bool:
     """``--metrics loss`` or ``loss,eig``: returns whether eig is asked for."""
     parts = [p.strip() for p in spec.split(",") if p.strip()]
@@ -144,6 +156,8 @@ SEQUENTIAL_MIN_SAMPLES, SEQUENTIAL_BLOCK = 256, 32
 #: The fields of the sequential rule: stored only in a file computed with --tolerance (an exact file's config is
 #: what it was before the rule existed).
 SEQUENTIAL_FIELDS = {"tolerance": None, "min_samples": SEQUENTIAL_MIN_SAMPLES, "tolerance_block": SEQUENTIAL_BLOCK}
+#: The fields of an adaptive grid (--adaptive): stored only in a file computed with --adaptive.
+ADAPTIVE_FIELDS = {"adaptive": None, "adaptive_coarse": 2, "adaptive_round": 0, "adaptive_tolerance": 0.0}
 
 
 @dataclass(frozen=True)
@@ -221,6 +235,17 @@ class SurfaceConfig:
     tolerance_block: int = option(SEQUENTIAL_BLOCK, help="with --tolerance: samples per block, the unit of the "
                                                          "standard error (not --batch-size: values do not depend "
                                                          "on it)", group=DATA)
+    adaptive: int | None = option(None, help="adaptive grid with a budget of POINTS points (default: every grid "
+                                             "point): the grid is the finest lattice, its coarse sub-grid is "
+                                             "computed first, then rounds refine the cells whose interpolation "
+                                             "error is largest (docs/method.md#adaptive-grids)", group=GRID)
+    adaptive_coarse: int = option(2, help="with --adaptive: the coarse grid's level, 2^L + 1 points per axis (2: "
+                                          "5 per axis)", group=GRID)
+    adaptive_round: int = option(0, help="with --adaptive: points per refinement round (0: a 16th of the budget "
+                                         "beyond the coarse grid)", group=GRID)
+    adaptive_tolerance: float = option(0.0, help="with --adaptive: stop refining cells whose interpolation error of "
+                                                 "the first metric is at most this (its units; 0: the budget alone)",
+                                       group=GRID)
 
     def __post_init__(self) -> None:
         if self.z is not None and self.y is None:
@@ -248,6 +273,26 @@ class SurfaceConfig:
         if self.same_dir and self.y_target is not None:
             raise UserError("--same-dir and --y-target contradict each other: keep one")
         self.check_sequential()
+        self.check_adaptive()
+
+    def check_adaptive(self) -> None:
+        """--adaptive's settings only with --adaptive; its budget at least the coarse grid."""
+        if self.adaptive is None:
+            for name in ADAPTIVE_FIELDS:
+                if getattr(self, name) != ADAPTIVE_FIELDS[name]:
+                    flag = "--" + name.replace("_", "-")
+                    raise UserError(f"{flag} is a setting of adaptive grids: add --adaptive POINTS or drop {flag}")
+            return
+        if self.adaptive_coarse < 1:
+            raise UserError(f"--adaptive-coarse {self.adaptive_coarse}: must be at least 1 (2^L + 1 points per "
+                            f"axis), e.g. 2")
+        if self.adaptive_round < 0 or not (math.isfinite(self.adaptive_tolerance) and self.adaptive_tolerance >= 0):
+            raise UserError("--adaptive-round and --adaptive-tolerance must be 0 or positive")
+        coarse = [len(coarse_indices(n, self.adaptive_coarse)) for n in self.shape]
+        if self.adaptive < math.prod(coarse):
+            raise UserError(f"--adaptive {self.adaptive}: below the coarse grid's {math.prod(coarse)} points "
+                            f"({'x'.join(map(str, coarse))}, --adaptive-coarse {self.adaptive_coarse}); give at "
+                            f"least {math.prod(coarse)} or a lower --adaptive-coarse")
 
     def check_sequential(self) -> None:
         """--tolerance in (0, 1); --min-samples and --tolerance-block positive and only with --tolerance."""
@@ -311,6 +356,9 @@ class SurfaceConfig:
         if not full and self.tolerance is None:
             for name in SEQUENTIAL_FIELDS:
                 del d[name]
+        if not full and self.adaptive is None:
+            for name in ADAPTIVE_FIELDS:
+                del d[name]
         return d
 
     @classmethod
@@ -341,7 +389,7 @@ def config_diff(stored: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
     compared only as given / not given (their content is compared by sha256); axes by their coordinates.
     """
     stored = SurfaceConfig.from_dict(stored).to_dict(full=True)
-    wanted = {**SEQUENTIAL_FIELDS, **wanted, "task": wanted.get("task", DEFAULT_TASK)}
+    wanted = {**SEQUENTIAL_FIELDS, **ADAPTIVE_FIELDS, **wanted, "task": wanted.get("task", DEFAULT_TASK)}
     lines = []
     if (stored["tolerance"] is None) != (wanted["tolerance"] is None):  # one phrase naming the option
         lines.append("--tolerance: the file holds exact full passes, the command asks sequential estimates "
@@ -349,6 +397,12 @@ def config_diff(stored: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
                      f"--tolerance: the file holds sequential estimates (--tolerance {stored['tolerance']}), the "
                      f"command asks exact full passes (add --tolerance {stored['tolerance']})")
         stored = {**stored, **{k: wanted[k] for k in SEQUENTIAL_FIELDS}}
+    if (stored["adaptive"] is None) != (wanted["adaptive"] is None):  # one phrase naming the option
+        lines.append("--adaptive: the file holds a regular grid, the command asks an adaptive one (drop "
+                     "--adaptive)" if stored["adaptive"] is None else
+                     f"--adaptive: the file holds an adaptive grid (--adaptive {stored['adaptive']}), the command "
+                     f"asks a regular one (add --adaptive {stored['adaptive']})")
+        stored = {**stored, **{k: wanted[k] for k in ADAPTIVE_FIELDS}}
     for key in sorted(set(stored) | set(wanted)):
         if key in AXIS_FIELDS:
             continue

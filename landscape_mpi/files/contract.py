@@ -49,6 +49,8 @@ SECONDS = "results/seconds"
 EIG_MAX = "results/eig_max"
 EIG_MIN = "results/eig_min"
 EIG_ITERS = "results/eig_iters"
+#: --adaptive: the refinement round that chose each point (-1: not chosen).
+ROUND = "results/round"
 #: --tolerance (sequential estimates): the rule's root attribute, the columns' suffixes, the order of a split.
 SEQUENTIAL_ATTR = "sequential"
 SAMPLES_SUFFIX = "_samples"
@@ -56,7 +58,7 @@ SE_SUFFIX = "_se"
 SEQUENTIAL_ORDER = ("split i (train 0, test 1) in the order numpy.random.default_rng([order_seed, 0x5E9, i])"
                     ".permutation(n), blocks of `block` consecutive samples of it, the same at every point")
 #: /results datasets that are bookkeeping, not values.
-BOOKKEEPING = (DONE, RANK, SECONDS, EIG_ITERS)
+BOOKKEEPING = (DONE, RANK, SECONDS, EIG_ITERS, ROUND)
 
 GRID_INDEXING = "ij"
 AXIS_NAMES = ("x", "y", "z")
@@ -219,6 +221,9 @@ SURFACE_SCHEMA: tuple[Entry, ...] = (
     Entry("/results/eig_min", "float64", ("grid",), "--metrics loss,eig", "the smallest Hessian eigenvalue"),
     Entry("/results/eig_iters", "int32", ("grid",), "--metrics loss,eig",
           "Hessian-vector products the point's two eigenvalues took (-1: not yet)"),
+    Entry("/results/round", "int32", ("grid",), "--adaptive",
+          "the refinement round that chose the point (0: the coarse grid; -1: not chosen), written before its "
+          "done flag; a point not chosen stays NaN and not done (docs/method.md#adaptive-grids)"),
     _directions("axis", ALWAYS, "the direction of the axis"),
     Entry("/trajectory/x", "float64", ("n_checkpoints",), "--directions pca",
           "each checkpoint's coordinate on the PCA plane along x"),

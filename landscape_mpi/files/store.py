@@ -156,6 +156,8 @@ def create_surface_file(path: str, config: SurfaceConfig, directions: dict,
             f.create_dataset(contract.DONE, data=np.zeros(shape, dtype=np.uint8))
             if config.eig:
                 f.create_dataset(contract.EIG_ITERS, data=np.full(shape, -1, dtype=np.int32))
+            if config.adaptive is not None:
+                f.create_dataset(contract.ROUND, data=np.full(shape, -1, dtype=np.int32))
             for name in config.sequential_columns:  # --tolerance: samples read (-1: not yet), standard errors
                 samples = name.endswith(contract.SAMPLES_SUFFIX)
                 f.create_dataset(f"{contract.RESULTS}/{name}", data=np.full(shape, -1, dtype=np.int64) if samples
@@ -309,6 +311,15 @@ class ResultWriter:
         self.seconds_dset = self.file[contract.SECONDS]
         self.done_dset = self.file[contract.DONE]
         self.shape = self.done_dset.shape
+        # --adaptive: the round of each chosen point, queued by rank 0 (`queue_rounds`) and written in its next write
+        self.round_dset = self.file[contract.ROUND] if contract.ROUND in self.file else None
+        self.rounds: list[tuple[np.ndarray, int]] = []
+
+    def queue_rounds(self, flat: np.ndarray, round_number: int) -> None:
+        """Record that round `round_number` chose the points `flat` (--adaptive), in this writer's next `write`:
+        before any of them can be marked done. Under --io collective every writer's `write` takes part in
+        the round's write (the others with nothing), so rank 0 queues and the others need not know."""
+        self.rounds.append((np.asarray(flat, dtype=np.int64), int(round_number)))
 
     def _write_points(self, dset: h5py.Dataset, coords: np.ndarray, values: np.ndarray) -> None:
         # One HDF5 call per dataset for a whole batch of scattered points (an element selection). Under
@@ -332,9 +343,16 @@ class ResultWriter:
 
     def write(self, flat: np.ndarray, values: np.ndarray, ranks: np.ndarray, seconds: np.ndarray) -> None:
         """Write a batch: `values[p, c]` is column c at flat grid index `flat[p]`. Durable when it returns."""
-        if len(flat) == 0 and self.io != "collective":
+        if len(flat) == 0 and self.io != "collective" and not self.rounds:
             return
         self.writes += 1
+        if self.round_dset is not None:  # the rounds queued so far, before the values and their done flags
+            queued, self.rounds = self.rounds, []
+            where = np.concatenate([q[0] for q in queued]) if queued else np.empty(0, dtype=np.int64)
+            rounds = np.concatenate([np.full(len(q[0]), q[1], dtype=np.int32) for q in queued]) if queued else \
+                np.empty(0, dtype=np.int32)
+            spots = np.stack(np.unravel_index(where, self.shape), axis=1).astype(np.uint64)
+            self._write_points(self.round_dset, spots, rounds)
         coords = np.stack(np.unravel_index(np.asarray(flat, dtype=np.int64), self.shape), axis=1).astype(np.uint64)
         values = np.asarray(values, dtype=np.float64).reshape(len(flat), len(self.columns))
         for c, name in enumerate(self.columns):

@@ -39,6 +39,12 @@ def describe(path: str) -> dict[str, Any]:
     estimates = describe_estimates(path)
     if estimates is not None:  # --tolerance: the rule, samples read and standard errors
         info["estimates"] = estimates
+    from landscape_mpi.numbers.refinement import describe_adaptive
+
+    adaptive = describe_adaptive(path)
+    if adaptive is not None:  # --adaptive: coverage, rounds; complete when the refinement is over
+        info["adaptive"] = adaptive
+        info["complete"] = bool(adaptive["finished"])
     try:
         from landscape_mpi.numbers.sharpness import sharpness_for_info
 

@@ -8,7 +8,10 @@ simply asks more often: dynamic load balancing with no collective per point. Eve
 short sleep (`Waiter`), never a busy spin, so an idle rank uses no CPU core.
 
 The points still to do are one int64 array with a cursor (`Todo`), in coarse-to-fine order by default
-(`point_order`): a partial file is a low-resolution picture of the whole surface at every moment.
+(`point_order`): a partial file is a low-resolution picture of the whole surface at every moment. An adaptive
+grid hands them out in rounds (`Master`'s `refill`): once every point of a round has come back, `refill` gives
+the next round (chosen from the values, which `on_results` sees); a worker that asks while the round's last
+points are being computed waits for the next round's chunk instead of being told that there is no more work.
 
 A rank evaluates a chunk in groups of the evaluator's `group_size` points (several grid points per forward
 for small models). A stop (signal, or the master's STOP) abandons the group in progress at the next batch
@@ -256,7 +259,11 @@ class Master:
     def __init__(self, comm, todo: np.ndarray, evaluate: PointEvaluator, sink: ResultSink,
                  stop: StopFlag, chunk_size: int = 0, on_progress: Callable[[int], None] | None = None,
                  collective: bool = False, stats: RankStats | None = None,
-                 on_tick: Callable[[float], None] | None = None) -> None:
+                 on_tick: Callable[[float], None] | None = None,
+                 refill: Callable[[], np.ndarray] | None = None,
+                 on_results: Callable[[list[PointResult]], None] | None = None) -> None:
+        """`refill` (an adaptive grid): the next round's points once every point handed out has come back
+        (empty: no more); `on_results`: sees every finished point (rank 0's and the workers'), in arrival order."""
         self.comm = comm
         self.size = comm.Get_size()
         #: other ranks to serve (False: evaluates alone, without touching MPI)
@@ -280,15 +287,43 @@ class Master:
         self.workers_running = self.size - 1
         self.outbox = Outbox(comm)
         self.phase = 0
+        self.refill = refill
+        self.on_results = on_results or (lambda results: None)
+        self.exhausted = refill is None  # no more points will come (a regular grid: the todo is all there is)
+        self.evaluator_group = max(1, getattr(evaluate, "group_size", 1))
+        self.waiting: list[int] = []  # workers whose request waits for the next round
 
-    def next_chunk(self) -> np.ndarray:
-        if self.stopping or not len(self.todo):
+    def next_chunk(self) -> np.ndarray | None:
+        """The next chunk for a worker; None: none now, but the next round will have points (ask again then)."""
+        if self.stopping or (not len(self.todo) and self.exhausted):
             return np.empty(0, dtype=np.int64)
+        if not len(self.todo):
+            return None
         left = len(self.todo)
         # At most an n-th of what is left: a worker keeps PREFETCH requests in flight, and two full groups of a
         # small grid handed to rank 1 of 2 ranks were the whole grid, leaving rank 0 (and rank 2...) nothing.
         n = self.chunk_size or min(auto_chunk(left, self.size, self.group), math.ceil(left / self.size))
         return self.todo.take(n)
+
+    def answer(self, rank: int) -> None:
+        """Send a worker its next chunk, or keep it waiting for the next round."""
+        chunk = self.next_chunk()
+        if chunk is None:
+            self.waiting.append(rank)
+        else:
+            self.outbox.send(chunk, dest=rank, tag=TAG_WORK)
+
+    def next_round(self) -> None:
+        """Every point handed out has come back: the next round's points (`refill`), to rank 0 and the waiting
+        workers; none: the run's last points are done, and the waiting workers are told so."""
+        points = np.asarray(self.refill(), dtype=np.int64) if not self.stopping else np.empty(0, dtype=np.int64)
+        self.exhausted = not len(points)
+        self.todo = Todo(points)
+        self.n_todo += len(points)
+        self.group = min(self.evaluator_group, max(1, math.ceil(len(points) / self.size)))
+        waiting, self.waiting = self.waiting, []
+        for rank in waiting:
+            self.answer(rank)
 
     def begin_stop(self, reason: str) -> None:
         if self.stopping:
@@ -315,8 +350,10 @@ class Master:
                         self.sink.add(results, src)
                     self.computed += len(results)
                     self.on_progress(len(results))
+                if results:
+                    self.on_results(results)
                 if wants_more:
-                    self.outbox.send(self.next_chunk(), dest=src, tag=TAG_WORK)
+                    self.answer(src)
             elif tag == TAG_DONE:
                 stats, stopped = msg
                 self.stats[src] = stats
@@ -370,6 +407,8 @@ class Master:
                     waiter.reset()
                 if self.stop.requested:
                     self.begin_stop(f"rank 0 caught {self.stop.signal_name}")
+                if not self.stopping and not self.exhausted and not len(self.todo) and self.computed == self.n_todo:
+                    self.next_round()
                 if not self.stopping and len(self.todo):
                     flats = self.todo.take(self.group)
                     try:
@@ -380,6 +419,7 @@ class Master:
                     own.points += len(results)
                     own.busy_seconds += sum(r[2] for r in results)
                     self.sink.add(results, 0)
+                    self.on_results(results)
                     self.computed += len(results)
                     self.on_progress(len(results))
                     if self.sink.due():
@@ -403,7 +443,7 @@ class Master:
         own.wall_seconds = time.perf_counter() - t0
         own.cpu_seconds = time.process_time() - cpu0
         # Complete only if every point came back (chunks handed to a worker that stopped did not).
-        status = STATUS_COMPLETE if self.computed == self.n_todo else STATUS_STOPPED
+        status = STATUS_COMPLETE if self.computed == self.n_todo and self.exhausted else STATUS_STOPPED
         for r in range(1, self.size):
             self.outbox.send(status, dest=r, tag=TAG_FINAL)
         self.outbox.drain()

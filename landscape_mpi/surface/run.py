@@ -220,6 +220,7 @@ class SurfaceJob:
         sink = sched.ResultSink(writer.write if writer else None, len(store.result_columns(self.config)),
                                 options.flush_seconds)
         stats = sched.RankStats(ctx.rank, ctx.host, str(ctx.device))
+        self.writer = writer  # rank 0's, where it writes: an adaptive grid's master records its rounds through it
         try:
             if not group.is_leader:
                 return follow(group, evaluator, StopRequested, sched.Waiter().pause)
@@ -243,13 +244,13 @@ class SurfaceJob:
     def master(self, evaluator: GridEvaluator, sink: sched.ResultSink, stats: sched.RankStats, opened: Opened) -> str:
         """Rank 0's part of step 7: the points not done yet, in --order, to the leaders; progress and summary."""
         ctx, options = self.ctx, self.options
-        todo = sched.point_order(opened.done.shape, opened.done, options.order)
-        total = int(opened.done.size)
+        todo, total, done = self.points(opened)
         log(ctx, f"{len(todo)} points to compute on {self.group.where()}, io={options.io}, order={options.order}, "
                  f"rank 0 on {ctx.device} with {ctx.threads} thread(s)")
-        progress = Progress(total, total - len(todo), options.progress_seconds)
+        progress = Progress(total, done, options.progress_seconds)
         master = sched.Master(self.group.leaders, todo, evaluator, sink, STOP, options.chunk_size, progress.update,
-                              collective=options.io == "collective", stats=stats, on_tick=progress.partial)
+                              collective=options.io == "collective", stats=stats, on_tick=progress.partial,
+                              **self.rounds())
         evaluator.on_batch = master.tick  # keep serving, writing and watching for stops while rank 0 evaluates
         ctx.faults.serve_while_held(master.serve if master.has_workers else None)  # a test's gate holds rank 0
         outcome = master.run()
@@ -257,6 +258,16 @@ class SurfaceJob:
         progress.close()
         print_summary(ctx, options, outcome)
         return outcome.status
+
+    def points(self, opened: Opened) -> tuple[np.ndarray, int, int]:
+        """The points to hand out (in --order), and the points of the run in all and done already (progress)."""
+        todo = sched.point_order(opened.done.shape, opened.done, self.options.order)
+        return todo, int(opened.done.size), int(opened.done.size) - len(todo)
+
+    def rounds(self) -> dict:
+        """How the master gets more points than `points` (an adaptive grid's rounds: `sched.Master`'s refill and
+        on_results); a regular grid has none."""
+        return {}
 
     def finish(self, prepared: Prepared) -> None:
         """An --overwrite run that completed replaces the old file (rank 0, agreed by every rank)."""
