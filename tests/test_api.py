@@ -293,6 +293,11 @@ if rank == 0:
     assert memory.path is None and memory.complete
     torch.save(torch.from_numpy(memory.dataset.train_loss.values), sys.argv[1] + ".memory.pt")
 print(f"rank {rank}: {'a result' if result is not None else 'None'} of {MPI.COMM_WORLD.Get_size()}")
+torch.manual_seed(rank)  # a script that forgot its seed: each rank its own weights, refused on every rank
+try:
+    lm.surface(make_model(), make_data("train"), x=(-1, 1, 3))
+except lm.UserError as exc:
+    print(f"rank {rank} refused: {exc}")
 """
 
 
@@ -305,6 +310,10 @@ def test_the_same_script_under_mpiexec_equals_one_process(api_file, tmp_path):
     out = tmp_path / "mpi.h5"
     p = run(mpiexec(2) + [sys.executable, str(script), str(out)], timeout=300)
     assert sorted(re.findall(r"rank \d: .* of 2", p.stdout)) == ["rank 0: a result of 2", "rank 1: None of 2"]
+    refused = sorted(re.findall(r"rank (\d) refused: (.*)", p.stdout))
+    assert [r for r, _ in refused] == ["0", "1"] and {m for _, m in refused} == {
+        "the model's weights differ between rank 0 and rank 1; build the model with the same seed on every rank, "
+        "or load the same checkpoint"}
     assert_same(surface_parts(out), surface_parts(result.path))
     # in memory under MPI: the test split evaluated as the one dataset (train); x = 0 is theta*
     memory = torch.load(str(out) + ".memory.pt").numpy()
