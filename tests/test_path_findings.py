@@ -4,11 +4,22 @@ constructed inputs (a planted effect is found, a null is not, too few pairs is i
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
+import pytest
+import torch
 
+from landscape_mpi.cli import main
+from landscape_mpi.config.errors import UserError
+from landscape_mpi.config.train import TrainConfig
+from landscape_mpi.data.datasets import load_eval_set
 from landscape_mpi.experiments import path_rules as pr
+from landscape_mpi.experiments.path_models import digits_mlp2_x1, model_name
+from landscape_mpi.experiments.path_report import BEGIN, END, PathSection
 from landscape_mpi.experiments.path_rules import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED
+from landscape_mpi.experiments.path_runner import spawn_checkpoint
+from landscape_mpi.training.train import train
 
 
 def test_side_needs_every_pair_and_two_standard_errors():
@@ -85,3 +96,58 @@ def test_untrained_gate_and_rules_text():
     assert f"paths version {pr.PATH_RULES_VERSION}" in text and "abc1234" in text
     assert {r.key for r in pr.RULES} == {"seeds/linear", "seeds/curve", "width/lowers", "width/more",
                                          "parent/classify", "parent/lm"}
+
+
+# ------------------------------------------------------------------------------------------ spawn and end to end
+def _state(path):
+    return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+
+
+def test_spawned_child_starts_from_the_parent_and_trains_on(tmp_path):
+    """A child is the parent's epoch-1 checkpoint with the child's seed, resumed by the training itself: its start
+    equals the parent's weights after epoch 1, its end differs from the parent's (another data order), and a parent
+    without that epoch is a one-line error."""
+    recipe = {"model": model_name(1), "dataset": "digits", "epochs": 2, "batch_size": 64, "lr": 0.05}
+    parent = TrainConfig(out_dir=str(tmp_path / "parent"), seed=101, **recipe)
+    train(parent, torch.device("cpu"), quiet=True)
+    child = TrainConfig(out_dir=str(tmp_path / "child"), seed=201, **recipe)
+    start = spawn_checkpoint(parent.out_dir, 1, child)
+    for k, v in _state(tmp_path / "parent" / "epoch_001.pt").items():
+        assert torch.equal(_state(start)[k], v)
+    train(child, torch.device("cpu"), quiet=True)
+    assert sorted(os.listdir(child.out_dir)) == ["epoch_001.pt", "epoch_002.pt", "final.pt"]  # resumed, not redone
+    a, b = _state(tmp_path / "parent" / "final.pt"), _state(tmp_path / "child" / "final.pt")
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(UserError, match="no checkpoint after epoch 5"):
+        spawn_checkpoint(parent.out_dir, 5, TrainConfig(out_dir=str(tmp_path / "other"), seed=202, **recipe))
+
+
+def test_path_seeds_tiny_end_to_end(tmp_path):
+    """experiments run path_seeds --tiny (two nets, a linear path and a trained Bezier curve, 3 points of t, as
+    landscape-mpi path subprocesses), then the report: the linear barrier it prints equals one computed here by
+    rebuilding the midpoint model by hand and evaluating its train loss on the same subset."""
+    out = tmp_path / "out"
+    assert main(["experiments", "run", "path_seeds", "--tiny", "--out-dir", str(out)]) == 0
+    runs = out / "runs"
+    a, b = _state(runs / "mlp2_x1_e2_s101" / "final.pt"), _state(runs / "mlp2_x1_e2_s102" / "final.pt")
+    data = load_eval_set("digits", "train", None, 200, 0)
+
+    def loss(t):
+        model = digits_mlp2_x1()
+        model.load_state_dict({k: (1 - t) * a[k] + t * b[k] for k in a})
+        with torch.no_grad():
+            return float(torch.nn.functional.cross_entropy(model(data.inputs), data.labels))
+
+    expected = loss(0.5) - (loss(0.0) + loss(1.0)) / 2
+    section = PathSection(str(out), "path_seeds", str(tmp_path / "fig"), "fig")
+    linear = section.pairs["linear x1"][0]
+    assert np.isclose(linear.train, max(expected, 0.0), atol=1e-5)
+    assert section.pairs["bezier x1"][0].seeds == (101, 102)
+    report = tmp_path / "findings.md"
+    report.write_text("# Findings\n\nkept as it is\n")
+    assert main(["experiments", "report", "--out-dir", str(out), "--out", str(report)]) == 0
+    text = report.read_text()
+    assert text.startswith("# Findings\n\nkept as it is\n") and BEGIN in text and END in text
+    assert "inconclusive at this scale" in text and "fewer than 3 pairs" in text  # one pair: never a verdict
+    assert main(["experiments", "report", "--out-dir", str(out), "--out", str(report)]) == 0
+    assert report.read_text() == text  # spliced again in place, not appended twice
