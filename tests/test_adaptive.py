@@ -158,11 +158,13 @@ def test_a_killed_run_resumes_to_the_same_points(toys, serial, monkeypatch):
         d = f["results/done"][()]
         d.ravel()[early] = 0
         f["results/done"][...] = d
+        f["results/rank"][...] = np.full(d.shape, 9, dtype=np.int32)  # who computed what, from here on
     assert main(command(toys, lost, "--adaptive", str(BUDGET_POINTS), "--adaptive-round", "6")) == 0
     c = chosen_points(lost)
     assert np.array_equal(a[0], c[0]) and np.array_equal(a[1], c[1])
     with h5py.File(lost, "r") as f:
-        assert f["results/seconds"][()].ravel()[early] >= 0  # recomputed
+        rank = f["results/rank"][()].ravel()
+    assert rank[early] == 0 and (np.delete(rank, early) == 9).all()  # that point alone was computed again
 
 
 def sha(path) -> str:

@@ -38,11 +38,12 @@ def job_of(config: SurfaceConfig) -> Callable[[SurfaceConfig, RunOptions, RunCon
 
 @dataclasses.dataclass
 class State:
-    """Rank 0's refinement: the replayed state, the values of the first metric (flat, NaN where not done) and
-    the points of the round in progress not done yet."""
+    """Rank 0's refinement: the replayed state, the values of the first metric (flat, NaN where not done), the
+    done mask (flat) and the points of the round in progress not done yet."""
 
     refinement: Refinement
     values: np.ndarray
+    done: np.ndarray
     todo: np.ndarray
 
 
@@ -84,7 +85,7 @@ class AdaptiveSurfaceJob(SurfaceJob):
                 done = f.done().ravel()  # before the values: a point marked done has its values
                 values = f.values(self.config.metrics[0], done.reshape(self.rule.shape)).ravel()
         refinement, todo = replay(self.rule, done, values)
-        return State(refinement, values, todo)
+        return State(refinement, values, done.copy(), todo)
 
     def describe(self) -> str:
         r = self.state.refinement
@@ -105,9 +106,15 @@ class AdaptiveSurfaceJob(SurfaceJob):
         def on_results(results) -> None:
             for flat, row, _ in results:
                 state.values[flat] = row[0]
+                state.done[flat] = True
 
         def refill() -> np.ndarray:
+            # a resume may find later rounds' points done (a lost write of an earlier round's last points, or
+            # the collective writes' order): those are not computed again, and a round done whole is passed
             points = state.refinement.advance(state.values)
+            while len(points) and state.done[points].all():
+                points = state.refinement.advance(state.values)
+            points = points[~state.done[points]]
             if len(points):
                 if writer is not None:
                     writer.queue_rounds(points, state.refinement.round)
