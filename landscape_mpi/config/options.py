@@ -193,8 +193,8 @@ def add_options(parser: argparse.ArgumentParser, cls: type, *, skip: Sequence[st
             continue
         if opt.many:
             kw["action"] = "append"
-        if _required(f) and f.name not in optional:
-            kw["required"] = True
+        if _required(f) and f.name not in optional and opt.default_from is None:
+            kw["required"] = True  # with default_from: computed when not given (the class says if it must be)
         target.add_argument(flag_of(f, opt), dest=f.name, **kw)
 
 

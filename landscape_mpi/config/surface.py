@@ -17,6 +17,7 @@ from typing import Any, Literal
 import numpy as np
 
 from landscape_mpi.config.errors import UserError
+from landscape_mpi.config.hub import checkpoint_of_model, tokenizer_of_model
 from landscape_mpi.config.imports import import_object
 from landscape_mpi.config.options import check_choices, comma_join, comma_tuple, literal_values, option
 
@@ -165,9 +166,11 @@ class SurfaceConfig:
     """What determines the values of a surface (`landscape-mpi surface`'s options but how to run it). Stored in
     the file; a resume must match it. Each field is its option: flag, default, choices and help."""
 
-    model: str = option(help="zoo name (landscape-mpi models) or package.module:factory", group=DATA)
+    model: str = option(help="zoo name (landscape-mpi models), package.module:factory, or hf:DIR (a "
+                             "save_pretrained folder, or a repo id in the local Hugging Face cache)", group=DATA)
     checkpoint: str = option(help="trained model theta*: a state_dict, a dict holding one, or a save_pretrained "
-                                  "folder", group=DATA)
+                                  "folder (sharded too); default with --model hf:DIR: DIR", group=DATA,
+                             default_from=checkpoint_of_model)
     x: Axis = option(Axis(-1.0, 1.0, 51), help="x axis min:max:num, an inclusive linspace (write --x=-1:1:51)",
                      parse=_axis("x"), format=Axis.spec, group=GRID)
     y: Axis | None = option(None, help="y axis min:max:num for a 2D surface", parse=_axis("y"), format=Axis.spec,
@@ -178,6 +181,11 @@ class SurfaceConfig:
                                          "--data-root), or package.module:factory where factory(split) returns "
                                          "a torch Dataset", group=DATA)
     data_root: str | None = option(None, help="folder holding cifar-10-batches-py/ (never downloaded)", group=DATA)
+    tokenizer: str | None = option(None, help="folder of the Hugging Face tokenizer that tokenises --dataset "
+                                              "hf:FILE.txt|FILE.jsonl (default with --model hf:DIR: DIR)",
+                                   default_from=tokenizer_of_model, group=DATA)
+    seq_len: int | None = option(None, help="tokens per sequence of --dataset hf:FILE.txt|FILE.jsonl (default "
+                                            "128)", group=DATA)
     samples: int | None = option(None, help="evaluate on a deterministic subset of N samples per split "
                                             "(default: all)", group=DATA)
     splits: tuple[Split, ...] = option(SPLITS, help="which sets to evaluate: train, test or train,test",
@@ -248,6 +256,11 @@ class SurfaceConfig:
                                        group=GRID)
 
     def __post_init__(self) -> None:
+        if self.checkpoint is None:
+            raise UserError("--checkpoint is required: the trained model's state_dict file or save_pretrained "
+                            "folder (with --model hf:DIR the folder's own weights are the default)")
+        if self.seq_len is not None and self.seq_len < 2:
+            raise UserError(f"--seq-len {self.seq_len}: a sequence needs at least 2 tokens (one to predict)")
         if self.z is not None and self.y is None:
             raise UserError("--z needs --y as well: a 3D grid has x, y and z axes")
         check_choices(self)
@@ -353,6 +366,9 @@ class SurfaceConfig:
         d["splits"] = list(self.splits)
         if not full and d["task"] == DEFAULT_TASK:
             del d["task"]
+        for key in ("tokenizer", "seq_len"):  # stored only when given: the files of other data stay as they were
+            if not full and d[key] is None:
+                del d[key]
         if not full and self.tolerance is None:
             for name in SEQUENTIAL_FIELDS:
                 del d[name]
@@ -375,7 +391,8 @@ class SurfaceConfig:
 #: Fields that name where inputs live rather than what they are. A resume compares the files' sha256
 #: instead (and whether the option is given at all), so that a moved checkpoint or data folder does not
 #: block a resume.
-LOCATION_FIELDS = ("checkpoint", "x_target", "y_target", "data_root", "trajectory", "hessian_file", "dir_file")
+LOCATION_FIELDS = ("checkpoint", "x_target", "y_target", "data_root", "trajectory", "hessian_file", "dir_file",
+                   "tokenizer")
 #: Compared through the file's exact /coords instead of their text.
 AXIS_FIELDS = AXIS_NAMES
 

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from landscape_mpi.config.errors import UserError
+from landscape_mpi.config.hub import HF_PREFIX
 from landscape_mpi.data.items import (  # noqa: F401  (re-exported: the split types live in items)
     LABEL_KEYS,
     CompactImages,
@@ -51,7 +52,8 @@ def load_split(dataset: str, split: str, data_root: str | None = None) -> tuple[
     return x, y
 
 
-def _load(dataset: str, split: str, data_root: str | None) -> tuple[Inputs, torch.Tensor | None, CompactImages | None]:
+def _load(dataset: str, split: str, data_root: str | None, tokenizer: str | None = None, seq_len: int | None = None
+          ) -> tuple[Inputs, torch.Tensor | None, CompactImages | None]:
     if split not in ("train", "test"):
         raise ValueError(split)
     if dataset == "digits":
@@ -64,27 +66,32 @@ def _load(dataset: str, split: str, data_root: str | None) -> tuple[Inputs, torc
         from landscape_mpi.data.text import text_split
 
         return (*text_split(split), None)
+    if dataset.startswith(HF_PREFIX):
+        from landscape_mpi.data.hf_data import load_hf_split
+
+        return (*load_hf_split(dataset, split, tokenizer, seq_len), None)
     if ":" in dataset:
         return (*_user_dataset(dataset, split), None)
-    raise UserError(f"--dataset {dataset}: unknown dataset; choose digits, mnist1d, cifar10, text or "
-                    "package.module:factory")
+    raise UserError(f"--dataset {dataset}: unknown dataset; choose digits, mnist1d, cifar10, text, "
+                    "package.module:factory or hf:PATH")
 
 
 def load_eval_set(dataset: str, split: str, data_root: str | None, samples: int | None, seed: int,
-                  stream: bool = False):
+                  stream: bool = False, tokenizer: str | None = None, seq_len: int | None = None):
     """The evaluation set of one split, reduced to a deterministic subset of `samples` if asked.
 
     `stream`: a user dataset is read in batches (`landscape_mpi.data.stream.StreamedSplit`); an iterable user
-    dataset is always read that way, and collated into one `EvalSet` here unless `stream`."""
+    dataset is always read that way, and collated into one `EvalSet` here unless `stream`. `tokenizer`,
+    `seq_len`: how ``hf:`` text is tokenised (`hf_data`)."""
     compact = None
-    if ":" in dataset:
+    if ":" in dataset and not dataset.startswith(HF_PREFIX):
         ds, n = open_user_dataset(dataset, split)
         if stream or n is None:
             streamed = open_streamed(dataset, split, samples, seed, opened=(ds, n))
             return streamed if stream else streamed.materialize()
         x, y = collate_user_items(dataset, split, [ds[i] for i in range(n)])
     else:
-        x, y, compact = _load(dataset, split, data_root)
+        x, y, compact = _load(dataset, split, data_root, tokenizer, seq_len)
     data = EvalSet(split, x, y)
     indices = subset_indices(len(data), samples, seed)
     if indices is not None:

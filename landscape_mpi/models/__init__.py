@@ -1,12 +1,17 @@
 """Model zoo, user models by import path, and checkpoint loading.
 
-A model is named either by a zoo name (`ZOO`) or by ``package.module:factory``, where ``factory()``
-returns an ``nn.Module`` (a Hugging Face ``transformers`` model built from its config, say: the ``hf`` extra).
+A model is named by a zoo name (`ZOO`), by ``package.module:factory``, where ``factory()`` returns an
+``nn.Module`` (a Hugging Face ``transformers`` model built from its config, say: the ``hf`` extra), or by
+``hf:PATH``, a ``save_pretrained`` folder or a local Hub cache entry built through the task's Auto class
+(`hf_folder`).
 Checkpoints are a file holding a plain state_dict or a dict holding one under ``state_dict``,
 ``model_state_dict``, ``model`` or ``net`` (always loaded with ``weights_only=True``), or a folder written by
 Hugging Face's ``save_pretrained``: its ``model.safetensors`` (read with ``safetensors``, imported only then) or
-else its ``pytorch_model.bin``. A checkpoint's sha256 is that of the one weight file it is read from (for a
-folder: that file's bytes, so config.json and other files of the folder do not count). Keys of tied tensors
+else its ``pytorch_model.bin``, else the shards named by its ``model.safetensors.index.json`` (read tensor by
+tensor, each tensor mapped from its shard: a rank that keeps some rows reads only those). A checkpoint's sha256
+is that of the one weight file it is read from (for a folder: that file's bytes, so config.json and other files
+of the folder do not count); of a sharded folder, that of its shards' bytes one after the other, in the order
+of their names. Keys of tied tensors
 that a checkpoint leaves out (``save_pretrained`` stores a tied output head once, under the embedding's name)
 are filled from the tensor they are tied to.
 """
@@ -24,6 +29,7 @@ import torch
 from torch import nn
 
 from landscape_mpi.config.errors import UserError
+from landscape_mpi.config.hub import HF_PREFIX
 from landscape_mpi.config.imports import import_object
 from landscape_mpi.models.cifar import VGG9, CifarResNet, DenseNet
 from landscape_mpi.models.gpt import TinyGPT
@@ -61,18 +67,25 @@ INPUT_SHAPES: dict[str, tuple[int, ...]] = {"digits": (1, 8, 8), "mnist1d": (1, 
 STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "net")
 #: the weight files of a ``save_pretrained`` folder, in the order they are looked for
 PRETRAINED_FILES = ("model.safetensors", "pytorch_model.bin")
+#: the index of a sharded ``save_pretrained`` folder (``max_shard_size`` smaller than the model)
+SHARDED_INDEX = "model.safetensors.index.json"
 
 
-def build_model(name: str) -> nn.Module:
-    """A freshly initialized model, by zoo name or ``package.module:factory``."""
+def build_model(name: str, task: str | None = None) -> nn.Module:
+    """A freshly initialized model, by zoo name, ``package.module:factory`` or ``hf:PATH`` (`task`, the --task
+    name: which Auto class builds an ``hf:`` model; `hf_folder.build_pretrained`)."""
+    if name.startswith(HF_PREFIX):
+        from landscape_mpi.models.hf_folder import build_pretrained
+
+        return build_pretrained(name, task)
     if ":" in name:
         model = import_object(name, "--model")()
         if not isinstance(model, nn.Module):
             raise UserError(f"--model {name}: the factory returned {type(model).__name__}, not a torch.nn.Module")
         return model
     if name not in ZOO:
-        raise UserError(f"--model {name}: unknown model; choose one of {', '.join(ZOO)} "
-                        f"or give package.module:factory")
+        raise UserError(f"--model {name}: unknown model; choose one of {', '.join(ZOO)}, "
+                        f"give package.module:factory or hf:DIR (a save_pretrained folder)")
     return ZOO[name][0]()
 
 
@@ -84,31 +97,95 @@ def natural_key(path: str) -> list:
 
 def weight_file(path: str, option: str = "--checkpoint") -> str:
     """The file a checkpoint is read from: `path` itself, or a ``save_pretrained`` folder's weight file
-    (`PRETRAINED_FILES`, the first one present)."""
+    (`PRETRAINED_FILES`, the first one present, else its `SHARDED_INDEX`)."""
     if os.path.isdir(path):
-        for name in PRETRAINED_FILES:
+        for name in (*PRETRAINED_FILES, SHARDED_INDEX):
             if os.path.isfile(os.path.join(path, name)):
                 return os.path.join(path, name)
         sharded = [n for n in sorted(os.listdir(path)) if n.endswith(".index.json")]
-        found = f"only a sharded checkpoint ({sharded[0]})" if sharded else "neither"
+        found = f"only {sharded[0]}, an index of pytorch_model shards (not read)" if sharded else "neither"
         raise UserError(f"{option} {path}: a folder without model weights: expected {' or '.join(PRETRAINED_FILES)} "
-                        f"(as save_pretrained writes them), found {found}; save with "
-                        f"save_pretrained(path, max_shard_size=...) large enough for one file, "
-                        f"or give a state_dict file")
+                        f"or {SHARDED_INDEX} (as save_pretrained writes them), found {found}; save the model with "
+                        f"save_pretrained(path) (safetensors), or give a state_dict file")
     if not os.path.isfile(path):
         raise UserError(f"{option} {path}: no such file; give the path of a saved model (torch.save) or a "
                         f"save_pretrained folder")
     return path
 
 
+def weight_files(path: str, option: str = "--checkpoint") -> list[str]:
+    """The files a checkpoint's tensors are read from: `weight_file`, or the shards its index names (in the
+    order of their names; UserError naming a missing one)."""
+    file = weight_file(path, option)
+    if not file.endswith(".index.json"):
+        return [file]
+    return sorted(set(_shard_map(file, option).values()))
+
+
+def _shard_map(index: str, option: str) -> dict[str, str]:
+    """key -> shard file of a sharded folder's index, every shard checked to exist."""
+    import json
+
+    folder = os.path.dirname(index)
+    try:
+        with open(index) as f:
+            names = json.load(f)["weight_map"]
+        assert isinstance(names, dict) and names and all(isinstance(v, str) for v in names.values())
+    except (OSError, ValueError, KeyError, TypeError, AssertionError):
+        raise UserError(f"{option} {folder}: {os.path.basename(index)} is not a readable index (a JSON object with "
+                        f"a weight_map of tensor name -> shard file); save the model again with "
+                        f"save_pretrained") from None
+    shards = {n: os.path.join(folder, n) for n in set(names.values())}
+    missing = sorted(n for n, p in shards.items() if not os.path.isfile(p))
+    if missing:
+        raise UserError(f"{option} {folder}: shard {missing[0]}, named in {os.path.basename(index)}, is missing"
+                        + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+                        + "; copy the whole folder save_pretrained wrote")
+    return {k: shards[n] for k, n in names.items()}
+
+
 def checkpoint_sha256(path: str, option: str = "--checkpoint") -> str:
     """sha256 of a checkpoint's weight file (`weight_file`: the file itself, or a save_pretrained folder's
-    model.safetensors / pytorch_model.bin): what a resume must find unchanged."""
+    model.safetensors / pytorch_model.bin; a sharded folder: its shards' bytes in order, `weight_files`): what a
+    resume must find unchanged."""
     h = hashlib.sha256()
-    with open(weight_file(path, option), "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
+    for file in weight_files(path, option):
+        with open(file, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
     return h.hexdigest()
+
+
+def _read_sharded(index: str, option: str) -> dict[str, torch.Tensor]:
+    """The tensors of a sharded folder, tensor by tensor from their shards with safetensors: each one mapped
+    from its file (safetensors maps a file and its tensors view the mapping), so only the bytes a caller
+    touches are read (the rows a member of a sharded group keeps: `engine.group.fill_shards`)."""
+    try:
+        from safetensors import safe_open
+    except ImportError:
+        raise UserError(f"{option} {os.path.dirname(index)}: reading safetensors shards needs the safetensors "
+                        f"package (the hf extra: pip install 'landscape-mpi[hf]')") from None
+    where = _shard_map(index, option)
+    by_shard: dict[str, list[str]] = {}
+    for key, shard in where.items():
+        by_shard.setdefault(shard, []).append(key)
+    out: dict[str, torch.Tensor] = {}
+    for shard in sorted(by_shard):
+        try:
+            with safe_open(shard, framework="pt", device="cpu") as f:
+                held = set(f.keys())
+                lost = [k for k in by_shard[shard] if k not in held]
+                if lost:
+                    raise UserError(f"{option} {os.path.dirname(index)}: {os.path.basename(shard)} lacks {lost[0]}, "
+                                    f"which {os.path.basename(index)} places there; save the model again")
+                for key in by_shard[shard]:
+                    out[key] = f.get_tensor(key)
+        except UserError:
+            raise
+        except Exception as exc:  # noqa: BLE001  (safetensors raises its own types for a damaged file)
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UserError(f"{option} {shard}: not a readable safetensors file ({first[:160]})") from None
+    return {k: out[k] for k in where}
 
 
 def _read_safetensors(path: str, option: str) -> dict[str, torch.Tensor]:
@@ -134,6 +211,8 @@ def read_state_dict(path: str, option: str = "--checkpoint", mmap: bool = False,
     default of ``torch.save`` since 1.6). `meta`: filled with the top-level entries of a torch file's dict (such as
     a training checkpoint's "epoch" beside its state_dict), for a caller that needs them without a second read."""
     file = weight_file(path, option)
+    if file.endswith(".index.json"):
+        return _read_sharded(file, option)
     if file.endswith(".safetensors"):
         obj = _read_safetensors(file, option)
         if not obj:

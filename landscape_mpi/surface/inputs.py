@@ -129,14 +129,15 @@ def read_inputs(config: SurfaceConfig, stream: bool = False, sharded: bool = Fal
     state_dict (each rank maps the checkpoint itself in `load_inputs`)."""
     state = None
     if not sharded:
-        model = build_model(config.model)
+        model = build_model(config.model, config.task)
         load_checkpoint(model, config.checkpoint)
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    data = [load_eval_set(config.dataset, s, config.data_root, config.samples, config.seed, stream)
-            for s in config.splits]
+    data = [load_eval_set(config.dataset, s, config.data_root, config.samples, config.seed, stream,
+                          config.tokenizer, config.seq_len) for s in config.splits]
     bn_data = None
     if config.bn == "recalibrate":
-        train = load_eval_set(config.dataset, "train", config.data_root, None, config.seed, stream)
+        train = load_eval_set(config.dataset, "train", config.data_root, None, config.seed, stream, config.tokenizer,
+                              config.seq_len)
         n = min(config.bn_samples or len(train), len(train))
         bn_data = train.part(0, n, np.arange(n))
     return state, data, bn_data
@@ -152,7 +153,7 @@ def load_inputs(config: SurfaceConfig, read: tuple | None = None) -> Inputs:
     task = make_task(config.task, config.loss)
     if state is None:  # streams_shards: the parameters on meta, theta* mapped; the fit is checked on shapes
         with parameters_on_meta():
-            model = build_model(config.model)
+            model = build_model(config.model, config.task)
         model.eval()
         theta = read_state_dict(config.checkpoint, "--checkpoint", mmap=True)
         check_fits(model, theta, tied_parameters(model), config.checkpoint)
@@ -160,7 +161,7 @@ def load_inputs(config: SurfaceConfig, read: tuple | None = None) -> Inputs:
         for d in data:
             check_fit(shapes_only, d, config, task)
         return Inputs(model, data, bn_data, {d.name: data_fingerprint(d) for d in data}, task, theta)
-    model = build_model(config.model)
+    model = build_model(config.model, config.task)
     model.load_state_dict(state)
     model.eval()
     for d in data:
