@@ -236,6 +236,8 @@ def test_an_api_error_is_the_command_line(tmp_path, capsys):
     assert str(caught.value).startswith("--samples 0")
     with pytest.raises(lm.UserError, match="no option 'sample'"):  # a misspelt option, before anything runs
         lm.surface(model, toy_data(), out=str(tmp_path / "c.h5"), sample=10)
+    with pytest.raises(lm.UserError, match="--checkpoint"):  # a model by name needs its weights, as the command
+        lm.surface("landscape_toys:make_model", toy_data(), out=str(tmp_path / "e.h5"))
     with pytest.raises(lm.UserError, match="--norm cosine: choose one of filter"):
         lm.surface(model, toy_data(), out=str(tmp_path / "d.h5"), norm="cosine")
     assert sorted(os.listdir(tmp_path)) == ["theta.pt"]

@@ -118,10 +118,10 @@ def _run(command: str, model, data, out: str | None, options: dict, run: Callabl
             spec = register_model(_module(model, "model"))
             if checkpoint is None:
                 checkpoint = _save(model, own, "theta")
-        if checkpoint is None:
-            raise UserError(f"--checkpoint: {command}() of model {model!r} needs checkpoint=PATH (or give the model "
-                            f"as an nn.Module object)")
-        checkpoints = checkpoint if isinstance(checkpoint, (list, tuple)) else [checkpoint]
+        if checkpoint is None:  # a model by name alone: the command decides (its message names what it needs)
+            checkpoints = []
+        else:
+            checkpoints = list(checkpoint) if isinstance(checkpoint, (list, tuple)) else [checkpoint]
         checkpoints = [c if isinstance(c, str) else _save(c, own, f"model_{i}") for i, c in enumerate(checkpoints)]
         for name in targets:
             if options.get(name) is not None and not isinstance(options[name], str):
