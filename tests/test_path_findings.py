@@ -92,6 +92,7 @@ def test_shared_parent_planted_and_null():
 def test_untrained_gate_and_rules_text():
     assert pr.untrained({"a": 0.1, "b": 0.2}) is None
     assert "b (3)" in pr.untrained({"a": 0.1, "b": 3.0})
+    assert pr.untrained({"a": 1.9}, "lm") is None and "a (1.9)" in pr.untrained({"a": 1.9})  # per task
     text = "\n".join(pr.rules_section("abc1234"))
     assert f"paths version {pr.PATH_RULES_VERSION}" in text and "abc1234" in text
     assert {r.key for r in pr.RULES} == {"seeds/linear", "seeds/curve", "width/lowers", "width/more",
