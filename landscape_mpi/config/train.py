@@ -39,6 +39,9 @@ class TrainConfig:
     clip_grad_norm: float = option(0.0, help="scale each step's gradient down to this global norm where it is "
                                              "larger (0: off); deep nets without shortcuts start with "
                                              "gradient norms in the thousands")
+    target_loss: float = option(0.0, help="stop after the first epoch whose train loss is at or below this; that "
+                                          "epoch becomes final.pt (nets compared at matched train loss; 0: train "
+                                          "all epochs)")
     augment: bool = option(True, help="no random crop (pad 4) and horizontal flip (CIFAR-10)")
     seed: int = option(0, help="seed of the initialization, the sample order and the augmentation")
     save_every_iters: int = option(0, help="also save iter_NNNNNNN.pt every N optimizer steps (trajectories at a "
@@ -56,6 +59,8 @@ class TrainConfig:
             raise UserError(f"--warmup-epochs {self.warmup_epochs}: must be between 0 (off) and --epochs")
         if self.clip_grad_norm < 0:
             raise UserError(f"--clip-grad-norm {self.clip_grad_norm}: must be 0 (off) or positive")
+        if self.target_loss < 0:
+            raise UserError(f"--target-loss {self.target_loss}: must be 0 (off) or positive")
         if self.save_every_iters < 0:
             raise UserError(f"--save-every-iters {self.save_every_iters}: must be 0 (off) or positive")
 

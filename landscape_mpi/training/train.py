@@ -7,9 +7,19 @@ Files in ``--out-dir``: ``epoch_000.pt`` (the initialization), ``epoch_NNN.pt`` 
 `TrainConfig`), the epoch's metrics (epoch files), and ``resume``: what continuing from this file needs
 (optimizer, scheduler and random-generator states, the current epoch's sample order and the next batch).
 
+Reproducibility. Two trainings of one config give bit-identical weights on the same device, torch build and
+thread count: the initialization and the sample order (and augmentation) come from the seed, and training runs
+under `deterministic` (torch's deterministic algorithms; on CUDA also cuDNN's deterministic kernels and cuBLAS's
+fixed workspace). The CPU's float reductions are split over the intra-op threads, so another thread count gives
+other roundings, which training amplifies (measured: 1 vs 2 threads differ by 1.5e-3 in the weights after two
+epochs of a depth-8 ResNet on MNIST-1D). Every checkpoint records what the weights depend on beyond the config
+(``reproducibility``: thread count, torch version, device type); a resume under another thread count says that it
+will not match the uninterrupted run.
+
 Training resumes from the latest checkpoint in ``--out-dir`` (by optimizer step) and gives the same weights as
-an uninterrupted run on the same device and thread count. A directory whose ``final.pt`` matches the config
-returns at once, without loading data or building the model.
+an uninterrupted run on the same device and thread count (every checkpoint holds the generators' states and the
+current epoch's sample order). A directory whose ``final.pt`` matches the config returns at once, without loading
+data or building the model.
 """
 
 from __future__ import annotations
@@ -21,6 +31,8 @@ import re
 import shutil
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, fields
 from typing import Any
 
@@ -96,6 +108,34 @@ def score(task: Task, model: torch.nn.Module, data: EvalSet) -> tuple[float, flo
 
 
 # ------------------------------------------------------------------------------------------ training
+#: cuBLAS's workspace setting for deterministic matrix products (CUDA >= 10.2; read when cuBLAS starts).
+CUBLAS_DETERMINISTIC = ":4096:8"
+
+
+@contextmanager
+def deterministic(device: torch.device) -> Iterator[None]:
+    """Torch's deterministic algorithms while training (torch warns, in the log, at an op that has no deterministic
+    kernel on the device: that run is then not bit-reproducible; an error would end a GPU job for it); on CUDA also
+    cuDNN's deterministic kernels, without its benchmark search. The previous settings come back afterwards (the
+    surface engine chooses its own)."""
+    before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+              torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+    if device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_DETERMINISTIC)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = before[2], before[3]
+
+
+def reproducibility(device: torch.device) -> dict[str, Any]:
+    """What a training's weights depend on beyond its config and seed, recorded in every checkpoint."""
+    return {"threads": torch.get_num_threads(), "torch": str(torch.__version__), "device": device.type}
+
+
 def warmup_factor(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
     """The factor on the scheduled learning rate of optimizer step `step` + 1 (1 after the warm-up):
     (step + 1) / (warmup_epochs * steps_per_epoch), a function of the step alone, so a resume continues it."""
@@ -158,6 +198,11 @@ def _latest_checkpoint(out_dir: str, steps_per_epoch: int) -> str | None:
     return best
 
 
+def reached_target(cfg: TrainConfig, metrics: dict) -> bool:
+    """Whether an epoch's metrics meet ``--target-loss`` (never when it is off)."""
+    return bool(cfg.target_loss) and float(metrics.get("train_loss", float("inf"))) <= cfg.target_loss
+
+
 def finished(cfg: TrainConfig) -> str | None:
     """The path of ``final.pt`` if the training in ``cfg.out_dir`` is complete with this config, else None.
 
@@ -187,7 +232,11 @@ def train(cfg: TrainConfig, device: torch.device | None = None, quiet: bool = Fa
         os.makedirs(cfg.out_dir, exist_ok=True)
     except OSError as exc:
         raise UserError(f"--out-dir {cfg.out_dir}: cannot create it ({exc}); choose another folder") from None
+    with deterministic(device):
+        return _train(cfg, device, quiet, faults)
 
+
+def _train(cfg: TrainConfig, device: torch.device, quiet: bool, faults: Faults) -> str:
     # The model is initialized on the CPU from the seed, so the same seed gives the same start on every device.
     torch.manual_seed(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)  # sample order and augmentation: CPU, saved for resume
@@ -225,7 +274,8 @@ def train(cfg: TrainConfig, device: torch.device | None = None, quiet: bool = Fa
                   "epoch_in_progress": epochs_done + 1}
         tmp = path + ".tmp"
         torch.save({"state_dict": state, "epoch": epochs_done, "iteration": step,
-                    "config": json.dumps(asdict(cfg)), "resume": resume, **metrics}, tmp)
+                    "config": json.dumps(asdict(cfg)), "resume": resume, "reproducibility": reproducibility(device),
+                    **metrics}, tmp)
         os.replace(tmp, path)
         return path
 
@@ -256,8 +306,15 @@ def train(cfg: TrainConfig, device: torch.device | None = None, quiet: bool = Fa
         epoch, step, next_batch, order = r["epoch_in_progress"], ck["iteration"], r["next_batch"], r["order"]
         keep_order = order.numel() > 0
         path = latest if latest.startswith(os.path.join(cfg.out_dir, "epoch_")) else None
+        if path is not None and reached_target(cfg, ck):
+            epoch = cfg.epochs + 1  # stopped at the target before it was marked final: nothing left to train
         if not quiet:
             print(f"resuming {cfg.out_dir} from {os.path.basename(latest)} (step {step})", file=sys.stderr, flush=True)
+        was = ck.get("reproducibility", {}).get("threads")
+        if was is not None and was != torch.get_num_threads():
+            print(f"landscape-mpi train: warning: {os.path.basename(latest)} was written with {was} thread(s), this "
+                  f"process has {torch.get_num_threads()}: the resumed weights will differ from an uninterrupted "
+                  f"run in the last digits (set OMP_NUM_THREADS={was} to match it)", file=sys.stderr, flush=True)
 
     while epoch <= cfg.epochs:
         t0 = time.perf_counter()
@@ -295,6 +352,11 @@ def train(cfg: TrainConfig, device: torch.device | None = None, quiet: bool = Fa
                   f"train loss {metrics['train_loss']:.4f} acc {metrics['train_acc']:.4f}"
                   f"  test loss {metrics['test_loss']:.4f} acc {metrics['test_acc']:.4f}  "
                   f"({time.perf_counter() - t0:.1f} s)  -> {path}", file=sys.stderr, flush=True)
+        if reached_target(cfg, metrics):
+            if not quiet:
+                print(f"train loss {metrics['train_loss']:.4g} <= --target-loss {cfg.target_loss:g}: stopping after "
+                      f"epoch {epoch}", file=sys.stderr, flush=True)
+            break
         epoch, next_batch = epoch + 1, 0
     final = os.path.join(cfg.out_dir, FINAL)
     if path is None:  # resumed from an iteration file at the very end: the last epoch file exists
