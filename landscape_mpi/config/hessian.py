@@ -13,6 +13,10 @@ from landscape_mpi.config.surface import DEFAULT_TASK, Device, GroupOptions, Los
 #: Arithmetic of the Hessian products (not the evaluation precisions fp32/tf32/bf16 of a surface).
 HessianDtype = Literal["float32", "float64"]
 HESSIAN_DTYPES: tuple[HessianDtype, ...] = literal_values(HessianDtype)
+#: Which curvature matrix of the mean loss (docs/method.md#curvature-operators): the Hessian, the generalized
+#: Gauss-Newton J^T H_out J, the Fisher (labels sampled from the model, seeded), the empirical Fisher (data labels).
+Curvature = Literal["hessian", "ggn", "fisher", "empirical-fisher"]
+CURVATURES: tuple[Curvature, ...] = literal_values(Curvature)
 
 
 DATA, ANALYSES, RUN = "model and data", "analyses", "run"
@@ -41,6 +45,12 @@ class HessianConfig:
                                         "this many samples)", group=DATA)
     precision: HessianDtype = option("float32", help="float32: the model as trained; float64: model and data "
                                                      "cast to float64 (slower, for exact comparisons)", group=DATA)
+    curvature: Curvature = option("hessian", help="the matrix analysed: hessian, ggn (generalized Gauss-Newton "
+                                                  "J^T H_out J), fisher (labels sampled from the model, seeded by "
+                                                  "--fisher-seed) or empirical-fisher (the data's labels)",
+                                  group=ANALYSES)
+    fisher_seed: int | None = option(None, help="seeds the labels --curvature fisher samples from the model "
+                                                "(required with it)", group=ANALYSES)
     top_k: int = option(5, help="largest eigenvalues to compute (ARPACK which='LA')", group=ANALYSES)
     store_vectors: int | None = option(None, help="eigenvectors stored per row, the largest ones (default: 2, "
                                                    "or --top-k if smaller; 2 for surface --directions hessian)",
@@ -83,6 +93,14 @@ class HessianConfig:
             object.__setattr__(self, "store_vectors", min(2, self.top_k))
         if not 0 <= self.store_vectors <= self.top_k:
             raise UserError(f"--store-vectors {self.store_vectors}: must be between 0 and --top-k {self.top_k}")
+        if self.curvature == "fisher" and self.fisher_seed is None:
+            raise UserError("--curvature fisher samples labels from the model: add --fisher-seed N (any integer)")
+        if self.curvature != "fisher" and self.fisher_seed is not None:
+            raise UserError(f"--fisher-seed: only --curvature fisher samples labels; drop it with --curvature "
+                            f"{self.curvature}")
+        if self.curvature == "fisher" and self.task == DEFAULT_TASK and self.loss == "mse":
+            raise UserError("--curvature fisher with --loss mse: the softmax mean squared error is no likelihood to "
+                            "sample labels from; use --curvature ggn or empirical-fisher, or --loss ce")
         if not (self.tol >= 0 and self.slq_sigma > 0 and self.adaptive_rho > 0):
             raise UserError("--tol must be >= 0, --slq-sigma and --adaptive-rho > 0")
 
@@ -92,6 +110,9 @@ class HessianConfig:
         del d["overwrite"]
         if d["task"] == DEFAULT_TASK:  # a classifier's stored config stays what it was before tasks existed
             del d["task"]
+        for key, default in (("curvature", "hessian"), ("fisher_seed", None)):
+            if d[key] == default:  # likewise a Hessian file's config stays what it was before the other operators
+                del d[key]
         return d
 
 

@@ -23,6 +23,7 @@ from landscape_mpi.config.errors import EXIT_COMPLETE, UserError
 from landscape_mpi.config.hessian import HessianConfig
 from landscape_mpi.curvature import hessian as hs
 from landscape_mpi.curvature import krylov
+from landscape_mpi.curvature.operators import check_curvature, make_operator
 from landscape_mpi.data.datasets import EvalSet, load_eval_set, map_inputs
 from landscape_mpi.files import hessian_store
 from landscape_mpi.files.contract import EIGENVECTOR_CONVENTION
@@ -91,6 +92,9 @@ def run_hessian(cfg: HessianConfig, ctx, ranks_per_point: int = 1, group_timeout
             if ranks_per_point != ctx.size:
                 raise UserError(f"--ranks-per-point {ranks_per_point}: hessian shards the model over all the job's "
                                 f"ranks; launch {ranks_per_point} ranks (now {ctx.size}) or drop --ranks-per-point")
+            if cfg.curvature != "hessian":
+                raise UserError(f"--curvature {cfg.curvature}: a sharded model (--ranks-per-point) gives Hessian "
+                                f"products only; drop --ranks-per-point or use --curvature hessian")
             if cfg.adaptive_samples:
                 raise UserError(f"--ranks-per-point {ranks_per_point}: the average adaptive rise is computed on an "
                                 f"unsharded model; add --adaptive-samples 0")
@@ -119,7 +123,12 @@ def run_hessian(cfg: HessianConfig, ctx, ranks_per_point: int = 1, group_timeout
         return model, space, data
 
     model, space, data = on_every_rank(load)
-    objective = on_every_rank(lambda: make_task(cfg.task, cfg.loss))  # the task whose mean loss is measured
+    def make_objective():  # the task whose mean loss is measured, and whether it has the chosen operator
+        task = make_task(cfg.task, cfg.loss)
+        check_curvature(task, cfg.curvature)
+        return task
+
+    objective = on_every_rank(make_objective)
     n_samples = sum(len(d) for d in data)
     log(f"{len(paths)} checkpoint(s), {space.n} parameters, {n_samples} samples ({','.join(cfg.splits)}), "
         f"{ctx.size} rank(s), {cfg.precision} on {ctx.device}")
@@ -136,7 +145,7 @@ def run_hessian(cfg: HessianConfig, ctx, ranks_per_point: int = 1, group_timeout
         sha, epoch, epoch_source = on_every_rank(load_row)
         model.to(device=ctx.device, dtype=dtype)
         if not group.shards:  # every rank holds the model and divides the samples
-            op = hs.HessianOperator(model, data, objective, cfg.batch_size, ctx.comm)
+            op = make_operator(model, data, objective, cfg.curvature, cfg.batch_size, ctx.comm, cfg.fisher_seed)
         else:
             from landscape_mpi.curvature.sharded_hessian import ShardedHessianOperator
 
@@ -146,7 +155,9 @@ def run_hessian(cfg: HessianConfig, ctx, ranks_per_point: int = 1, group_timeout
 
         def task(matvec: krylov.Matvec, op=op) -> tuple:
             top = krylov.extreme_eigenpairs(matvec, op.n, cfg.top_k, "LA", cfg.tol, cfg.maxiter, cfg.seed)
-            bottom = krylov.extreme_eigenpairs(matvec, op.n, 1, "SA", cfg.tol, cfg.maxiter, cfg.seed)
+            # a PSD operator's lambda_min is >= 0, often a many-fold 0 that ARPACK cannot resolve: not asked (NaN)
+            bottom = (None if getattr(op, "psd", False) else
+                      krylov.extreme_eigenpairs(matvec, op.n, 1, "SA", cfg.tol, cfg.maxiter, cfg.seed))
             trace = krylov.hutchinson_trace(matvec, op.n, cfg.trace_probes, cfg.seed + 1) if cfg.trace_probes else None
             density = (krylov.slq_density(matvec, op.n, cfg.slq_runs, cfg.slq_steps, cfg.slq_sigma, cfg.slq_grid,
                                       cfg.seed + 2) if cfg.slq_runs else None)
@@ -161,7 +172,8 @@ def run_hessian(cfg: HessianConfig, ctx, ranks_per_point: int = 1, group_timeout
         row = hessian_store.HessianRow(
             checkpoint=path, sha256=sha, epoch=epoch, epoch_source=epoch_source, loss=loss,
             seconds=time.perf_counter() - start, eigenvalues=top.values, products_top=top.products,
-            lambda_min=float(bottom.values[0]), products_min=bottom.products,
+            lambda_min=float("nan") if bottom is None else float(bottom.values[0]),
+            products_min=0 if bottom is None else bottom.products,
             eigenvectors=[space.split(top.vectors[:, j]) for j in range(cfg.store_vectors)],
             trace=None if trace is None else {"estimate": trace.estimate, "stderr": trace.stderr,
                                               "samples": trace.samples, "products": trace.products},
@@ -171,19 +183,20 @@ def run_hessian(cfg: HessianConfig, ctx, ranks_per_point: int = 1, group_timeout
             adaptive=None if adaptive is None else {"sharpness": adaptive.mean, "stderr": adaptive.stderr,
                                                     "values": adaptive.values})
         rows.append(row)
-        products = top.products + bottom.products + (trace.products if trace else 0) + \
+        products = top.products + (bottom.products if bottom else 0) + (trace.products if trace else 0) + \
             (density.products if density else 0)
         log(f"row {index + 1}/{len(paths)} epoch {epoch:g}: loss {loss:.6g}, lambda_max {top.values[0]:.6g}, "
             f"lambda_min {row.lambda_min:.6g}"
             + (f", trace {trace.estimate:.6g} +- {trace.stderr:.2g}" if trace else "")
             + (f", average adaptive rise {adaptive.mean:.4g}" if adaptive else "")
-            + f" ({products} Hessian-vector products, {row.seconds:.1f} s)")
+            + f" ({products} {cfg.curvature}-vector products, {row.seconds:.1f} s)")
 
     # 4. the file
     def write() -> None:
         if ctx.is_master:
             # "loss": classify's --loss; another task's loss is its own (named by the task)
-            attrs = {"model": cfg.model, "task": cfg.task, "loss": cfg.loss if cfg.task == "classify" else cfg.task,
+            attrs = {"model": cfg.model, "task": cfg.task, "curvature": cfg.curvature,
+                     "loss": cfg.loss if cfg.task == "classify" else cfg.task,
                      "splits": ",".join(cfg.splits),
                      "samples": -1 if cfg.samples is None else cfg.samples, "n_params": space.n,
                      "n_samples": n_samples, "precision": cfg.precision, "bn_mode": "eval",
