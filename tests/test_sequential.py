@@ -71,8 +71,8 @@ def toy_direction(ckpt: str) -> dict:
 
 def test_coverage_of_the_reported_interval(ckpt):
     """Over 120 random orders at 2 points (240 estimates), the full-pass value lies within +-2 reported standard
-    errors about as often as a normal error does (95%): observed band 0.87..0.99 (binomial sd at 240 trials:
-    0.015; optional stopping and the few blocks read make it a little lower than 95%). Negative control: the
+    errors about as often as a normal error does (95%; measured 94.2%, accuracy 95.4%): asserted band 0.87..0.99
+    (binomial sd at 240 trials: 0.015; optional stopping can take it below 95%). Negative control: the
     interval shrunk to +-0.5 se covers far less (a normal error: 38%), so the test fails if the reported se were
     inflated. Accuracy carries its own (jackknife) standard error, checked the same way."""
     x, y = sequential_toys.make_data("train").tensors
