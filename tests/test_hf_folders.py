@@ -72,8 +72,9 @@ def gpt2(tmp_path_factory):
     torch.save(model.state_dict(), out / "gpt2.pt")
     model.save_pretrained(out / "whole")
     model.save_pretrained(out / "sharded", max_shard_size="40KB")
-    for folder in ("whole", "sharded"):
-        _tokenizer(out / folder)
+    _tokenizer(out / "whole")
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(out / "whole" / name, out / "sharded")
     assert len([n for n in os.listdir(out / "sharded") if n.endswith(".safetensors")]) >= 3
     return str(out / "gpt2.pt"), str(out / "whole"), str(out / "sharded")
 
@@ -241,6 +242,40 @@ def test_jsonl_records_padded_with_a_mask(gpt2, tmp_path):
     count = sum(len(r) - 1 for r in rows)
     want = sum(loss * (len(r) - 1) for loss, r in zip(losses, rows)) / count
     assert _results(out)[0]["test_loss"][1] == pytest.approx(want, rel=1e-5)
+
+
+def test_jsonl_with_labels_on_a_sequence_classifier(gpt2, tmp_path):
+    """--task classify builds LlamaForSequenceClassification from the folder; JSONL labels are its classes."""
+    import torch.nn.functional as F
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    torch.manual_seed(5)
+    config = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+                         num_key_value_heads=2, vocab_size=97, max_position_embeddings=64, num_labels=3,
+                         pad_token_id=0)  # the tokenizer's <pad>: the classifier reads each record's last real token
+    folder = tmp_path / "classifier"
+    LlamaForSequenceClassification(config).save_pretrained(folder)
+    _tokenizer(folder)
+    lines = [s.strip() for s in TEXT.split(".")[:5] if s.strip()]
+    (tmp_path / "test.jsonl").write_text("".join(json.dumps({"text": t, "label": i % 3}) + "\n"
+                                                 for i, t in enumerate(lines)))
+    out = tmp_path / "classify.h5"
+    assert _main("surface", "--model", f"hf:{folder}", "--task", "classify", "--dataset",
+                 f"hf:{tmp_path / 'test.jsonl'}", "--splits", "test", "--seq-len", "24", "--x=-1:1:3", "--out",
+                 str(out), "--device", "cpu") == 0
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    model = LlamaForSequenceClassification.from_pretrained(folder, local_files_only=True).eval()
+    losses, hits = [], 0
+    with torch.no_grad():
+        for i, t in enumerate(lines):  # one record at a time, unpadded
+            logits = model(input_ids=torch.tensor([tok.encode(t, add_special_tokens=False).ids[:24]])).logits
+            losses.append(float(F.cross_entropy(logits, torch.tensor([i % 3]))))
+            hits += int(logits.argmax(1).item() == i % 3)
+    res = _results(out)[0]
+    assert res["test_loss"][1] == pytest.approx(sum(losses) / len(lines), rel=1e-5)
+    assert res["test_acc"][1] == hits / len(lines)
 
 
 # ---------------------------------------------------------------------------------------------- errors
