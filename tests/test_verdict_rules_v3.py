@@ -148,3 +148,23 @@ def test_rules_section_lists_every_claim():
     text = "\n".join(v3.rules_section())
     assert "version 3" in text and text.count("(rule `") == len(v3.PRIMARY) + len(v3.SECONDARY)
     assert "primary" in text and "secondary" in text and "Exploratory" in text
+
+
+def test_the_version_3_set_trains_every_net_of_a_comparison_alike():
+    """small-v3: fresh seeds (5 training, none of version 2's), one recipe (warm-up, clipping, epoch budget, target
+    train loss) for every skip and width net whatever its depth, width or shortcuts, and a warm-up for the
+    scaled-rate large-batch nets; version 2's small scale keeps its own definitions."""
+    from landscape_mpi.experiments import experiment
+    from landscape_mpi.experiments.definitions import RECIPE_V3, SCALE_SETTINGS
+
+    s = SCALE_SETTINGS["small-v3"]
+    assert len(s.train_seeds) >= v3.MIN_SEEDS and not set(s.train_seeds) & set(SCALE_SETTINGS["small"].train_seeds)
+    assert not set(s.direction_seeds) & set(SCALE_SETTINGS["small"].direction_seeds)
+    nets = experiment("skip", "small-v3").runs + experiment("width", "small-v3").runs
+    assert len({r.config["model"] for r in nets}) == 7  # 3 depths x shortcuts or not, and the wide net
+    for r in nets:
+        assert {k: r.config.get(k) for k, _ in RECIPE_V3} == dict(RECIPE_V3), r.name
+    lr = [r for r in experiment("batch", "small-v3").runs if r.config["lr"] > s.lr]
+    assert lr and all(r.config["warmup_epochs"] == 5 for r in lr)
+    v2 = experiment("skip", "small").runs
+    assert {r.config["epochs"] for r in v2} == {60, 150} and not any("target_loss" in r.config for r in v2)

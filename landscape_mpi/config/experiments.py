@@ -8,9 +8,10 @@ from typing import Literal
 from landscape_mpi.config.options import check_choices, literal_values, option
 from landscape_mpi.config.surface import Device
 
-#: tiny: CI-sized; quick: the small set reduced to about an hour on 2 cores; small: MNIST-1D on a few CPU cores;
-#: paper: CIFAR-10 (landscape_mpi/experiments/definitions.py sizes each).
-Scale = Literal["tiny", "quick", "small", "paper"]
+#: tiny: CI-sized; quick: the small set reduced to about an hour on 2 cores; small: MNIST-1D on a few CPU cores
+#: (version 2's confirmatory set); small-v3: the same with version 3's seeds and recipe; paper: CIFAR-10
+#: (landscape_mpi/experiments/definitions.py sizes each).
+Scale = Literal["tiny", "quick", "small", "small-v3", "paper"]
 SCALES: tuple[Scale, ...] = literal_values(Scale)
 DEFAULT_OUT_DIR = "experiments-out"
 
@@ -23,7 +24,8 @@ class ExperimentsRun:
                                     "findings: path_seeds, path_width, path_parent, or paths (scales tiny and "
                                     "small)", positional=True)
     scale: Scale = option("small", help="tiny: CI-sized; quick: the small set reduced to about an hour on 2 "
-                                        "cores; small: MNIST-1D on a few CPU cores; paper: CIFAR-10 (--data-root)")
+                                        "cores; small: MNIST-1D on a few CPU cores; small-v3: the same with the "
+                                        "seeds and recipe of the rules of version 3; paper: CIFAR-10 (--data-root)")
     tiny: bool = option(False, help="the same as --scale tiny")
     out_dir: str = option(DEFAULT_OUT_DIR, help="where runs and surface files go")
     device: Device = option("auto", help="auto: a GPU if any, else the CPU")

@@ -198,6 +198,11 @@ class Scale:
     """TrainConfig settings of the no-shortcut nets at the deepest depth (skip, and the width experiment's nets
     when they are at that depth): these train worst, and the verdicts compare models that reach the same
     train-loss target (rules.TRAIN_LOSS_TARGET)."""
+    recipe: tuple[tuple[str, Any], ...] = ()
+    """TrainConfig settings of every net of the skip and width experiments, whatever its depth, width or shortcuts
+    (one recipe for every net of a comparison, version 3 of the rules: `RECIPE_V3`); `hard` then adds nothing."""
+    lr_warmup_epochs: int = 0
+    """Warm-up epochs of the batch experiment's scaled-rate (`lr`) large-batch nets."""
 
     def __post_init__(self) -> None:
         n = self.interp_points - 1
@@ -209,6 +214,15 @@ class Scale:
 
 SEEDS = (11, 12, 13)
 DIRECTION_SEEDS = (21, 22, 23)
+#: The confirmatory set of the rules of version 3 (experiments/rules_v3.py): fresh seeds, 5 training seeds (the
+#: exact permutation test's smallest p is 1/20 with 3).
+SEEDS_V3 = (31, 32, 33, 34, 35)
+DIRECTION_SEEDS_V3 = (41, 42, 43)
+#: Version 3's one recipe for every net of the skip and width experiments: the warm-up and clipping the depth-56
+#: no-shortcut nets needed, the same epoch budget at every depth, and training stopped at the first epoch at train
+#: loss 0.05 or below, so that the nets are compared at matched train loss (version 2's run ended its nets between
+#: 0.0001 and 0.057, and trained the depth-56 no-shortcut nets alone with warm-up, clipping and 150 epochs).
+RECIPE_V3 = (("epochs", 150), ("warmup_epochs", 5), ("clip_grad_norm", 5.0), ("target_loss", 0.05))
 
 SCALE_SETTINGS: dict[str, Scale] = {
     "tiny": Scale("mnist1d", "resnet1d", (8,), 1, "-1:1:5", "-1:1:5", "-0.1:0.1:5", "-1:1:3", 200, 64, 32, 256,
@@ -240,6 +254,12 @@ SCALE_SETTINGS: dict[str, Scale] = {
     "small": Scale("mnist1d", "resnet1d", (8, 20, 56), 60, "-1:1:21", "-1:1:41", "-0.1:0.1:41", "-1:1:7", 1000, 256,
                    32, 512, 0.02, 4, train_seeds=SEEDS, direction_seeds=DIRECTION_SEEDS,
                    hard=(("epochs", 150), ("warmup_epochs", 5), ("clip_grad_norm", 5.0))),
+    # Version 3's confirmatory set: the small scale with fresh seeds (5 training x 3 direction), one recipe for every
+    # skip and width net (RECIPE_V3) and a 5-epoch warm-up for the scaled-rate large-batch nets (lr 0.32). Not run
+    # when the rules of version 3 were fixed; an estimate from version 2's measured costs: about 10-11 h on 2 cores.
+    "small-v3": Scale("mnist1d", "resnet1d", (8, 20, 56), 60, "-1:1:21", "-1:1:41", "-0.1:0.1:41", "-1:1:7", 1000,
+                      256, 32, 512, 0.02, 4, train_seeds=SEEDS_V3, direction_seeds=DIRECTION_SEEDS_V3,
+                      recipe=RECIPE_V3, lr_warmup_epochs=5),
     # The equal-steps variant is left out at this scale: batch 8192 vs 128 is 64x the epochs (19,200), and
     # training saves a checkpoint every epoch (56 MB each for VGG-9: about 1 TB per run).
     "paper": Scale("cifar10", "cifar", (20, 56, 110), 300, "-1:1:51", "-1:1:51", "-0.1:0.1:51", "-1:1:21", None,
@@ -269,7 +289,8 @@ def _run_name(s: Scale, cfg: dict[str, Any], stem: str = "") -> str:
     opt = f"_{cfg['optimizer']}" if cfg.get("optimizer", "sgd") != "sgd" else ""
     warm = f"_wu{cfg['warmup_epochs']}" if cfg.get("warmup_epochs") else ""
     clip = f"_clip{cfg['clip_grad_norm']:g}" if cfg.get("clip_grad_norm") else ""
-    return f"{cfg['model']}{stem}_e{cfg['epochs']}{lr}{opt}{warm}{clip}_s{cfg['seed']}"
+    target = f"_to{cfg['target_loss']:g}" if cfg.get("target_loss") else ""
+    return f"{cfg['model']}{stem}_e{cfg['epochs']}{lr}{opt}{warm}{clip}{target}_s{cfg['seed']}"
 
 
 def _resnet_run(s: Scale, depth: int, shortcut: bool, seed: int, width: int = 1,
@@ -278,6 +299,7 @@ def _resnet_run(s: Scale, depth: int, shortcut: bool, seed: int, width: int = 1,
     settings: dict[str, Any] = {"epochs": epochs or s.epochs}
     if not shortcut and depth == max(s.depths):
         settings.update(dict(s.hard))
+    settings.update(dict(s.recipe))
     cfg = _train_config(s, model, seed, **settings)
     label = f"depth {depth}, {'shortcuts' if shortcut else 'no shortcuts'}, width x{width}"
     return TrainRun(_run_name(s, cfg), cfg, label)
@@ -351,7 +373,9 @@ def width(scale: str) -> Experiment:
 def batch_variant_settings(s: Scale, variant: str, epochs: int) -> dict[str, Any]:
     """Epochs and learning rate of the large-batch net of `variant` (`BATCH_VARIANTS`)."""
     ratio = s.large_batch // s.small_batch
-    return {"epochs": {"steps": epochs * ratio}.get(variant, epochs), "lr": s.lr * ratio if variant == "lr" else s.lr}
+    warm = {"warmup_epochs": s.lr_warmup_epochs} if variant == "lr" and s.lr_warmup_epochs else {}
+    return {"epochs": {"steps": epochs * ratio}.get(variant, epochs), "lr": s.lr * ratio if variant == "lr" else s.lr,
+            **warm}
 
 
 def interpolation_axis(s: Scale) -> Axis:
