@@ -178,8 +178,10 @@ class SurfaceConfig:
     z: Axis | None = option(None, help="z axis min:max:num for a 3D volume (needs --y)", parse=_axis("z"),
                             format=Axis.spec, group=GRID)
     dataset: str = option("digits", help="digits (embedded), mnist1d (generated offline), cifar10 (from "
-                                         "--data-root), or package.module:factory where factory(split) returns "
-                                         "a torch Dataset", group=DATA)
+                                         "--data-root), text (built in), package.module:factory where "
+                                         "factory(split) returns a torch Dataset, or hf:PATH (a datasets "
+                                         "save_to_disk folder, a .txt or .jsonl file; {split} in PATH is the "
+                                         "split)", group=DATA)
     data_root: str | None = option(None, help="folder holding cifar-10-batches-py/ (never downloaded)", group=DATA)
     tokenizer: str | None = option(None, help="folder of the Hugging Face tokenizer that tokenises --dataset "
                                               "hf:FILE.txt|FILE.jsonl (default with --model hf:DIR: DIR)",
