@@ -388,6 +388,16 @@ class CurvatureAtPoint:
 
 
 # ------------------------------------------------------------------------------------------ helpers
+def sequential_rule(config: SurfaceConfig):
+    """The stopping rule of --tolerance (`engine.sequential.SequentialRule`; its order seeded by --seed), or None
+    for exact full passes."""
+    if config.tolerance is None:
+        return None
+    from landscape_mpi.engine.sequential import SequentialRule
+
+    return SequentialRule(config.tolerance, config.min_samples, config.tolerance_block, config.seed)
+
+
 def check_collective_io() -> None:
     if not store.parallel_hdf5():
         raise UserError("--io collective needs h5py built with parallel HDF5 (h5py.get_config().mpi is False): "
@@ -399,16 +409,6 @@ def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return f"cuda:{device.index} {torch.cuda.get_device_name(device)}"
     return "cpu"
-def sequential_rule(config: SurfaceConfig):
-    """The stopping rule of --tolerance (`engine.sequential.SequentialRule`; its order seeded by --seed), or None
-    for exact full passes."""
-    if config.tolerance is None:
-        return None
-    from landscape_mpi.engine.sequential import SequentialRule
-
-    return SequentialRule(config.tolerance, config.min_samples, config.tolerance_block, config.seed)
-
-
 
 
 def gather_ranks(ctx: RunContext) -> tuple[list[str], list[str]]:
