@@ -152,3 +152,12 @@ def test_path_seeds_tiny_end_to_end(tmp_path):
     assert "inconclusive at this scale" in text and "fewer than 3 pairs" in text  # one pair: never a verdict
     assert main(["experiments", "report", "--out-dir", str(out), "--out", str(report)]) == 0
     assert report.read_text() == text  # spliced again in place, not appended twice
+
+
+def test_path_experiments_refuse_other_scales_and_tasks(tmp_path, capsys):
+    out = str(tmp_path / "out")
+    assert main(["experiments", "run", "paths", "--scale", "quick", "--out-dir", out]) == 2
+    assert "--scale quick: the path experiments have the scales tiny, small" in capsys.readouterr().err
+    assert main(["experiments", "run", "path_width", "--tiny", "--task", "0", "--out-dir", out]) == 2
+    assert "--task" in capsys.readouterr().err
+    assert not os.path.exists(out)  # nothing written
