@@ -5,8 +5,11 @@ cluster of the session's own; and the rule that a skipped test fails the run.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -55,6 +58,27 @@ def pytest_runtest_makereport(item, call):
                            f"(install what is missing: bash scripts/install.sh; or set {ALLOW_SKIP}=1 to allow skips)")
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """LANDSCAPE_MPI_TEST_CPU_LOG=FILE appends each test's CPU seconds (setup, call and teardown; the test process,
+    the processes it waited for, launchers' ranks included, and the zygote's runs) and wall seconds: what a test
+    costs the machine, read the same on a loaded machine, where wall times are not (docs/testing.md)."""
+    log = os.environ.get("LANDSCAPE_MPI_TEST_CPU_LOG")
+    if not log:
+        yield
+        return
+
+    def cpu() -> float:
+        own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime + ZYGOTE.cpu
+
+    c0, t0 = cpu(), time.monotonic()
+    yield
+    with open(log, "a") as f:
+        f.write(json.dumps({"test": item.nodeid, "cpu": round(cpu() - c0, 2), "wall": round(time.monotonic() - t0, 2)})
+                + "\n")
+
+
 def env(**extra) -> dict:
     e = dict(os.environ)
     e["PYTHONPATH"] = os.pathsep.join([str(TESTS), str(ROOT), e.get("PYTHONPATH", "")])
@@ -96,8 +120,84 @@ def mpiexec(n: int) -> list[str]:
     return cmd
 
 
+class Zygote:
+    """tests/zygote.py, one per test worker, started at the first run that can use it: `python -m MODULE ARGS`
+    runs forked from an interpreter that has imported torch already. Only for runs whose import-time environment
+    (ZYGOTE_FIXED) equals the zygote's, one at a time (a second caller meanwhile gets a fresh interpreter);
+    LANDSCAPE_MPI_TEST_FRESH=1 turns it off (every run a fresh interpreter)."""
+
+    FIXED = ("PYTHON", "OMP_", "MKL", "OPENBLAS", "KMP", "ATEN", "TORCH", "LD_", "HDF5", "MALLOC", "CUDA", "MPL")
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.proc: subprocess.Popen | None = None
+        self.env: dict = {}
+        self.runs = 0  # runs served: test_zygote asserts the fork path was taken
+        self.cpu = 0.0  # CPU seconds of the runs served (the test CPU log counts them)
+
+    def fixed(self, e: dict) -> dict:
+        return {k: v for k, v in e.items() if k.startswith(self.FIXED)}
+
+    def usable(self, cmd: list[str], e: dict) -> bool:
+        return (os.environ.get("LANDSCAPE_MPI_TEST_FRESH") != "1" and len(cmd) >= 3 and cmd[0] == sys.executable
+                and cmd[1] == "-m" and (self.proc is None or self.fixed(e) == self.fixed(self.env)))
+
+    def _reply(self, key: str) -> int:
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"tests/zygote.py ended (exit {self.proc.wait()}) before it answered {key!r}")
+        reply = json.loads(line)
+        self.cpu += reply.get("cpu", 0.0)
+        return reply[key]
+
+    def run(self, cmd: list[str], e: dict, timeout: float) -> subprocess.CompletedProcess | None:
+        if not self.usable(cmd, e) or not self.lock.acquire(blocking=False):
+            return None
+        try:
+            if self.proc is None or self.proc.poll() is not None:
+                self.env = env()
+                if self.fixed(e) != self.fixed(self.env):
+                    return None
+                self.proc = subprocess.Popen([sys.executable, str(TESTS / "zygote.py")], stdin=subprocess.PIPE,
+                                             stdout=subprocess.PIPE, text=True, env=self.env, cwd=ROOT)
+            with tempfile.TemporaryDirectory() as d:
+                out, err = os.path.join(d, "stdout"), os.path.join(d, "stderr")
+                req = {"module": cmd[2], "args": cmd[3:], "env": e, "cwd": str(ROOT), "stdout": out, "stderr": err}
+                self.proc.stdin.write(json.dumps(req) + "\n")
+                self.proc.stdin.flush()
+                pid = self._reply("pid")
+                expired = threading.Event()
+
+                def expire():
+                    expired.set()
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+
+                timer = threading.Timer(timeout, expire)
+                timer.start()
+                try:
+                    code = self._reply("code")
+                finally:
+                    timer.cancel()
+                self.runs += 1
+                stdout, stderr = Path(out).read_text(errors="replace"), Path(err).read_text(errors="replace")
+                if expired.is_set():
+                    raise subprocess.TimeoutExpired(cmd, timeout, stdout, stderr)
+                return subprocess.CompletedProcess(cmd, code, stdout, stderr)
+        finally:
+            self.lock.release()
+
+
+ZYGOTE = Zygote()
+
+
 def run(cmd: list[str], timeout: float = 300, check_rc: int | None = 0, **extra_env) -> subprocess.CompletedProcess:
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env(**extra_env), cwd=ROOT)
+    """A run of `cmd` as a user would start it. `python -m MODULE` runs are forked from the test worker's zygote
+    (the same process, environment, files and exit code; only the imports are not paid again)."""
+    e = env(**extra_env)
+    p = ZYGOTE.run(cmd, e, timeout)
+    if p is None:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=e, cwd=ROOT)
     if check_rc is not None and p.returncode != check_rc:
         raise AssertionError(f"{' '.join(cmd)}\nexit {p.returncode}, expected {check_rc}\n"
                              f"stdout:\n{p.stdout[-3000:]}\nstderr:\n{p.stderr[-5000:]}")

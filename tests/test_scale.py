@@ -66,19 +66,20 @@ def test_collective_with_more_ranks_than_points(tmp_path, digits_ckpt):
     assert len(set(phases(p.stderr))) == 1
 
 
-def test_sigkill_during_collective_phases_ten_times_then_resume(tmp_path, grid):
-    """Kills land at random progress (k more points done, k random), not at random times: no time window."""
+def test_sigkill_during_collective_phases_four_times_then_resume(tmp_path, grid):
+    """Kills land at random progress (k more points done, k random), not at random times: no time window. Four
+    kills of three ranks (tests/test_mpi.py kills single-file writers at random moments too)."""
     args, ref = grid
     out = tmp_path / "killed.h5"
     ref_r = read_results(ref)
     rng = random.Random(7)
     done = 0
-    for _ in range(10):
+    for _ in range(4):
         proc = subprocess.Popen(
             mpiexec(3) + cli("surface", *args, "--io", "collective", "--flush-seconds", "0.01", "--out", str(out)),
             cwd=ROOT, env=env(LANDSCAPE_MPI_TEST_DELAY="0.05"), stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL, start_new_session=True)
-        target = min(done + rng.randint(1, 4), 60)
+        target = min(done + rng.randint(2, 8), 60)
         wait_for_points(out, target, timeout=300)
         kill_job(proc)
         r = read_results(out)  # the file opens after every kill ...
