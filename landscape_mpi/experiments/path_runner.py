@@ -25,7 +25,7 @@ from landscape_mpi.config.errors import EXIT_COMPLETE, EXIT_RESUMABLE, EXIT_USER
 from landscape_mpi.config.train import TrainConfig
 from landscape_mpi.experiments.path_definitions import PathExperiment, PathStep, Spawn
 from landscape_mpi.experiments.runner import StepFailed, run_dir
-from landscape_mpi.files import reader
+from landscape_mpi.files.path_reader import read_path
 from landscape_mpi.runtime.lifecycle import launch, write_whole
 from landscape_mpi.training.train import TrainingStopped, finished, read_checkpoint, train
 
@@ -107,7 +107,7 @@ def run_path_experiment(exp: PathExperiment, out_dir: str, device: str = "auto",
         _spawn(s, out_dir, data_root, torch_device, log, exp.name)
     for step in exp.paths:
         out = os.path.join(exp_dir, f"{step.name}.h5")
-        if os.path.isfile(out) and reader.is_complete(out):
+        if _complete(out):
             continue
         from landscape_mpi.runtime.lifecycle import STOP
 
@@ -121,6 +121,16 @@ def run_path_experiment(exp: PathExperiment, out_dir: str, device: str = "auto",
             raise StepFailed(f"landscape-mpi {' '.join(argv)} exited {code}", code)
         log(f"experiment {exp.name}: {step.name} in {time.perf_counter() - t:.1f} s")
     return time.perf_counter() - t0
+
+
+def _complete(path: str) -> bool:
+    """True if `path` is a path file whose every point is done (a missing or unreadable one is not)."""
+    if not os.path.isfile(path):
+        return False
+    try:
+        return read_path(path).complete
+    except UserError:
+        return False
 
 
 def _spawn(s: Spawn, out_dir: str, data_root: str | None, device: torch.device | None, log: Callable[[str], None],
