@@ -168,3 +168,16 @@ def test_the_version_3_set_trains_every_net_of_a_comparison_alike():
     assert lr and all(r.config["warmup_epochs"] == 5 for r in lr)
     v2 = experiment("skip", "small").runs
     assert {r.config["epochs"] for r in v2} == {60, 150} and not any("target_loss" in r.config for r in v2)
+
+
+def test_trajectory_p_against_walks_with_the_runs_step_lengths():
+    """The walks' values (measures.random_walk_values, the same walks whose mean and 95th percentile version 2
+    shows): a path explaining 0.95 beats every equal-step walk of 16 points, and none whose steps decay a
+    million-fold (those are nearly lines: about 0.98)."""
+    from landscape_mpi.experiments import measures
+
+    equal = measures.random_walk_values(16, dim=500, trials=200, step_norms=np.ones(15))
+    decayed = measures.random_walk_values(16, dim=500, trials=200, step_norms=np.geomspace(1, 1e-6, 15))
+    assert v3.walk_p(0.95, equal) == pytest.approx(1 / 201) and v3.walk_p(0.95, decayed) == pytest.approx(1)
+    assert (np.mean(equal), np.quantile(equal, 0.95)) == measures.random_walk_explained(
+        16, dim=500, trials=200, step_norms=np.ones(15))

@@ -105,16 +105,16 @@ def spearman(a: list[float], b: list[float]) -> float:
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
-def random_walk_explained(points: int, dim: int = 2000, trials: int = 200, seed: int = 0,
-                          step_norms: np.ndarray | None = None) -> tuple[float, float]:
-    """(mean, 95th percentile) over `trials` seeded random walks of `points` positions in `dim` dimensions of the
-    fraction of variance the first two components of the centered PCA explain (NaN for fewer than 3 points).
+def random_walk_values(points: int, dim: int = 2000, trials: int = 200, seed: int = 0,
+                       step_norms: np.ndarray | None = None) -> np.ndarray:
+    """PC1 + PC2 explained variance of each of `trials` seeded random walks of `points` positions in `dim`
+    dimensions (centered PCA, as for the training path); empty for fewer than 3 points.
 
     `step_norms` (points - 1 values): the walk takes these step lengths in isotropic random directions (the
     training run's own schedule: large early steps, small late ones under a cosine schedule); None: Gaussian
     steps of equal expected length."""
     if points < 3:
-        return float("nan"), float("nan")
+        return np.empty(0)
     if step_norms is not None and len(step_norms) != points - 1:
         raise ValueError(f"{len(step_norms)} step norms for {points} points")
     rng = np.random.default_rng(seed)
@@ -128,4 +128,14 @@ def random_walk_explained(points: int, dim: int = 2000, trials: int = 200, seed:
         # squared singular values = eigenvalues of the small points x points Gram matrix (cheaper than an SVD)
         ev = np.sort(np.linalg.eigvalsh(centered @ centered.T))[::-1]
         out[t] = float(np.sum(ev[:2]) / np.sum(ev))
-    return float(out.mean()), float(np.quantile(out, 0.95))
+    return out
+
+
+def random_walk_explained(points: int, dim: int = 2000, trials: int = 200, seed: int = 0,
+                          step_norms: np.ndarray | None = None) -> tuple[float, float]:
+    """(mean, 95th percentile) of `random_walk_values` (NaN for fewer than 3 points): the trajectory rule's
+    baseline (version 2); version 3 takes the values themselves (rules_v3.walk_p)."""
+    values = random_walk_values(points, dim, trials, seed, step_norms)
+    if values.size == 0:
+        return float("nan"), float("nan")
+    return float(values.mean()), float(np.quantile(values, 0.95))
