@@ -138,6 +138,34 @@ def test_llama_sharded_reads_tensor_by_tensor_like_the_model(tmp_path):
     assert not built.training and not built.config.use_cache
 
 
+def test_hessian_vector_products_of_an_hf_folder_model(gpt2):
+    """A forward with grad enabled differentiates twice (the math attention kernel; the fused CPU kernel has no
+    second derivative): the Hessian-vector product equals that of the same weights with eager attention."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from landscape_mpi.models import build_model, load_checkpoint
+
+    _, whole, _ = gpt2
+    ids = torch.randint(0, 97, (2, 16), generator=torch.Generator().manual_seed(0))
+
+    def hvp(model):
+        params = [p for p in model.parameters() if p.requires_grad]
+        v = [torch.randn(p.shape, generator=torch.Generator().manual_seed(i)) for i, p in enumerate(params)]
+        grads = torch.autograd.grad(model(input_ids=ids, labels=ids).loss, params, create_graph=True)
+        return torch.autograd.grad(sum((g * w).sum() for g, w in zip(grads, v)), params)
+
+    ours = build_model(f"hf:{whole}", "lm")
+    load_checkpoint(ours, whole)
+    config = AutoConfig.from_pretrained(whole, local_files_only=True)
+    eager = AutoModelForCausalLM.from_config(config, attn_implementation="eager").eval()
+    load_checkpoint(eager, whole)
+    assert ours.config._attn_implementation != "eager"  # the fast kernels stay the model's choice
+    for a, b in zip(hvp(ours), hvp(eager)):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    with torch.no_grad():  # and a forward without grad is the fused kernel's, as before
+        torch.testing.assert_close(ours(ids).logits, eager(ids).logits, rtol=1e-5, atol=1e-5)
+
+
 def test_hub_cache_entry_by_repo_id(gpt2, tmp_path, monkeypatch):
     """hf:org/name is looked up in the local Hub cache (refs/main -> snapshots/<commit>), never downloaded."""
     from landscape_mpi.config.errors import UserError

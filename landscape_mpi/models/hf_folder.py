@@ -5,7 +5,10 @@ The folder's ``config.json`` is read (offline) and the model built from it throu
 chooses: ``AutoModelForCausalLM`` for ``--task lm``, ``AutoModelForSequenceClassification`` for ``--task
 classify``; for another task (or a caller that names none) the class ``save_pretrained`` recorded in the
 config's ``architectures``, else ``AutoModel``. Built with a fixed seed, in float32, without the generation
-cache (``use_cache`` off: a grid point needs logits only); the weights come from the folder itself, as
+cache (``use_cache`` off: a grid point needs logits only). A forward that records a graph (grad enabled: the
+Hessian's products, ``--metrics eig``, training) runs PyTorch's attention on its math kernel, the one with a
+second derivative (the fused SDPA kernels have none); a grid point's forward (no grad) keeps the fast kernels
+(`math_attention_when_differentiating`). The weights come from the folder itself, as
 ``--checkpoint`` (`models.read_state_dict`: one ``model.safetensors`` or the shards of
 ``model.safetensors.index.json``). Inside `models.parameters_on_meta` (a sharded group) the parameters are made
 on the meta device as the model is built, so the whole model never exists on a rank.
@@ -71,4 +74,28 @@ def build_pretrained(spec: str, task: str | None = None) -> nn.Module:
                         f"{cls.__name__} ({first}); choose the task the model was built for") from None
     finally:
         torch.random.set_rng_state(state)
+    math_attention_when_differentiating(model)
     return model.eval()
+
+
+def math_attention_when_differentiating(model: nn.Module) -> None:
+    """Hooks on `model`: a forward with grad enabled runs ``scaled_dot_product_attention`` on the math kernel
+    (composite, so twice differentiable: Hessian-vector products), a forward without grad on whichever kernel
+    PyTorch picks."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    entered: list = []
+
+    def before(module, args):
+        context = sdpa_kernel([SDPBackend.MATH]) if torch.is_grad_enabled() else None
+        if context is not None:
+            context.__enter__()
+        entered.append(context)
+
+    def after(module, args, output):
+        context = entered.pop() if entered else None
+        if context is not None:
+            context.__exit__(None, None, None)
+
+    model.register_forward_pre_hook(before)
+    model.register_forward_hook(after, always_call=True)
