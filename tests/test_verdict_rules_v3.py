@@ -166,6 +166,8 @@ def test_the_version_3_set_trains_every_net_of_a_comparison_alike():
         assert {k: r.config.get(k) for k, _ in RECIPE_V3} == dict(RECIPE_V3), r.name
     lr = [r for r in experiment("batch", "small-v3").runs if r.config["lr"] > s.lr]
     assert lr and all(r.config["warmup_epochs"] == 5 for r in lr)
+    interp = [st for st in experiment("batch", "small-v3").surfaces if st.role["kind"] == "interp1d"]
+    assert interp and {st.options["x"].num for st in interp} == {41}
     v2 = experiment("skip", "small").runs
     assert {r.config["epochs"] for r in v2} == {60, 150} and not any("target_loss" in r.config for r in v2)
 
