@@ -57,7 +57,8 @@ class PathScale:
     """values of t on [0, 1] per path, 0 and 1 included."""
     bend_steps: int
     lm_train_samples: int | None
-    """gpt_tiny trains on a deterministic subset of this many sequences (None: all 6,539)."""
+    """gpt_tiny trains on a deterministic subset of this many sequences (None: all 6,539). The subset follows the
+    training seed, so a child trains on another subset than its parent: only the CI toy (``tiny``) uses one."""
     lm_eval_samples: int | None
     """Evaluation subset per split of the lm paths (None: all)."""
     mlp_eval_samples: int | None = None
