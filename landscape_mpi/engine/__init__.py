@@ -18,9 +18,13 @@ with its own ``forward``, or dict inputs, is evaluated by the eager engine (with
   4D-input models, else ``folded``; ``eager`` with bn="recalibrate" or when the model cannot be traced.
 - ``sequential`` (``--tolerance``, `engine.sequential`): one of the per-point engines above reading each split's
   blocks in a fixed random order until the loss's standard error is small enough (not exact: an estimate).
-- a group of ranks per point (`group`, the rank's placement, of 2 or more ranks): ``group-shard`` or
-  ``group-data`` (`engine.group`, the placement's --group-mode), whatever ``kind`` (auto or eager: the others
-  are refused with the option, `config.surface.check_groups`).
+- a split read in batches (--stream-data, an iterable dataset): ``streamed+batched`` or ``streamed+folded``
+  (`engine.chunked`: each batch read once for a chunk of points, the forward chosen as ``auto`` would).
+- a group of ranks per point (`group`, the rank's placement, of 2 or more ranks): in data mode
+  ``group-data+batched`` or ``group-data+folded`` (`engine.group_chunked`: a chunk of points per batch, each
+  member its rows); ``group-shard``, and ``group-data`` for kind eager, one point at a time (`engine.group`, the
+  placement's --group-mode). Kinds other than auto and eager are refused with the option
+  (`config.surface.check_groups`).
 
 Whatever a fast path cannot handle falls back (to a partial fold, to per-point, to eager) with a note through
 `log`, never to a wrong value.
@@ -184,7 +188,16 @@ def make_engine(model: nn.Module, directions: list[Direction], data: list[EvalSe
 
     if group.size > 1:
         from landscape_mpi.engine.group import GroupEngine
+        from landscape_mpi.engine.group_chunked import agree
 
+        if group.mode == "data" and kind != "eager":  # every member decides on its own copy, then they agree
+            fast = _chunked_engine(model, directions, data, task=task, device=device, precision=precision,
+                                   batch_size=bs, kind=kind, log=log, group=(stop, check_stop))
+            if agree(not isinstance(fast, str), device):
+                log(fast.describe())
+                return fast
+            log(f"engine: {fast if isinstance(fast, str) else 'another member cannot take the fast path'}; "
+                f"the group evaluates one point at a time")
         e = GroupEngine(model, directions, data, theta=theta, task=task, device=device, precision=precision,
                         batch_size=bs, mode=group.mode, stop=stop, check_stop=check_stop)
         log(e.describe())
@@ -211,8 +224,12 @@ def make_engine(model: nn.Module, directions: list[Direction], data: list[EvalSe
     if len(data) == 0 or len(data[0]) == 0:
         return eager("no evaluation data to trace the model with")
     if any(s.streamed for s in data):
-        return eager("the evaluation data is streamed (--stream-data or an iterable dataset): the fast paths keep "
-                     "the split on the device")
+        fast = _chunked_engine(model, directions, data, task=task, device=device, precision=precision, batch_size=bs,
+                               kind=kind, log=log)
+        if isinstance(fast, str):
+            return eager(f"the evaluation data is streamed (--stream-data or an iterable dataset) and {fast}")
+        log(fast.describe())
+        return fast
     if isinstance(data[0].inputs, dict):
         return eager("inputs are a dict of tensors (keyword arguments), which the fast paths do not trace")
     example = data[0].inputs[:2]
@@ -266,4 +283,67 @@ def make_engine(model: nn.Module, directions: list[Direction], data: list[EvalSe
                           batch_size=bs, channels_last=channels_last, compile=(kind == "compiled"), log=log,
                           task=generic)
     log(engine.describe() + f", {flops / 1e6:.2f} MFLOP per sample")
+    return engine
+
+
+def _chunked_engine(model: nn.Module, directions: list[Direction], data: list[EvalSet], *, task: Task,
+                    device: torch.device, precision: str, batch_size: int, kind: str, log: Callable[[str], None],
+                    group: tuple[type[BaseException], Callable[[], None] | None] | None = None) -> Engine | str:
+    """The fast engine that reads each batch once for a chunk of points (`engine.chunked`: streamed splits; with
+    `group` = (stop, check_stop), `engine.group_chunked`: a group of ranks in data mode), or why it cannot be used.
+
+    `kind` picks the forward as for an in-memory split: ``batched`` (K points per forward; ``auto`` for small
+    models), else one folded forward per point (channels-last where ``auto`` or ``channels_last`` would use it;
+    ``compiled`` is not applied, with a note)."""
+    if has_own_forward(task):
+        return f"task {task.name} calls the model its own way (its forward), which the fast paths do not trace"
+    if len(data) == 0 or len(data[0]) == 0:
+        return "no evaluation data to trace the model with"
+    example, _ = data[0].rows(0, min(2, len(data[0])))
+    if isinstance(example, dict):
+        return "inputs are a dict of tensors (keyword arguments), which the fast paths do not trace"
+    try:
+        plan = plan_fold(model, example)
+    except FoldError as exc:
+        return str(exc)
+    for note in plan.notes:
+        log(f"engine: {note} (it stays a separate eval-mode pass)")
+    flops = count_flops(plan.module, example)
+    conv_input = example.dim() == 4 and any(isinstance(m, nn.Conv2d) for m in plan.module.modules())
+    cl_default = conv_input and (device.type == "cpu" or precision != "fp32")
+    if kind == "compiled":
+        log("engine: torch.compile is not applied to batches read a chunk at a time; using the uncompiled forward")
+    if kind in ("auto", "compiled"):
+        kind = "batched" if (kind == "auto" and 0 < flops < SMALL_MODEL_FLOPS) else (
+            "channels_last" if cl_default else "folded")
+    channels_last = conv_input and kind == "channels_last"
+    gm = plan.module.to(device)
+    if channels_last:
+        gm = gm.to(memory_format=torch.channels_last)
+    state = {k: v.detach() for k, v in model.state_dict().items()}
+    tensors = FoldedTensors(plan, state, directions, device)
+    if tensors.unused:
+        log(f"engine: {', '.join(tensors.unused[:5])} not used by the forward: moving them changes nothing")
+    param_bytes = sum(t.numel() * t.element_size() for t in tensors.family.bases.values())
+
+    def build(batched: bool) -> Engine:
+        per_sample = _activation_bytes_per_sample(plan.module, example.shape[0]) if batched else 0.0
+        k = choose_group_size(per_sample, param_bytes, batch_size, device)
+        common = dict(task=task, device=device, precision=precision, batch_size=batch_size, k=k, batched=batched,
+                      channels_last=channels_last)
+        if group is None:
+            from landscape_mpi.engine.chunked import ChunkedEngine
+
+            return ChunkedEngine(tensors, data, len(directions), **common)
+        from landscape_mpi.engine.group_chunked import ChunkedGroupEngine
+
+        return ChunkedGroupEngine(tensors, data, len(directions), **common, stop=group[0], check_stop=group[1])
+
+    if kind != "batched":
+        return build(False)
+    engine = build(True)
+    why = probe_batched(engine, gm, example.to(device), len(directions))
+    if why:
+        log(f"engine: {why}; evaluating one point per forward")
+        return build(False)
     return engine

@@ -6,7 +6,9 @@ Two modes (docs/mpi.md#groups-of-ranks-per-point):
   module that owns parameters no other module shares, the rest in the root unit): each member holds its rows
   (dim 0) of every parameter, and the same rows of every direction, so theta* + sum c_i d_i is set on each
   shard where it lives; a forward all-gathers one unit at a time and frees it after.
-- ``data``: every member holds the whole model (the eager engine's per-point set-up).
+- ``data``: every member holds the whole model (the eager engine's per-point set-up). This class is data mode's
+  engine for ``--engine eager`` only; ``auto`` takes the folded model a chunk of points per batch
+  (`engine.group_chunked`).
 
 In both, each batch of a split (the batches a one-rank run reads) is divided among the members, each member
 runs the forward on its rows and adds up the task's sums (`Task.batch_sums`); at the end of the split the sums
