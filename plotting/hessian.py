@@ -5,6 +5,8 @@
 - ``<name>_sharpness.<fmt>`` (files with several checkpoints): top eigenvalue (and lambda_min), Hutchinson trace and
   average adaptive rise (stored as /adaptive/sharpness; docs/analyses.md#what-the-names-promise) against the epoch,
   with +-1 standard error bars.
+- ``<name>_blocks.<fmt>`` (files computed with ``--blocks``): top eigenvalue and trace per diagonal block, in model
+  order (plotting/blocks.py).
 
 Reads the file through landscape_mpi's files layer (landscape_mpi/files/reader.py; numpy, matplotlib): nothing
 from torch, MPI or the rest of landscape_mpi.
@@ -24,6 +26,7 @@ from matplotlib.figure import Figure
 
 from landscape_mpi.files import contract
 from landscape_mpi.files.reader import read_hessian_file
+from plotting.blocks import blocks_figure, read_blocks
 from plotting.reader import PlotError
 
 #: Densities below this fraction of a curve's peak are not drawn: the Gaussian tails would otherwise reach
@@ -115,6 +118,9 @@ def draw_hessian(path: str, out_dir: str, fmt: str = "png", dpi: int = 200) -> l
         figures.append((density_figure(h), f"{stem}_density.{fmt}"))
     if len(h["epoch"]) > 1:
         figures.append((sharpness_figure(h), f"{stem}_sharpness.{fmt}"))
+    blocks = read_blocks(path)
+    if blocks is not None:  # --blocks: the per-layer figure
+        figures.append((blocks_figure(blocks), f"{stem}_blocks.{fmt}"))
     if not figures:
         raise PlotError(f"{path}: nothing to draw (one checkpoint and no spectral density); compute it with "
                         f"--slq-runs > 0 or several checkpoints")

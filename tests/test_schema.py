@@ -65,7 +65,8 @@ def written(tmp_path_factory) -> dict[str, str]:
                                                        "path_aligned", "adaptive")}
     runs = {
         "hessian": ["hessian", *TOY, "--checkpoint", final, "--samples", "40", "--top-k", "2", "--tol", "1e-2",
-                    "--trace-probes", "2", "--slq-runs", "2", "--slq-steps", "4", "--adaptive-samples", "2"],
+                    "--trace-probes", "2", "--slq-runs", "2", "--slq-steps", "4", "--adaptive-samples", "2",
+                    "--blocks", "module"],
         "eig_hessian_dirs": ["surface", *TOY, "--checkpoint", final, "--directions", "hessian", "--hessian-file",
                              out["hessian"], "--x=-1:1:2", "--metrics", "loss,eig", "--eig-tol", "0.1",
                              "--samples", "30"],

@@ -17,6 +17,9 @@ HESSIAN_DTYPES: tuple[HessianDtype, ...] = literal_values(HessianDtype)
 #: Gauss-Newton J^T H_out J, the Fisher (labels sampled from the model, seeded), the empirical Fisher (data labels).
 Curvature = Literal["hessian", "ggn", "fisher", "empirical-fisher"]
 CURVATURES: tuple[Curvature, ...] = literal_values(Curvature)
+#: Diagonal blocks whose spectra are computed too: none, one per parameter tensor, one per module.
+Blocks = Literal["none", "tensor", "module"]
+BLOCK_MAPS: tuple[Blocks, ...] = literal_values(Blocks)
 
 
 DATA, ANALYSES, RUN = "model and data", "analyses", "run"
@@ -51,6 +54,8 @@ class HessianConfig:
                                   group=ANALYSES)
     fisher_seed: int | None = option(None, help="seeds the labels --curvature fisher samples from the model "
                                                 "(required with it)", group=ANALYSES)
+    blocks: Blocks = option("none", help="also the top eigenvalue and trace of every diagonal block: one per "
+                                         "parameter tensor (tensor) or per module (module)", group=ANALYSES)
     top_k: int = option(5, help="largest eigenvalues to compute (ARPACK which='LA')", group=ANALYSES)
     store_vectors: int | None = option(None, help="eigenvectors stored per row, the largest ones (default: 2, "
                                                    "or --top-k if smaller; 2 for surface --directions hessian)",
@@ -110,7 +115,7 @@ class HessianConfig:
         del d["overwrite"]
         if d["task"] == DEFAULT_TASK:  # a classifier's stored config stays what it was before tasks existed
             del d["task"]
-        for key, default in (("curvature", "hessian"), ("fisher_seed", None)):
+        for key, default in (("curvature", "hessian"), ("fisher_seed", None), ("blocks", "none")):
             if d[key] == default:  # likewise a Hessian file's config stays what it was before the other operators
                 del d[key]
         return d

@@ -54,16 +54,22 @@ JVP_PATHS = ("forward", "reverse")
 OutputProduct = Callable[[torch.Tensor], torch.Tensor]
 
 
+def _real(t: torch.Tensor) -> torch.Tensor:
+    """float64 kept, anything else as float32 (the tasks' loss formulas do the same): the output-space products
+    are computed in it, so a float32 model's (batch, tokens, vocabulary) temporaries stay float32."""
+    return t if t.dtype == torch.float64 else t.float()
+
+
 def _softmax_units(task: Task, output: torch.Tensor, inputs: Inputs,
                    labels: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
-    """(logits (..., C) float64, integer labels (...), valid mask (...)) of a softmax cross-entropy task, its units
-    (samples; lm: positions 0..T-2) on the leading dims; None if the task is not one."""
+    """(logits (..., C) as `_real`, integer labels (...), valid mask (...)) of a softmax cross-entropy task, its
+    units (samples; lm: positions 0..T-2) on the leading dims; None if the task is not one."""
     if isinstance(task, ClassifyTask) and task.loss == "ce":
-        return output.double(), labels, torch.ones(labels.shape, dtype=torch.bool, device=output.device)
+        return _real(output), labels, torch.ones(labels.shape, dtype=torch.bool, device=output.device)
     if isinstance(task, LanguageModelTask):
         y = targets(inputs, labels)
         valid = y != IGNORE_INDEX
-        return output[:, :-1].double(), y.masked_fill(~valid, 0), valid
+        return _real(output[:, :-1]), y.masked_fill(~valid, 0), valid
     return None
 
 
@@ -74,6 +80,12 @@ def _pad_lm(task: Task, full: torch.Tensor, part: torch.Tensor) -> torch.Tensor:
         out[:, :-1] = part
         return out
     return part
+
+
+def _residual(p: torch.Tensor, y: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """p - onehot(y) (d cross-entropy / d logits at label y), zero on units that are not valid; p is consumed."""
+    r = p.scatter_add_(-1, y.unsqueeze(-1), torch.full(y.shape + (1,), -1.0, dtype=p.dtype, device=p.device))
+    return r.mul_(valid.unsqueeze(-1))
 
 
 def _outer_per_unit(r: torch.Tensor, unit_dims: int) -> OutputProduct:
@@ -104,7 +116,7 @@ def check_curvature(task: Task | str, curvature: str) -> None:
 def output_product(curvature: str, task: Task, output: torch.Tensor, inputs: Inputs, labels: torch.Tensor | None,
                    uniforms: torch.Tensor | None = None) -> OutputProduct:
     """u -> M u, M the output-space matrix of `curvature` for this batch at `output` (detached; see the module's
-    docstring); u and the result are shaped like `output` (float64 result where computed in closed form).
+    docstring); u and the result are shaped like `output` (float64 for a float64 output, else float32).
     `uniforms`: the Fisher's, one per unit (classify: (B,), lm: (B, T), regress: shaped like the labels)."""
     output = output.detach()
     soft = _softmax_units(task, output, inputs, labels)
@@ -115,11 +127,11 @@ def output_product(curvature: str, task: Task, output: torch.Tensor, inputs: Inp
 
             def ggn(u: torch.Tensor) -> torch.Tensor:
                 part = u[:, :-1] if isinstance(task, LanguageModelTask) else u
-                pu = p * part.double()
+                pu = p * part.to(p.dtype)
                 return _pad_lm(task, output, pu - p * pu.sum(-1, keepdim=True))
             return ggn
         if isinstance(task, RegressTask):
-            return lambda u: 2.0 * u.double()
+            return lambda u: 2.0 * _real(u)
         own = getattr(task, "output_hessian_product", None)
         if callable(own):
             return lambda u: own(output, inputs, labels, u)
@@ -135,12 +147,12 @@ def output_product(curvature: str, task: Task, output: torch.Tensor, inputs: Inp
     if curvature == "empirical-fisher":
         if soft is not None:
             z, y, valid = soft
-            r = (torch.softmax(z, dim=-1) - nn.functional.one_hot(y, z.shape[-1]).double()) * valid.unsqueeze(-1)
+            r = _residual(torch.softmax(z, dim=-1), y, valid)
             apply = _outer_per_unit(r, r.dim() - 1)
             return lambda u: _pad_lm(task, output, apply(u[:, :-1] if isinstance(task, LanguageModelTask) else u))
         z = output.clone().requires_grad_(True)
         with torch.enable_grad():
-            r = torch.autograd.grad(task.loss_sum(z, inputs, labels), z)[0].double()
+            r = _real(torch.autograd.grad(task.loss_sum(z, inputs, labels), z)[0])
         return _outer_per_unit(r, 1)
     if curvature == "fisher":
         if uniforms is None:
@@ -150,14 +162,15 @@ def output_product(curvature: str, task: Task, output: torch.Tensor, inputs: Inp
             p = torch.softmax(z, dim=-1)
             u01 = uniforms[:, :z.shape[1]] if isinstance(task, LanguageModelTask) else uniforms
             cdf = p.cumsum(-1)
-            sampled = torch.searchsorted(cdf, u01.to(cdf.device).unsqueeze(-1) * cdf[..., -1:]).squeeze(-1)
+            sampled = torch.searchsorted(cdf, u01.to(device=cdf.device, dtype=cdf.dtype).unsqueeze(-1)
+                                         * cdf[..., -1:]).squeeze(-1)
             sampled = sampled.clamp_(max=z.shape[-1] - 1)
-            r = (p - nn.functional.one_hot(sampled, z.shape[-1]).double()) * valid.unsqueeze(-1)
+            r = _residual(p, sampled, valid)
             apply = _outer_per_unit(r, r.dim() - 1)
             return lambda u: _pad_lm(task, output, apply(u[:, :-1] if isinstance(task, LanguageModelTask) else u))
         if isinstance(task, RegressTask):
             eps = math.sqrt(2.0) * torch.erfinv(2.0 * uniforms.double() - 1.0)
-            r = (-math.sqrt(2.0) * eps).to(output.device).reshape(output.shape[0], -1)
+            r = (-math.sqrt(2.0) * eps).to(device=output.device, dtype=_real(output).dtype).reshape(output.shape[0], -1)
             apply = _outer_per_unit(r, 1)
             return lambda u: apply(u.reshape(r.shape)).reshape(output.shape)
         check_curvature(task, curvature)

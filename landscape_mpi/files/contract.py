@@ -71,6 +71,7 @@ EIGENVECTORS = "eigenvectors"
 TRACE = "trace"
 DENSITY = "density"
 ADAPTIVE = "adaptive"
+BLOCKS = "blocks"
 
 #: The groups of a direction file of the paper's reference code (loss-landscape's net_plotter.py), x then y.
 REFERENCE_GROUPS = ("xdirection", "ydirection")
@@ -308,6 +309,15 @@ HESSIAN_SCHEMA: tuple[Entry, ...] = (
     Entry("/adaptive@samples", "int", (), "--adaptive-samples > 0", "M"),
     Entry("/adaptive@seed", "int", (), "--adaptive-samples > 0", "--seed"),
     Entry("/adaptive@definition", "str", (), "--adaptive-samples > 0", "the definition, in words"),
+    Entry("/blocks/name", "str", ("B",), "--blocks", "each diagonal block: a parameter tensor's or a module's name"),
+    Entry("/blocks/size", "int64", ("B",), "--blocks", "its parameters"),
+    Entry("/blocks/top", "float64", ("R", "B"), "--blocks", "the largest eigenvalue of each diagonal block"),
+    Entry("/blocks/products", "int64", ("R", "B"), "--blocks", "operator products each block's top took"),
+    Entry("/blocks/trace", "float64", ("R", "B"), "--blocks",
+          "each block's trace, from the whole trace's probes (NaN with --trace-probes 0)"),
+    Entry("/blocks/trace_stderr", "float64", ("R", "B"), "--blocks", "its standard error"),
+    Entry("/blocks@map", "str", (), "--blocks", "--blocks: tensor or module"),
+    Entry("/blocks@definition", "str", (), "--blocks", "how the numbers are computed, in words"),
 )
 
 PATH_SCHEMA: tuple[Entry, ...] = (

@@ -18,7 +18,7 @@ import numpy as np
 
 from landscape_mpi.config.errors import UserError
 from landscape_mpi.files import contract
-from landscape_mpi.files.contract import ADAPTIVE, CHECKPOINTS, DENSITY, EIGEN, EIGENVECTORS, TRACE
+from landscape_mpi.files.contract import ADAPTIVE, BLOCKS, CHECKPOINTS, DENSITY, EIGEN, EIGENVECTORS, TRACE
 from landscape_mpi.files.store import fresh_temporary, fsync_file, fsync_folder
 
 
@@ -43,16 +43,20 @@ class HessianRow:
     """grid, values, nodes, weights, run_means, sigma, products."""
     adaptive: dict | None = None
     """sharpness, stderr, values."""
+    blocks: dict | None = None
+    """Per diagonal block (--blocks): top, products, trace, trace_stderr (arrays over the blocks)."""
 
 
 def _stack(rows: list[HessianRow], part: str, key: str) -> np.ndarray:
     return np.stack([np.asarray(getattr(r, part)[key]) for r in rows])
 
 
-def write_hessian_file(path: str, rows: list[HessianRow], config: dict, attrs: dict, versions: dict) -> None:
+def write_hessian_file(path: str, rows: list[HessianRow], config: dict, attrs: dict, versions: dict,
+                       blocks: list[tuple[str, int]] | None = None) -> None:
     """Write the whole file under a temporary name, then rename it onto `path` (replacing any old file).
 
-    `config`: every setting (stored as JSON and the main ones as attributes); `attrs`: further root attributes.
+    `config`: every setting (stored as JSON and the main ones as attributes); `attrs`: further root attributes;
+    `blocks`: (name, size) of each diagonal block of --blocks (the rows' `blocks` hold their numbers).
     Raises UserError if the folder cannot be written.
     """
     tmp = fresh_temporary(path)
@@ -121,6 +125,15 @@ def write_hessian_file(path: str, rows: list[HessianRow], config: dict, attrs: d
                 g.attrs["definition"] = ("mean over samples of loss(theta + delta) - loss(theta), delta_i = rho * "
                                          "||w_i|| * g_i / ||g_i|| per output filter i, g Gaussian; biases and "
                                          "BatchNorm not perturbed")
+            if blocks:
+                g = f.create_group(BLOCKS)
+                g.create_dataset("name", data=np.array([b for b, _ in blocks], dtype=object), dtype=str_dt)
+                g.create_dataset("size", data=np.array([s for _, s in blocks], dtype=np.int64))
+                for key in ("top", "products", "trace", "trace_stderr"):
+                    g.create_dataset(key, data=_stack(rows, "blocks", key))
+                g.attrs["map"] = config["blocks"]
+                g.attrs["definition"] = ("diagonal blocks C_bb of the operator: top eigenvalue by ARPACK 'LA' on "
+                                         "C_bb v_b; trace from the whole Hutchinson run's probes, z_b . (C z)_b")
         fsync_file(tmp)  # the data on disk before the name points at it (a crash leaves old file or new)
         os.replace(tmp, path)
         fsync_folder(path)

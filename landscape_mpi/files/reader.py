@@ -46,7 +46,8 @@ _KINDS = {
 }
 
 #: The Hessian file's groups of per-row results (eigenvectors are read by `read_eigenvectors` only).
-HESSIAN_GROUPS = (contract.CHECKPOINTS, contract.EIGEN, contract.TRACE, contract.DENSITY, contract.ADAPTIVE)
+HESSIAN_GROUPS = (contract.CHECKPOINTS, contract.EIGEN, contract.TRACE, contract.DENSITY, contract.ADAPTIVE,
+                  contract.BLOCKS)
 
 
 def _text(v):

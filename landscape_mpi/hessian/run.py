@@ -21,6 +21,7 @@ import torch
 
 from landscape_mpi.config.errors import EXIT_COMPLETE, UserError
 from landscape_mpi.config.hessian import HessianConfig
+from landscape_mpi.curvature import blocks as blk
 from landscape_mpi.curvature import hessian as hs
 from landscape_mpi.curvature import krylov
 from landscape_mpi.curvature.operators import check_curvature, make_operator
@@ -112,6 +113,8 @@ def run_hessian(cfg: HessianConfig, ctx, ranks_per_point: int = 1, group_timeout
         space = hs.ParamSpace.of(model)
         if cfg.top_k >= space.n:
             raise UserError(f"--top-k {cfg.top_k}: must be less than the number of parameters ({space.n})")
+        if cfg.blocks != "none":
+            blk.parameter_blocks(space.names, space.sizes, cfg.blocks)  # a map that names no parameter: refused
         data = [load_eval_set(cfg.dataset, s, cfg.data_root, cfg.samples, cfg.seed) for s in cfg.splits]
         # real-valued tensors in the model's dtype (token ids stay integers)
         def to_device(t: torch.Tensor) -> torch.Tensor:
@@ -130,6 +133,7 @@ def run_hessian(cfg: HessianConfig, ctx, ranks_per_point: int = 1, group_timeout
 
     objective = on_every_rank(make_objective)
     n_samples = sum(len(d) for d in data)
+    blocks = blk.parameter_blocks(space.names, space.sizes, cfg.blocks) if cfg.blocks != "none" else []
     log(f"{len(paths)} checkpoint(s), {space.n} parameters, {n_samples} samples ({','.join(cfg.splits)}), "
         f"{ctx.size} rank(s), {cfg.precision} on {ctx.device}")
 
@@ -158,17 +162,26 @@ def run_hessian(cfg: HessianConfig, ctx, ranks_per_point: int = 1, group_timeout
             # a PSD operator's lambda_min is >= 0, often a many-fold 0 that ARPACK cannot resolve: not asked (NaN)
             bottom = (None if getattr(op, "psd", False) else
                       krylov.extreme_eigenpairs(matvec, op.n, 1, "SA", cfg.tol, cfg.maxiter, cfg.seed))
-            trace = krylov.hutchinson_trace(matvec, op.n, cfg.trace_probes, cfg.seed + 1) if cfg.trace_probes else None
+            recorder = blk.BlockTraceRecorder(matvec, blocks)  # the blocks' traces from the whole run's probes
+            recorder.recording = True
+            trace = (krylov.hutchinson_trace(recorder, op.n, cfg.trace_probes, cfg.seed + 1) if cfg.trace_probes
+                     else None)
+            recorder.recording = False
             density = (krylov.slq_density(matvec, op.n, cfg.slq_runs, cfg.slq_steps, cfg.slq_sigma, cfg.slq_grid,
                                       cfg.seed + 2) if cfg.slq_runs else None)
-            return top, bottom, trace, density
+            per_block = None
+            if blocks:
+                tops, products = blk.block_tops(matvec, op.n, blocks, cfg.tol, cfg.maxiter, cfg.seed)
+                traces, stderrs = recorder.traces()
+                per_block = {"top": tops, "products": products, "trace": traces, "trace_stderr": stderrs}
+            return top, bottom, trace, density, per_block
 
         result = hs.drive(op, task)
         adaptive = (hs.adaptive_sharpness(op, cfg.adaptive_rho, cfg.adaptive_samples, cfg.seed)
                     if cfg.adaptive_samples else None)
         if not ctx.is_master:
             continue
-        top, bottom, trace, density = result
+        top, bottom, trace, density, per_block = result
         row = hessian_store.HessianRow(
             checkpoint=path, sha256=sha, epoch=epoch, epoch_source=epoch_source, loss=loss,
             seconds=time.perf_counter() - start, eigenvalues=top.values, products_top=top.products,
@@ -181,10 +194,11 @@ def run_hessian(cfg: HessianConfig, ctx, ranks_per_point: int = 1, group_timeout
                                                   ("grid", "values", "nodes", "weights", "run_means", "sigma",
                                                    "products")},
             adaptive=None if adaptive is None else {"sharpness": adaptive.mean, "stderr": adaptive.stderr,
-                                                    "values": adaptive.values})
+                                                    "values": adaptive.values},
+            blocks=per_block)
         rows.append(row)
         products = top.products + (bottom.products if bottom else 0) + (trace.products if trace else 0) + \
-            (density.products if density else 0)
+            (density.products if density else 0) + (int(per_block["products"].sum()) if per_block else 0)
         log(f"row {index + 1}/{len(paths)} epoch {epoch:g}: loss {loss:.6g}, lambda_max {top.values[0]:.6g}, "
             f"lambda_min {row.lambda_min:.6g}"
             + (f", trace {trace.estimate:.6g} +- {trace.stderr:.2g}" if trace else "")
@@ -203,7 +217,8 @@ def run_hessian(cfg: HessianConfig, ctx, ranks_per_point: int = 1, group_timeout
                      "ranks": ctx.size, "eigenvector_convention": EIGENVECTOR_CONVENTION,
                      "parameter_names": "\n".join(space.names)}
             hessian_store.write_hessian_file(cfg.out, rows, cfg.to_dict(), attrs,
-                                             package_versions())
+                                             package_versions(),
+                                             blocks=[(b.name, len(b.index)) for b in blocks])
 
     on_every_rank(write)
     close_process_group()  # gloo's threads must not outlive the interpreter
