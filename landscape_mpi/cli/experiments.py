@@ -35,6 +35,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_options(ls, ExperimentsList)
     ls.set_defaults(func=cmd_list)
 
+    from landscape_mpi.cli.pilot import add_pilot_parser
+
+    add_pilot_parser(esub)
+
 
 def cmd_run(a: argparse.Namespace) -> int:
     from landscape_mpi.experiments import experiments

@@ -11,7 +11,7 @@ from landscape_mpi.config.surface import Device
 
 Optimizer = Literal["sgd", "adam"]
 OPTIMIZERS: tuple[Optimizer, ...] = literal_values(Optimizer)
-Schedule = Literal["none", "step", "cosine"]
+Schedule = Literal["none", "step", "step3", "cosine"]
 SCHEDULES: tuple[Schedule, ...] = literal_values(Schedule)
 
 
@@ -33,7 +33,8 @@ class TrainConfig:
     momentum: float = option(0.9, help="SGD momentum")
     weight_decay: float = option(5e-4, help="L2 weight decay")
     schedule: Schedule = option("cosine", help="learning-rate schedule: none, step (x0.1 at 50% and 75% of the "
-                                               "epochs) or cosine (per epoch)")
+                                               "epochs), step3 (x0.1 at 50%, 75% and 11/12: the paper's 150, 225 "
+                                               "and 275 of 300) or cosine (per epoch)")
     warmup_epochs: int = option(0, help="raise the learning rate linearly over the first N epochs, step by step, "
                                         "from lr/steps to the schedule's rate (0: off)")
     clip_grad_norm: float = option(0.0, help="scale each step's gradient down to this global norm where it is "

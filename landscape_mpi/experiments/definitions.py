@@ -23,6 +23,7 @@ fresh seeds (training 11, 12, 13; directions 21, 22, 23): the first, single-seed
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -464,6 +465,9 @@ def trajectory(scale: str) -> Experiment:
 
 
 BUILDERS = {"skip": skip, "batch": batch, "width": width, "trajectory": trajectory}
+#: Scales whose experiments another module builds, {scale: builder(experiment name)}: ``paper``, the paper's own
+#: setting (its recipe, widths and hard nets), registered by landscape_mpi/experiments/paper.py.
+SCALE_BUILDERS: dict[str, Callable[[str], Experiment]] = {}
 
 
 def experiment(name: str, scale: str) -> Experiment:
@@ -472,10 +476,8 @@ def experiment(name: str, scale: str) -> Experiment:
         raise UserError(f"--scale {scale}: choose one of {', '.join(SCALES)}")
     if name not in BUILDERS:
         raise UserError(f"experiment {name}: unknown; choose one of {', '.join(NAMES)} or all")
-    if scale == "paper":  # the paper's own setting: its recipe, widths and hard nets (experiments/paper.py)
-        from landscape_mpi.experiments.paper import paper_experiment
-
-        return paper_experiment(name)
+    if scale in SCALE_BUILDERS:
+        return SCALE_BUILDERS[scale](name)
     return BUILDERS[name](scale)
 
 

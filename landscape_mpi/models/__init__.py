@@ -51,6 +51,7 @@ ZOO: dict[str, tuple[Callable[[], nn.Module], str]] = {
     "wrn56_8": (partial(CifarResNet, 56, width=8), "cifar10"),
     "wrn56_2_noshort": (partial(CifarResNet, 56, width=2, shortcut=False), "cifar10"),
     "wrn56_4_noshort": (partial(CifarResNet, 56, width=4, shortcut=False), "cifar10"),
+    "wrn56_8_noshort": (partial(CifarResNet, 56, width=8, shortcut=False), "cifar10"),
     "wrn110_4_noshort": (partial(CifarResNet, 110, width=4, shortcut=False), "cifar10"),
     "vgg9": (VGG9, "cifar10"),
     "densenet121": (DenseNet, "cifar10"),

@@ -253,6 +253,9 @@ def _train(cfg: TrainConfig, device: torch.device, quiet: bool, faults: Faults) 
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.epochs)
     elif cfg.schedule == "step":
         sched = torch.optim.lr_scheduler.MultiStepLR(opt, [cfg.epochs // 2, (3 * cfg.epochs) // 4], 0.1)
+    elif cfg.schedule == "step3":  # the paper's: /10 at epochs 150, 225 and 275 of 300
+        sched = torch.optim.lr_scheduler.MultiStepLR(
+            opt, [cfg.epochs // 2, (3 * cfg.epochs) // 4, (11 * cfg.epochs) // 12], 0.1)
     else:
         sched = None
     augment = cfg.augment and cfg.dataset == "cifar10"
