@@ -11,7 +11,7 @@ from landscape_mpi.config.surface import Device
 
 Optimizer = Literal["sgd", "adam"]
 OPTIMIZERS: tuple[Optimizer, ...] = literal_values(Optimizer)
-Schedule = Literal["none", "step", "step3", "cosine"]
+Schedule = Literal["none", "step", "cosine", "step3"]
 SCHEDULES: tuple[Schedule, ...] = literal_values(Schedule)
 
 
