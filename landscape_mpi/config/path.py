@@ -16,7 +16,7 @@ from landscape_mpi.config.errors import UserError
 from landscape_mpi.config.options import check_choices, option
 
 PathKind = Literal["linear", "chain", "bezier", "pairs", "layers"]
-BlockMap = Literal["module", "tensor"]
+BlockMap = Literal["module", "tensor", "transformer-block", "permutation-group"]
 
 PATH = "path"
 
@@ -51,7 +51,10 @@ class PathConfig:
     align_unsupported: Unsupported = option("error", help="--align: an operation the aligner does not understand on "
                                                           "a hidden axis is an error, or its units are left "
                                                           "unpermuted (leave)", group=PATH)
-    blocks: BlockMap = option("module", help="--kind layers: one curve per module (its own tensors) or per tensor",
+    blocks: BlockMap = option("module", help="--kind layers: one curve per module (its own tensors), per tensor, "
+                                             "per repeated layer (transformer-block: each block of the model's "
+                                             "block list, plus embeddings and head), or per permutation group of "
+                                             "--align's tracing (permutation-group; --align-unsupported applies)",
                               group=PATH)
 
     def __post_init__(self) -> None:

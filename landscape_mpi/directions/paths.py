@@ -10,8 +10,9 @@ of one, minus the first), so the surface job's engines evaluate it unchanged: a 
   (Garipov et al. 2018).
 - ``pairs`` (N models): one linear curve per pair i < j, (1 - t) M_i + t M_j = M_0 + (1 - t) d_i + t d_j: the
   barrier matrix, every pair in one job.
-- ``layers`` (A, B): one curve per block (a module's tensors, or a tensor), that block interpolated, the rest at A
-  (Adilova et al.): d_g is B - A on the block's tensors, zero elsewhere.
+- ``layers`` (A, B): one curve per block (a module's tensors, a tensor, a repeated layer of the model, or the
+  tensors of a permutation group: `blocks_of`), that block interpolated, the rest at A (Adilova et al.): d_g is
+  B - A on the block's tensors, zero elsewhere.
 
 `path_table` is the numpy half (the t grid and coefficients, from the kind and the counts only); `path_directions`
 the torch half (the K directions from the models' state_dicts).
@@ -98,16 +99,87 @@ def path_table(kind: str, n_models: int, points: int, blocks: Sequence[str] = ()
     raise ValueError(kind)
 
 
-def blocks_of(model: nn.Module, keys: Sequence[str], by: str) -> dict[str, list[str]]:
+#: the blocks of ``--blocks transformer-block`` outside the repeated layers: before the first, after the last
+EMBEDDINGS, HEAD = "embeddings", "head"
+#: the block of ``--blocks permutation-group`` that holds the tensors no permutation group touches
+UNPERMUTED = "(unpermuted)"
+
+
+def blocks_of(model: nn.Module, keys: Sequence[str], by: str, groups=None) -> dict[str, list[str]]:
     """The blocks of a ``layers`` path, in model order: block name -> its state_dict keys among `keys` (the
-    direction space). `by`: ``tensor`` (one block per key) or ``module`` (the tensors a module holds itself,
-    e.g. a conv's weight and bias, a BatchNorm's weight, bias and running statistics)."""
+    direction space); every key in exactly one block. `by`:
+
+    - ``tensor``: one block per key;
+    - ``module``: the tensors a module holds itself (a conv's weight and bias, a BatchNorm's weight, bias and
+      running statistics);
+    - ``transformer-block``: each repeated layer (`repeated_layers`) with everything under it; the tensors before
+      the first are the block ``embeddings``, those after the last ``head``, any between two runs of layers go
+      by module. Raises UserError for a model without repeated layers;
+    - ``permutation-group``: the tensors of each permutation group of `groups` (alignment's `GroupSpec` of the
+      model: ``sizes`` and ``axes``), a tensor that carries several groups going to the one that touches the
+      fewest tensors (the later-named on a tie: a layer's incoming weights and bias, a residual block's inner
+      convolutions with their hidden units); the tensors no group touches are the block ``(unpermuted)``."""
     if by == "tensor":
         return {k: [k] for k in keys}
+    if by == "transformer-block":
+        return _layer_blocks(model, keys)
+    if by == "permutation-group":
+        return _group_blocks(keys, groups.sizes, groups.axes)
     out: dict[str, list[str]] = {}
     for k in keys:
-        module = k.rsplit(".", 1)[0] if "." in k else "(root)"
-        out.setdefault(module, []).append(k)
+        out.setdefault(_module_of(k), []).append(k)
+    return out
+
+
+def _module_of(key: str) -> str:
+    return key.rsplit(".", 1)[0] if "." in key else "(root)"
+
+
+def repeated_layers(model: nn.Module) -> list[str]:
+    """The module names of the model's repeated layers, in model order: the children of every outermost
+    ``nn.ModuleList`` or ``nn.Sequential`` whose children are all of one class and all hold parameters (the
+    transformer blocks of gpt_tiny's ``blocks``, GPT-2's ``transformer.h``, Llama's ``model.layers``; a
+    ResNet's residual blocks, stage by stage). Read from the module tree, nothing per model."""
+    out: list[str] = []
+
+    def visit(prefix: str, module: nn.Module) -> None:
+        children = list(module.named_children())
+        if (isinstance(module, (nn.ModuleList, nn.Sequential)) and children
+                and len({type(c) for _, c in children}) == 1
+                and all(any(True for _ in c.parameters()) for _, c in children)):
+            out.extend(prefix + name for name, _ in children)
+            return
+        for name, child in children:
+            visit(f"{prefix}{name}.", child)
+
+    visit("", model)
+    return out
+
+
+def _layer_blocks(model: nn.Module, keys: Sequence[str]) -> dict[str, list[str]]:
+    layers = repeated_layers(model)
+    if not layers:
+        raise UserError(f"--blocks transformer-block: {type(model).__name__} has no repeated layers (an "
+                        f"nn.ModuleList or nn.Sequential of modules of one class); use --blocks module")
+    owner = [next((layer for layer in layers if k.startswith(layer + ".")), None) for k in keys]
+    inside = [i for i, layer in enumerate(owner) if layer is not None]
+    out: dict[str, list[str]] = {}
+    for i, (k, layer) in enumerate(zip(keys, owner)):
+        if layer is None:
+            layer = EMBEDDINGS if i < inside[0] else HEAD if i > inside[-1] else _module_of(k)
+        out.setdefault(layer, []).append(k)
+    return out
+
+
+def _group_blocks(keys: Sequence[str], sizes: Mapping[str, int], axes: Mapping) -> dict[str, list[str]]:
+    carried = {k: {g for dims in factors for g, _ in dims if g is not None} for k, factors in axes.items()}
+    touched = {g: sum(g in gs for gs in carried.values()) for g in sizes}
+    order = {g: i for i, g in enumerate(sizes)}
+    out: dict[str, list[str]] = {}
+    for k in keys:
+        mine = carried.get(k, set())
+        block = min(mine, key=lambda g: (touched[g], -order[g])) if mine else UNPERMUTED
+        out.setdefault(block, []).append(k)
     return out
 
 

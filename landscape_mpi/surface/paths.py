@@ -68,7 +68,14 @@ class PathFileKind:
     def __init__(self, path: PathConfig, config: SurfaceConfig, model: torch.nn.Module, out: str) -> None:
         self.path, self.config, self.out = path, config, out
         keys = space_keys(model, config.dir_space)
-        self.blocks = blocks_of(model, keys, path.blocks) if path.kind == "layers" else None
+        groups = None
+        if path.kind == "layers" and path.blocks == "permutation-group":  # the aligner's groups, by its tracing
+            from landscape_mpi.alignment import find_groups
+            from landscape_mpi.alignment.run import example_batch
+
+            groups = find_groups(model, example_batch(config.dataset, config.data_root), path.align_unsupported,
+                                 option="--align-unsupported")
+        self.blocks = blocks_of(model, keys, path.blocks, groups) if path.kind == "layers" else None
         if self.blocks is not None:
             check_blocks(self.blocks, path.blocks)
         self.table = path_table(path.kind, len(path.models), path.points, list(self.blocks or ()))
