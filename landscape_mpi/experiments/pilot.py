@@ -343,6 +343,10 @@ def estimate(record: dict[str, Any], exps: Sequence[d.Experiment] | None = None)
     return rows
 
 
+def _num(x: float | None) -> str:
+    return "" if x is None else f"{x:.3g}"
+
+
 def markdown(record: dict[str, Any]) -> str:
     """The record and its estimate as markdown (``OUT/pilot.md``)."""
     scope = "reduced size (stand-ins on random data): not an estimate of the paper's cost" if record["reduced"] \
@@ -353,12 +357,11 @@ def markdown(record: dict[str, Any]) -> str:
              "| unit | ran | hard | s/epoch (pilot) | train loss (epochs 0..) | s/point | products/eig point "
              "| s/HVP/sample | Hessian step s |", "|---|---|---|---|---|---|---|---|---|"]
     for key, u in record["units"].items():
-        hvp = u.get("hvp_seconds_per_sample")
+        cells = [_num(u.get(k)) for k in ("point_seconds", "hvp_seconds_per_sample", "hessian_seconds")]
         lines.append(f"| {key} | `{u['ran']}` | {'yes' if paper.is_hard(u['model']) else ''} "
                      f"| {_median_steady(u['epoch_seconds']):.3g} | {' '.join(f'{x:.3g}' for x in u['train_loss'])} "
-                     f"| {u.get('point_seconds', float('nan')):.3g} "
-                     f"| {' '.join(map(str, u.get('products_per_eig_point', [])))} "
-                     f"| {hvp if hvp is None else f'{hvp:.3g}'} | {u.get('hessian_seconds', '')} |")
+                     f"| {cells[0]} | {' '.join(map(str, u.get('products_per_eig_point', [])))} | {cells[1]} "
+                     f"| {cells[2]} |")
     try:
         rows = estimate(record)
     except UserError as exc:
