@@ -34,10 +34,9 @@ DIRECTIONS = SCALE_SETTINGS["paper"].direction_seeds
 def test_the_paper_scale_has_the_papers_nets_recipe_and_hard_nets():
     skip, width, batch = (experiment(n, "paper") for n in ("skip", "width", "batch"))
     assert {r.config["model"] for r in skip.runs} == {f"resnet{d}{s}" for d in (20, 56, 110) for s in ("", "_noshort")}
-    # width: WRN-56 with k = 1 (ResNet-56), 2, 4, 8, with and without shortcuts; no depth 110
-    assert {r.config["model"] for r in width.runs} == {
-        *(f"resnet56{s}" for s in ("", "_noshort")), *(f"wrn56_{k}{s}" for k in (2, 4, 8) for s in ("", "_noshort"))}
-    assert len(width.runs) == 8 * len(SEEDS) and len(width.surfaces) == 8 * len(SEEDS) * len(DIRECTIONS)
+    # width: WRN-56 with k = 1 (ResNet-56), 2, 4, 8 without shortcuts; no depth 110
+    assert {r.config["model"] for r in width.runs} == {"resnet56_noshort", *(f"wrn56_{k}_noshort" for k in (2, 4, 8))}
+    assert len(width.runs) == 4 * len(SEEDS) and len(width.surfaces) == 4 * len(SEEDS) * len(DIRECTIONS)
     # width's k = 1 nets are the skip experiment's (one training folder)
     assert {r.name for r in width.runs if r.config["model"].startswith("resnet56")} <= {r.name for r in skip.runs}
     for r in (*skip.runs, *width.runs, *batch.runs):
@@ -119,8 +118,8 @@ def test_the_estimate_is_the_planted_rates_summed_over_the_set_by_hand():
     assert rows["skip"]["training"] == pytest.approx(6 * t * 300 * (50_000 * 2e-4 + 60_000 * 1e-4))
     assert rows["skip"]["surfaces"] == pytest.approx(6 * t * dseeds * 51 * 51 * 60_000 * 1e-4)
     assert rows["skip"]["eig"] == pytest.approx(6 * t * dseeds * 21 * 21 * 5_000 * (1e-4 + 21 * 3e-4))
-    # width: its 8 nets per seed, less the 2 ResNet-56 nets the skip experiment trained (counted once)
-    assert rows["width"]["training"] == pytest.approx(6 * t * 300 * (50_000 * 2e-4 + 60_000 * 1e-4))
+    # width: its 4 nets per seed, less the ResNet-56 the skip experiment trained (counted once)
+    assert rows["width"]["training"] == pytest.approx(3 * t * 300 * (50_000 * 2e-4 + 60_000 * 1e-4))
     # batch: the Hessian steps (3 probe seeds x 6 nets per training seed) on 5,000 training samples each
     assert rows["batch"]["hessian"] == pytest.approx(6 * t * dseeds * 5_000 * 5e-3)
     # a planted rate moves its own part proportionally, and nothing else
@@ -129,7 +128,7 @@ def test_the_estimate_is_the_planted_rates_summed_over_the_set_by_hand():
     assert (twice["skip"]["training"], twice["skip"]["surfaces"]) == (rows["skip"]["training"],
                                                                      rows["skip"]["surfaces"])
     slow = {r["experiment"]: r for r in pilot.estimate(_planted(4e-4, 1e-4, 3e-4, 21, 5e-3))}
-    assert slow["width"]["training"] == pytest.approx(6 * t * 300 * (50_000 * 4e-4 + 60_000 * 1e-4))
+    assert slow["width"]["training"] == pytest.approx(3 * t * 300 * (50_000 * 4e-4 + 60_000 * 1e-4))
 
 
 def _script_argv(tmp_path, script: str, *args: str, **env: str) -> list[str]:
@@ -153,9 +152,9 @@ def test_the_pilot_job_and_the_paper_array_run_these_lines(tmp_path, capsys):
                         SLURM_ARRAY_TASK_ID="5")
     assert argv == ["experiments", "run", "width", "--scale", "paper", "--task", "5", "--launcher",
                     "srun --mpi=pmix --kill-on-bad-exit=1", "--data-root", "/data"]
-    # the array's size and its task 5 (seed 11: with shortcuts k = 1, 2, 4, 8, then without: k = 2 is task 5)
+    # the array's size and its task 5 (k = 1, 2, 4, 8 per training seed: the second seed's k = 2)
     assert main(["experiments", "list", "--scale", "paper", "--count", "width"]) == 0
-    assert capsys.readouterr().out.strip() == str(8 * len(SEEDS))
+    assert capsys.readouterr().out.strip() == str(4 * len(SEEDS))
     assert main(["experiments", "list", "--scale", "paper"]) == 0
     listing = capsys.readouterr().out
-    assert f"  task 5: wrn56_2_noshort_e300_step3_wu5_clip5_s{SEEDS[0]} (" in listing, listing
+    assert f"  task 5: wrn56_2_noshort_e300_step3_wu5_clip5_s{SEEDS[1]} (" in listing, listing
