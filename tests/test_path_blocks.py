@@ -114,7 +114,7 @@ def plain_values(name: str, state: dict[str, torch.Tensor]) -> dict[str, float]:
     return out
 
 
-def test_a_layers_path_by_these_blocks_equals_the_plain_loop(tmp_path):
+def test_a_layers_path_by_these_blocks_equals_the_plain_loop(tmp_path, capsys):
     for name, by, curve in (("resnet2d_8_w1", "transformer-block", "layer2.0"),
                             ("digits_cnn", "permutation-group", "conv2.weight:0")):
         states = []
@@ -141,6 +141,12 @@ def test_a_layers_path_by_these_blocks_equals_the_plain_loop(tmp_path):
             for metric, want in plain_values(name, state).items():
                 tol = 1.01 / SAMPLES if metric.endswith("_acc") else 2e-5 * abs(want) + 1e-6
                 assert abs(got[metric][c, j] - want) <= tol, (name, metric, j)
+        capsys.readouterr()
+        assert main(["info", out]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        header = next(i for i, line in enumerate(lines) if line.split()[0] == "curve")
+        shown = {line.split()[0] for line in lines[header + 1:]}
+        assert shown == set(curves)  # info names every block in full (group names differ at their end)
 
 
 def test_a_model_without_repeated_layers_is_one_line_and_no_file(tmp_path, capsys):

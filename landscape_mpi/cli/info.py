@@ -95,9 +95,10 @@ def path_info(o: InfoOptions) -> int:
         print(f"  model {i:<4} {name}")
     print(f"  grid       {len(pf.curves)} curve(s) x {len(pf.t)} values of t  "
           f"progress {pf.n_done}/{pf.done.size}" + ("  (complete)" if pf.complete else ""))
-    print(f"  {'curve':<14}{'metric':<12}{'on':<9}{'barrier':>11}{'at t':>7}{'above ends':>12}"
+    w = max([14] + [len(b.curve) + 1 for b in barriers])  # whole names: a layers file's blocks differ at the end
+    print(f"  {'curve':<{w}}{'metric':<12}{'on':<9}{'barrier':>11}{'at t':>7}{'above ends':>12}"
           f"{'max at t':>9}{'missing':>8}")
     for b in barriers:
-        print(f"  {b.curve[:13]:<14}{b.metric:<12}{b.on:<9}{b.interpolation:>11.4g}{b.interpolation_t:>7.3f}"
+        print(f"  {b.curve:<{w}}{b.metric:<12}{b.on:<9}{b.interpolation:>11.4g}{b.interpolation_t:>7.3f}"
               f"{b.above_max:>12.4g}{b.max_t:>9.3f}{b.n_missing:>8d}")
     return EXIT_COMPLETE
