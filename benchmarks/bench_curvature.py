@@ -3,8 +3,9 @@ memory, for the lm task on a Hugging Face GPT-2 config of a few million paramete
 (docs/hessian.md#curvature-operators-ggn-fisher-empirical-fisher).
 
 Each case runs in a fresh process (so that its peak is its own): the model and a batch of token ids are built,
-one warm-up call is made, then `--reps` timed calls; the peak RssAnon (sampled every 2 ms from /proc/self/status)
-is reported above the level after the warm-up's release (the model, data and imports), as MB. Cases:
+one warm-up call is made, then `--reps` timed calls (median reported); the peak RssAnon (sampled every 2 ms from
+/proc/self/status) over the warm-up and the timed calls is reported above the level before them (the model, data
+and imports), as MB. Cases:
 
 - ``forward``: the lm task's loss sum, no graph; ``forward-backward``: loss and its gradient;
 - ``hessian``: `HessianOperator` (plain: forward + double backward) product;
@@ -65,7 +66,10 @@ def build(a):
 
     torch.manual_seed(0)
     cfg = GPT2Config(vocab_size=a.vocab, n_positions=a.seq, n_embd=a.width, n_layer=a.layers, n_head=a.heads,
-                     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+                     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0)
+    # eager attention: torch's CPU flash attention has neither a double backward (Hessian products) nor a
+    # forward-mode rule here (the GGN's J v), so the SDPA default would measure the fallbacks' failure
+    cfg._attn_implementation = "eager"
     model = GPT2LMHeadModel(cfg).eval()
     ids = torch.randint(0, a.vocab, (a.batch, a.seq), generator=torch.Generator().manual_seed(1))
     return model, ids
@@ -128,10 +132,10 @@ def one_case(a) -> dict:
 
         def call():
             op.local_product_sum(v)
+    base = _anon_mb()  # model, data, imports; freed memory stays in the process (glibc), so the peak is taken
+    peak = Peak()      # from here over the warm-up and the timed calls
     call()  # warm-up (first-call costs: forward-mode decompositions, allocator)
-    base = _anon_mb()
     times = []
-    peak = Peak()
     for _ in range(a.reps):
         t = time.perf_counter()
         call()
