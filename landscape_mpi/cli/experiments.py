@@ -1,7 +1,7 @@
 """`landscape-mpi experiments run | report | list`: the paper's findings, reproduced and reported.
 
-    landscape-mpi experiments run NAME|all [--tiny | --scale tiny|quick|small|small-v3|paper] [--out-dir DIR] [--device D]
-                                  [--launcher "mpiexec -n 8"] [--task I] [--data-root DIR]
+    landscape-mpi experiments run NAME|all [--tiny | --scale tiny|quick|small|small-v3|paper] [--out-dir DIR]
+                                   [--device D] [--launcher "mpiexec -n 8"] [--task I] [--data-root DIR]
     landscape-mpi experiments report [--out-dir DIR] [--out docs/findings.md] [--figures docs/findings]
     landscape-mpi experiments list [--scale S]
 """

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from landscape_mpi.experiments.rules import Outcome, Rule
+
 #: The version of the rules below; the report prints it.
 PATH_RULES_VERSION = "1"
 #: When version 1 was fixed: before the path experiments' first run.
@@ -47,24 +49,12 @@ UNTRAINED_LOSS = {"classify": float(np.log(10) / 2), "lm": float(np.log(97) / 2)
 
 
 @dataclass(frozen=True)
-class PathRule:
-    """One claim's verdict rule, as the report prints it."""
-
-    key: str
-    claim: str
-    measure: str
-    statistic: str
-    threshold: str
+class PathRule(Rule):
+    """One claim's verdict rule (the findings' `Rule`), printed with the path rules' version."""
 
     def text(self) -> str:
         return (f"**{self.claim}** (rule `{self.key}`, paths version {PATH_RULES_VERSION}). Measure: {self.measure} "
                 f"Statistic: {self.statistic} Threshold: {self.threshold}")
-
-
-@dataclass(frozen=True)
-class Outcome:
-    verdict: str
-    reason: str
 
 
 BARRIER = ("the interpolation barrier of the train loss along the path, in nats (the largest height of the loss "
