@@ -412,7 +412,8 @@ PLOTTING_MAY_LOAD = {"landscape_mpi", "landscape_mpi.files", "landscape_mpi.file
                      # path files: their reader, and the barriers computed from them (torch-free, one place)
                      "landscape_mpi.files.path_reader", "landscape_mpi.numbers", "landscape_mpi.numbers.barriers",
                      # the contract's schema names every task's metrics from the surface options (torch-free)
-                     "landscape_mpi.config.surface", "landscape_mpi.config.imports"}
+                     "landscape_mpi.config.surface", "landscape_mpi.config.imports",
+                     "landscape_mpi.config.hub"}  # the surface options' hf: specs (os only; huggingface_hub lazily)
 
 
 def test_plotting_needs_neither_torch_nor_mpi():
