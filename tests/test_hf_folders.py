@@ -366,3 +366,23 @@ def test_no_rank_of_a_sharded_group_holds_the_whole_sharded_folder(tmp_path):
     a, _ = _results(tmp_path / "one.h5")
     b, _ = _results(tmp_path / "g2.h5")
     np.testing.assert_allclose(b["test_loss"], a["test_loss"], rtol=1e-5)
+
+
+def test_hessian_of_a_folder_by_its_path_alone(gpt2, tmp_path, capsys):
+    """`hessian --model hf:DIR` needs no --checkpoint (the folder's weights, the task's Auto class): the same file
+    numbers as with --checkpoint DIR given; a zoo model without --checkpoint is one line, exit 2."""
+    _, whole, _ = gpt2
+    args = ["hessian", "--model", f"hf:{whole}", "--task", "lm", "--dataset", "text", "--samples", "4", "--splits",
+            "train", "--top-k", "1", "--trace-probes", "0", "--slq-runs", "0", "--adaptive-samples", "0",
+            "--tol", "0.1"]
+    assert _main(*args, "--out", str(tmp_path / "alone.h5")) == 0
+    assert _main(*args, "--checkpoint", whole, "--out", str(tmp_path / "given.h5")) == 0
+    with h5py.File(tmp_path / "alone.h5", "r") as a, h5py.File(tmp_path / "given.h5", "r") as b:
+        assert a["eigen/values"][()] == pytest.approx(b["eigen/values"][()], rel=1e-6)
+        assert a["checkpoints/loss"][()] == pytest.approx(b["checkpoints/loss"][()], rel=1e-12)
+        assert json.loads(a.attrs["config"])["checkpoint"] == whole
+    capsys.readouterr()
+    assert _main("hessian", "--model", "digits_mlp", "--out", str(tmp_path / "no.h5")) == 2
+    assert not (tmp_path / "no.h5").exists()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--checkpoint is required" in err[0], err

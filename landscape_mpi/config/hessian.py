@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from landscape_mpi.config.errors import UserError
+from landscape_mpi.config.hub import checkpoint_of_model
 from landscape_mpi.config.options import check_choices, comma_join, comma_tuple, literal_values, option
 from landscape_mpi.config.surface import DEFAULT_TASK, Device, GroupOptions, Loss, Split, check_task
 
@@ -30,8 +31,10 @@ class HessianConfig:
     """Everything that determines the numbers in a Hessian file (stored in it as JSON, but `overwrite`);
     each field is its `landscape-mpi hessian` option."""
 
-    model: str = option(help="zoo name (landscape-mpi models) or package.module:factory", group=DATA)
-    checkpoint: str = option(help="a checkpoint, or a quoted glob 'DIR/epoch_*.pt': one row per file", group=DATA)
+    model: str = option(help="zoo name (landscape-mpi models), package.module:factory, or hf:FOLDER (a "
+                             "save_pretrained folder or a repo id in the local Hub cache)", group=DATA)
+    checkpoint: str = option(help="a checkpoint, or a quoted glob 'DIR/epoch_*.pt': one row per file (default for "
+                                  "--model hf:...: its folder)", group=DATA, default_from=checkpoint_of_model)
     out: str = option(help="the Hessian file (.h5)", group=RUN)
     dataset: str = option("digits", help="digits (embedded), mnist1d, cifar10, or package.module:factory",
                           group=DATA)
@@ -81,6 +84,9 @@ class HessianConfig:
     def __post_init__(self) -> None:
         check_choices(self)
         check_task(self.task, self.loss)
+        if self.checkpoint is None:
+            raise UserError("--checkpoint is required: a checkpoint file, a quoted glob of them, or a save_pretrained "
+                            "folder (with --model hf:FOLDER it defaults to the folder)")
         if not self.splits:
             raise UserError(f"--splits {','.join(self.splits)}: choose train, test or train,test")
         positive = {"--batch-size": self.batch_size, "--top-k": self.top_k, "--maxiter": self.maxiter,

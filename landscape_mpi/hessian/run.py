@@ -109,7 +109,7 @@ def run_hessian(cfg: HessianConfig, ctx, ranks_per_point: int = 1, group_timeout
 
     # 2. model and data on every rank
     def load() -> tuple:
-        model = build_model(cfg.model)
+        model = build_model(cfg.model, cfg.task)
         space = hs.ParamSpace.of(model)
         if cfg.top_k >= space.n:
             raise UserError(f"--top-k {cfg.top_k}: must be less than the number of parameters ({space.n})")
