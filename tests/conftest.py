@@ -75,7 +75,8 @@ def pytest_runtest_protocol(item, nextitem):
     c0, t0 = cpu(), time.monotonic()
     yield
     with open(log, "a") as f:
-        f.write(json.dumps({"test": item.nodeid, "cpu": round(cpu() - c0, 2), "wall": round(time.monotonic() - t0, 2)})
+        f.write(json.dumps({"test": item.nodeid, "cpu": round(cpu() - c0, 2), "wall": round(time.monotonic() - t0, 2),
+                            "worker": os.environ.get("PYTEST_XDIST_WORKER", ""), "end": round(time.time(), 1)})
                 + "\n")
 
 
